@@ -1,0 +1,1 @@
+"""agentcache: the harness (CLI, agent loop, tools, sessions, backends, inspect)."""

@@ -1,0 +1,1 @@
+"""Local inference engine: model loading, a shared-prefix paged KV pool, and a runner that speaks tokens."""
