@@ -1,0 +1,39 @@
+"""L1 builder: system prompt, agent role and tool schemas as byte-stable blocks."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from layers.block import Block, Layer
+from layers.errors import PromptError
+from layers.prompts import load_prompt
+from layers.tools import ToolRegistry
+
+DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+ROLE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+def available_roles(prompts_dir: Path = DEFAULT_PROMPTS_DIR) -> list[str]:
+    return sorted(p.stem for p in (prompts_dir / "roles").glob("*.md"))
+
+
+def _role_path(prompts_dir: Path, role: str) -> Path:
+    path = prompts_dir / "roles" / f"{role}.md"
+    if not ROLE_NAME.fullmatch(role) or not path.is_file():
+        known = ", ".join(available_roles(prompts_dir)) or "none"
+        raise PromptError(f"unknown role '{role}' (available: {known})")
+    return path
+
+
+def build_l1(role: str = "coder", prompts_dir: Path | None = None) -> list[Block]:
+    prompts_dir = DEFAULT_PROMPTS_DIR if prompts_dir is None else Path(prompts_dir)
+    if not prompts_dir.is_dir():
+        raise PromptError(f"{prompts_dir}: prompts directory not found")
+    system = load_prompt(prompts_dir / "system.md")
+    role_prompt = load_prompt(_role_path(prompts_dir, role))
+    tools = ToolRegistry.from_dir(prompts_dir / "tools")
+    return [
+        Block(Layer.L1, "system", "system.md", system.body.encode("utf-8")),
+        Block(Layer.L1, "role", f"roles/{role}.md", role_prompt.body.encode("utf-8")),
+        Block(Layer.L1, "tools", "tools", tools.render().encode("utf-8")),
+    ]

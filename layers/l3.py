@@ -1,0 +1,45 @@
+"""L3 entries: user input, assistant messages, tool calls and results; always L3 by type."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from layers.block import Block, Layer
+from layers.canonical import canonical_json
+
+
+@dataclass(frozen=True, slots=True)
+class UserInput:
+    text: str
+
+    def to_block(self) -> Block:
+        return Block(Layer.L3, "user", "user", self.text.encode("utf-8"))
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantMessage:
+    text: str
+
+    def to_block(self) -> Block:
+        return Block(Layer.L3, "assistant", "assistant", self.text.encode("utf-8"))
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+
+    def to_block(self) -> Block:
+        payload = canonical_json({"name": self.name, "arguments": self.arguments})
+        return Block(Layer.L3, "tool_call", self.name, payload.encode("utf-8"))
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    name: str
+    output: str
+    is_error: bool = False
+
+    def to_block(self) -> Block:
+        kind = "tool_error" if self.is_error else "tool_result"
+        return Block(Layer.L3, kind, self.name, self.output.encode("utf-8"))

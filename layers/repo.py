@@ -1,0 +1,162 @@
+"""Repo scanning: the safe, sorted file listing of a repo root and which files are dirty in git."""
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path, PurePosixPath
+
+from layers.errors import RepoError
+
+SECRET_NAMES = (".env*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*", "id_ecdsa*",
+                "id_ed25519*", ".netrc", ".pgpass", ".ssh", ".aws", ".gnupg")
+BINARY_SNIFF_BYTES = 8192
+PRIVATE_KEY_MARKER = b"PRIVATE KEY-----"
+GIT_ENV = {"GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C", "LANG": "C"}
+
+
+def is_secret_name(name: str) -> bool:
+    if any(fnmatchcase(name, pattern) for pattern in SECRET_NAMES):
+        return True
+    return name.startswith("id_") and ("." not in name or name.endswith(".pub"))
+
+
+def is_secret_path(path: str) -> bool:
+    return any(is_secret_name(part) for part in PurePosixPath(path).parts)
+
+
+def open_repo(path: Path | str) -> Path:
+    root = Path(path)
+    if not root.exists():
+        raise RepoError(f"repo path does not exist: {path}")
+    if not root.is_dir():
+        raise RepoError(f"repo path is not a directory: {path}")
+    return root.resolve()
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        result = subprocess.run(["git", *args], cwd=root, capture_output=True,
+                                env={**os.environ, **GIT_ENV}, check=False)
+    except OSError:
+        return None
+    if result.returncode != 0:
+        return None
+    return result.stdout.decode("utf-8", errors="surrogateescape")
+
+
+def is_git_worktree(root: Path) -> bool:
+    return (_git(root, "rev-parse", "--is-inside-work-tree") or "").strip() == "true"
+
+
+def _git_listing(root: Path) -> list[str]:
+    out = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    if out is None:
+        raise RepoError(f"git ls-files failed in {root.name or root}")
+    return [p for p in out.split("\0") if p]
+
+
+def dirty_paths(root: Path) -> set[str]:
+    if not is_git_worktree(root):
+        return set()
+    prefix = (_git(root, "rev-parse", "--show-prefix") or "").strip()
+    out = _git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames", "--", ".")
+    paths = {entry[3:] for entry in (out or "").split("\0") if len(entry) > 3}
+    return {p.removeprefix(prefix) for p in paths if p.startswith(prefix)}
+
+
+@dataclass(frozen=True, slots=True)
+class IgnoreRule:
+    base: str
+    pattern: str
+    negate: bool
+    dir_only: bool
+    anchored: bool
+
+    def matches(self, path: str, is_dir: bool) -> bool:
+        if self.dir_only and not is_dir:
+            return False
+        if self.base:
+            if not path.startswith(self.base + "/"):
+                return False
+            path = path[len(self.base) + 1 :]
+        if self.anchored:
+            return fnmatchcase(path, self.pattern) or fnmatchcase(path, self.pattern + "/**")
+        return fnmatchcase(path.rsplit("/", 1)[-1], self.pattern)
+
+
+def parse_gitignore(text: str, base: str = "") -> list[IgnoreRule]:
+    rules = []
+    for raw in text.splitlines():
+        line = raw.rstrip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        line = line.removeprefix("!")
+        dir_only = line.endswith("/")
+        line = line.rstrip("/")
+        anchored = "/" in line
+        if line:
+            rules.append(IgnoreRule(base, line.lstrip("/"), negate, dir_only, anchored))
+    return rules
+
+
+def is_ignored(rules: list[IgnoreRule], path: str, is_dir: bool) -> bool:
+    ignored = False
+    for rule in rules:
+        if rule.matches(path, is_dir):
+            ignored = not rule.negate
+    return ignored
+
+
+def _read_gitignore(directory: Path, base: str) -> list[IgnoreRule]:
+    path = directory / ".gitignore"
+    if not path.is_file() or path.is_symlink():
+        return []
+    return parse_gitignore(path.read_text("utf-8", errors="replace"), base)
+
+
+def _walk_listing(root: Path) -> list[str]:
+    found: list[str] = []
+    rules = _read_gitignore(root, "")
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root).as_posix()
+        base = "" if rel_dir == "." else rel_dir
+        if base:
+            rules = rules + _read_gitignore(Path(dirpath), base)
+        join = (lambda n: f"{base}/{n}") if base else (lambda n: n)
+        dirnames[:] = sorted(d for d in dirnames if d != ".git" and not is_ignored(rules, join(d), True))
+        found.extend(join(f) for f in filenames if not is_ignored(rules, join(f), False))
+    return found
+
+
+def _inside_regular_file(root: Path, rel: str) -> bool:
+    full = root / rel
+    try:
+        resolved = full.resolve()
+    except (OSError, RuntimeError):
+        return False
+    return resolved.is_relative_to(root) and resolved.is_file()
+
+
+def safe_paths(paths: list[str]) -> list[str]:
+    return sorted({p for p in paths if not is_secret_path(p)})
+
+
+def list_files(root: Path) -> list[str]:
+    listing = _git_listing(root) if is_git_worktree(root) else _walk_listing(root)
+    return [p for p in safe_paths(listing) if _inside_regular_file(root, p)]
+
+
+def read_text(root: Path, rel: str) -> str | None:
+    try:
+        data = (root / rel).read_bytes()
+    except OSError as exc:
+        raise RepoError(f"cannot read {rel}: {exc.strerror or exc}") from None
+    if b"\0" in data[:BINARY_SNIFF_BYTES] or PRIVATE_KEY_MARKER in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
