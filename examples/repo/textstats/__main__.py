@@ -1,0 +1,4 @@
+"""Allow `python -m textstats`."""
+from textstats.cli import main
+
+raise SystemExit(main())
