@@ -1,0 +1,114 @@
+"""The `agentcache` command line: a typer app with one subcommand per verb."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agentcache.errors import AgentcacheError
+from layers import Context, L2Config, LayersError, TiktokenCounter, build_prefix, lint_blocks
+from layers.lint import Finding
+
+app = typer.Typer(
+    name="agentcache",
+    help="A cache-aware agent harness: byte-stable layered prompts on a shared-prefix KV engine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Debug = Annotated[bool, typer.Option("--debug", help="Show a full traceback on errors.")]
+
+
+@app.callback()
+def root(debug: Debug = False) -> None:
+    """Assemble context in layers (L1 role+tools, L2 repo, L3 turns) so the prefix stays cached."""
+
+
+def _block_rows(context: Context) -> list[dict[str, object]]:
+    counter = TiktokenCounter()
+    return [
+        {"layer": b.layer.name, "kind": b.kind, "key": b.key, "tokens": counter.count(b.text), "hash": b.hash}
+        for b in context
+    ]
+
+
+def _print_json(context: Context, rows: list[dict[str, object]], findings: list[Finding]) -> None:
+    report = {
+        "context_id": context.context_id,
+        "layers": context.layer_hashes(),
+        "blocks": rows,
+        "lint": [f.to_dict() for f in findings],
+    }
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+
+
+def _print_table(context: Context, rows: list[dict[str, object]], findings: list[Finding]) -> None:
+    console = Console(highlight=False)
+    table = Table(title="context layers")
+    for column in ("layer", "kind", "key", "tokens", "hash"):
+        table.add_column(column, justify="right" if column == "tokens" else "left", overflow="fold")
+    for row in rows:
+        table.add_row(row["layer"], row["kind"], row["key"], str(row["tokens"]), str(row["hash"])[:12])
+    console.print(table)
+    for layer, digest in context.layer_hashes().items():
+        console.print(f"{layer} hash     {digest}")
+    console.print(f"context id  {context.context_id}")
+    for finding in findings:
+        console.print(f"[yellow]warning:[/yellow] volatile content in {finding}", markup=True)
+
+
+@app.command()
+def inspect(
+    session: Annotated[Optional[str], typer.Argument(help="Session id (session views are not available yet).")] = None,
+    layers: Annotated[bool, typer.Option("--layers", help="Show the L1+L2 blocks built for a repo.")] = False,
+    repo: Annotated[Path, typer.Option(help="Repository root to build L2 from.")] = Path("."),
+    role: Annotated[str, typer.Option(help="Agent role: a file in <prompts>/roles/.")] = "coder",
+    prompts: Annotated[Optional[Path], typer.Option(help="Prompts directory (default: the bundled prompts/).")] = None,
+    skills: Annotated[str, typer.Option(help="Skills folder, relative to the repo root.")] = "skills",
+    max_tree: Annotated[int, typer.Option(min=1, help="Most paths listed in the tree block.")] = 500,
+    budget: Annotated[Optional[int], typer.Option(min=1, help="Token budget for L2 (cut deterministically).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail on volatile content in L1/L2.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Show how a context is laid out: blocks, token counts, hashes, context id and lint.
+
+    Example: agentcache inspect --layers --repo examples/repo --role coder
+    """
+    if not layers:
+        raise AgentcacheError("inspect needs --layers for now; session views come later")
+    config = L2Config(skills_dir=skills, max_tree_entries=max_tree, token_budget=budget)
+    context = build_prefix(repo, role=role, prompts_dir=prompts, config=config)
+    findings = lint_blocks(context, strict=strict)
+    rows = _block_rows(context)
+    (_print_json if as_json else _print_table)(context, rows, findings)
+
+
+def _user_error_types() -> tuple[type[Exception], ...]:
+    types: list[type[Exception]] = [LayersError, AgentcacheError]
+    engine_errors = sys.modules.get("engine.errors")
+    if engine_errors is not None:
+        types.append(engine_errors.EngineError)
+    return tuple(types)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        app(args=args, prog_name="agentcache")
+    except Exception as exc:
+        if "--debug" in args or not isinstance(exc, _user_error_types()):
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
