@@ -1,4 +1,11 @@
-"""L2 builder: repo tree, doc files and skills as ordered chunks, cut to a token budget."""
+"""L2 builder: repo tree, doc files and skills as ordered chunks, cut to a token budget.
+
+Chunks, in this order: one "tree" block (key "."), one "doc" block per root AGENTS.md,
+SPEC.md, CLAUDE.md, README* (in that order), one "skill" block per file under the skills
+folder (default "skills/", sorted by path). Within docs and skills, files clean in git come
+before files with uncommitted changes. Binary, undecodable and private-key files are skipped;
+an unreadable file raises RepoError.
+"""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -18,6 +25,8 @@ KIND_ORDER = ("tree", "doc", "skill")
 
 @dataclass(frozen=True, slots=True)
 class L2Config:
+    """skills_dir is repo-relative; token_budget caps the summed tokens of all L2 blocks."""
+
     skills_dir: str = "skills"
     max_tree_entries: int = 500
     token_budget: int | None = None
