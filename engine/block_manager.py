@@ -1,0 +1,194 @@
+"""Page bookkeeping for the KV pool: chained page hashes, refcounts, a lazy LRU free queue, counters."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import xxhash
+
+from engine.errors import EngineCapacityError
+
+EVICTED_MEMORY = 100_000
+
+
+@dataclass(slots=True)
+class Page:
+    page_id: int
+    ref_count: int = 0
+    hash: int = -1
+    token_ids: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class Match:
+    """The verified cached prefix of a prompt and why it stopped where it did."""
+
+    page_ids: list[int]
+    hashes: list[int]
+    stop_reason: str  # "complete", "capped", "absent", "evicted", "salt", "model", "collision"
+
+
+@dataclass(slots=True)
+class Counters:
+    query_tokens: int = 0
+    hit_tokens: int = 0
+    queries: int = 0
+    evictions: int = 0
+
+
+def root_hash(fingerprint: str, salt: str | None) -> int:
+    return xxhash.xxh3_64_intdigest(f"{fingerprint}\x00{salt or ''}".encode())
+
+
+def page_hash(parent: int, token_ids: list[int] | tuple[int, ...]) -> int:
+    h = xxhash.xxh3_64()
+    h.update(parent.to_bytes(8, "little"))
+    h.update(np.asarray(token_ids, dtype=np.int64).tobytes())
+    return h.intdigest()
+
+
+def unsalted_key(token_ids: list[int] | tuple[int, ...]) -> int:
+    return page_hash(0, token_ids)
+
+
+@dataclass
+class BlockManager:
+    """Owns which page holds what; never touches tensors."""
+
+    num_pages: int
+    page_size: int
+    pages: list[Page] = field(init=False)
+    hash_to_page: dict[int, int] = field(default_factory=dict)
+    free: OrderedDict[int, None] = field(init=False)
+    counters: Counters = field(default_factory=Counters)
+    evicted: OrderedDict[int, None] = field(default_factory=OrderedDict)
+    first_page_roots: dict[int, set[tuple[str, int]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.pages = [Page(i) for i in range(self.num_pages)]
+        self.free = OrderedDict.fromkeys(range(self.num_pages))
+
+    def chain_hashes(self, token_ids: list[int], root: int) -> list[int]:
+        hashes, parent = [], root
+        for start in range(0, len(token_ids) - self.page_size + 1, self.page_size):
+            parent = page_hash(parent, token_ids[start : start + self.page_size])
+            hashes.append(parent)
+        return hashes
+
+    def match(self, token_ids: list[int], fingerprint: str, salt: str | None) -> Match:
+        """Longest verified run of cached full pages, capped so at least one prompt token is computed."""
+        root = root_hash(fingerprint, salt)
+        hashes = self.chain_hashes(token_ids, root)
+        limit = (len(token_ids) - 1) // self.page_size
+        page_ids: list[int] = []
+        reason = "complete"
+        for i, h in enumerate(hashes):
+            if i >= limit:
+                reason = "capped"
+                break
+            page_id = self.hash_to_page.get(h)
+            chunk = tuple(token_ids[i * self.page_size : (i + 1) * self.page_size])
+            if page_id is None:
+                reason = self._miss_reason(h, i, chunk, fingerprint, root)
+                break
+            if self.pages[page_id].token_ids != chunk:
+                reason = "collision"
+                break
+            page_ids.append(page_id)
+        self.counters.queries += 1
+        self.counters.query_tokens += len(token_ids)
+        self.counters.hit_tokens += len(page_ids) * self.page_size
+        return Match(page_ids, hashes[: len(page_ids)], reason)
+
+    def _miss_reason(self, h: int, index: int, chunk: tuple[int, ...], fingerprint: str, root: int) -> str:
+        if h in self.evicted:
+            return "evicted"
+        if index == 0:
+            roots = self.first_page_roots.get(unsalted_key(chunk), set())
+            if any(fp != fingerprint for fp, _ in roots):
+                return "model"
+            if any(r != root for _, r in roots):
+                return "salt"
+        return "absent"
+
+    def pages_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.page_size)
+
+    def available(self, reuse: list[int]) -> int:
+        """Free pages left for new data once the matched pages `reuse` are pinned."""
+        pinned_from_free = sum(1 for p in reuse if self.pages[p].ref_count == 0)
+        return len(self.free) - pinned_from_free
+
+    def allocate(self, reuse: list[int], total_tokens: int) -> list[int]:
+        """Pin the matched pages and take fresh ones for the rest; all or nothing."""
+        need = self.pages_needed(total_tokens) - len(reuse)
+        have = self.available(reuse)
+        if need > have:
+            raise EngineCapacityError(
+                f"request needs {need} new KV pages ({total_tokens} tokens, {self.page_size} per page) "
+                f"but only {have} of {self.num_pages} can be freed; raise the pool capacity or shorten the request"
+            )
+        for page_id in reuse:
+            self._pin(page_id)
+        return list(reuse) + [self._take_fresh() for _ in range(need)]
+
+    def _pin(self, page_id: int) -> None:
+        page = self.pages[page_id]
+        if page.ref_count == 0:
+            del self.free[page_id]
+        page.ref_count += 1
+
+    def _take_fresh(self) -> int:
+        page_id, _ = self.free.popitem(last=False)
+        page = self.pages[page_id]
+        if page.hash != -1:
+            if self.hash_to_page.get(page.hash) == page_id:
+                del self.hash_to_page[page.hash]
+            self._remember_evicted(page.hash)
+            self.counters.evictions += 1
+        page.hash, page.token_ids, page.ref_count = -1, (), 1
+        return page_id
+
+    def _remember_evicted(self, h: int) -> None:
+        self.evicted[h] = None
+        if len(self.evicted) > EVICTED_MEMORY:
+            self.evicted.popitem(last=False)
+
+    def register(self, page_id: int, h: int, token_ids: tuple[int, ...], first: tuple[str, int] | None = None) -> None:
+        """Index a page that now holds a full page of KV; an existing page for the same hash wins."""
+        page = self.pages[page_id]
+        if page.hash == h or h in self.hash_to_page:
+            return
+        page.hash, page.token_ids = h, token_ids
+        self.hash_to_page[h] = page_id
+        self.evicted.pop(h, None)
+        if first is not None:
+            self.first_page_roots.setdefault(unsalted_key(token_ids), set()).add(first)
+
+    def release(self, page_ids: list[int]) -> None:
+        """Unpin; cached pages join the LRU tail, tails of a chain first so they are evicted first."""
+        for page_id in reversed(page_ids):
+            page = self.pages[page_id]
+            page.ref_count -= 1
+            if page.ref_count > 0:
+                continue
+            self.free[page_id] = None
+            if page.hash == -1:
+                self.free.move_to_end(page_id, last=False)
+
+    def stats(self) -> dict[str, int]:
+        used = sum(1 for p in self.pages if p.ref_count > 0)
+        cached = sum(1 for p in self.pages if p.ref_count == 0 and p.hash != -1)
+        c = self.counters
+        return {
+            "pages_total": self.num_pages,
+            "pages_used": used,
+            "pages_cached": cached,
+            "pages_free": self.num_pages - used - cached,
+            "prefix_queries": c.queries,
+            "prefix_query_tokens": c.query_tokens,
+            "prefix_hit_tokens": c.hit_tokens,
+            "evictions": c.evictions,
+        }

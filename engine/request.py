@@ -1,0 +1,79 @@
+"""What a request carries in and what it returns: segments, sampling, usage, timings, trace."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Segment = str | list[int]
+LogitsMask = Callable[[list[int]], Any]  # generated ids so far -> bool tensor of allowed ids, or None
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(slots=True)
+class Request:
+    segments: list[Segment]
+    max_tokens: int = 256
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    salt: str | None = None
+    logits_mask: LogitsMask | None = None
+    return_logits: bool = False
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    computed_tokens: int = 0
+    completion_tokens: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(slots=True)
+class Timings:
+    queue_s: float = 0.0
+    ttft_s: float = 0.0
+    tpot_s: float = 0.0
+    total_s: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(slots=True)
+class Trace:
+    """Where the prefix match stopped and why: complete, capped, absent, evicted, salt, model, collision."""
+
+    page_size: int = 0
+    matched_pages: int = 0
+    stop_reason: str = "absent"
+    segment_tokens: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(slots=True)
+class Result:
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # "stop" or "length"
+    usage: Usage
+    timings: Timings
+    trace: Trace
+    first_logits: Any = None
