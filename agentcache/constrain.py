@@ -1,0 +1,167 @@
+"""Constrained decoding of the local model's reply: one JSON object, a call to an enabled tool or an answer.
+
+The model replies with exactly one JSON object and nothing else, in one of two shapes:
+
+    {"name": "read_file", "arguments": {"path": "README.md"}}    a call to one enabled tool
+    {"answer": "The tests pass."}                                a final answer (when allowed)
+
+The grammar is a JSON Schema `anyOf` with one alternative per enabled tool (`name` a const, `arguments`
+that tool's parameter schema) plus the answer alternative, compiled by llguidance with fixed separators
+(`", "` and `": "`), keys in schema order and no free whitespace. Disabling a tool changes only this
+grammar, never the tool list in the prompt. End of sequence is allowed only once the object is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import llguidance.hf
+import llguidance.torch
+import torch
+from llguidance import LLMatcher, LLTokenizer
+
+from agentcache.errors import AgentcacheError
+from layers.tools import ToolSpec
+
+JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+FORMAT_INSTRUCTIONS = (
+    "Reply with exactly one JSON object and nothing else.\n"
+    'To call a tool: {"name": "<tool name>", "arguments": {<arguments matching the tool\'s parameters>}}\n'
+    'To give the final answer: {"answer": "<your answer>"}\n'
+    "Call one tool at a time; its result comes back in the next message.\n"
+)
+
+LogitsMask = Callable[[list[int]], torch.Tensor]
+
+_ll_tokenizers: dict[int, tuple[Any, LLTokenizer]] = {}
+_ll_lock = threading.Lock()
+
+
+class ToolCallError(AgentcacheError):
+    """The model's reply is not a usable tool call or answer; the message goes back to it as a tool result."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    text: str
+
+
+def format_instructions() -> str:
+    """The output-format text for the system prompt: constant, whatever tools are enabled."""
+    return FORMAT_INSTRUCTIONS
+
+
+def ll_tokenizer(tokenizer: Any) -> LLTokenizer:
+    """The llguidance tokenizer for a fast HF tokenizer, built once per tokenizer object."""
+    with _ll_lock:
+        cached = _ll_tokenizers.get(id(tokenizer))
+        if cached is None:
+            cached = (tokenizer, llguidance.hf.from_tokenizer(tokenizer))
+            _ll_tokenizers[id(tokenizer)] = cached
+        return cached[1]
+
+
+def tool_schema(spec: ToolSpec) -> dict[str, Any]:
+    properties = {"name": {"const": spec.name}, "arguments": spec.parameters}
+    return {"type": "object", "properties": properties, "required": ["name", "arguments"],
+            "additionalProperties": False}
+
+
+def answer_schema() -> dict[str, Any]:
+    return {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"],
+            "additionalProperties": False}
+
+
+def reply_schema(tools: Iterable[ToolSpec], allow_answer: bool = True) -> dict[str, Any]:
+    alternatives = [tool_schema(spec) for spec in tools] + ([answer_schema()] if allow_answer else [])
+    if not alternatives:
+        raise ToolCallError("no tool is enabled and answers are not allowed: the model could say nothing")
+    return {"anyOf": alternatives, "x-guidance": JSON_OPTIONS}
+
+
+def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """One bool per token id from llguidance's packed int32 words (bit i of word w is token 32w + i)."""
+    as_bytes = bitmask.reshape(-1).view(torch.uint8)
+    bits = (as_bytes.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
+    allowed = torch.zeros(vocab_size, dtype=torch.bool)
+    width = min(vocab_size, bits.numel())
+    allowed[:width] = bits.reshape(-1)[:width].bool()
+    return allowed
+
+
+class ToolCallGrammar:
+    def __init__(self, tokenizer: Any, tools: Iterable[ToolSpec], allow_answer: bool = True) -> None:
+        self.tools = {spec.name: spec for spec in tools}
+        self.allow_answer = allow_answer
+        self.ll_tokenizer = ll_tokenizer(tokenizer)
+        self.grammar = LLMatcher.grammar_from_json_schema(reply_schema(self.tools.values(), allow_answer))
+        self._matcher = LLMatcher(self.ll_tokenizer, self.grammar, log_level=0)
+        if self._matcher.is_error():
+            raise ToolCallError(f"tool schemas do not compile to a grammar: {self._matcher.get_error()}")
+
+    def new_matcher(self) -> LLMatcher:
+        return self._matcher.deep_copy()
+
+    def new_mask(self, vocab_size: int) -> LogitsMask:
+        """A fresh per-request `logits_mask(generated_ids)` for the engine: allowed next tokens as bools."""
+        matcher = self.new_matcher()
+        bitmask = llguidance.torch.allocate_token_bitmask(1, self.ll_tokenizer.vocab_size)
+        consumed = 0
+
+        def logits_mask(generated_ids: list[int]) -> torch.Tensor:
+            nonlocal consumed
+            if len(generated_ids) < consumed:
+                matcher.rollback(consumed - len(generated_ids))
+                consumed = len(generated_ids)
+            if not matcher.consume_tokens(generated_ids[consumed:]):
+                raise ToolCallError(f"generated tokens break the reply grammar: {matcher.get_error()}")
+            consumed = len(generated_ids)
+            llguidance.torch.fill_next_token_bitmask(matcher, bitmask)
+            return unpack_bitmask(bitmask, vocab_size)
+
+        return logits_mask
+
+    def parse(self, text: str) -> ToolCall | Answer:
+        """The reply as a ToolCall to an enabled tool with valid arguments, or an Answer; else ToolCallError."""
+        reply = self._load(text)
+        if set(reply) == {"answer"} and isinstance(reply["answer"], str):
+            if not self.allow_answer:
+                raise ToolCallError("a plain answer is not allowed here: call one of the enabled tools")
+            return Answer(reply["answer"])
+        if set(reply) != {"name", "arguments"} or not isinstance(reply["arguments"], dict):
+            raise ToolCallError('a reply must be {"name": ..., "arguments": {...}} or {"answer": "..."}')
+        name, arguments = reply["name"], reply["arguments"]
+        if name not in self.tools:
+            raise ToolCallError(f"unknown or disabled tool {name!r} (enabled: {', '.join(sorted(self.tools))})")
+        self._check_arguments(self.tools[name], arguments)
+        return ToolCall(name, arguments)
+
+    def _load(self, text: str) -> dict[str, Any]:
+        try:
+            reply = json.loads(text)
+        except json.JSONDecodeError:
+            raise ToolCallError("the reply is not one complete JSON object (was it cut off?)") from None
+        if not isinstance(reply, dict):
+            raise ToolCallError("the reply must be a JSON object")
+        return reply
+
+    def _check_arguments(self, spec: ToolSpec, arguments: dict[str, Any]) -> None:
+        """Match the canonical rendering of the call, keys in schema order, against the grammar itself."""
+        order = list(spec.parameters.get("properties", {}))
+        ranked = sorted(arguments, key=lambda k: order.index(k) if k in order else len(order))
+        call = {"name": spec.name, "arguments": {key: arguments[key] for key in ranked}}
+        canonical = json.dumps(call, ensure_ascii=False, separators=(", ", ": "))
+        matcher = self.new_matcher()
+        if not matcher.consume_tokens(self.ll_tokenizer.tokenize_str(canonical)) or not matcher.is_accepting():
+            raise ToolCallError(f"arguments of {spec.name} do not match its parameters: "
+                                f"{json.dumps(spec.parameters, sort_keys=True)}")
