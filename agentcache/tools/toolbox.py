@@ -1,0 +1,69 @@
+"""The ToolBox: the tools the agent loop may run, their specs from prompts/tools, argument checks and errors as outcomes."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agentcache.tools.base import Tool, ToolError, ToolFunction, ToolOutcome
+from agentcache.tools.files import edit_file, list_files, read_file, write_file
+from agentcache.tools.schema import check_arguments
+from agentcache.tools.search import search
+from agentcache.tools.shell import run_command
+from agentcache.tools.workspace import Workspace
+from layers import DEFAULT_PROMPTS_DIR, LayersError, ToolRegistry
+
+SHELL_TOOL = "run_command"
+
+
+def finish(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
+    return ToolOutcome(args["answer"], finished=True, answer=args["answer"])
+
+
+FUNCTIONS: dict[str, ToolFunction] = {
+    "list_files": list_files, "read_file": read_file, "search": search, "write_file": write_file,
+    "edit_file": edit_file, "run_command": run_command, "finish": finish,
+}
+
+
+def load_tools(tools_dir: Path = DEFAULT_PROMPTS_DIR / "tools") -> dict[str, Tool]:
+    try:
+        registry = ToolRegistry.from_dir(tools_dir)
+    except LayersError as exc:
+        raise ToolError(str(exc)) from None
+    missing = sorted(set(FUNCTIONS) - set(registry.names()))
+    if missing:
+        raise ToolError(f"{tools_dir}: no spec for tools: {', '.join(missing)}")
+    return {spec.name: Tool(spec, FUNCTIONS[spec.name]) for spec in registry if spec.name in FUNCTIONS}
+
+
+class ToolBox:
+    def __init__(self, root: Path | str, allow_shell: bool = False, enabled: set[str] | None = None,
+                 tools_dir: Path = DEFAULT_PROMPTS_DIR / "tools") -> None:
+        self.workspace = Workspace.open(root)
+        self.allow_shell = allow_shell
+        self.tools = load_tools(tools_dir)
+        unknown = sorted((enabled or set()) - set(self.tools))
+        if unknown:
+            raise ToolError(f"unknown tools: {', '.join(unknown)} (known: {', '.join(sorted(self.tools))})")
+        self.enabled = set(self.tools) if enabled is None else set(enabled)
+
+    def names(self) -> list[str]:
+        return sorted(n for n in self.enabled if n != SHELL_TOOL or self.allow_shell)
+
+    def run(self, name: str, arguments: Any) -> ToolOutcome:
+        try:
+            return self._run(name, arguments)
+        except ToolError as exc:
+            return ToolOutcome(f"{name}: {exc}", is_error=True)
+        except OSError as exc:
+            return ToolOutcome(f"{name}: {exc.strerror or exc}", is_error=True)
+
+    def _run(self, name: str, arguments: Any) -> ToolOutcome:
+        if name not in self.tools:
+            raise ToolError(f"unknown tool (known: {', '.join(sorted(self.tools))})")
+        if name not in self.enabled:
+            raise ToolError(f"tool is disabled (enabled: {', '.join(self.names()) or 'none'})")
+        if name == SHELL_TOOL and not self.allow_shell:
+            raise ToolError("shell commands are disabled; pass --allow-shell to enable run_command")
+        tool = self.tools[name]
+        return tool.function(self.workspace, check_arguments(arguments, tool.spec.parameters))
