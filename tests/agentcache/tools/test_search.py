@@ -1,0 +1,69 @@
+"""search: regex matches as path:line:text, glob filtering, caps and invalid patterns."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentcache.tools import ToolBox
+from agentcache.tools.search import MAX_MATCHES
+
+
+def test_search_finds_matches_in_order(box: ToolBox) -> None:
+    outcome = box.run("search", {"pattern": r"def \w+\(\)"})
+    assert not outcome.is_error
+    assert outcome.output == "src/app.py:1:def main():\nsrc/util.py:1:def helper():"
+
+
+def test_search_no_matches(box: ToolBox) -> None:
+    outcome = box.run("search", {"pattern": "zebra"})
+    assert not outcome.is_error and outcome.output == "(no matches in 4 files)"
+
+
+@pytest.mark.parametrize(("glob", "expected"), [
+    ("*.py", ["src/app.py", "src/util.py"]),
+    ("src/**/*.py", ["src/app.py", "src/util.py"]),
+    ("src", ["src/app.py", "src/deep/inner.txt", "src/util.py"]),
+    ("src/a*.py", ["src/app.py"]),
+    ("src/[u]til.py", ["src/util.py"]),
+    ("*.md", ["README.md"]),
+    ("docs/*", []),
+])
+def test_search_glob_filters_files(repo: Path, box: ToolBox, glob: str, expected: list[str]) -> None:
+    (repo / "src" / "deep").mkdir()
+    (repo / "src" / "deep" / "inner.txt").write_text("e\n")
+    output = box.run("search", {"pattern": "e", "path": glob}).output
+    files = sorted({line.split(":", 1)[0] for line in output.splitlines() if not line.startswith("(")})
+    assert files == expected
+
+
+def test_search_glob_double_star_reaches_nested_files(repo: Path, box: ToolBox) -> None:
+    (repo / "src" / "deep").mkdir()
+    (repo / "src" / "deep" / "inner.py").write_text("needle = 1\n")
+    assert box.run("search", {"pattern": "needle", "path": "src/**/*.py"}).output == "src/deep/inner.py:1:needle = 1"
+    assert box.run("search", {"pattern": "needle", "path": "src/*.py"}).output.startswith("(no matches")
+
+
+def test_search_glob_outside_root_is_an_error(box: ToolBox) -> None:
+    assert "outside the repository root" in box.run("search", {"pattern": "x", "path": "../*"}).output
+
+
+def test_invalid_regex_is_a_clear_error(box: ToolBox) -> None:
+    outcome = box.run("search", {"pattern": "def ("})
+    assert outcome.is_error and "invalid regular expression 'def ('" in outcome.output
+    assert "\n" not in outcome.output
+
+
+def test_search_skips_binary_and_ignored(repo: Path, box: ToolBox) -> None:
+    (repo / "blob.bin").write_bytes(b"needle\0\1\2")
+    (repo / "build" / "gen.txt").write_text("needle\n")
+    (repo / "plain.txt").write_text("a needle here\n")
+    assert box.run("search", {"pattern": "needle"}).output == "plain.txt:1:a needle here"
+
+
+def test_search_is_capped_with_marker(repo: Path, box: ToolBox) -> None:
+    (repo / "many.txt").write_text("hit\n" * (MAX_MATCHES + 37))
+    lines = box.run("search", {"pattern": "^hit$"}).output.splitlines()
+    assert len(lines) == MAX_MATCHES + 1
+    assert lines[0] == "many.txt:1:hit"
+    assert lines[-1] == "[truncated: 37 more matches]"
