@@ -1,4 +1,4 @@
-"""The ToolBox: the tools the agent loop may run, their specs from prompts/tools, argument checks and errors as outcomes."""
+"""The ToolBox: the tools the agent may run, their specs from prompts/tools, argument checks, errors as outcomes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -57,6 +57,8 @@ class ToolBox:
             return ToolOutcome(f"{name}: {exc}", is_error=True)
         except OSError as exc:
             return ToolOutcome(f"{name}: {exc.strerror or exc}", is_error=True)
+        except (UnicodeEncodeError, UnicodeDecodeError) as exc:
+            return ToolOutcome(f"{name}: text is not valid UTF-8: {exc.reason}", is_error=True)
 
     def _run(self, name: str, arguments: Any) -> ToolOutcome:
         if name not in self.tools:

@@ -28,7 +28,7 @@ class Workspace:
             raise ToolError("path is empty")
         try:
             resolved = (self.root / path).resolve()
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, ValueError) as exc:
             raise ToolError(f"cannot resolve path '{path}': {exc}") from None
         if not resolved.is_relative_to(self.root):
             raise ToolError(f"path '{path}' is outside the repository root")

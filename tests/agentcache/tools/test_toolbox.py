@@ -63,13 +63,25 @@ def test_root_must_be_a_directory(tmp_path: Path) -> None:
         ToolBox(tmp_path / "missing")
 
 
-def test_os_errors_become_outcomes(repo: Path, box: ToolBox) -> None:
-    (repo / "src" / "app.py").chmod(0)
-    try:
-        outcome = box.run("read_file", {"path": "src/app.py"})
-    finally:
-        (repo / "src" / "app.py").chmod(0o644)
-    if outcome.is_error:
-        assert "Permission denied" in outcome.output
-    else:
-        assert "return 42" in outcome.output
+def test_os_errors_become_outcomes(box: ToolBox) -> None:
+    outcome = box.run("write_file", {"path": "README.md/inside.txt", "content": "x"})
+    assert outcome.is_error and outcome.output.startswith("write_file: ") and "\n" not in outcome.output
+
+
+def test_unencodable_text_and_nul_paths_become_outcomes(repo: Path, box: ToolBox) -> None:
+    outcome = box.run("write_file", {"path": "s.txt", "content": "lone \ud800 surrogate"})
+    assert outcome.is_error and "not valid UTF-8" in outcome.output
+    assert box.run("edit_file", {"path": "README.md", "old": "hello", "new": "\udfff"}).is_error
+    assert (repo / "README.md").read_text() == "# demo\nhello world\n"
+    outcome = box.run("read_file", {"path": "a\x00b"})
+    assert outcome.is_error and "cannot resolve path" in outcome.output
+
+
+def test_custom_tools_dir_must_cover_every_tool(repo: Path, tmp_path: Path) -> None:
+    tools_dir = tmp_path / "tools"
+    tools_dir.mkdir()
+    for spec in sorted((DEFAULT_PROMPTS_DIR / "tools").glob("*.yaml")):
+        if spec.stem != "search":
+            (tools_dir / spec.name).write_text(spec.read_text())
+    with pytest.raises(ToolError, match="no spec for tools: search"):
+        ToolBox(repo, tools_dir=tools_dir)
