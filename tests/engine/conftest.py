@@ -1,0 +1,27 @@
+"""Shared engine fixtures: the tiny random model for fast tests, the embedded model for real ones."""
+
+import pytest
+import torch
+
+from engine import load_model
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    return load_model("random-tiny")
+
+
+@pytest.fixture(scope="session")
+def smol():
+    return load_model()
+
+
+def reference_logits(loaded, tokens: list[int]) -> torch.Tensor:
+    """Last-position logits from plain transformers with no cache: the independent reference."""
+    with torch.inference_mode():
+        ids = torch.tensor([tokens], device=loaded.device)
+        return loaded.model(input_ids=ids, use_cache=False).logits[0, -1].float()
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())

@@ -1,0 +1,106 @@
+"""Page bookkeeping without tensors: hashing, verification, refcounts, LRU eviction, counters."""
+
+import pytest
+
+from engine.block_manager import BlockManager, page_hash, root_hash
+from engine.errors import EngineCapacityError
+
+P = 4
+FP = "fp"
+
+
+def fill(bm: BlockManager, tokens: list[int], salt: str | None = None) -> list[int]:
+    """Allocate pages for `tokens`, index every full page as the runner does, and release them."""
+    match = bm.match(tokens, FP, salt)
+    table = bm.allocate(match.page_ids, len(tokens))
+    hashes = bm.chain_hashes(tokens, root_hash(FP, salt))
+    for i, h in enumerate(hashes):
+        origin = (FP, root_hash(FP, salt)) if i == 0 else None
+        bm.register(table[i], h, tuple(tokens[i * P : (i + 1) * P]), origin)
+    bm.release(table)
+    return table
+
+
+def test_chain_hash_depends_on_parent_and_tokens():
+    assert page_hash(1, [1, 2, 3, 4]) != page_hash(2, [1, 2, 3, 4])
+    assert page_hash(1, [1, 2, 3, 4]) != page_hash(1, [1, 2, 3, 5])
+    bm = BlockManager(8, P)
+    a = bm.chain_hashes([1, 2, 3, 4, 5, 6, 7, 8], 7)
+    b = bm.chain_hashes([9, 9, 9, 9, 5, 6, 7, 8], 7)
+    assert a[1] != b[1]  # same second page, different history
+
+
+def test_only_full_pages_are_hashed():
+    assert len(BlockManager(8, P).chain_hashes(list(range(11)), 0)) == 2
+
+
+def test_hit_is_capped_below_prompt_length():
+    bm = BlockManager(8, P)
+    tokens = list(range(8))
+    fill(bm, tokens)
+    match = bm.match(tokens, FP, None)
+    assert len(match.page_ids) == 1 and match.stop_reason == "capped"
+    longer = bm.match(tokens + [99], FP, None)
+    assert len(longer.page_ids) == 2 and longer.stop_reason == "complete"
+
+
+def test_salt_separates_and_is_reported():
+    bm = BlockManager(8, P)
+    fill(bm, list(range(9)), salt="a")
+    assert len(bm.match(list(range(9)), FP, "a").page_ids) == 2
+    other = bm.match(list(range(9)), FP, "b")
+    assert other.page_ids == [] and other.stop_reason == "salt"
+
+
+def test_other_model_is_reported():
+    bm = BlockManager(8, P)
+    fill(bm, list(range(9)))
+    miss = bm.match(list(range(9)), "other-fp", None)
+    assert miss.page_ids == [] and miss.stop_reason == "model"
+
+
+def test_collision_is_verified_against_token_ids():
+    bm = BlockManager(8, P)
+    tokens = list(range(9))
+    fill(bm, tokens)
+    first = bm.hash_to_page[bm.chain_hashes(tokens, root_hash(FP, None))[0]]
+    bm.pages[first].token_ids = (7, 7, 7, 7)  # stored ids no longer match the hash
+    miss = bm.match(tokens, FP, None)
+    assert miss.page_ids == [] and miss.stop_reason == "collision"
+
+
+def test_eviction_is_lazy_lru_and_tails_first():
+    bm = BlockManager(4, P)
+    fill(bm, list(range(8)))  # two cached pages
+    assert bm.stats()["pages_cached"] == 2
+    assert len(bm.match(list(range(9)), FP, None).page_ids) == 2  # still indexed though free
+    fill(bm, [50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61])  # needs 3 pages: 2 free + 1 eviction
+    assert bm.counters.evictions == 1
+    survivor = bm.match(list(range(9)), FP, None)
+    assert len(survivor.page_ids) == 1 and survivor.stop_reason == "evicted"  # the tail went first
+
+
+def test_capacity_error_leaves_state_unchanged():
+    bm = BlockManager(4, P)
+    fill(bm, list(range(8)))
+    held = bm.allocate([], 8)  # pins 2 pages (evicting the cached ones)
+    before = (bm.stats(), list(bm.free), [(p.ref_count, p.hash) for p in bm.pages])
+    with pytest.raises(EngineCapacityError, match=r"needs 3 new KV pages .* only 2 of 4"):
+        bm.allocate([], 12)
+    assert before == (bm.stats(), list(bm.free), [(p.ref_count, p.hash) for p in bm.pages])
+    bm.release(held)
+    assert bm.stats()["pages_used"] == 0
+
+
+def test_shared_pages_are_refcounted():
+    bm = BlockManager(8, P)
+    fill(bm, list(range(9)))
+    match = bm.match(list(range(9)), FP, None)
+    a = bm.allocate(match.page_ids, 9)
+    b = bm.allocate(match.page_ids, 9)
+    assert a[:2] == b[:2] and bm.pages[a[0]].ref_count == 2
+    bm.release(a)
+    assert bm.pages[a[0]].ref_count == 1 and a[0] not in bm.free
+    bm.release(b)
+    assert bm.pages[a[0]].ref_count == 0 and a[0] in bm.free
+    assert bm.stats()["pages_used"] == 0

