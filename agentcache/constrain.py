@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import llguidance.hf
-import llguidance.torch
+import numpy as np
 import torch
 from llguidance import LLMatcher, LLTokenizer
 
@@ -89,14 +89,10 @@ def reply_schema(tools: Iterable[ToolSpec], allow_answer: bool = True) -> dict[s
     return {"anyOf": alternatives, "x-guidance": JSON_OPTIONS}
 
 
-def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """One bool per token id from llguidance's packed int32 words (bit i of word w is token 32w + i)."""
-    as_bytes = bitmask.reshape(-1).view(torch.uint8)
-    bits = (as_bytes.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
-    allowed = torch.zeros(vocab_size, dtype=torch.bool)
-    width = min(vocab_size, bits.numel())
-    allowed[:width] = bits.reshape(-1)[:width].bool()
-    return allowed
+def unpack_bitmask(bitmask: bytes, vocab_size: int) -> torch.Tensor:
+    """One bool per token id from llguidance's packed little-endian words (bit i of word w is token 32w + i)."""
+    packed = np.frombuffer(bitmask, dtype=np.uint8)
+    return torch.from_numpy(np.unpackbits(packed, count=vocab_size, bitorder="little").view(np.bool_))
 
 
 class ToolCallGrammar:
@@ -115,7 +111,6 @@ class ToolCallGrammar:
     def new_mask(self, vocab_size: int) -> LogitsMask:
         """A fresh per-request `logits_mask(generated_ids)` for the engine: allowed next tokens as bools."""
         matcher = self.new_matcher()
-        bitmask = llguidance.torch.allocate_token_bitmask(1, self.ll_tokenizer.vocab_size)
         consumed = 0
 
         def logits_mask(generated_ids: list[int]) -> torch.Tensor:
@@ -126,8 +121,7 @@ class ToolCallGrammar:
             if not matcher.consume_tokens(generated_ids[consumed:]):
                 raise ToolCallError(f"generated tokens break the reply grammar: {matcher.get_error()}")
             consumed = len(generated_ids)
-            llguidance.torch.fill_next_token_bitmask(matcher, bitmask)
-            return unpack_bitmask(bitmask, vocab_size)
+            return unpack_bitmask(matcher.compute_bitmask(), vocab_size)
 
         return logits_mask
 

@@ -1,0 +1,188 @@
+"""Constrained tool-call decoding with real llguidance, the embedded model's tokenizer and the real engine."""
+
+import json
+import time
+from typing import Any
+
+import pytest
+import torch
+
+from agentcache.constrain import Answer, ToolCall, ToolCallError, ToolCallGrammar, format_instructions, ll_tokenizer
+from engine import Engine, Request, load_model
+from layers import DEFAULT_PROMPTS_DIR, ToolRegistry
+
+REGISTRY = ToolRegistry.from_dir(DEFAULT_PROMPTS_DIR / "tools")
+ALL_TOOLS = list(REGISTRY)
+READ_CALL = '{"name": "read_file", "arguments": {"path": "README.md", "start_line": 2}}'
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return load_model()
+
+
+@pytest.fixture(scope="module")
+def engine(smol):
+    return Engine(smol, capacity_bytes=64 << 20)
+
+
+def tools(*names: str) -> list:
+    return [REGISTRY.get(name) for name in names]
+
+
+def schema_errors(value: Any, schema: dict[str, Any], where: str = "arguments") -> list[str]:
+    """An independent check of the JSON Schema subset the tool specs use."""
+    kinds = {"object": dict, "string": str, "integer": int, "number": (int, float), "boolean": bool}
+    kind = schema.get("type")
+    if kind and (not isinstance(value, kinds[kind]) or (kind != "boolean" and isinstance(value, bool))):
+        return [f"{where}: expected {kind}"]
+    errors = [f"{where}: below minimum" for _ in [0] if "minimum" in schema and value < schema["minimum"]]
+    errors += [f"{where}: above maximum" for _ in [0] if "maximum" in schema and value > schema["maximum"]]
+    if kind == "object":
+        props = schema.get("properties", {})
+        errors += [f"{where}: missing {key}" for key in schema.get("required", []) if key not in value]
+        if schema.get("additionalProperties") is False:
+            errors += [f"{where}: unexpected {key}" for key in value if key not in props]
+        errors += [e for key in value if key in props for e in schema_errors(value[key], props[key], key)]
+    return errors
+
+
+def chat_prompt(tokenizer, question: str) -> list[str]:
+    tool_lines = "\n".join(json.dumps(spec.to_dict(), sort_keys=True) for spec in ALL_TOOLS)
+    system = f"You are a coding agent working in a small repository.\nTools:\n{tool_lines}\n{format_instructions()}"
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+    return [tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)]
+
+
+def allowed_ids(mask: torch.Tensor) -> list[int]:
+    return torch.nonzero(mask).flatten().tolist()
+
+
+def test_llguidance_tokenizer_is_built_once_per_tokenizer(smol):
+    started = time.perf_counter()
+    first = ll_tokenizer(smol.tokenizer)
+    built_s = time.perf_counter() - started
+    started = time.perf_counter()
+    assert ll_tokenizer(smol.tokenizer) is first
+    assert time.perf_counter() - started < 0.01
+    print(f"llguidance tokenizer: first call {built_s:.3f} s")
+
+
+def test_format_instructions_are_constant_and_name_no_tool():
+    text = format_instructions()
+    assert text == format_instructions() and text.endswith("\n")
+    assert not any(spec.name in text for spec in ALL_TOOLS)
+
+
+def test_parse_accepts_calls_and_answers(smol):
+    grammar = ToolCallGrammar(smol.tokenizer, ALL_TOOLS)
+    assert grammar.parse(READ_CALL) == ToolCall("read_file", {"path": "README.md", "start_line": 2})
+    assert grammar.parse('{"answer": "done"}') == Answer("done")
+    loose = '{ "arguments":{"start_line":2,"path":"README.md"},"name":"read_file" }\n'
+    assert grammar.parse(loose) == ToolCall("read_file", {"start_line": 2, "path": "README.md"})
+
+
+@pytest.mark.parametrize("text, message", [
+    (READ_CALL[:40], "cut off"),
+    ('{"name": "write_file", "arguments": {"path": "a", "content": "b"}}', "disabled tool 'write_file'"),
+    ('{"name": "read_file", "arguments": {"path": "a", "start_line": 0}}', "do not match"),
+    ('{"name": "read_file", "arguments": {"path": "a", "mode": "r"}}', "do not match"),
+    ('{"name": "read_file", "arguments": {}}', "do not match"),
+    ('{"name": "read_file"}', "must be"),
+    ('["read_file"]', "JSON object"),
+])
+def test_parse_rejects_unusable_replies(smol, text, message):
+    grammar = ToolCallGrammar(smol.tokenizer, tools("read_file", "finish"))
+    with pytest.raises(ToolCallError, match=message):
+        grammar.parse(text)
+
+
+def test_parse_rejects_answer_when_answers_are_off(smol):
+    grammar = ToolCallGrammar(smol.tokenizer, tools("finish"), allow_answer=False)
+    with pytest.raises(ToolCallError, match="not allowed"):
+        grammar.parse('{"answer": "done"}')
+
+
+def test_nothing_enabled_is_an_error(smol):
+    with pytest.raises(ToolCallError, match="no tool"):
+        ToolCallGrammar(smol.tokenizer, [], allow_answer=False)
+
+
+def test_mask_matches_llguidance_logit_bias_and_pads_model_width(smol):
+    grammar = ToolCallGrammar(smol.tokenizer, ALL_TOOLS)
+    width = len(smol.tokenizer) + 64
+    prefix = smol.tokenizer.encode('{"name": "', add_special_tokens=False)
+    mask = grammar.new_mask(width)(prefix)
+    matcher = grammar.new_matcher()
+    assert matcher.consume_tokens(prefix)
+    bias = torch.frombuffer(bytearray(matcher.compute_logit_bias()), dtype=torch.uint8)
+    assert mask.dtype == torch.bool and mask.shape == (width,)
+    assert torch.equal(mask[: bias.numel()], bias > 0)
+    assert not mask[bias.numel():].any()
+
+
+def test_disabled_tool_names_are_never_allowed(smol):
+    enabled = ["finish", "run_command", "search"]
+    grammar = ToolCallGrammar(smol.tokenizer, tools(*enabled))
+    prefix = smol.tokenizer.encode('{"name": "', add_special_tokens=False)
+    mask = grammar.new_mask(smol.config.vocab_size)(prefix)
+    allowed = allowed_ids(mask)
+    assert allowed
+    for token in allowed:
+        piece = grammar.ll_tokenizer.decode_str([token])
+        assert any(f'{name}"'.startswith(piece) or piece.startswith(f'{name}"') for name in enabled), piece
+    for spec in ALL_TOOLS:
+        if spec.name not in enabled:
+            assert not mask[smol.tokenizer.encode(spec.name, add_special_tokens=False)[0]], spec.name
+
+
+def test_eos_is_allowed_only_when_the_json_is_complete(smol):
+    grammar = ToolCallGrammar(smol.tokenizer, ALL_TOOLS)
+    (eos,) = smol.eos_token_ids
+    ids = smol.tokenizer.encode(READ_CALL, add_special_tokens=False)
+    mask = grammar.new_mask(smol.config.vocab_size)
+    for n in range(len(ids)):
+        assert not mask(ids[:n])[eos], smol.tokenizer.decode(ids[:n])
+    assert allowed_ids(mask(ids)) == [eos]
+
+
+def test_mask_follows_a_shorter_history(smol):
+    grammar = ToolCallGrammar(smol.tokenizer, ALL_TOOLS)
+    ids = smol.tokenizer.encode(READ_CALL, add_special_tokens=False)
+    mask = grammar.new_mask(smol.config.vocab_size)
+    mask(ids[:12])
+    assert torch.equal(mask(ids[:5]), grammar.new_mask(smol.config.vocab_size)(ids[:5]))
+
+
+def test_mask_step_is_fast(smol):
+    grammar = ToolCallGrammar(smol.tokenizer, ALL_TOOLS)
+    call = json.dumps({"name": "write_file", "arguments": {"path": "notes.md", "content": "line\n" * 12}})
+    ids = smol.tokenizer.encode(call, add_special_tokens=False)
+    mask = grammar.new_mask(smol.config.vocab_size)
+    steps = []
+    for n in range(len(ids) + 1):
+        started = time.perf_counter()
+        mask(ids[:n])
+        steps.append(time.perf_counter() - started)
+    print(f"mask per step over {len(steps)} steps: mean {sum(steps) / len(steps) * 1e3:.2f} ms, "
+          f"max {max(steps) * 1e3:.2f} ms")
+    assert max(steps) < 0.1
+
+
+@pytest.mark.parametrize("names, allow_answer, question", [
+    (["list_files", "read_file", "search"], False, "Show me the contents of README.md"),
+    (["finish"], True, "Show me the contents of README.md"),
+])
+def test_real_model_reply_is_a_valid_call_to_an_enabled_tool(smol, engine, names, allow_answer, question):
+    grammar = ToolCallGrammar(smol.tokenizer, tools(*names), allow_answer)
+    request = Request(chat_prompt(smol.tokenizer, question), max_tokens=96,
+                      logits_mask=grammar.new_mask(smol.config.vocab_size))
+    result = engine.generate(request)
+    assert result.finish_reason == "stop", result.text
+    reply = grammar.parse(result.text)
+    print(f"{names}: {result.text}")
+    if isinstance(reply, Answer):
+        assert allow_answer
+        return
+    assert reply.name in names
+    assert schema_errors(reply.arguments, REGISTRY.get(reply.name).parameters) == []
