@@ -1,0 +1,1 @@
+"""Reproducible measurements: each benchmark prints a table for people and writes JSON for machines."""
