@@ -90,6 +90,39 @@ def inspect(
     (_print_json if as_json else _print_table)(context, rows, findings)
 
 
+@app.command()
+def run(
+    task: Annotated[str, typer.Argument(help="What the agent should do.")],
+    repo: Annotated[Path, typer.Option(help="Repository root the agent works in.")] = Path("."),
+    model: Annotated[Optional[str], typer.Option(help="Model: the embedded default, a local HF dir, or a hub id.")] = None,
+    role: Annotated[Optional[str], typer.Option(help="Agent role: a file in prompts/roles/.")] = None,
+    max_turns: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many requests.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(min=1, help="Most tokens per reply.")] = None,
+    allow_shell: Annotated[bool, typer.Option("--allow-shell", help="Enable the run_command tool.")] = False,
+    tools: Annotated[Optional[str], typer.Option(help="Comma-separated tools to enable (default: all).")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Continue a session: its id or 'latest'.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Run the agent on TASK in a repo, turn after turn, on a warm prefix.
+
+    Example: agentcache run "Where are words counted?" --repo examples/repo
+    """
+    from agentcache.runner import run_task
+
+    overrides = {"model": model, "role": role, "max_turns": max_turns, "max_tokens": max_tokens,
+                 "tools": tools.split(",") if tools else None, "allow_shell": allow_shell or None}
+    console = Console(highlight=False, stderr=as_json)
+    summary = run_task(repo, task, overrides, resume, on_line=lambda line: line and console.print(line))
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        console.print(f"[bold]{summary['reason']}[/bold] after {summary['turns']} turns; "
+                      f"session {summary['session_id']}")
+        if summary["answer"]:
+            console.print(summary["answer"], markup=False)
+
+
 def _user_error_types() -> tuple[type[Exception], ...]:
     types: list[type[Exception]] = [LayersError, AgentcacheError]
     engine_errors = sys.modules.get("engine.errors")

@@ -41,6 +41,9 @@ _ll_tokenizers: dict[int, tuple[Any, LLTokenizer]] = {}
 _ll_lock = threading.Lock()
 
 
+MAX_ANSWER_CHARS = 600
+
+
 class ToolCallError(AgentcacheError):
     """The model's reply is not a usable tool call or answer; the message goes back to it as a tool result."""
 
@@ -78,7 +81,7 @@ def tool_schema(spec: ToolSpec) -> dict[str, Any]:
 
 
 def answer_schema() -> dict[str, Any]:
-    return {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"],
+    return {"type": "object", "properties": {"answer": {"type": "string", "maxLength": MAX_ANSWER_CHARS}}, "required": ["answer"],
             "additionalProperties": False}
 
 

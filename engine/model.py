@@ -202,7 +202,28 @@ def _load_pretrained(path: str, dtype: torch.dtype) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname or ""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _load_hub(spec: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    if not _hub_reachable():
+        raise UnknownModelError(
+            f"unknown model '{spec}': not '{EMBEDDED_NAME}', '{RANDOM_NAME}' or a local directory, "
+            "and the model hub cannot be reached from here"
+        )
     try:
         return _load_pretrained(spec, dtype)
     except Exception as exc:  # transformers raises many types for a missing repo or no network

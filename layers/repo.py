@@ -13,6 +13,7 @@ SECRET_NAMES = (".env*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*
                 "id_ed25519*", ".netrc", ".pgpass", ".ssh", ".aws", ".gnupg")
 BINARY_SNIFF_BYTES = 8192
 PRIVATE_KEY_MARKER = b"PRIVATE KEY-----"
+HARNESS_DIR = ".agentcache"
 GIT_ENV = {"GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C", "LANG": "C"}
 
 
@@ -140,8 +141,13 @@ def _inside_regular_file(root: Path, rel: str) -> bool:
     return resolved.is_relative_to(root) and resolved.is_file()
 
 
+def is_harness_state(path: str) -> bool:
+    """The harness's own sessions and caches: volatile, never part of the project's context."""
+    return PurePosixPath(path).parts[:1] == (HARNESS_DIR,)
+
+
 def safe_paths(paths: list[str]) -> list[str]:
-    return sorted({p for p in paths if not is_secret_path(p)})
+    return sorted({p for p in paths if not is_secret_path(p) and not is_harness_state(p)})
 
 
 def list_files(root: Path) -> list[str]:

@@ -1,0 +1,133 @@
+"""The agent loop: L1+L2 assembled once, L3 appended turn by turn, tools run, every request logged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from agentcache.backends import Backend, GenSettings, Reply
+from agentcache.backends.local import reply_text
+from agentcache.config import RunConfig
+from agentcache.constrain import Answer, ToolCallError
+from agentcache.session import Session
+from agentcache.tools import ToolBox
+from layers import Block, Context, Layer, ToolRegistry, ToolResult, UserInput, build_prefix
+from layers.l1 import DEFAULT_PROMPTS_DIR
+from layers.l3 import AssistantMessage, ToolCall
+
+KEEP_RECENT = 4
+OnTurn = Callable[[dict[str, Any]], None]
+
+
+@dataclass(slots=True)
+class Outcome:
+    reason: str  # "finished", "answered", "max_turns", "token_budget", "invalid_output"
+    answer: str | None
+    turns: int
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Agent:
+    def __init__(self, repo: Path, backend: Backend, config: RunConfig, session: Session,
+                 on_turn: OnTurn | None = None) -> None:
+        self.repo, self.backend, self.config, self.session = repo, backend, config, session
+        self.toolbox = ToolBox(repo, allow_shell=config.allow_shell, enabled=set(config.tools) or None)
+        registry = ToolRegistry.from_dir(DEFAULT_PROMPTS_DIR / "tools")
+        self.specs = [registry.get(name) for name in registry.names()]
+        self.enabled = set(self.toolbox.names())
+        self.context = build_prefix(repo, role=config.role)
+        self.on_turn = on_turn
+        self.spent = 0
+        self.errors = 0
+        self.turns_done = 0
+
+    def resume(self) -> str | None:
+        """Replay the session's L3 entries; returns the context id the session last saw."""
+        last_id = None
+        for record in self.session.records():
+            if record.get("type") == "compaction":
+                self.context = Context([*self.context.prefix, *map(_entry_block, record["l3"])])
+            for entry in record.get("appended", []):
+                self.context.append(_entry_block(entry))
+            last_id = record.get("context_id", last_id)
+            self.turns_done = max(self.turns_done, record.get("turn", 0))
+        return last_id
+
+    def run(self, task: str) -> Outcome:
+        self._append([UserInput(task).to_block()], {"type": "user"})
+        first = self.turns_done + 1
+        for turn in range(first, first + self.config.max_turns):
+            outcome = self.step(turn)
+            if outcome is not None:
+                return outcome
+        return Outcome("max_turns", None, self.config.max_turns)
+
+    def step(self, turn: int) -> Outcome | None:
+        self._compact_if_needed()
+        settings = GenSettings(max_tokens=self.config.max_tokens, temperature=self.config.temperature)
+        reply = self.backend.complete(self.context, self.specs, self.enabled, settings)
+        self.spent += reply.usage["computed_tokens"] + reply.usage["completion_tokens"]
+        record = self._request_record(turn, reply)
+        try:
+            parsed = self.backend.parse(reply.text, self.specs, self.enabled)
+        except ToolCallError as exc:
+            return self._invalid(turn, reply, record, str(exc))
+        if isinstance(parsed, Answer):
+            self._append([AssistantMessage(reply_text(parsed)).to_block()], record)
+            return Outcome("answered", parsed.text, turn)
+        outcome = self.toolbox.run(parsed.name, parsed.arguments)
+        record.update(tool_call={"name": parsed.name, "arguments": parsed.arguments},
+                      tool_result={"output": outcome.output, "is_error": outcome.is_error})
+        blocks = [ToolCall(parsed.name, parsed.arguments).to_block(),
+                  ToolResult(parsed.name, outcome.output, outcome.is_error).to_block()]
+        self._append(blocks, record)
+        if outcome.finished:
+            return Outcome("finished", outcome.answer, turn)
+        if self.spent >= self.config.token_budget:
+            return Outcome("token_budget", None, turn)
+        return None
+
+    def _invalid(self, turn: int, reply: Reply, record: dict[str, Any], message: str) -> Outcome | None:
+        self.errors += 1
+        record["error"] = message
+        blocks = [AssistantMessage(reply.text).to_block(),
+                  ToolResult("error", f"{message}; reply with one valid JSON object", True).to_block()]
+        self._append(blocks, record)
+        if self.errors > self.config.retries:
+            return Outcome("invalid_output", None, turn)
+        return None
+
+    def _request_record(self, turn: int, reply: Reply) -> dict[str, Any]:
+        return {
+            "type": "request", "turn": turn, "context_id": self.context.context_id,
+            "layers": self.context.layer_hashes(),
+            "blocks": [{"layer": b.layer.name, "kind": b.kind, "key": b.key, "hash": b.hash} for b in self.context],
+            "segment_tokens": reply.trace.get("segment_tokens", []), "prefix_tokens": reply.prefix_tokens,
+            "usage": reply.usage, "timings": reply.timings, "trace": reply.trace,
+            "enabled_tools": sorted(self.enabled), "reply": reply.text, "finish_reason": reply.finish_reason,
+        }
+
+    def _append(self, blocks: list[Block], record: dict[str, Any]) -> None:
+        self.context.extend(blocks)
+        record["appended"] = [{"kind": b.kind, "key": b.key, "text": b.text} for b in blocks]
+        self.session.append(record)
+        if self.on_turn is not None:
+            self.on_turn(record)
+
+    def _compact_if_needed(self) -> None:
+        """Fold the oldest L3 entries into one summary entry; L1 and L2 stay byte-identical."""
+        limit = self.backend.window() - self.config.max_tokens
+        l3 = list(self.context.l3)
+        if len(l3) <= KEEP_RECENT + 1 or self.backend.count_tokens(self.context) <= limit:
+            return
+        task, old, recent = l3[0], l3[1:-KEEP_RECENT], l3[-KEEP_RECENT:]
+        calls = [f"{b.key}" for b in old if b.kind == "tool_call"]
+        summary = UserInput(f"[{len(old)} earlier entries compacted; tools called: {', '.join(calls) or 'none'}]")
+        self.context = Context([*self.context.prefix, task, summary.to_block(), *recent])
+        self.session.append({"type": "compaction", "dropped": len(old), "context_id": self.context.context_id,
+                             "l3": [{"kind": b.kind, "key": b.key, "text": b.text} for b in self.context.l3]})
+
+
+def _entry_block(entry: dict[str, str]) -> Block:
+    return Block(Layer.L3, entry["kind"], entry["key"], entry["text"].encode("utf-8"))

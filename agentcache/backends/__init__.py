@@ -1,0 +1,41 @@
+"""The backend protocol: an assembled context and the enabled tools in, a reply with usage out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from layers import Context, ToolSpec
+
+
+@dataclass(slots=True)
+class GenSettings:
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    salt: str | None = None
+
+
+@dataclass(slots=True)
+class Reply:
+    """Raw reply text plus what the request cost; the loop parses the text."""
+
+    text: str
+    finish_reason: str
+    usage: dict[str, int]
+    timings: dict[str, float]
+    trace: dict[str, Any] = field(default_factory=dict)
+    prefix_tokens: int = 0
+
+
+class Backend(Protocol):
+    name: str
+
+    def complete(self, context: Context, tools: list[ToolSpec], enabled: set[str], settings: GenSettings) -> Reply: ...
+
+    def parse(self, text: str, tools: list[ToolSpec], enabled: set[str]) -> Any: ...
+
+    def count_tokens(self, context: Context) -> int: ...
+
+    def window(self) -> int: ...

@@ -1,0 +1,111 @@
+"""The local backend: each block rendered as one chat message, each message one segment, on the engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentcache.backends import GenSettings, Reply
+from agentcache.constrain import ToolCallGrammar, format_instructions
+from engine import Engine, Request, SamplingParams
+from engine.model import LoadedModel
+from layers import Block, Context, Layer, ToolSpec, canonical_json
+
+ROLE_OF_KIND = {"user": "user", "assistant": "assistant", "tool_call": "assistant",
+                "tool_result": "tool", "tool_error": "tool"}
+PROBE = [{"role": "system", "content": "a"}, {"role": "system", "content": "b"},
+         {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}, {"role": "tool", "content": "e"}]
+
+
+def block_message(block: Block, tools: list[ToolSpec]) -> dict[str, str]:
+    """A deterministic message for a block; the tools block also carries the output format."""
+    if block.layer == Layer.L3:
+        return {"role": ROLE_OF_KIND.get(block.kind, "user"), "content": block.text}
+    if block.kind == "tools":
+        return {"role": "system", "content": f"{format_instructions()}\nTools (JSON Schema):\n{block.text}"}
+    if block.layer == Layer.L2 and block.kind != "tree":
+        return {"role": "system", "content": f"File {block.key}:\n{block.text}"}
+    if block.kind == "tree":
+        return {"role": "system", "content": f"Repository files:\n{block.text}"}
+    return {"role": "system", "content": block.text}
+
+
+class ChatRenderer:
+    """Renders messages one segment each; falls back to plain ChatML if the template is not prefix-stable."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.template_stable = tokenizer is not None and tokenizer.chat_template is not None and self._stable()
+
+    def _render(self, messages: list[dict[str, str]], generation: bool = False) -> str:
+        if not messages:
+            return ""
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+
+    def _stable(self) -> bool:
+        try:
+            renders = [self._render(PROBE[:k]) for k in range(len(PROBE) + 1)]
+        except Exception:
+            return False
+        return all(b.startswith(a) for a, b in zip(renders, renders[1:])) and \
+            self._render(PROBE, True).startswith(renders[-1])
+
+    def segments(self, messages: list[dict[str, str]]) -> list[str]:
+        if not self.template_stable:
+            parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
+            return parts + ["<|im_start|>assistant\n"]
+        out, previous = [], ""
+        for k in range(1, len(messages) + 1):
+            current = self._render(messages[:k])
+            out.append(current[len(previous):])
+            previous = current
+        out.append(self._render(messages, True)[len(previous):])
+        return out
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, model: LoadedModel, engine: Engine | None = None) -> None:
+        self.model = model
+        self.engine = engine or Engine(model)
+        self.renderer = ChatRenderer(model.tokenizer)
+        self._grammars: dict[tuple[str, ...], ToolCallGrammar] = {}
+
+    def window(self) -> int:
+        return self.model.max_len
+
+    def messages(self, context: Context, tools: list[ToolSpec]) -> list[dict[str, str]]:
+        return [block_message(b, tools) for b in context]
+
+    def count_tokens(self, context: Context) -> int:
+        segments = self.renderer.segments(self.messages(context, []))
+        return sum(len(self.engine.tokenize([s])[0]) for s in segments)
+
+    def grammar(self, tools: list[ToolSpec], enabled: set[str]) -> ToolCallGrammar:
+        key = tuple(sorted(enabled))
+        if key not in self._grammars:
+            chosen = [t for t in tools if t.name in enabled]
+            self._grammars[key] = ToolCallGrammar(self.model.tokenizer, chosen, allow_answer=True)
+        return self._grammars[key]
+
+    def parse(self, text: str, tools: list[ToolSpec], enabled: set[str]) -> Any:
+        return self.grammar(tools, enabled).parse(text)
+
+    def complete(self, context: Context, tools: list[ToolSpec], enabled: set[str], settings: GenSettings) -> Reply:
+        messages = self.messages(context, tools)
+        segments = self.renderer.segments(messages)
+        mask = self.grammar(tools, enabled).new_mask(self.model.config.vocab_size)
+        sampling = SamplingParams(settings.temperature, settings.top_p, settings.seed)
+        request = Request(segments, max_tokens=settings.max_tokens, sampling=sampling, salt=settings.salt,
+                          logits_mask=mask)
+        result = self.engine.generate(request)
+        prefix = sum(result.trace.segment_tokens[: len(context.prefix)])
+        return Reply(result.text, result.finish_reason, result.usage.to_dict(), result.timings.to_dict(),
+                     result.trace.to_dict(), prefix)
+
+
+def reply_text(call_or_answer: Any) -> str:
+    """The canonical text of a parsed reply, as it is appended to L3."""
+    if hasattr(call_or_answer, "name"):
+        return canonical_json({"name": call_or_answer.name, "arguments": call_or_answer.arguments})
+    return canonical_json({"answer": call_or_answer.text})

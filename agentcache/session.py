@@ -1,0 +1,59 @@
+"""Sessions: `.agentcache/sessions/<id>.jsonl`, one JSON record per line, appended and flushed per record."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from agentcache.errors import AgentcacheError
+
+SESSIONS_DIR = Path(".agentcache") / "sessions"
+
+
+class Session:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.id = path.stem
+
+    @classmethod
+    def create(cls, repo: Path) -> Session:
+        directory = repo / SESSIONS_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        session_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+        return cls(directory / f"{session_id}.jsonl")
+
+    @classmethod
+    def open(cls, repo: Path, ref: str = "latest") -> Session:
+        directory = repo / SESSIONS_DIR
+        if ref == "latest":
+            found = sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
+            if not found:
+                raise AgentcacheError(f"no sessions in {SESSIONS_DIR} of this repo")
+            return cls(found[-1])
+        path = directory / f"{ref}.jsonl"
+        if not path.is_file() or Path(ref).name != ref:
+            raise AgentcacheError(f"no session '{ref}' in {SESSIONS_DIR} of this repo")
+        return cls(path)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """One whole line per write, flushed and synced, so a killed run leaves only complete records."""
+        line = (json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise AgentcacheError(f"session {self.id} line {number} is not valid JSON") from None
+        return out
