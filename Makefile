@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 demo: install
-	$(VENV)/bin/agentcache inspect --layers --repo examples/repo
+	$(VENV)/bin/agentcache run "What does this project do? Look at its files first." --repo examples/repo --max-turns 3
 
 test: install
 	$(PY) -m pytest -q

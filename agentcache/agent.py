@@ -54,8 +54,11 @@ class Agent:
             self.turns_done = max(self.turns_done, record.get("turn", 0))
         return last_id
 
-    def run(self, task: str) -> Outcome:
+    def run_start(self, task: str) -> None:
         self._append([UserInput(task).to_block()], {"type": "user"})
+
+    def run(self, task: str) -> Outcome:
+        self.run_start(task)
         first = self.turns_done + 1
         for turn in range(first, first + self.config.max_turns):
             outcome = self.step(turn)

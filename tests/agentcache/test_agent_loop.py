@@ -1,0 +1,184 @@
+"""The agent loop on the real embedded model and engine: warm turns, sessions, resume, tool safety."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agentcache.agent import Agent
+from agentcache.backends.local import ChatRenderer, LocalBackend
+from agentcache.config import RunConfig
+from agentcache.session import Session
+from engine import load_model
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "repo"
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return LocalBackend(load_model())
+
+
+@pytest.fixture()
+def repo(tmp_path):
+    target = tmp_path / "repo"
+    shutil.copytree(EXAMPLE, target)
+    return target
+
+
+def requests_of(session: Session) -> list[dict]:
+    return [r for r in session.records() if r["type"] == "request"]
+
+
+def test_chat_template_is_prefix_stable_and_segments_concatenate(backend):
+    renderer = backend.renderer
+    assert renderer.template_stable
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                {"role": "assistant", "content": "a"}]
+    whole = backend.model.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert "".join(renderer.segments(messages)) == whole
+
+
+def test_unstable_template_falls_back_to_chatml():
+    class DateTemplate:
+        chat_template = "x"
+        calls = 0
+
+        def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
+            DateTemplate.calls += 1
+            return f"{DateTemplate.calls}:" + "".join(m["content"] for m in messages)
+
+    renderer = ChatRenderer(DateTemplate())
+    assert not renderer.template_stable
+    assert renderer.segments([{"role": "user", "content": "hi"}]) == \
+        ["<|im_start|>user\nhi<|im_end|>\n", "<|im_start|>assistant\n"]
+
+
+def test_three_turn_run_keeps_the_prefix_warm(backend, repo):
+    session = Session.create(repo)
+    agent = Agent(repo, backend, RunConfig(max_turns=3, max_tokens=48, retries=5), session)
+    agent.run("List the Python files of this project, then read the main module.")
+    records = requests_of(session)
+    assert len(records) >= 2
+    for record in records[1:]:
+        assert record["usage"]["cached_tokens"] >= 0.9 * record["prefix_tokens"]
+        assert record["layers"]["L1"] == records[0]["layers"]["L1"]
+        assert record["layers"]["L2"] == records[0]["layers"]["L2"]
+        assert [b for b in record["blocks"] if b["layer"] != "L3"] == \
+            [b for b in records[0]["blocks"] if b["layer"] != "L3"]
+    for record in records:
+        usage = record["usage"]
+        assert usage["prompt_tokens"] == sum(record["segment_tokens"])
+        assert usage["cached_tokens"] + usage["computed_tokens"] == usage["prompt_tokens"]
+
+
+def test_tool_calls_parse_and_name_enabled_tools_even_after_disabling(backend, repo):
+    session = Session.create(repo)
+    agent = Agent(repo, backend, RunConfig(max_turns=4, max_tokens=48, retries=5), session)
+    agent.run_start("Look around the repository.")
+    agent.step(1)
+    l1_before = agent.context.layer_hashes()["L1"]
+    agent.enabled = {"read_file", "finish"}
+    agent.step(2)
+    assert agent.context.layer_hashes()["L1"] == l1_before
+    records = requests_of(session)
+    assert records[1]["enabled_tools"] == ["finish", "read_file"]
+    for record in records:
+        if record.get("tool_call"):
+            assert record["tool_call"]["name"] in record["enabled_tools"]
+        else:
+            assert record.get("error") or json.loads(record["reply"])
+    assert records[1]["layers"]["L1"] == records[0]["layers"]["L1"]
+
+
+def test_refused_tools_become_errors_and_the_run_continues(backend, repo, tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret-outside-content")
+    (repo / "link.txt").symlink_to(outside)
+    agent = Agent(repo, backend, RunConfig(max_turns=1), Session.create(repo))
+    for name, args in [("read_file", {"path": "../outside.txt"}), ("read_file", {"path": "link.txt"}),
+                       ("run_command", {"command": "echo hi"})]:
+        outcome = agent.toolbox.run(name, args)
+        assert outcome.is_error and "secret-outside-content" not in outcome.output
+    assert "--allow-shell" in agent.toolbox.run("run_command", {"command": "echo hi"}).output
+
+
+def test_resume_continues_with_a_warm_prefix_and_same_context_id(backend, repo):
+    session = Session.create(repo)
+    first = Agent(repo, backend, RunConfig(max_turns=1, max_tokens=32, retries=5), session)
+    first.run("What is this project?")
+    before = requests_of(session)[-1]
+    again = Agent(repo, backend, RunConfig(max_turns=1, max_tokens=32, retries=5), Session.open(repo, session.id))
+    assert again.resume() == before["context_id"]
+    assert len(again.context.l3) == len(first.context.l3)
+    assert [b.hash for b in again.context] == [b.hash for b in first.context]
+    again.run("Continue.")
+    after = requests_of(session)[-1]
+    assert after["context_id"] == before["context_id"] and after["turn"] == before["turn"] + 1
+    assert after["usage"]["cached_tokens"] >= after["prefix_tokens"] // 16 * 16
+
+
+def test_killed_run_leaves_a_parseable_session(repo):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "agentcache.cli", "run", "Explore the repo in detail.",
+                             "--repo", str(repo), "--max-turns", "40", "--max-tokens", "24"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    sessions = repo / ".agentcache" / "sessions"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        files = list(sessions.glob("*.jsonl")) if sessions.is_dir() else []
+        if files and sum(1 for _ in files[0].open()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    lines = files[0].read_text().splitlines()
+    assert len(lines) >= 3
+    assert all(isinstance(json.loads(line), dict) for line in lines)
+
+
+@pytest.mark.parametrize("case", ["missing_repo", "unknown_model", "bad_yaml"])
+def test_bad_input_is_one_line_exit_2(repo, case):
+    args = ["run", "hello", "--repo", str(repo)]
+    if case == "missing_repo":
+        args[3] = str(repo / "nope")
+    elif case == "unknown_model":
+        args += ["--model", "no-such-org/no-such-model"]
+    else:
+        (repo / "agentcache.yaml").write_text("max_turns: [1,\n  role: x\n")
+    proc = subprocess.run([sys.executable, "-m", "agentcache.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_compaction_rewrites_only_l3(backend, repo):
+    session = Session.create(repo)
+    agent = Agent(repo, backend, RunConfig(max_turns=1, max_tokens=16, retries=50), session)
+    agent.run_start("Read files.")
+    agent.step(0)
+    for i in range(8):
+        agent.toolbox.run("list_files", {})
+        agent._append([b for b in agent.context.l3[-1:]], {"type": "filler", "i": i})
+    prefix_before = [b.hash for b in agent.context.prefix]
+    l3_before = len(agent.context.l3)
+    prompt_tokens = backend.count_tokens(agent.context)
+
+    class SmallWindow(LocalBackend):
+        def window(self) -> int:
+            return prompt_tokens - 1 + 16
+
+    agent.backend = SmallWindow(backend.model, backend.engine)
+    agent.step(1)
+    assert [b.hash for b in agent.context.prefix] == prefix_before
+    compaction = [r for r in session.records() if r["type"] == "compaction"]
+    assert len(compaction) == 1 and compaction[0]["dropped"] == l3_before - 5
+    assert [b.hash for b in agent.context.prefix] == prefix_before
+    assert requests_of(session)[-1]["usage"]["cached_tokens"] >= requests_of(session)[-1]["prefix_tokens"] // 16 * 16
