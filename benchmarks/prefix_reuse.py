@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import random
 import statistics
 import time
@@ -354,14 +355,15 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     too_long = [p for p in args.sizes if p + args.suffix + 1 > lm.max_len]
     if too_long:
         raise EngineError(f"prefix sizes {too_long} + {args.suffix} suffix tokens exceed the window of {lm.max_len}")
-    sizes, capacity_bytes = [], args.capacity_mb << 20
+    sizes, capacity_bytes, load_before = [], args.capacity_mb << 20, os.getloadavg()[0]
     with torch.inference_mode(), Progress(console=console, transient=True) as progress:
         plain_ttft(lm.model, token_stream(lm, 32))  # first-call initialisation stays out of every timing
         for prefix_tokens in args.sizes:
             sizes.append(measure_size(lm, prefix_tokens, args.suffix, args.repeats, capacity_bytes, progress))
     settings = {"repeats": args.repeats, "page_size": PAGE_SIZE, "capacity_bytes": capacity_bytes,
                 "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                "transformers": transformers.__version__, "device": str(lm.device), "dtype": str(lm.dtype)}
+                "transformers": transformers.__version__, "device": str(lm.device), "dtype": str(lm.dtype),
+                "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}  # other processes' noise
     return {"model": lm.name, "sizes": sizes, "settings": settings, "notes": NOTES}
 
 
