@@ -10,6 +10,10 @@ Segment = str | list[int]
 LogitsMask = Callable[[list[int]], Any]  # generated ids so far -> bool tensor of allowed ids, or None
 
 
+def fields_dict(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
 @dataclass(slots=True)
 class SamplingParams:
     temperature: float = 0.0
@@ -40,8 +44,7 @@ class Usage:
     computed_tokens: int = 0
     completion_tokens: int = 0
 
-    def to_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
+    to_dict = fields_dict
 
 
 @dataclass(slots=True)
@@ -51,8 +54,7 @@ class Timings:
     tpot_s: float = 0.0
     total_s: float = 0.0
 
-    def to_dict(self) -> dict[str, float]:
-        return {name: getattr(self, name) for name in self.__slots__}
+    to_dict = fields_dict
 
 
 @dataclass(slots=True)
@@ -64,8 +66,7 @@ class Trace:
     stop_reason: str = "absent"
     segment_tokens: list[int] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
+    to_dict = fields_dict
 
 
 @dataclass(slots=True)
