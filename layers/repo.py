@@ -13,7 +13,7 @@ SECRET_NAMES = (".env*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*
                 "id_ed25519*", ".netrc", ".pgpass", ".ssh", ".aws", ".gnupg")
 BINARY_SNIFF_BYTES = 8192
 PRIVATE_KEY_MARKER = b"PRIVATE KEY-----"
-HARNESS_DIR = ".agentcache"
+HARNESS_STATE = (".agentcache", "sessions")
 GIT_ENV = {"GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C", "LANG": "C"}
 
 
@@ -143,7 +143,7 @@ def _inside_regular_file(root: Path, rel: str) -> bool:
 
 def is_harness_state(path: str) -> bool:
     """The harness's own sessions and caches: volatile, never part of the project's context."""
-    return PurePosixPath(path).parts[:1] == (HARNESS_DIR,)
+    return PurePosixPath(path).parts[:2] == HARNESS_STATE
 
 
 def safe_paths(paths: list[str]) -> list[str]:

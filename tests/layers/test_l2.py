@@ -189,3 +189,14 @@ def test_blocks_do_not_depend_on_the_repo_location(tmp_path, plain_repo):
     moved = tmp_path / "somewhere" / "else"
     shutil.copytree(plain_repo, moved)
     assert build_l2(moved) == build_l2(plain_repo)
+
+
+def test_session_logs_never_enter_l2(tmp_path):
+    from layers import build_l2
+
+    (tmp_path / "main.py").write_text("print('hi')\n")
+    before = [b.hash for b in build_l2(tmp_path)]
+    sessions = tmp_path / ".agentcache" / "sessions"
+    sessions.mkdir(parents=True)
+    (sessions / "20260101-000000-abcdef.jsonl").write_text('{"type": "user"}\n')
+    assert [b.hash for b in build_l2(tmp_path)] == before
