@@ -63,11 +63,23 @@ def _print_table(context: Context, rows: list[dict[str, object]], findings: list
         console.print(f"[yellow]warning:[/yellow] volatile content in {finding}", markup=True)
 
 
+def _inspect_session(repo: Path, ref: str, as_json: bool) -> None:
+    from agentcache.inspect_session import load_session, render_session, session_view
+
+    session = load_session(repo, ref)
+    records = session.records()
+    view = session_view(session.id, records)
+    if as_json:
+        sys.stdout.write(json.dumps(view, indent=2) + "\n")
+    else:
+        render_session(view, records, Console(highlight=False))
+
+
 @app.command()
 def inspect(
-    session: Annotated[Optional[str], typer.Argument(help="Session id (session views are not available yet).")] = None,
+    session: Annotated[Optional[str], typer.Argument(help="Session id or 'latest' (the default) to show.")] = None,
     layers: Annotated[bool, typer.Option("--layers", help="Show the L1+L2 blocks built for a repo.")] = False,
-    repo: Annotated[Path, typer.Option(help="Repository root to build L2 from.")] = Path("."),
+    repo: Annotated[Path, typer.Option(help="Repository root: its sessions, or its L2 with --layers.")] = Path("."),
     role: Annotated[str, typer.Option(help="Agent role: a file in <prompts>/roles/.")] = "coder",
     prompts: Annotated[Optional[Path], typer.Option(help="Prompts directory (default: the bundled prompts/).")] = None,
     skills: Annotated[str, typer.Option(help="Skills folder, relative to the repo root.")] = "skills",
@@ -77,12 +89,14 @@ def inspect(
     strict: Annotated[bool, typer.Option("--strict", help="Fail on volatile content in L1/L2.")] = False,
     debug: Debug = False,
 ) -> None:
-    """Show how a context is laid out: blocks, token counts, hashes, context id and lint.
+    """Show a session's requests (tokens, hit rates, TTFT) or, with --layers, how a context is laid out.
 
-    Example: agentcache inspect --layers --repo examples/repo --role coder
+    Examples: agentcache inspect latest --repo examples/repo
+              agentcache inspect --layers --repo examples/repo --role coder
     """
     if not layers:
-        raise AgentcacheError("inspect needs --layers for now; session views come later")
+        _inspect_session(repo, session or "latest", as_json)
+        return
     config = L2Config(skills_dir=skills, max_tree_entries=max_tree, token_budget=budget)
     context = build_prefix(repo, role=role, prompts_dir=prompts, config=config)
     findings = lint_blocks(context, strict=strict)

@@ -108,7 +108,7 @@ def test_bad_inputs_are_one_error_line_with_exit_code_2(tmp_path):
     result = run_cli("inspect", "--layers", "--repo", str(EXAMPLE), "--prompts", str(broken_prompts(tmp_path)))
     assert_one_line_error(result, "coder.md: invalid YAML front matter")
     assert_one_line_error(run_cli("inspect", "--layers", "--role", "ghost"), "unknown role 'ghost'")
-    assert_one_line_error(run_cli("inspect"), "session views come later")
+    assert_one_line_error(run_cli("inspect", "--repo", str(tmp_path)), "no sessions")
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -1,0 +1,124 @@
+"""Session views for `agentcache inspect`: per-request tokens, reusable prefix and hit rates, as data and a table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from agentcache.errors import AgentcacheError
+from agentcache.session import Session
+
+USAGE_FIELDS = ("prompt_tokens", "cached_tokens", "computed_tokens", "completion_tokens")
+BAR_WIDTH = 40
+
+
+def load_session(repo: Path, ref: str) -> Session:
+    if not repo.exists():
+        raise AgentcacheError(f"repository {repo} does not exist")
+    if not repo.is_dir():
+        raise AgentcacheError(f"repository {repo} is not a directory")
+    return Session.open(repo, ref)
+
+
+def request_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("type") == "request"]
+
+
+def reusable_tokens(previous: dict[str, Any] | None, current: dict[str, Any]) -> int:
+    """Tokens of `current`'s prompt that `previous` already computed: leading identical blocks, in whole pages.
+
+    A block counts when it has the same hash at the same position in both requests; each block is one
+    segment, so its tokens are `current`'s segment count. The total is floored to the page size and capped,
+    like an engine hit, at the last full page before the prompt's final token.
+    """
+    if previous is None:
+        return 0
+    segments = current.get("segment_tokens") or []
+    shared = 0
+    for index, (a, b) in enumerate(zip(previous.get("blocks", []), current.get("blocks", []))):
+        if a.get("hash") != b.get("hash") or index >= len(segments):
+            break
+        shared += segments[index]
+    page = max(int(current.get("trace", {}).get("page_size") or 1), 1)
+    prompt = int(current.get("usage", {}).get("prompt_tokens", 0))
+    cap = max(prompt - 1, 0) // page * page
+    return min(shared // page * page, cap)
+
+
+def action(record: dict[str, Any]) -> str:
+    if record.get("error"):
+        return "error"
+    if record.get("tool_call"):
+        return str(record["tool_call"].get("name", "?"))
+    return "answer"
+
+
+def ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def request_row(previous: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, Any]:
+    usage = record.get("usage") or {}
+    row: dict[str, Any] = {"turn": record.get("turn")}
+    row.update({name: int(usage.get(name, 0)) for name in USAGE_FIELDS})
+    row["reusable_tokens"] = reusable_tokens(previous, record)
+    row["hit_rate"] = ratio(row["cached_tokens"], row["prompt_tokens"])
+    row["ttft_s"] = (record.get("timings") or {}).get("ttft_s")
+    row["stop_reason"] = (record.get("trace") or {}).get("stop_reason")
+    return row
+
+
+def session_view(session_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `--json` object: one row per request and session totals with both hit rates."""
+    requests = request_records(records)
+    rows = [request_row(previous, record) for previous, record in zip([None, *requests], requests)]
+    totals: dict[str, Any] = {name: sum(r[name] for r in rows) for name in (*USAGE_FIELDS, "reusable_tokens")}
+    totals["hit_rate"] = ratio(totals["cached_tokens"], totals["prompt_tokens"])
+    totals["reusable_hit_rate"] = ratio(totals["cached_tokens"], totals["reusable_tokens"])
+    return {"session_id": session_id, "requests": rows, "totals": totals}
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _bar(cached: int, computed: int, scale: int) -> str:
+    cached_cells = round(BAR_WIDTH * cached / scale) if scale else 0
+    computed_cells = round(BAR_WIDTH * (cached + computed) / scale) - cached_cells if scale else 0
+    return f"[green]{'█' * cached_cells}[/green][red]{'░' * max(computed_cells, 0)}[/red]"
+
+
+def render_session(view: dict[str, Any], records: list[dict[str, Any]], console: Console) -> None:
+    """The table for people: one row per request, a totals row, both hit rates and a cached-vs-computed bar chart."""
+    table = Table(title=f"session {view['session_id']}", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
+    columns = ("turn", "prompt", "cached", "computed", "output", "reuse", "hit", "ttft s", "stop", "action")
+    for column in columns:
+        justify = "left" if column in ("stop", "action") else "right"
+        table.add_column(column, justify=justify, no_wrap=True, min_width=max(len(column), 5))
+    for row, record in zip(view["requests"], request_records(records)):
+        table.add_row(str(row["turn"]), *(str(row[name]) for name in (*USAGE_FIELDS, "reusable_tokens")),
+                      _percent(row["hit_rate"]), _seconds(row["ttft_s"]), str(row["stop_reason"] or "-"),
+                      action(record))
+    totals = view["totals"]
+    table.add_section()
+    table.add_row("total", *(str(totals[name]) for name in (*USAGE_FIELDS, "reusable_tokens")),
+                  _percent(totals["hit_rate"]), "", "", "", style="bold")
+    console.print(table)
+    console.print(f"hit rate (cached / prompt tokens)    {_percent(totals['hit_rate'])}")
+    console.print(f"hit rate (cached / reusable tokens)  {_percent(totals['reusable_hit_rate'])}")
+    if not view["requests"]:
+        console.print("no requests in this session yet")
+        return
+    scale = max(r["cached_tokens"] + r["computed_tokens"] for r in view["requests"])
+    console.print("\nper turn: [green]█ cached[/green]  [red]░ computed[/red]")
+    for row in view["requests"]:
+        console.print(f"{row['turn']!s:>4} {_bar(row['cached_tokens'], row['computed_tokens'], scale)} "
+                      f"{row['cached_tokens']}/{row['prompt_tokens']}")
