@@ -127,7 +127,7 @@ def run(
     overrides = {"model": model, "role": role, "max_turns": max_turns, "max_tokens": max_tokens,
                  "tools": tools.split(",") if tools else None, "allow_shell": allow_shell or None}
     console = Console(highlight=False, stderr=as_json)
-    summary = run_task(repo, task, overrides, resume, on_line=lambda line: line and console.print(line))
+    summary = run_task(repo, task, overrides, resume, on_line=lambda line: line and console.print(line, soft_wrap=True, markup=False))
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
