@@ -6,12 +6,12 @@ class EngineError(Exception):
 
 
 class UnknownModelError(EngineError):
-    pass
+    """Not the embedded model, a random test model, a local directory, or a reachable hub id."""
 
 
 class EmbeddedModelMissingError(EngineError):
-    pass
+    """The package that ships the embedded model's GGUF is not installed."""
 
 
 class EngineCapacityError(EngineError):
-    pass
+    """A request needs more KV pages than the pool can free."""

@@ -16,7 +16,7 @@ PROBE = [{"role": "system", "content": "a"}, {"role": "system", "content": "b"},
          {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}, {"role": "tool", "content": "e"}]
 
 
-def block_message(block: Block, tools: list[ToolSpec]) -> dict[str, str]:
+def block_message(block: Block) -> dict[str, str]:
     """A deterministic message for a block; the tools block also carries the output format."""
     if block.layer == Layer.L3:
         return {"role": ROLE_OF_KIND.get(block.kind, "user"), "content": block.text}
@@ -35,6 +35,8 @@ class ChatRenderer:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self.template_stable = tokenizer is not None and tokenizer.chat_template is not None and self._stable()
+        self._keys: list[tuple[str, str]] = []
+        self._renders: list[str] = []
 
     def _render(self, messages: list[dict[str, str]], generation: bool = False) -> str:
         if not messages:
@@ -54,12 +56,21 @@ class ChatRenderer:
             parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
             return parts + ["<|im_start|>assistant\n"]
         out, previous = [], ""
-        for k in range(1, len(messages) + 1):
-            current = self._render(messages[:k])
+        for current in self._prefix_renders(messages):
             out.append(current[len(previous):])
             previous = current
         out.append(self._render(messages, True)[len(previous):])
         return out
+
+    def _prefix_renders(self, messages: list[dict[str, str]]) -> list[str]:
+        """Renders of messages[:1], messages[:2], ...; the ones shared with the last call are reused."""
+        keys = [(m["role"], m["content"]) for m in messages]
+        same = 0
+        while same < min(len(keys), len(self._keys)) and keys[same] == self._keys[same]:
+            same += 1
+        renders = self._renders[:same] + [self._render(messages[:k]) for k in range(same + 1, len(messages) + 1)]
+        self._keys, self._renders = keys, renders
+        return renders
 
 
 class LocalBackend:
@@ -70,16 +81,19 @@ class LocalBackend:
         self.engine = engine or Engine(model)
         self.renderer = ChatRenderer(model.tokenizer)
         self._grammars: dict[tuple[str, ...], ToolCallGrammar] = {}
+        self._segment_tokens: dict[str, int] = {}
 
     def window(self) -> int:
         return self.model.max_len
 
-    def messages(self, context: Context, tools: list[ToolSpec]) -> list[dict[str, str]]:
-        return [block_message(b, tools) for b in context]
-
     def count_tokens(self, context: Context) -> int:
-        segments = self.renderer.segments(self.messages(context, []))
-        return sum(len(self.engine.tokenize([s])[0]) for s in segments)
+        """Prompt tokens of a context; each message's count is computed once per backend."""
+        total = 0
+        for segment in self.renderer.segments([block_message(b) for b in context]):
+            if segment not in self._segment_tokens:
+                self._segment_tokens[segment] = len(self.engine.tokenize([segment])[0])
+            total += self._segment_tokens[segment]
+        return total
 
     def grammar(self, tools: list[ToolSpec], enabled: set[str]) -> ToolCallGrammar:
         key = tuple(sorted(enabled))
@@ -92,8 +106,7 @@ class LocalBackend:
         return self.grammar(tools, enabled).parse(text)
 
     def complete(self, context: Context, tools: list[ToolSpec], enabled: set[str], settings: GenSettings) -> Reply:
-        messages = self.messages(context, tools)
-        segments = self.renderer.segments(messages)
+        segments = self.renderer.segments([block_message(b) for b in context])
         mask = self.grammar(tools, enabled).new_mask(self.model.config.vocab_size)
         sampling = SamplingParams(settings.temperature, settings.top_p, settings.seed)
         request = Request(segments, max_tokens=settings.max_tokens, sampling=sampling, salt=settings.salt,

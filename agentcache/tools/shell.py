@@ -1,6 +1,7 @@
 """The run_command tool: a shell command in the repo root, with a timeout, its own process group and capped output."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -27,10 +28,8 @@ def capped_output(out: BinaryIO) -> str:
 
 
 def kill_group(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # the group may have exited already
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def run_command(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:

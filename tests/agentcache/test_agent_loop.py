@@ -41,8 +41,12 @@ def test_chat_template_is_prefix_stable_and_segments_concatenate(backend):
     assert renderer.template_stable
     messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
                 {"role": "assistant", "content": "a"}]
-    whole = backend.model.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert "".join(renderer.segments(messages)) == whole
+    render = backend.model.tokenizer.apply_chat_template
+    assert "".join(renderer.segments(messages)) == render(messages, tokenize=False, add_generation_prompt=True)
+    longer = messages + [{"role": "tool", "content": "t"}]
+    assert "".join(renderer.segments(longer)) == render(longer, tokenize=False, add_generation_prompt=True)
+    edited = [messages[0], {"role": "user", "content": "changed"}, *longer[2:]]  # reused renders must not leak
+    assert "".join(renderer.segments(edited)) == render(edited, tokenize=False, add_generation_prompt=True)
 
 
 def test_unstable_template_falls_back_to_chatml():
