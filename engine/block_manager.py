@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,6 +66,7 @@ class BlockManager:
     counters: Counters = field(default_factory=Counters)
     evicted: OrderedDict[int, None] = field(default_factory=OrderedDict)
     first_page_roots: dict[int, set[tuple[str, int]]] = field(default_factory=dict)
+    on_evict: Callable[[int, int, tuple[int, ...]], None] | None = None  # (page id, hash, tokens) before reuse
 
     def __post_init__(self) -> None:
         self.pages = [Page(i) for i in range(self.num_pages)]
@@ -134,6 +136,20 @@ class BlockManager:
             self._pin(page_id)
         return list(reuse) + [self._take_fresh() for _ in range(need)]
 
+    def lookup(self, h: int, token_ids: tuple[int, ...]) -> int | None:
+        """The page cached under h if it holds exactly these tokens."""
+        page_id = self.hash_to_page.get(h)
+        if page_id is None or self.pages[page_id].token_ids != token_ids:
+            return None
+        return page_id
+
+    def pin(self, page_id: int) -> None:
+        self._pin(page_id)
+
+    def take_fresh(self) -> int:
+        """One pinned empty page, evicting the least recently used cached page; the caller checks `free`."""
+        return self._take_fresh()
+
     def _pin(self, page_id: int) -> None:
         page = self.pages[page_id]
         if page.ref_count == 0:
@@ -144,6 +160,8 @@ class BlockManager:
         page_id, _ = self.free.popitem(last=False)
         page = self.pages[page_id]
         if page.hash != -1:
+            if self.on_evict is not None:
+                self.on_evict(page_id, page.hash, page.token_ids)
             if self.hash_to_page.get(page.hash) == page_id:
                 del self.hash_to_page[page.hash]
             self._remember_evicted(page.hash)

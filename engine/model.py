@@ -102,6 +102,21 @@ def load_model(spec: str | None = None, device: str | None = None, dtype: torch.
     return LoadedModel(name, model, tokenizer, fingerprint, dev, dtype)
 
 
+def load_tokenizer(spec: str | None = None, dtype: torch.dtype = torch.float32) -> Any | None:
+    """Only the tokenizer of a model (no weights): None for 'random-tiny' or when it cannot be found here."""
+    from transformers import AutoTokenizer
+
+    spec = spec or EMBEDDED_NAME
+    try:
+        if spec in EMBEDDED_ALIASES or spec == RANDOM_CHAT_NAME:
+            return _embedded_tokenizer(dtype)
+        if spec != RANDOM_NAME and Path(spec).expanduser().is_dir():
+            return AutoTokenizer.from_pretrained(str(Path(spec).expanduser()))
+    except (OSError, ValueError, EmbeddedModelMissingError):
+        return None
+    return None
+
+
 def random_tiny_model(dtype: torch.dtype = torch.float32, seed: int = 0, vocab_size: int = 512) -> Any:
     """A deterministic random-weight Llama small enough for fast engine tests."""
     from transformers import LlamaConfig, LlamaForCausalLM

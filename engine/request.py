@@ -43,6 +43,8 @@ class Usage:
     cached_tokens: int = 0
     computed_tokens: int = 0
     completion_tokens: int = 0
+    host_tokens: int = 0  # of cached_tokens, loaded from the host tier
+    disk_tokens: int = 0  # of cached_tokens, loaded from the disk tier
 
     to_dict = fields_dict
 
@@ -65,6 +67,8 @@ class Trace:
     matched_pages: int = 0
     stop_reason: str = "absent"
     segment_tokens: list[int] = field(default_factory=list)
+    tiers: dict[str, int] = field(default_factory=dict)  # cached tokens by tier: device, host, disk
+    disk_rejected: list[dict] = field(default_factory=list)  # {hash, reason}: truncated, checksum, format, foreign
 
     to_dict = fields_dict
 

@@ -1,27 +1,34 @@
-"""The engine: match cached pages, prefill only the uncached suffix on top of them, write pages back, decode."""
+"""The engine: match cached pages, prefill only the uncached suffix on top of them, publish full pages; the
+scheduler batches the decode steps of concurrent requests, which read and write the pool directly."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from transformers import DynamicCache
 
 from engine.block_manager import BlockManager, root_hash
 from engine.errors import EngineError
+from engine.kv_dir import DEFAULT_DISK_BYTES
 from engine.kv_store import KVStore
 from engine.model import LoadedModel
-from engine.request import Request, Result, Timings, Trace, Usage
-from engine.sampling import apply_mask, sample
+from engine.request import Request, Result, Trace, Usage
+from engine.scheduler import Scheduler
+from engine.sequence import OnToken, Sequence
+from engine.tiers import Tiers
 
-OnToken = Callable[[int, str], None]
 DEFAULT_CAPACITY = 1 << 30
+DEFAULT_MAX_RUNNING = 16
 
 
 class Engine:
-    def __init__(self, model: LoadedModel, page_size: int = 16, capacity_bytes: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, model: LoadedModel, page_size: int = 16, capacity_bytes: int = DEFAULT_CAPACITY,
+                 max_running: int = DEFAULT_MAX_RUNNING, disk_dir: Path | None = None,
+                 disk_bytes: int = DEFAULT_DISK_BYTES, host_bytes: int | None = None) -> None:
+        """disk_dir None: no disk tier. host_bytes None: a host tier on CUDA only; 0: none."""
         self.model = model
         self.page_size = page_size
         self.page_bytes = KVStore.page_bytes(model.num_layers, model.kv_heads, model.head_dim, page_size, model.dtype)
@@ -31,8 +38,12 @@ class Engine:
         self.blocks = BlockManager(num_pages, page_size)
         self.store = KVStore(model.num_layers, model.kv_heads, model.head_dim, page_size, num_pages,
                              model.dtype, model.device)
+        # tier hook: pages evicted from the pool go to the host tier; full pages are written through to disk
+        self.tiers = Tiers.build(model, self.blocks, self.store, self.page_bytes, disk_dir, disk_bytes, host_bytes)
+        self.blocks.on_evict = self.tiers.keep_on_host if self.tiers.host is not None else None
         self.totals = Usage()
         self.requests = 0
+        self.scheduler = Scheduler(self, max_running)
         self._lock = threading.Lock()
 
     def tokenize(self, segments: list[str | list[int]]) -> tuple[list[int], list[int]]:
@@ -51,20 +62,21 @@ class Engine:
         return ids, counts
 
     def generate(self, request: Request, on_token: OnToken | None = None) -> Result:
+        """Blocking and thread-safe; `on_token` is called on the engine thread as tokens arrive."""
         arrived = time.perf_counter()
         prompt, counts = self.tokenize(request.segments)
         self._check_length(prompt, request)
-        with self._lock:
-            started = time.perf_counter()
-            result = self._run(request, prompt, on_token, arrived)
-        result.timings.queue_s = started - arrived
-        result.trace.segment_tokens = counts
-        self._count(result.usage)
-        return result
+        max_tokens = min(request.max_tokens, self.model.max_len - len(prompt))
+        stop_ids = self.model.eos_token_ids | set(request.stop_token_ids)
+        return self.scheduler.submit(Sequence(request, prompt, counts, max_tokens, stop_ids, on_token, arrived))
 
     def stats(self) -> dict[str, int]:
-        return {"requests": self.requests, **{f"{k}_total": v for k, v in self.totals.to_dict().items()},
-                **self.blocks.stats(), "page_size": self.page_size, "page_bytes": self.page_bytes}
+        with self._lock:
+            totals = {f"{k}_total": v for k, v in self.totals.to_dict().items()}
+            requests = self.requests
+        return {"requests": requests, **totals, **self.blocks.stats(), "page_size": self.page_size,
+                "page_bytes": self.page_bytes, "decode_steps": self.scheduler.steps,
+                "decode_rows": self.scheduler.rows}
 
     def _check_length(self, prompt: list[int], request: Request) -> None:
         if not prompt:
@@ -74,88 +86,66 @@ class Engine:
         if request.max_tokens < 1:
             raise EngineError("max_tokens must be at least 1")
 
+    def fits_now(self, seq: Sequence) -> bool:
+        """Enough free pages for the whole request even if none of its prefix were cached (no counters touched)."""
+        return self.blocks.pages_needed(len(seq.prompt) + seq.max_tokens) <= len(self.blocks.free)
+
+    @torch.inference_mode()
+    def admit(self, seq: Sequence) -> None:
+        """Per-request admission on the engine thread: match -> allocate -> gather cached pages -> prefill the
+        suffix -> write its KV into the pages and publish the full ones -> choose the first token.
+        Raises EngineCapacityError (nothing allocated) if the request cannot fit."""
+        seq.admitted = time.perf_counter()
+        request, prompt = seq.request, seq.prompt
+        match = self.blocks.match(prompt, self.model.fingerprint, request.salt)
+        hits = self.tiers.extend(match, prompt, self.model.fingerprint, request.salt)  # tier hook: host, disk
+        seq.table = self.blocks.allocate(match.page_ids, len(prompt) + seq.max_tokens)
+        cached = len(match.page_ids) * self.page_size
+        cache = DynamicCache(self.store.gather(match.page_ids)) if cached else DynamicCache()
+        logits = self._prefill(prompt[cached:], cache)
+        self.store.write(seq.table, [(layer.keys, layer.values) for layer in cache.layers], cached, len(prompt))
+        self._publish_pages(seq.table, prompt, cached, len(prompt), request.salt)
+        seq.usage = Usage(len(prompt), cached, len(prompt) - cached, 0, hits.host_tokens, hits.disk_tokens)
+        seq.trace = Trace(self.page_size, len(match.page_ids), match.stop_reason,
+                          tiers=hits.by_tier(cached), disk_rejected=hits.rejected)
+        if request.sampling.seed is not None:
+            seq.generator = torch.Generator(device=logits.device).manual_seed(request.sampling.seed)
+        seq.first_logits = logits.detach().clone() if request.return_logits else None
+        seq.take(logits, self.model.tokenizer)
+
+    def finish(self, seq: Sequence) -> None:
+        """Publish the full pages the generated tokens filled, unpin the table, count, and wake the caller."""
+        if seq.table and seq.out:
+            written = (len(seq.prompt) // self.page_size) * self.page_size
+            self._publish_pages(seq.table, seq.prompt + seq.out, written, seq.kv_len, seq.request.salt)
+        self.blocks.release(seq.table)
+        seq.table = []
+        if seq.error is None:
+            seq.result = seq.to_result()
+            self._count(seq.usage)
+        seq.done.set()
+
     def _count(self, usage: Usage) -> None:
         with self._lock:
             self.requests += 1
             for name in usage.__slots__:
                 setattr(self.totals, name, getattr(self.totals, name) + getattr(usage, name))
 
-    @torch.inference_mode()
-    def _run(self, request: Request, prompt: list[int], on_token: OnToken | None, arrived: float) -> Result:
-        max_tokens = min(request.max_tokens, self.model.max_len - len(prompt))
-        fingerprint = self.model.fingerprint
-        match = self.blocks.match(prompt, fingerprint, request.salt)
-        table = self.blocks.allocate(match.page_ids, len(prompt) + max_tokens)
-        try:
-            cached = len(match.page_ids) * self.page_size
-            cache = DynamicCache(self.store.gather(match.page_ids)) if cached else DynamicCache()
-            logits = self._forward(prompt[cached:], cache)
-            self._write_pages(table, prompt, cache, cached, fingerprint, request.salt)
-            usage = Usage(len(prompt), cached, len(prompt) - cached, 0)
-            trace = Trace(self.page_size, len(match.page_ids), match.stop_reason)
-            result = self._decode(request, prompt, logits, cache, max_tokens, on_token, arrived, usage, trace)
-            written = (len(prompt) // self.page_size) * self.page_size
-            self._write_pages(table, prompt + result.token_ids, cache, written, fingerprint, request.salt)
-            return result
-        finally:
-            self.blocks.release(table)
-
-    def _forward(self, token_ids: list[int], cache: DynamicCache) -> torch.Tensor:
+    def _prefill(self, token_ids: list[int], cache: DynamicCache) -> torch.Tensor:
         ids = torch.tensor([token_ids], dtype=torch.long, device=self.model.device)
         out = self.model.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1]
 
-    def _write_pages(self, table: list[int], tokens: list[int], cache: DynamicCache, start: int,
-                     fingerprint: str, salt: str | None) -> None:
-        """Store and index every full page of `tokens` from page-aligned `start` whose KV the cache holds."""
-        have = min(cache.get_seq_length(), len(tokens)) // self.page_size
-        first, P = start // self.page_size, self.page_size
+    def _publish_pages(self, table: list[int], tokens: list[int], start: int, end: int, salt: str | None) -> None:
+        """Index every full page of `tokens[:end]` (KV already in the pool) from page-aligned `start` on."""
+        first, have, P = start // self.page_size, end // self.page_size, self.page_size
         if have <= first:
             return
-        layers = [(layer.keys, layer.values) for layer in cache.layers]
-        self.store.write(table[first:have], layers, start)
-        hashes = self.blocks.chain_hashes(tokens[: have * P], root_hash(fingerprint, salt))
+        fingerprint = self.model.fingerprint
+        root = root_hash(fingerprint, salt)
+        hashes = self.blocks.chain_hashes(tokens[: have * P], root)
         for i in range(first, have):
-            origin = (fingerprint, root_hash(fingerprint, salt)) if i == 0 else None
+            origin = (fingerprint, root) if i == 0 else None
             self.blocks.register(table[i], hashes[i], tuple(tokens[i * P : (i + 1) * P]), origin)
-
-    def _decode(self, request: Request, prompt: list[int], logits: torch.Tensor, cache: DynamicCache,
-                max_tokens: int, on_token: OnToken | None, arrived: float, usage: Usage, trace: Trace) -> Result:
-        generator = None
-        if request.sampling.seed is not None:
-            generator = torch.Generator(device=logits.device).manual_seed(request.sampling.seed)
-        stop_ids = self.model.eos_token_ids | set(request.stop_token_ids)
-        first_logits = logits.detach().clone() if request.return_logits else None
-        out: list[int] = []
-        text, finish, first_at = "", "length", 0.0
-        while True:
-            allowed = request.logits_mask(out) if request.logits_mask else None
-            token = sample(apply_mask(logits, allowed), request.sampling, generator)
-            if not out:
-                first_at = time.perf_counter()
-            out.append(token)
-            if token in stop_ids:
-                finish = "stop"
-                break
-            new_text, hit_stop = self._detokenize(out, request.stop)
-            if on_token is not None:
-                on_token(token, new_text[len(text):])
-            text = new_text
-            if hit_stop:
-                finish = "stop"
-                break
-            if len(out) >= max_tokens:
-                break
-            logits = self._forward([token], cache)
-        done = time.perf_counter()
-        usage.completion_tokens = len(out)
-        tpot = (done - first_at) / (len(out) - 1) if len(out) > 1 else 0.0
-        timings = Timings(0.0, first_at - arrived, tpot, done - arrived)
-        return Result(out, text, finish, usage, timings, trace, first_logits)
-
-    def _detokenize(self, out: list[int], stops: list[str]) -> tuple[str, bool]:
-        if self.model.tokenizer is None:
-            return "", False
-        text = self.model.tokenizer.decode(out, skip_special_tokens=True)
-        cuts = [text.find(s) for s in stops if s and s in text]
-        return (text[: min(cuts)], True) if cuts else (text, False)
+        chunks = [tuple(tokens[i * P : (i + 1) * P]) for i in range(first, have)]
+        self.tiers.persist(table[first:have], hashes[first:have], chunks)  # tier hook: write-through to disk

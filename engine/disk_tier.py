@@ -1,0 +1,92 @@
+"""The disk tier: one verified file per full KV page under <kv dir>/<fingerprint>/, shared by processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from engine.kv_dir import MODEL_FILE, page_files, prune_to, remove, write_atomic
+from engine.page_file import PageFileError, PageKey, decode, dtype_name, encode, file_name
+
+
+class DiskTier:
+    """Loads pages by (fingerprint, chain hash); writes every new full page through at once, so it outlives
+    the process. Files age by mtime (a load touches them); each process tracks the folder's bytes from one scan
+    plus its own writes, and rescans to drop the least recently used files when that passes the cap."""
+
+    def __init__(self, root: Path, fingerprint: str, model_name: str, page_size: int, dtype: torch.dtype,
+                 page_shape: tuple[int, ...], max_bytes: int) -> None:
+        self.root = root
+        self.dir = root / fingerprint
+        self.fingerprint, self.page_size, self.dtype = fingerprint, page_size, dtype_name(dtype)
+        self.page_shape = page_shape
+        self.max_bytes = max_bytes
+        self.enabled = True
+        self._bytes = 0
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            record = {"name": model_name, "fingerprint": fingerprint, "dtype": self.dtype}
+            write_atomic(self.dir / MODEL_FILE, json.dumps(record).encode())
+            self._bytes = sum(f.size for f in page_files(root))
+        except OSError as exc:
+            self._disable(exc)
+
+    def key(self, h: int) -> PageKey:
+        return PageKey(self.fingerprint, h, self.page_size, self.dtype, self.page_shape)
+
+    def load(self, h: int, token_ids: tuple[int, ...],
+             rejected: list[dict]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """K and V of page h if a file holds exactly it; a bad file is deleted and added to `rejected`."""
+        if not self.enabled:
+            return None
+        path = self.dir / file_name(h)
+        try:
+            data = _read(path)
+        except OSError:
+            return None
+        try:
+            kv = decode(data, self.key(h), token_ids)
+        except PageFileError as exc:
+            rejected.append({"hash": f"{h:016x}", "reason": exc.reason})
+            remove(path)
+            return None
+        _touch(path)
+        return kv
+
+    def save(self, h: int, token_ids: tuple[int, ...], k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write page h unless a file for it exists; a write error turns the tier off with one warning."""
+        path = self.dir / file_name(h)
+        if not self.enabled or path.exists():
+            return
+        data = encode(self.key(h), token_ids, k, v)
+        try:
+            write_atomic(path, data)
+            self._bytes += len(data)
+            if self._bytes > self.max_bytes:
+                self._bytes = prune_to(self.root, self.max_bytes)
+        except OSError as exc:
+            self._disable(exc)
+
+    def _disable(self, exc: OSError) -> None:
+        self.enabled = False
+        warnings.warn(f"KV disk tier off for this process: cannot write {self.dir} ({exc.strerror or exc})",
+                      RuntimeWarning, stacklevel=3)
+
+
+def _read(path: Path) -> bytearray:
+    """The whole file in a writable buffer, so tensors can view it without a copy."""
+    with path.open("rb") as f:
+        data = bytearray(os.fstat(f.fileno()).st_size)
+        got = f.readinto(data)
+    return data[:got] if got < len(data) else data
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass

@@ -1,0 +1,85 @@
+"""One request in flight: its prompt, page table, generated tokens, sampling state, and the caller's wait."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from engine.request import Request, Result, Timings, Trace, Usage
+from engine.sampling import apply_mask, sample
+
+OnToken = Callable[[int, str], None]
+
+
+@dataclass(eq=False)
+class Sequence:
+    request: Request
+    prompt: list[int]
+    segment_tokens: list[int]
+    max_tokens: int
+    stop_ids: set[int]
+    on_token: OnToken | None
+    arrived: float
+    table: list[int] = field(default_factory=list)
+    out: list[int] = field(default_factory=list)
+    text: str = ""
+    finish: str | None = None  # "stop" or "length" once done
+    error: BaseException | None = None
+    usage: Usage = field(default_factory=Usage)
+    trace: Trace = field(default_factory=Trace)
+    generator: torch.Generator | None = None
+    first_logits: Any = None
+    admitted: float = 0.0
+    first_at: float = 0.0
+    result: Result | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def kv_len(self) -> int:
+        """Tokens whose KV is in the pool: the prompt and every generated token but the last (it is fed next)."""
+        return len(self.prompt) + len(self.out) - 1 if self.out else len(self.prompt)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish is not None or self.error is not None
+
+    def take(self, logits: torch.Tensor, tokenizer: Any) -> None:
+        """Choose the next token from this sequence's logits, stream it, and decide whether it is done."""
+        allowed = self.request.logits_mask(self.out) if self.request.logits_mask else None
+        token = sample(apply_mask(logits, allowed), self.request.sampling, self.generator)
+        if not self.out:
+            self.first_at = time.perf_counter()
+        self.out.append(token)
+        if token in self.stop_ids:
+            self.finish = "stop"
+            return
+        new_text, hit_stop = detokenize(tokenizer, self.out, self.request.stop)
+        if self.on_token is not None:
+            self.on_token(token, new_text[len(self.text):])
+        self.text = new_text
+        if hit_stop:
+            self.finish = "stop"
+        elif len(self.out) >= self.max_tokens:
+            self.finish = "length"
+
+    def to_result(self) -> Result:
+        done = time.perf_counter()
+        self.usage.completion_tokens = len(self.out)
+        tpot = (done - self.first_at) / (len(self.out) - 1) if len(self.out) > 1 else 0.0
+        timings = Timings(self.admitted - self.arrived, self.first_at - self.arrived, tpot, done - self.arrived)
+        self.trace.segment_tokens = self.segment_tokens
+        return Result(self.out, self.text, self.finish or "length", self.usage, timings, self.trace, self.first_logits)
+
+
+def detokenize(tokenizer: Any, out: list[int], stops: list[str]) -> tuple[str, bool]:
+    """The text so far, cut before the earliest stop string, and whether one was hit."""
+    if tokenizer is None:
+        return "", False
+    text = tokenizer.decode(out, skip_special_tokens=True)
+    cuts = [text.find(s) for s in stops if s and s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)

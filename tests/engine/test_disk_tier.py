@@ -1,0 +1,154 @@
+"""The disk tier on the tiny random model: reuse across processes, damaged files, concurrent writers, errors, LRU."""
+
+import dataclasses
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from engine import Engine, Request
+from engine.model import model_fingerprint, random_tiny_model, weights_digest_of
+from tests.engine.conftest import reference_logits, rel_err
+from tests.engine.disk_helpers import as_tensor, check_page_file, finish, page_paths, run_worker, start_worker
+
+P = 16
+
+
+def prompt(seed: int, pages: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(100, 512) for _ in range(pages * P + 1)]  # 3-digit ids: equal-size headers
+
+
+def engine(tiny, kv: Path, **kw) -> Engine:
+    return Engine(tiny, page_size=P, capacity_bytes=8 << 20, disk_dir=kv, **kw)
+
+
+def run(e: Engine, tokens: list[int]):
+    return e.generate(Request([tokens], max_tokens=1, return_logits=True))
+
+
+def test_second_process_reuses_prefix_from_disk(tiny, tmp_path):
+    kv, tokens = tmp_path / "kv", prompt(1, 12)
+    [first], _ = run_worker("random-tiny", kv, [tokens])
+    assert first["usage"]["cached_tokens"] == 0
+    assert len(page_paths(kv)) == 12
+    [second], _ = run_worker("random-tiny", kv, [tokens[:-1] + [7, 8, 9]])
+    assert second["usage"]["disk_tokens"] == second["usage"]["cached_tokens"] == 12 * P
+    assert second["trace"]["tiers"] == {"device": 0, "host": 0, "disk": 12 * P}
+    assert second["usage"]["computed_tokens"] == len(tokens) - 1 + 3 - 12 * P
+    assert rel_err(as_tensor(second["logits"]), reference_logits(tiny, tokens[:-1] + [7, 8, 9])) <= 1e-4
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def plant_foreign(path: Path, tiny, tokens: list[int], kv: Path) -> None:
+    """Overwrite the page with the same-position page of a different model (other weights, other fingerprint)."""
+    weights = random_tiny_model(seed=1)
+    other = dataclasses.replace(tiny, model=weights, fingerprint=model_fingerprint(weights_digest_of(weights),
+                                                                                   tiny.dtype, None))
+    run(engine(other, kv), tokens)
+    (theirs,) = [p for p in page_paths(kv / other.fingerprint) if check_page_file(p)["token_ids"] ==
+                 check_page_file(path)["token_ids"]]
+    shutil.copyfile(theirs, path)
+
+
+@pytest.mark.parametrize("damage,reason", [("flip", "checksum"), ("truncate", "truncated"), ("foreign", "foreign")])
+def test_damaged_page_is_detected_deleted_recomputed_and_reported(tiny, tmp_path, damage, reason):
+    kv, tokens, bad = tmp_path / "kv", prompt(2, 6), 3
+    run(engine(tiny, kv), tokens)
+    ours = kv / tiny.fingerprint
+    by_tokens = {tuple(check_page_file(p)["token_ids"]): p for p in page_paths(ours)}
+    path = by_tokens[tuple(tokens[bad * P : (bad + 1) * P])]
+    {"flip": flip_byte, "truncate": truncate}.get(damage, lambda p: plant_foreign(p, tiny, tokens, kv))(path)
+    result = run(engine(tiny, kv), tokens)
+    assert result.trace.disk_rejected == [{"hash": path.name.removesuffix(".page"), "reason": reason}]
+    assert result.usage.disk_tokens == bad * P and result.usage.computed_tokens == len(tokens) - bad * P
+    assert rel_err(result.first_logits, reference_logits(tiny, tokens)) <= 1e-4
+    assert check_page_file(path)["token_ids"] == tokens[bad * P : (bad + 1) * P]  # rewritten from the recompute
+    again = run(engine(tiny, kv), tokens)
+    assert again.usage.disk_tokens == 6 * P and again.trace.disk_rejected == []
+
+
+def test_two_processes_writing_the_same_pages_leave_a_consistent_cache(tiny, tmp_path):
+    kv = tmp_path / "kv"
+    prompts = [prompt(10 + i, 10) for i in range(4)]
+    procs = [start_worker("random-tiny", kv, prompts) for _ in range(2)]
+    for proc in procs:
+        finish(proc)
+    files = page_paths(kv)
+    assert len(files) == 40
+    assert all(check_page_file(f)["fingerprint"] == tiny.fingerprint for f in files)
+    assert [p for p in kv.rglob("*") if p.name.endswith(".tmp")] == []
+    fresh = engine(tiny, kv)
+    for tokens in prompts:
+        result = run(fresh, tokens)
+        assert result.usage.disk_tokens == 10 * P and result.trace.disk_rejected == []
+        assert rel_err(result.first_logits, reference_logits(tiny, tokens)) <= 1e-4
+
+
+def make_read_only(path: Path) -> list[str]:
+    """chmod for users; for root (who ignores modes) the immutable flag. Returns the command that undoes it."""
+    path.chmod(0o555)
+    probe = path / "probe"
+    try:
+        probe.write_text("x")
+    except OSError:
+        return ["chmod", "755", str(path)]
+    probe.unlink()
+    subprocess.run(["chattr", "+i", str(path)], check=True)
+    return ["chattr", "-i", str(path)]
+
+
+def warning_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "KV disk tier off" in line]
+
+
+def test_read_only_dir_degrades_to_no_disk_tier_with_one_warning(tiny, tmp_path):
+    kv, tokens = tmp_path / "kv", prompt(3, 4)
+    run_worker("random-tiny", kv, [tokens])  # creates the model folder and pages
+    folder = kv / tiny.fingerprint
+    undo = make_read_only(folder)
+    try:
+        results, err = run_worker("random-tiny", kv, [tokens, prompt(4, 4)], "--repeat", "2")
+    finally:
+        subprocess.run(undo, check=True)
+    assert len(warning_lines(err)) == 1
+    for r, tokens_sent in zip(results, [tokens, prompt(4, 4)] * 2):
+        assert r["usage"]["disk_tokens"] == 0
+        assert rel_err(as_tensor(r["logits"]), reference_logits(tiny, tokens_sent)) <= 1e-4
+    assert results[2]["usage"]["cached_tokens"] == 4 * P  # the device pool still works
+
+
+def test_full_disk_degrades_with_one_warning(tiny, tmp_path):
+    kv, prompts = tmp_path / "kv", [prompt(5, 4), prompt(6, 4)]
+    results, err = run_worker("random-tiny", kv, prompts, "--file-size-limit", "4096")  # a page file is ~8 KB
+    assert len(warning_lines(err)) == 1
+    assert [p for p in kv.rglob("*") if p.is_file() and p.name != "model.json"] == []
+    for r, tokens in zip(results, prompts):
+        assert rel_err(as_tensor(r["logits"]), reference_logits(tiny, tokens)) <= 1e-4
+
+
+def test_size_cap_evicts_least_recently_used_pages(tiny, tmp_path):
+    kv = tmp_path / "kv"
+    a, b, c = prompt(7, 3), prompt(8, 3), prompt(9, 3)
+    writer = engine(tiny, kv)
+    run(writer, a)
+    run(writer, b)
+    size = page_paths(kv)[0].stat().st_size
+    assert {p.stat().st_size for p in page_paths(kv)} == {size}
+    capped = engine(tiny, kv, disk_bytes=6 * size)
+    assert run(capped, a).usage.disk_tokens == 3 * P  # touches a's pages: b's are now the oldest
+    run(capped, c)
+    kept = {tuple(check_page_file(p)["token_ids"]) for p in page_paths(kv)}
+    pages_of = lambda t: {tuple(t[i * P : (i + 1) * P]) for i in range(3)}  # noqa: E731
+    assert kept == pages_of(a) | pages_of(c)

@@ -1,0 +1,173 @@
+"""The scheduler on tiny random models: batched decode equals solo, per-sequence features in a batch, a shared
+prefix prefilled once, 32 agents on a pool too small for them, never-fitting requests fail alone."""
+
+from __future__ import annotations
+
+import gc
+import random
+import threading
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from engine import Engine, EngineCapacityError, LoadedModel, Request, SamplingParams
+from tests.engine.scheduling import greedy_reference, run_together
+
+P = 16
+EOS = 2
+
+
+def random_prompt(rng: random.Random, length: int) -> list[int]:
+    return [rng.randrange(3, 512) for _ in range(length)]
+
+
+def test_batched_greedy_equals_solo_and_uncached_reference(tiny):
+    rng = random.Random(10)
+    prompts = [random_prompt(rng, n) for n in (5, 17, 40, 96, 150, 33)]
+    lengths = [20, 4, 13, 9, 20, 16]
+    requests = [Request([p], max_tokens=n) for p, n in zip(prompts, lengths)]
+    reference = [greedy_reference(tiny.model, p, n, {EOS}) for p, n in zip(prompts, lengths)]
+    solo = [Engine(tiny, P, 8 << 20).generate(r).token_ids for r in requests]
+    engine = Engine(tiny, P, 8 << 20)
+    batched = run_together(engine, requests)
+    assert [r.token_ids for r in batched] == solo == reference
+    stats = engine.stats()
+    assert stats["decode_rows"] == sum(len(t) - 1 for t in reference)  # every token after the first is a batch row
+    assert stats["decode_steps"] == max(len(t) for t in reference) - 1  # all rows step together
+    for r in batched:
+        t = r.timings
+        assert 0 <= t.queue_s <= t.ttft_s <= t.total_s
+
+
+def test_masks_stops_and_seeds_hold_per_sequence_in_a_batch(tiny):
+    rng = random.Random(11)
+    allowed = torch.zeros(512, dtype=torch.bool)
+    allowed[[100, 200, 300]] = True
+    prompts = [random_prompt(rng, n) for n in (30, 60, 45, 20)]
+    plain = Engine(tiny, P, 8 << 20).generate(Request([prompts[1]], max_tokens=12)).token_ids
+    requests = [
+        Request([prompts[0]], max_tokens=10, logits_mask=lambda _ids: allowed),
+        Request([prompts[1]], max_tokens=12, stop_token_ids=[plain[5]]),
+        Request([prompts[2]], max_tokens=10, sampling=SamplingParams(temperature=0.9, top_p=0.9, seed=7)),
+        Request([prompts[3]], max_tokens=10, sampling=SamplingParams(temperature=1.2, seed=3)),
+    ]
+    solo = [Engine(tiny, P, 8 << 20).generate(r) for r in requests]
+    batched = run_together(Engine(tiny, P, 8 << 20), requests)
+    assert [r.token_ids for r in batched] == [r.token_ids for r in solo]
+    assert set(batched[0].token_ids) <= {100, 200, 300}
+    assert batched[1].token_ids == plain[: plain.index(plain[5]) + 1] and batched[1].finish_reason == "stop"
+
+
+def test_shared_prefix_from_8_threads_is_prefilled_once(tiny):
+    rng = random.Random(12)
+    prefix = random_prompt(rng, 160)
+    suffixes = [random_prompt(rng, rng.randrange(3, 12)) for _ in range(8)]
+    engine = Engine(tiny, P, 8 << 20)
+    barrier = threading.Barrier(8)
+    results: dict[int, object] = {}
+
+    def agent(i: int) -> None:
+        barrier.wait()
+        results[i] = engine.generate(Request([prefix, suffixes[i]], max_tokens=6))
+
+    threads = [threading.Thread(target=agent, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    computed = sum(results[i].usage.computed_tokens for i in range(8))
+    assert computed == len(prefix) + sum(len(s) for s in suffixes)
+    assert engine.stats()["prefix_hit_tokens"] == 7 * len(prefix)
+    for i in range(8):
+        assert results[i].token_ids == greedy_reference(tiny.model, prefix + suffixes[i], 6, {EOS})
+
+
+def wide_kv_model() -> LoadedModel:
+    """A random Llama whose KV is large per token (16 KiB) while its compute stays tiny."""
+    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=8, head_dim=64, max_position_embeddings=1024,
+                         bos_token_id=1, eos_token_id=EOS, pad_token_id=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        model = LlamaForCausalLM(config).eval()
+    return LoadedModel("wide-kv-test", model, None, "wide-kv-test", torch.device("cpu"), torch.float32)
+
+
+def memory_kib(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field} missing")
+
+
+def reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def run_agents(engine: Engine, prompts: list[list[int]], max_tokens: int) -> list:
+    results: list = [None] * len(prompts)
+    barrier = threading.Barrier(len(prompts))
+
+    def agent(i: int) -> None:
+        barrier.wait()
+        results[i] = engine.generate(Request([prompts[i]], max_tokens=max_tokens))
+
+    threads = [threading.Thread(target=agent, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_32_agents_on_a_pool_too_small_for_all_contexts():
+    lm = wide_kv_model()
+    rng = random.Random(13)
+    waves = [[random_prompt(rng, rng.randrange(150, 250)) for _ in range(32)] for _ in range(3)]
+    max_tokens = 6
+    expected = [[greedy_reference(lm.model, p, max_tokens, {EOS}) for p in wave] for wave in waves[:2]]
+    page_bytes = 4 * 2 * 8 * 64 * 4 * P  # layers * (k, v) * kv_heads * head_dim * fp32 * page
+    pages = 120
+    need = sum(-(-(len(p) + max_tokens) // P) for p in waves[0])
+    assert need > 3 * pages  # the 32 contexts need over three pools
+    gc.collect()
+    before = memory_kib("VmRSS")
+    reset_peak_rss()
+    engine = Engine(lm, P, pages * page_bytes)
+    assert engine.page_bytes == page_bytes
+    results = [run_agents(engine, waves[0], max_tokens)]
+    peak, after_first = memory_kib("VmHWM"), memory_kib("VmRSS")
+    results += [run_agents(engine, wave, max_tokens) for wave in waves[1:]]
+    after_third = memory_kib("VmRSS")
+
+    assert [[r.token_ids for r in wave] for wave in results[:2]] == expected
+    pool_kib, allowance_kib = pages * page_bytes // 1024, 48 << 10  # activations, one layer's gathered KV, 32 threads
+    assert peak - before <= pool_kib + allowance_kib, (peak - before, pool_kib)
+    # 64 more requests must not leave their KV behind: growth stays under a quarter of their KV (16 KiB a token)
+    later_kv_kib = sum(len(p) + max_tokens for wave in waves[1:] for p in wave) * 16
+    assert after_third - after_first <= later_kv_kib // 4, (after_third - after_first, later_kv_kib)
+
+    flat = [r for wave in results for r in wave]
+    prompts = [p for wave in waves for p in wave]
+    stats = engine.stats()
+    assert stats["requests"] == stats["prefix_queries"] == 96  # each matched once, however long it waited
+    assert stats["prompt_tokens_total"] == stats["prefix_query_tokens"] == sum(map(len, prompts))
+    assert stats["completion_tokens_total"] == sum(len(r.token_ids) for r in flat)
+    assert stats["cached_tokens_total"] + stats["computed_tokens_total"] == stats["prompt_tokens_total"]
+    assert stats["evictions"] > 0 and stats["pages_used"] == 0
+    assert stats["pages_used"] + stats["pages_cached"] + stats["pages_free"] == pages
+
+
+def test_request_that_can_never_fit_fails_alone(tiny):
+    page_bytes = Engine(tiny, P, 1 << 20).page_bytes
+    engine = Engine(tiny, P, 8 * page_bytes)
+    small = [Request([list(range(10 + i, 50 + i))], max_tokens=6) for i in range(2)]
+    huge = Request([list(range(3, 200))], max_tokens=4)
+    results = run_together(engine, [small[0], huge, small[1]])
+    assert isinstance(results[1], EngineCapacityError)
+    assert "needs 13 new KV pages (201 tokens, 16 per page) but only 8 of 8" in str(results[1])
+    for request, result in zip(small, (results[0], results[2])):
+        assert result.token_ids == greedy_reference(tiny.model, request.segments[0], 6, {EOS})
+    assert engine.stats()["pages_used"] == 0 and engine.stats()["requests"] == 2
