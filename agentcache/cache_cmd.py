@@ -1,0 +1,87 @@
+"""`agentcache cache stats|clear|prune`: look at and manage the KV pages kept on disk between runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+cache_app = typer.Typer(help="See and manage the KV pages kept on disk between runs.", no_args_is_help=True)
+
+Dir = Annotated[Optional[Path], typer.Option("--dir", help="KV directory (default: <cache dir>/kv).")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+
+
+def _kv_dir() -> Any:
+    from engine import kv_dir  # imports torch: only when a cache command runs
+
+    return kv_dir
+
+
+def _root(directory: Path | None) -> Path:
+    return directory if directory is not None else _kv_dir().default_kv_dir()
+
+
+def _emit(report: dict[str, Any], as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return
+    console = Console(highlight=False)
+    for line in lines:
+        console.print(line, markup=False)
+
+
+@cache_app.command()
+def stats(directory: Dir = None, as_json: Json = False) -> None:
+    """Files, bytes and bytes per token of the KV disk cache, per model."""
+    report = _kv_dir().stats(_root(directory))
+    if as_json:
+        _emit(report, True, [])
+        return
+    table = Table(title=f"KV disk cache {report['dir']}")
+    for column in ("model", "fingerprint", "files", "bytes", "tokens", "bytes/token"):
+        table.add_column(column, justify="left" if column in ("model", "fingerprint") else "right")
+    for m in report["models"] + [{**report, "model": "total", "fingerprint": ""}]:
+        per_token = f"{m['bytes_per_token']:.0f}" if m["bytes_per_token"] else "-"
+        table.add_row(m["model"] or "?", m["fingerprint"][:12], str(m["files"]), str(m["bytes"]),
+                      str(m["tokens"]), per_token)
+    Console(highlight=False).print(table)
+
+
+@cache_app.command()
+def clear(directory: Dir = None, as_json: Json = False) -> None:
+    """Delete the whole KV disk cache."""
+    root, kv_dir = _root(directory), _kv_dir()
+    before = kv_dir.stats(root)
+    kv_dir.clear(root)
+    report = {"dir": str(root), "removed_files": before["files"], "removed_bytes": before["bytes"]}
+    _emit(report, as_json, [f"removed {before['files']} page files ({before['bytes']} bytes) from {root}"])
+
+
+@cache_app.command()
+def prune(
+    max_bytes: Annotated[Optional[int], typer.Option(
+        min=0, help="Keep at most this many bytes, least recently used go first (default: the run's cap, 4 GiB).")]
+    = None,
+    directory: Dir = None,
+    as_json: Json = False,
+) -> None:
+    """Delete files of unknown format or failing their checksum, then old pages beyond --max-bytes."""
+    root, kv_dir = _root(directory), _kv_dir()
+    max_bytes = kv_dir.DEFAULT_DISK_BYTES if max_bytes is None else max_bytes
+    before = kv_dir.stats(root)
+    unknown = kv_dir.prune_unknown(root) if root.is_dir() else 0
+    after_unknown = kv_dir.stats(root)
+    kv_dir.prune_to(root, max_bytes)
+    after = kv_dir.stats(root)
+    report = {"dir": str(root), "max_bytes": max_bytes, "removed_unknown": unknown,
+              "removed_lru": after_unknown["files"] - after["files"], "files": after["files"],
+              "bytes": after["bytes"], "bytes_before": before["bytes"]}
+    _emit(report, as_json, [f"removed {unknown} unknown or damaged files and {report['removed_lru']} least "
+                            f"recently used pages; {after['files']} files, {after['bytes']} bytes left "
+                            f"(cap {max_bytes})"])
