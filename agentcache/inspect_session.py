@@ -9,6 +9,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from agentcache.cost import cost_view
 from agentcache.errors import AgentcacheError
 from agentcache.session import Session
 
@@ -29,24 +30,19 @@ def request_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def reusable_tokens(previous: dict[str, Any] | None, current: dict[str, Any]) -> int:
-    """Tokens of `current`'s prompt that `previous` already computed: leading identical blocks, in whole pages.
+    """Tokens of `current`'s prompt the previous request's prompt allowed it to reuse, in whole pages.
 
-    A block counts when it has the same hash at the same position in both requests; each block is one
-    segment, so its tokens are `current`'s segment count. The total is floored to the page size and capped,
-    like an engine hit, at the last full page before the prompt's final token.
+    The previous request computed (and cached) its whole prompt; had `current` extended it unchanged, every
+    full page of it would hit. So: the previous prompt's length, capped like an engine hit at the last full
+    page before `current`'s final token, floored to the page size. Anything cached below this is a miss
+    that `inspect --explain` explains (content change, reorder, eviction, salt, ...).
     """
     if previous is None:
         return 0
-    segments = current.get("segment_tokens") or []
-    shared = 0
-    for index, (a, b) in enumerate(zip(previous.get("blocks", []), current.get("blocks", []))):
-        if a.get("hash") != b.get("hash") or index >= len(segments):
-            break
-        shared += segments[index]
     page = max(int(current.get("trace", {}).get("page_size") or 1), 1)
+    before = int(previous.get("usage", {}).get("prompt_tokens", 0))
     prompt = int(current.get("usage", {}).get("prompt_tokens", 0))
-    cap = max(prompt - 1, 0) // page * page
-    return min(shared // page * page, cap)
+    return min(before, max(prompt - 1, 0)) // page * page
 
 
 def action(record: dict[str, Any]) -> str:
@@ -72,14 +68,16 @@ def request_row(previous: dict[str, Any] | None, record: dict[str, Any]) -> dict
     return row
 
 
-def session_view(session_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The `--json` object: one row per request and session totals with both hit rates."""
+def session_view(session_id: str, records: list[dict[str, Any]], bad_lines: list[int] | None = None) -> dict[str, Any]:
+    """The `--json` object: one row per request, session totals with both hit rates, cost, bad line numbers."""
     requests = request_records(records)
     rows = [request_row(previous, record) for previous, record in zip([None, *requests], requests)]
     totals: dict[str, Any] = {name: sum(r[name] for r in rows) for name in (*USAGE_FIELDS, "reusable_tokens")}
     totals["hit_rate"] = ratio(totals["cached_tokens"], totals["prompt_tokens"])
     totals["reusable_hit_rate"] = ratio(totals["cached_tokens"], totals["reusable_tokens"])
-    return {"session_id": session_id, "requests": rows, "totals": totals}
+    backend = requests[-1].get("backend", "local") if requests else "local"
+    return {"session_id": session_id, "requests": rows, "totals": totals, "cost": cost_view(rows, backend),
+            "bad_lines": bad_lines or []}
 
 
 def _percent(value: float | None) -> str:
@@ -114,6 +112,7 @@ def render_session(view: dict[str, Any], records: list[dict[str, Any]], console:
     console.print(table)
     console.print(f"hit rate (cached / prompt tokens)    {_percent(totals['hit_rate'])}")
     console.print(f"hit rate (cached / reusable tokens)  {_percent(totals['reusable_hit_rate'])}")
+    render_cost(view["cost"], console)
     if not view["requests"]:
         console.print("no requests in this session yet")
         return
@@ -122,3 +121,12 @@ def render_session(view: dict[str, Any], records: list[dict[str, Any]], console:
     for row in view["requests"]:
         console.print(f"{row['turn']!s:>4} {_bar(row['cached_tokens'], row['computed_tokens'], scale)} "
                       f"{row['cached_tokens']}/{row['prompt_tokens']}")
+
+
+def render_cost(cost: dict[str, Any], console: Console) -> None:
+    sent, work, bill = cost["transmitted"], cost["inference"], cost["billed"]
+    console.print(f"\ncost ({cost['backend']} backend)")
+    console.print(f"  transmitted  {sent['prompt_tokens']} prompt tokens, {sent['completion_tokens']} completion tokens")
+    console.print(f"  inference    {work['computed_tokens']} computed of {work['attended_tokens']} attended prompt tokens")
+    prices = ", ".join(f"{name} ({bill['models'][name]}) ${usd:.4f}" for name, usd in bill["usd"].items())
+    console.print(f"  billed       {prices}  [prices of {bill['prices_date']}]")

@@ -5,6 +5,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
+
+import agentcache
 
 from agentcache.agent import Agent
 from agentcache.backends.local import LocalBackend
@@ -13,6 +16,7 @@ from agentcache.config import RunConfig
 from agentcache.inspect_session import reusable_tokens
 from agentcache.session import Session
 from engine import Engine, load_model
+from layers import Block, Layer
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "repo"
 USAGE = ("prompt_tokens", "cached_tokens", "computed_tokens", "completion_tokens")
@@ -43,14 +47,11 @@ def raw_requests(session: Session) -> list[dict]:
 
 
 def expected_reusable(previous: dict | None, current: dict) -> int:
+    """The previous prompt's length, capped at the current prompt minus one, in whole pages."""
     if previous is None:
         return 0
-    same = 0
-    while (same < min(len(previous["blocks"]), len(current["blocks"]))
-           and previous["blocks"][same]["hash"] == current["blocks"][same]["hash"]):
-        same += 1
     page = current["trace"]["page_size"]
-    tokens = min(sum(current["segment_tokens"][:same]), current["usage"]["prompt_tokens"] - 1)
+    tokens = min(previous["usage"]["prompt_tokens"], current["usage"]["prompt_tokens"] - 1)
     return tokens - tokens % page
 
 
@@ -106,19 +107,16 @@ def test_table_shows_every_turn_totals_and_both_hit_rates(session_repo, capsys, 
     assert out.count("█") > 0 and "per turn" in out
 
 
-def synthetic(hashes: list[str], segments: list[int], prompt: int, page: int = 4) -> dict:
-    return {"blocks": [{"hash": h} for h in hashes], "segment_tokens": segments,
-            "usage": {"prompt_tokens": prompt}, "trace": {"page_size": page}}
+def synthetic(prompt: int, page: int = 4) -> dict:
+    return {"usage": {"prompt_tokens": prompt}, "trace": {"page_size": page}}
 
 
-def test_reusable_tokens_stop_at_the_first_changed_block_floor_to_pages_and_cap():
-    previous = synthetic(["a", "b", "c"], [5, 6, 7, 2], 20)
-    assert reusable_tokens(None, previous) == 0
-    assert reusable_tokens(previous, synthetic(["a", "b", "x", "d"], [5, 6, 9, 3, 2], 25)) == 8  # 11 -> 8
-    assert reusable_tokens(previous, synthetic(["x", "b", "c"], [5, 6, 7, 2], 20)) == 0
-    assert reusable_tokens(previous, synthetic(["a", "b", "c"], [5, 6, 7, 2], 20)) == 16  # 18 -> 16, cap 16
-    aligned = synthetic(["a", "b", "c"], [4, 4, 4], 12)
-    assert reusable_tokens(aligned, aligned) == 8  # all 12 shared, capped at (12 - 1) // 4 * 4
+def test_reusable_tokens_are_the_previous_prompt_floored_to_pages_and_capped():
+    assert reusable_tokens(None, synthetic(20)) == 0
+    assert reusable_tokens(synthetic(18), synthetic(25)) == 16  # 18 -> 16
+    assert reusable_tokens(synthetic(20), synthetic(20)) == 16  # capped at (20 - 1) // 4 * 4
+    assert reusable_tokens(synthetic(30), synthetic(13)) == 12  # a shorter prompt (compaction): its own cap
+    assert reusable_tokens(synthetic(3), synthetic(30)) == 0  # less than a page
 
 
 @pytest.mark.parametrize("args, message", [
@@ -135,3 +133,81 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys, args, message):
     code, out, err = cli(capsys, *args)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_cost_classes_are_recomputed_from_the_records_and_the_price_tables(session_repo, capsys):
+    repo, session = session_repo
+    cost = json.loads(cli(capsys, "inspect", "--repo", str(repo), "--json")[1])["cost"]
+    records = raw_requests(session)
+    total = {name: sum(r["usage"][name] for r in records) for name in USAGE}
+    assert cost["backend"] == "local"
+    assert cost["transmitted"]["prompt_tokens"] == total["prompt_tokens"]
+    assert cost["inference"]["attended_tokens"] == total["cached_tokens"] + total["computed_tokens"]
+    assert cost["inference"]["computed_tokens"] == total["computed_tokens"]
+    prices = yaml.safe_load((Path(agentcache.__file__).parent / "prices.yaml").read_text())
+    assert cost["billed"]["prices_date"] == prices["date"]
+    anthropic = prices["providers"]["anthropic"]
+    assert anthropic["cache_write"] == pytest.approx(1.25 * anthropic["input"])
+    assert anthropic["cached_input"] == pytest.approx(0.1 * anthropic["input"])
+    expected = (total["cached_tokens"] * anthropic["input"] * 0.1 + total["computed_tokens"] * anthropic["input"] * 1.25
+                + total["completion_tokens"] * anthropic["output"]) / 1e6
+    assert cost["billed"]["usd"]["anthropic"] == pytest.approx(expected)
+    assert cost["billed"]["usd"]["local"] == 0
+
+
+def test_block_texts_are_stored_once_per_hash_and_match_the_logged_hashes(session_repo):
+    _, session = session_repo
+    raw = [json.loads(line) for line in session.path.read_text(encoding="utf-8").splitlines()]
+    stored = [r for r in raw if r["type"] == "block"]
+    assert len({r["hash"] for r in stored}) == len(stored)
+    texts = {r["hash"]: r["text"] for r in stored}
+    for record in raw_requests(session):
+        assert record["backend"] == "local" and record["model"] == "random-tiny-chat" and record["salt"] == ""
+        for block in record["blocks"]:
+            rebuilt = Block(Layer[block["layer"]], block["kind"], block["key"], texts[block["hash"]].encode())
+            assert rebuilt.hash == block["hash"]
+
+
+def test_corrupt_and_truncated_lines_are_reported_by_number_and_skipped(session_repo, tmp_path, capsys):
+    repo, session = session_repo
+    lines = session.path.read_text(encoding="utf-8").splitlines(keepends=True)
+    requests_at = [i for i, line in enumerate(lines) if json.loads(line)["type"] == "request"]
+    broken = list(lines)
+    broken[requests_at[1]] = "{not json\n"
+    broken[-1] = broken[-1][: len(broken[-1]) // 2]  # a run killed mid-write
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    target = copy / ".agentcache" / "sessions" / session.path.name
+    target.write_text("".join(broken), encoding="utf-8")
+    code, out, err = cli(capsys, "inspect", "--repo", str(copy), "--json")
+    assert code == 0
+    view = json.loads(out)
+    survivors = [json.loads(line) for i, line in enumerate(lines)
+                 if i not in (requests_at[1], len(lines) - 1) and json.loads(line)["type"] == "request"]
+    assert [r["turn"] for r in view["requests"]] == [r["turn"] for r in survivors]
+    assert view["bad_lines"] == [requests_at[1] + 1, len(lines)]
+    assert f"line {requests_at[1] + 1} " in err and f"line {len(lines)} " in err
+    code, out, err = cli(capsys, "inspect", "--repo", str(copy), "--explain", "--json")
+    assert code == 0 and len(json.loads(out)["requests"]) == len(survivors)
+    target.write_text("garbage\n{\n", encoding="utf-8")
+    code, out, err = cli(capsys, "inspect", "--repo", str(copy))
+    assert code == 2 and "line 1 " in err and "no valid record" in err
+
+
+def test_layers_status_against_the_last_session(session_repo, tmp_path, capsys):
+    repo, _ = session_repo
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    rows = json.loads(cli(capsys, "inspect", "--layers", "--repo", str(copy), "--json")[1])["blocks"]
+    assert {r["status"] for r in rows} == {"same"}
+    (copy / "AGENTS.md").write_text("New rules.\n")
+    (copy / "README.md").unlink()
+    (copy / "SPEC.md").write_text("A spec.\n")
+    rows = json.loads(cli(capsys, "inspect", "--layers", "--repo", str(copy), "--json")[1])["blocks"]
+    status = {r["key"]: r["status"] for r in rows}
+    assert status["AGENTS.md"] == "changed" and status["README.md"] == "gone" and status["SPEC.md"] == "new"
+    assert status["system.md"] == "same"
+    empty = tmp_path / "empty"
+    shutil.copytree(EXAMPLE, empty, ignore=shutil.ignore_patterns(".agentcache"))
+    rows = json.loads(cli(capsys, "inspect", "--layers", "--repo", str(empty), "--json")[1])["blocks"]
+    assert {r["status"] for r in rows} == {None} and {r["cause"] for r in rows} == {None}

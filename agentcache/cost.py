@@ -1,0 +1,44 @@
+"""Token cost in three classes: transmitted, billed (per-provider price tables in prices.yaml) and inference."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRICES_FILE = Path(__file__).with_name("prices.yaml")
+PER_TOKENS = 1_000_000
+
+
+@cache
+def price_tables() -> dict[str, Any]:
+    return yaml.safe_load(PRICES_FILE.read_text(encoding="utf-8"))
+
+
+def minimum_cacheable(backend: str) -> int:
+    return int(price_tables()["providers"].get(backend, {}).get("minimum_cacheable_tokens", 0))
+
+
+def billed(usage: dict[str, int], table: dict[str, Any]) -> float:
+    """USD for one request: cache reads, uncached input written to the cache, and output."""
+    return (usage["cached_tokens"] * table["cached_input"] + usage["computed_tokens"] * table["cache_write"]
+            + usage["completion_tokens"] * table["output"]) / PER_TOKENS
+
+
+def cost_view(requests: list[dict[str, Any]], backend: str) -> dict[str, Any]:
+    """The `cost` object of the session view: sums over `requests` (rows with the four usage counts)."""
+    usage = {name: sum(int(r[name]) for r in requests)
+             for name in ("prompt_tokens", "cached_tokens", "computed_tokens", "completion_tokens")}
+    tables = price_tables()
+    return {
+        "backend": backend,
+        "transmitted": {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]},
+        "billed": {"prices_date": tables["date"],
+                   "usd": {name: billed(usage, table) for name, table in tables["providers"].items()},
+                   "models": {name: table["model"] for name, table in tables["providers"].items()}},
+        "inference": {"computed_tokens": usage["computed_tokens"],
+                      "attended_tokens": usage["cached_tokens"] + usage["computed_tokens"],
+                      "completion_tokens": usage["completion_tokens"]},
+    }

@@ -1,0 +1,190 @@
+"""Miss analysis: which block, byte and token stopped a request's prefix reuse, and why (one fixed cause)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from agentcache.cost import minimum_cacheable
+from agentcache.inspect_session import reusable_tokens
+from agentcache.prompt_text import Prompt, build_prompt, first_difference, token_byte_span
+
+CAUSES = ("content_changed", "reordered", "bytes_only", "tokenization", "evicted", "salt_or_model", "below_minimum")
+CONTEXT_TOKENS = 3
+
+
+def identity(block: dict[str, Any]) -> tuple[str, str, str]:
+    return block.get("layer", ""), block.get("kind", ""), block.get("key", "")
+
+
+def text_cause(before: str | None, after: str | None) -> str:
+    """Why two texts of one block differ: same JSON value or same words -> bytes_only; permuted list -> reordered."""
+    if before is None or after is None:
+        return "content_changed"
+    try:
+        old, new = json.loads(before), json.loads(after)
+    except ValueError:
+        return "bytes_only" if before.split() == after.split() else "content_changed"
+    if old == new:
+        return "bytes_only"
+    if isinstance(old, list) and isinstance(new, list) and _sorted_items(old) == _sorted_items(new):
+        return "reordered"
+    return "content_changed"
+
+
+def _sorted_items(items: list[Any]) -> list[str]:
+    return sorted(json.dumps(item, sort_keys=True) for item in items)
+
+
+def block_cause(previous: Prompt, current: Prompt, index: int) -> str:
+    """Cause for the first divergent block `index` of `current`, against the block at the same place before."""
+    if index >= len(current.blocks):
+        return "content_changed"
+    block = current.blocks[index]
+    before = previous.blocks[index] if index < len(previous.blocks) else None
+    if before is not None and identity(before) == identity(block):
+        return text_cause(previous.texts[index], current.texts[index])
+    old_ids = [identity(b) for b in previous.blocks]
+    new_ids = [identity(b) for b in current.blocks]
+    return "reordered" if [i for i in old_ids if i in new_ids] != [i for i in new_ids if i in old_ids] else \
+        "content_changed"  # same relative order: blocks were only added or removed
+
+
+def engine_cause(previous: dict[str, Any], current: dict[str, Any]) -> str:
+    """Cause when the content allowed more than the engine served: minimum length, salt/model, else eviction."""
+    backend = current.get("backend", "local")
+    minimum = minimum_cacheable(backend)
+    if minimum and int(current.get("usage", {}).get("prompt_tokens", 0)) < minimum:
+        return "below_minimum"
+    if any(previous.get(k) != current.get(k) for k in ("salt", "model", "fingerprint")):
+        return "salt_or_model"
+    if (current.get("trace") or {}).get("stop_reason") in ("salt", "model"):
+        return "salt_or_model"
+    return "evicted"
+
+
+def block_at_token(record: dict[str, Any], position: int) -> int:
+    total = 0
+    for index, count in enumerate(record.get("segment_tokens") or []):
+        total += count
+        if position < total:
+            return index
+    return max(len(record.get("segment_tokens") or []) - 1, 0)
+
+
+def prefill_seconds_per_token(record: dict[str, Any]) -> float | None:
+    timings, usage = record.get("timings") or {}, record.get("usage") or {}
+    computed = int(usage.get("computed_tokens", 0))
+    if not computed or timings.get("ttft_s") is None:
+        return None
+    return max(float(timings["ttft_s"]) - float(timings.get("queue_s") or 0.0), 0.0) / computed
+
+
+class Explainer:
+    """Explains request pairs; block texts come from each request's own session."""
+
+    def __init__(self, tokenizer: Any | None) -> None:
+        self.tokenizer = tokenizer
+
+    def entry(self, previous: dict[str, Any] | None, current: dict[str, Any], previous_texts: dict[str, str],
+              current_texts: dict[str, str]) -> dict[str, Any]:
+        cached = int((current.get("usage") or {}).get("cached_tokens", 0))
+        reusable = reusable_tokens(previous, current)
+        out: dict[str, Any] = {"turn": current.get("turn"), "cached_tokens": cached,
+                               "reusable_tokens": reusable, "miss": None}
+        if previous is not None and cached < reusable:
+            out["miss"] = self.miss(previous, current, previous_texts, current_texts, reusable - cached)
+        return out
+
+    def miss(self, previous: dict[str, Any], current: dict[str, Any], previous_texts: dict[str, str],
+             current_texts: dict[str, str], missed: int) -> dict[str, Any]:
+        before = build_prompt(previous, previous_texts, self.tokenizer)
+        after = build_prompt(current, current_texts, self.tokenizer)
+        cached = int(current["usage"]["cached_tokens"])
+        page = max(int((current.get("trace") or {}).get("page_size") or 1), 1)
+        position = self._first_token_difference(before, after, previous, current)
+        if position // page * page > cached or position >= cached + missed:
+            miss = self._at(after, current, cached, engine_cause(previous, current))
+        else:
+            miss = self._content_miss(before, after, current, position)
+        seconds = prefill_seconds_per_token(current)
+        rebuilt = after.tokens is not None and [len(p) for p in after.tokens] == current.get("segment_tokens")
+        miss.update(missed_tokens=missed, missed_prefill_s=None if seconds is None else missed * seconds,
+                    stop_reason=(current.get("trace") or {}).get("stop_reason"), prompt_rebuilt=rebuilt)
+        return miss
+
+    def _first_token_difference(self, before: Prompt, after: Prompt, previous: dict[str, Any],
+                                current: dict[str, Any]) -> int:
+        if before.tokens is not None and after.tokens is not None:
+            return first_difference(before.ids, after.ids)
+        index = first_difference([b.get("hash") for b in previous.get("blocks", [])],
+                                 [b.get("hash") for b in current.get("blocks", [])])
+        return sum((current.get("segment_tokens") or [])[:index])
+
+    def _content_miss(self, before: Prompt, after: Prompt, current: dict[str, Any], position: int) -> dict[str, Any]:
+        if before.segments is None or after.segments is None:
+            index = block_at_token(current, position)
+            return self._row(after, index, None, None, position, block_cause(before, after, index))
+        offset = first_difference(before.data, after.data)
+        spans = [token_byte_span(p, position, self.tokenizer) for p in (before, after)] if self.tokenizer else []
+        if spans and all(spans) and offset >= min(span[1] for span in spans):
+            index = after.segment_at_byte(spans[1][0])
+            return self._row(after, index, spans[1][0], before, position, "tokenization")
+        index = after.segment_at_byte(offset)
+        return self._row(after, index, offset, before, position, block_cause(before, after, index))
+
+    def _at(self, prompt: Prompt, record: dict[str, Any], position: int, cause: str) -> dict[str, Any]:
+        span = token_byte_span(prompt, position, self.tokenizer) if self.tokenizer else None
+        return self._row(prompt, block_at_token(record, position), span[0] if span else None, None, position, cause)
+
+    def _row(self, prompt: Prompt, index: int, offset: int | None, before: Prompt | None, position: int,
+             cause: str) -> dict[str, Any]:
+        block = prompt.blocks[index] if index < len(prompt.blocks) else {"layer": "-", "kind": "generation", "key": ""}
+        layer, kind, key = identity(block)
+        starts = prompt.segment_starts() if prompt.segments is not None else None
+        row: dict[str, Any] = {
+            "layer": layer, "kind": kind, "key": key, "byte_offset": offset,
+            "block_byte_offset": offset - starts[index] if offset is not None and starts else None,
+            "token_position": position, "cause": cause,
+        }
+        row.update(self._tokens_around(prompt, before, position))
+        return row
+
+    def _tokens_around(self, after: Prompt, before: Prompt | None, position: int) -> dict[str, Any]:
+        if self.tokenizer is None or after.tokens is None:
+            return {}
+        decode = lambda ids: [self.tokenizer.decode([t]) for t in ids]  # noqa: E731
+        out = {"tokens_before": decode(after.ids[max(position - CONTEXT_TOKENS, 0):position]),
+               "tokens_after": decode(after.ids[position:position + CONTEXT_TOKENS])}
+        if before is not None and before.tokens is not None:
+            out["previous_tokens_after"] = decode(before.ids[position:position + CONTEXT_TOKENS])
+        return out
+
+
+def block_status(current: list[dict[str, Any]], previous: list[dict[str, Any]],
+                 current_texts: dict[str, str] | None = None,
+                 previous_texts: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """same / changed / new per block of `current` (with a cause when not same), then one `gone` row per lost block."""
+    current_texts, previous_texts = current_texts or {}, previous_texts or {}
+    old = {identity(b): (i, b) for i, b in enumerate(previous)}
+    order = [identity(b) for b in previous if identity(b) in {identity(c) for c in current}]
+    kept = [identity(b) for b in current if identity(b) in old]
+    rows = []
+    for block in current:
+        row = {"layer": block["layer"], "kind": block["kind"], "key": block["key"], "hash": block["hash"]}
+        found = old.get(identity(block))
+        if found is None:
+            row.update(status="new", cause="content_changed")
+        elif found[1]["hash"] == block["hash"]:
+            moved = order.index(identity(block)) != kept.index(identity(block))
+            row.update(status="same", cause="reordered" if moved else None)
+        else:
+            cause = text_cause(previous_texts.get(found[1]["hash"]), current_texts.get(block["hash"]))
+            row.update(status="changed", cause=cause)
+        rows.append(row)
+    now = {identity(b) for b in current}
+    for block in previous:
+        if identity(block) not in now:
+            rows.append({"layer": block["layer"], "kind": block["kind"], "key": block["key"],
+                         "hash": block["hash"], "status": "gone", "cause": "content_changed"})
+    return rows
