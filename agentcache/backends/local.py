@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from agentcache.backends import GenSettings, Reply
@@ -30,13 +31,17 @@ def block_message(block: Block) -> dict[str, str]:
 
 
 class ChatRenderer:
-    """Renders messages one segment each; falls back to plain ChatML if the template is not prefix-stable."""
+    """Renders messages one segment each; falls back to plain ChatML if the template is not prefix-stable.
+
+    Thread-safe: the reused renders of the last call are read and replaced under one lock.
+    """
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self.template_stable = tokenizer is not None and tokenizer.chat_template is not None and self._stable()
         self._keys: list[tuple[str, str]] = []
         self._renders: list[str] = []
+        self._lock = threading.Lock()
 
     def _render(self, messages: list[dict[str, str]], generation: bool = False) -> str:
         if not messages:
@@ -65,6 +70,10 @@ class ChatRenderer:
     def _prefix_renders(self, messages: list[dict[str, str]]) -> list[str]:
         """Renders of messages[:1], messages[:2], ...; the ones shared with the last call are reused."""
         keys = [(m["role"], m["content"]) for m in messages]
+        with self._lock:
+            return self._reuse_renders(messages, keys)
+
+    def _reuse_renders(self, messages: list[dict[str, str]], keys: list[tuple[str, str]]) -> list[str]:
         same = 0
         while same < min(len(keys), len(self._keys)) and keys[same] == self._keys[same]:
             same += 1
@@ -74,6 +83,8 @@ class ChatRenderer:
 
 
 class LocalBackend:
+    """Safe to share between agent threads: its caches are guarded by locks; the engine serializes or batches."""
+
     name = "local"
 
     def __init__(self, model: LoadedModel, engine: Engine | None = None) -> None:
@@ -82,32 +93,46 @@ class LocalBackend:
         self.renderer = ChatRenderer(model.tokenizer)
         self._grammars: dict[tuple[str, ...], ToolCallGrammar] = {}
         self._segment_tokens: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def fingerprint(self) -> str:
+        return self.model.fingerprint
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
 
     def window(self) -> int:
         return self.model.max_len
 
     def count_tokens(self, context: Context) -> int:
         """Prompt tokens of a context; each message's count is computed once per backend."""
-        total = 0
-        for segment in self.renderer.segments([block_message(b) for b in context]):
-            if segment not in self._segment_tokens:
-                self._segment_tokens[segment] = len(self.engine.tokenize([segment])[0])
-            total += self._segment_tokens[segment]
-        return total
+        segments = self.renderer.segments([block_message(b) for b in context])
+        with self._lock:
+            for segment in segments:
+                if segment not in self._segment_tokens:
+                    self._segment_tokens[segment] = len(self.engine.tokenize([segment])[0])
+            return sum(self._segment_tokens[segment] for segment in segments)
 
     def grammar(self, tools: list[ToolSpec], enabled: set[str]) -> ToolCallGrammar:
         key = tuple(sorted(enabled))
-        if key not in self._grammars:
-            chosen = [t for t in tools if t.name in enabled]
-            self._grammars[key] = ToolCallGrammar(self.model.tokenizer, chosen, allow_answer=True)
-        return self._grammars[key]
+        with self._lock:
+            if key not in self._grammars:
+                chosen = [t for t in tools if t.name in enabled]
+                self._grammars[key] = ToolCallGrammar(self.model.tokenizer, chosen, allow_answer=True)
+            return self._grammars[key]
 
     def parse(self, text: str, tools: list[ToolSpec], enabled: set[str]) -> Any:
-        return self.grammar(tools, enabled).parse(text)
+        grammar = self.grammar(tools, enabled)
+        with self._lock:
+            return grammar.parse(text)
 
     def complete(self, context: Context, tools: list[ToolSpec], enabled: set[str], settings: GenSettings) -> Reply:
         segments = self.renderer.segments([block_message(b) for b in context])
-        mask = self.grammar(tools, enabled).new_mask(self.model.config.vocab_size)
+        grammar = self.grammar(tools, enabled)
+        with self._lock:
+            mask = grammar.new_mask(self.model.config.vocab_size)
         sampling = SamplingParams(settings.temperature, settings.top_p, settings.seed)
         request = Request(segments, max_tokens=settings.max_tokens, sampling=sampling, salt=settings.salt,
                           logits_mask=mask)

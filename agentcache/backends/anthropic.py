@@ -1,0 +1,115 @@
+"""The anthropic backend: Messages API requests with cache_control breakpoints at the layer boundaries.
+
+L1 (system prompt, role, tool schemas) and L2 (repo) go in `system` as text blocks, L3 in `messages`.
+Breakpoints: the end of L1, the end of L2 and the last turn — each only when the prompt up to it reaches the
+model's minimum cacheable length (see anthropic_cache.yaml, kept with the date it was checked).
+"""
+
+from __future__ import annotations
+
+import time
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import yaml
+
+from agentcache.backends import GenSettings, Reply
+from agentcache.backends.local import block_message
+from agentcache.backends.remote import ReplyChecker, call_with_retries
+from agentcache.errors import AgentcacheError
+from layers import Block, Context, Layer, TiktokenCounter, ToolSpec
+
+CACHE_TABLE = Path(__file__).with_name("anthropic_cache.yaml")
+ROLE_OF = {"user": "user", "assistant": "assistant", "tool": "user"}
+
+
+@cache
+def cache_table() -> dict[str, Any]:
+    return yaml.safe_load(CACHE_TABLE.read_text(encoding="utf-8"))
+
+
+def min_cacheable_tokens(model: str) -> int:
+    """The model's minimum cacheable prompt length: the longest matching id prefix in the table."""
+    table = cache_table()
+    matches = [prefix for prefix in table["min_cacheable_tokens"] if model.startswith(prefix)]
+    return table["min_cacheable_tokens"][max(matches, key=len)] if matches else table["default_min_cacheable_tokens"]
+
+
+def l3_text(block: Block) -> tuple[str, str]:
+    message = block_message(block)
+    text = f"Tool result:\n{message['content']}" if message["role"] == "tool" else message["content"]
+    return ROLE_OF[message["role"]], text
+
+
+class AnthropicBackend:
+    name = "anthropic"
+
+    def __init__(self, model: str, api_key: str | None = None, base_url: str | None = None, ttl: str = "5m",
+                 timeout_s: float = 600.0) -> None:
+        if ttl not in cache_table()["ttls"]:
+            raise AgentcacheError(f"cache TTL '{ttl}' is not one of {', '.join(cache_table()['ttls'])}")
+        self.model, self.ttl = model, ttl
+        self.base_url = base_url or "the Anthropic API"
+        self.client = anthropic.Anthropic(api_key=api_key, base_url=base_url or None, max_retries=0,
+                                          timeout=timeout_s)
+        self.minimum = min_cacheable_tokens(model)
+        self._counter = TiktokenCounter()
+        self._checker = ReplyChecker()
+
+    def window(self) -> int:
+        return cache_table()["context_window"]
+
+    def count_tokens(self, context: Context) -> int:
+        """An estimate (tiktoken): Claude's tokenizer is not available offline."""
+        return sum(self._counter.count(block_message(b)["content"]) for b in context)
+
+    def parse(self, text: str, tools: list[ToolSpec], enabled: set[str]) -> Any:
+        return self._checker.parse(text, tools, enabled)
+
+    def request(self, context: Context, settings: GenSettings) -> dict[str, Any]:
+        """The Messages API body: system blocks, alternating messages, at most three breakpoints.
+
+        Sampling settings are left to the model's defaults (the current SDK no longer takes temperature)."""
+        system = [{"type": "text", "text": block_message(b)["content"]} for b in context.prefix]
+        messages: list[dict[str, Any]] = []
+        for block in context.l3:
+            role, text = l3_text(block)
+            if messages and messages[-1]["role"] == role:
+                messages[-1]["content"].append({"type": "text", "text": text})
+            else:
+                messages.append({"role": role, "content": [{"type": "text", "text": text}]})
+        self._mark(context, system, messages)
+        return {"model": self.model, "max_tokens": settings.max_tokens, "system": system, "messages": messages}
+
+    def _mark(self, context: Context, system: list[dict[str, Any]], messages: list[dict[str, Any]]) -> None:
+        counts = [self._counter.count(part["text"]) for part in system]
+        l1 = sum(1 for b in context.prefix if b.layer == Layer.L1)
+        marks: list[tuple[dict[str, Any], int, str]] = []
+        if l1:
+            marks.append((system[l1 - 1], sum(counts[:l1]), self.ttl))
+        if len(system) > l1:
+            marks.append((system[-1], sum(counts), self.ttl))
+        if messages:
+            total = sum(counts) + sum(self._counter.count(p["text"]) for m in messages for p in m["content"])
+            marks.append((messages[-1]["content"][-1], total, "5m"))
+        for part, tokens, ttl in marks[: cache_table()["max_breakpoints"]]:
+            if tokens >= self.minimum:
+                part["cache_control"] = {"type": "ephemeral", **({"ttl": ttl} if ttl != "5m" else {})}
+
+    def complete(self, context: Context, tools: list[ToolSpec], enabled: set[str], settings: GenSettings) -> Reply:
+        started = time.perf_counter()
+        response = call_with_retries(anthropic, self.base_url, self.client.messages.create,
+                                     **self.request(context, settings))
+        elapsed = time.perf_counter() - started
+        usage = response.usage
+        written = usage.cache_creation_input_tokens or 0
+        read = usage.cache_read_input_tokens or 0
+        counts = {"prompt_tokens": usage.input_tokens + written + read, "cached_tokens": read,
+                  "computed_tokens": usage.input_tokens + written, "completion_tokens": usage.output_tokens,
+                  "cache_write_tokens": written}
+        text = "".join(part.text for part in response.content if part.type == "text")
+        finish = "length" if response.stop_reason == "max_tokens" else "stop"
+        timings = {"queue_s": 0.0, "ttft_s": elapsed, "tpot_s": 0.0, "total_s": elapsed}  # non-streaming
+        return Reply(text, finish, counts, timings, {"response_id": response.id}, 0)

@@ -1,0 +1,126 @@
+"""The openai backend: any OpenAI-compatible server (vLLM, SGLang, `agentcache serve`) over HTTP.
+
+Messages are rendered from the layers exactly as the local backend renders them (`block_message`), the reply
+is constrained with `response_format` json_schema (the tool grammar's schema), and cached tokens are read from
+`usage.prompt_tokens_details.cached_tokens`. When the server offers `/v1/contexts`, L1+L2 are sent once as a
+context and each request carries the context id plus the L3 messages only.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import openai
+
+from agentcache.backends import GenSettings, Reply
+from agentcache.backends.local import block_message
+from agentcache.backends.remote import RemoteError, ReplyChecker, call_with_retries
+from agentcache.constrain import reply_schema
+from agentcache.errors import AgentcacheError
+from layers import Context, TiktokenCounter, ToolSpec
+
+DEFAULT_WINDOW = 8192
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, cache_key: str | None = None,
+                 use_contexts: bool = True, timeout_s: float = 600.0) -> None:
+        if not base_url:
+            raise AgentcacheError("the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        self.base_url, self.model, self.cache_key = base_url, model, cache_key
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0, timeout=timeout_s)
+        self.use_contexts = use_contexts
+        self._context: tuple[str, str, int] | None = None  # (prefix id, server context id, its tokens)
+        self._checker = ReplyChecker()
+        self._counter = TiktokenCounter()
+        self._window: int | None = None
+
+    def window(self) -> int:
+        """The server's `max_model_len` for the model when it reports one (vLLM, agentcache serve)."""
+        if self._window is None:
+            card = next((m for m in self._call(self.client.models.list).data if m.id == self.model), None)
+            self._window = int(getattr(card, "max_model_len", None) or DEFAULT_WINDOW)
+        return self._window
+
+    def count_tokens(self, context: Context) -> int:
+        """An estimate (tiktoken over the message texts): the server's tokenizer is not at hand."""
+        return sum(self._counter.count(block_message(b)["content"]) + 4 for b in context)
+
+    def parse(self, text: str, tools: list[ToolSpec], enabled: set[str]) -> Any:
+        return self._checker.parse(text, tools, enabled)
+
+    def complete(self, context: Context, tools: list[ToolSpec], enabled: set[str], settings: GenSettings) -> Reply:
+        schema = reply_schema([t for t in tools if t.name in enabled])
+        body: dict[str, Any] = {
+            "model": self.model, "max_tokens": settings.max_tokens, "temperature": settings.temperature,
+            "top_p": settings.top_p,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}},
+        }
+        if settings.seed is not None:
+            body["seed"] = settings.seed
+        if self.cache_key:
+            body["prompt_cache_key"] = self.cache_key
+        started = time.perf_counter()
+        response, context_tokens = self._chat(context, body)
+        return self._reply(response, context_tokens, time.perf_counter() - started)
+
+    def _chat(self, context: Context, body: dict[str, Any]) -> tuple[Any, int]:
+        """Send with the context id when the server has contexts; recreate an expired context once."""
+        messages = [block_message(b) for b in context]
+        for attempt in range(2):
+            server_context = self._server_context(context) if self.use_contexts else None
+            if server_context is None:
+                return self._call(self.client.chat.completions.create, messages=messages, **body), 0
+            context_id, tokens = server_context
+            try:
+                return self._call(self.client.chat.completions.create, messages=messages[len(context.prefix):],
+                                  extra_body={"context_id": context_id}, **body), tokens
+            except RemoteError as exc:
+                if attempt or exc.status != 404:
+                    raise
+                self._context = None  # expired or evicted on the server: create it again
+        raise AssertionError("unreachable")
+
+    def _server_context(self, context: Context) -> tuple[str, int] | None:
+        if self._context is not None and self._context[0] == context.context_id:
+            return self._context[1], self._context[2]
+        prefix = [block_message(b) for b in context.prefix]
+        try:
+            created = self._call(self.client.post, "/contexts", body={"model": self.model, "messages": prefix},
+                                 cast_to=object)
+        except RemoteError as exc:
+            if exc.status not in (404, 405):
+                raise
+            self.use_contexts = False  # the server has no /v1/contexts
+            return None
+        if self._context is not None:
+            self._forget(self._context[1])
+        self._context = (context.context_id, created["context_id"], int(created["tokens"]))
+        return self._context[1], self._context[2]
+
+    def _forget(self, context_id: str) -> None:
+        """Delete a context the session no longer uses (the prefix changed); gone already is fine."""
+        try:
+            self._call(self.client.delete, f"/contexts/{context_id}", cast_to=object)
+        except RemoteError as exc:
+            if exc.status != 404:
+                raise
+
+    def _reply(self, response: Any, context_tokens: int, elapsed_s: float) -> Reply:
+        usage = response.usage
+        details = getattr(usage, "prompt_tokens_details", None)
+        cached = int(getattr(details, "cached_tokens", None) or 0)
+        counts = {"prompt_tokens": usage.prompt_tokens, "cached_tokens": cached,
+                  "computed_tokens": usage.prompt_tokens - cached, "completion_tokens": usage.completion_tokens}
+        # one non-streaming round trip: the first token's time is not observable, the whole request stands in
+        timings = {"queue_s": 0.0, "ttft_s": elapsed_s, "tpot_s": 0.0, "total_s": elapsed_s}
+        choice = response.choices[0]
+        trace = {"context_tokens": context_tokens, "response_id": response.id}
+        return Reply(choice.message.content or "", choice.finish_reason or "stop", counts, timings, trace,
+                     context_tokens)
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return call_with_retries(openai, self.base_url, fn, *args, **kwargs)

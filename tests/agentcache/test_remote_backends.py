@@ -1,0 +1,175 @@
+"""The openai and anthropic backends through their official SDKs against a recording server on loopback."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agentcache.backends import GenSettings
+from agentcache.backends.anthropic import AnthropicBackend, min_cacheable_tokens
+from agentcache.backends.local import block_message
+from agentcache.backends.openai import OpenAIBackend
+from agentcache.backends.remote import RemoteError
+from agentcache.constrain import Answer, reply_schema
+from layers import Context, Layer, ToolRegistry, ToolResult, UserInput, build_prefix
+from layers.l1 import DEFAULT_PROMPTS_DIR
+from layers.l3 import ToolCall
+from layers.tokens import TiktokenCounter
+from tests.agentcache.http_helpers import RecordingServer, free_port
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "repo"
+SPECS = [ToolRegistry.from_dir(DEFAULT_PROMPTS_DIR / "tools").get(n)
+         for n in ToolRegistry.from_dir(DEFAULT_PROMPTS_DIR / "tools").names()]
+ENABLED = {s.name for s in SPECS}
+ANSWER = '{"answer": "ok"}'
+COMPLETION = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105,
+                        "prompt_tokens_details": {"cached_tokens": 64}}}
+ERROR = {"error": {"message": "slow down", "type": "rate_limit_error"}}
+
+
+def context_with_turns(turns: int) -> Context:
+    context = build_prefix(EXAMPLE, role="coder")
+    context.append(UserInput("Where are words counted?").to_block())
+    for i in range(turns):
+        context.extend([ToolCall("read_file", {"path": f"f{i}.py"}).to_block(),
+                        ToolResult("read_file", f"contents {i}", False).to_block()])
+    return context
+
+
+def chat_bodies(server: RecordingServer) -> list[dict]:
+    return [body for method, path, body in server.requests if path.endswith("/chat/completions")]
+
+
+def test_openai_retries_429_then_succeeds_with_full_messages_when_server_has_no_contexts():
+    with RecordingServer([(404, {"error": {"message": "Not Found"}}), (429, ERROR), (200, COMPLETION)]) as server:
+        backend = OpenAIBackend(server.url + "/v1", "m", "key", cache_key="session-1")
+        context = context_with_turns(1)
+        reply = backend.complete(context, SPECS, ENABLED, GenSettings(max_tokens=32))
+    bodies = chat_bodies(server)
+    assert len(bodies) == 2 and bodies[0] == bodies[1]
+    assert bodies[1]["messages"] == [block_message(b) for b in context]
+    assert bodies[1]["prompt_cache_key"] == "session-1"
+    assert bodies[1]["response_format"]["json_schema"]["schema"] == json.loads(json.dumps(reply_schema(SPECS)))
+    assert reply.usage == {"prompt_tokens": 100, "cached_tokens": 64, "computed_tokens": 36, "completion_tokens": 5}
+    assert isinstance(backend.parse(reply.text, SPECS, ENABLED), Answer)
+
+
+def test_openai_sends_context_id_and_only_l3_and_recreates_an_expired_context():
+    created = [(200, {"context_id": f"ctx_{i}", "tokens": 900, "bytes": 5000, "expires_at": 0}) for i in (1, 2)]
+    gone = (404, {"error": {"message": "context 'ctx_1' expired"}})
+    with RecordingServer([created[0], (200, COMPLETION), gone, created[1], (200, COMPLETION)]) as server:
+        backend = OpenAIBackend(server.url + "/v1", "m", "key")
+        context = context_with_turns(0)
+        first = backend.complete(context, SPECS, ENABLED, GenSettings())
+        context.extend([ToolCall("list_files", {}).to_block(), ToolResult("list_files", "a.py", False).to_block()])
+        backend.complete(context, SPECS, ENABLED, GenSettings())
+    paths = [(method, path) for method, path, _ in server.requests]
+    assert paths == [("POST", "/v1/contexts"), ("POST", "/v1/chat/completions"), ("POST", "/v1/chat/completions"),
+                     ("POST", "/v1/contexts"), ("POST", "/v1/chat/completions")]
+    assert server.requests[0][2]["messages"] == [block_message(b) for b in context.prefix]
+    bodies = chat_bodies(server)
+    assert [b["context_id"] for b in bodies] == ["ctx_1", "ctx_1", "ctx_2"]
+    assert bodies[2]["messages"] == [block_message(b) for b in context.l3]
+    assert first.prefix_tokens == 900
+
+
+def test_openai_bad_key_and_connection_refused_are_one_clear_line():
+    with RecordingServer([(401, {"error": {"message": "Incorrect API key provided"}})]) as server:
+        backend = OpenAIBackend(server.url + "/v1", "m", "wrong")
+        with pytest.raises(RemoteError, match=r"rejected the API key \(401\): Incorrect API key provided"):
+            backend.complete(context_with_turns(0), SPECS, ENABLED, GenSettings())
+        assert len(server.requests) == 1  # a 401 is not retried
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(RemoteError, match=r"cannot connect to .* \(is the server running\?\)"):
+        OpenAIBackend(url, "m").complete(context_with_turns(0), SPECS, ENABLED, GenSettings())
+
+
+def anthropic_message(text: str = ANSWER) -> dict:
+    return {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": 20, "output_tokens": 10, "cache_creation_input_tokens": 100,
+                      "cache_read_input_tokens": 1500}}
+
+
+def marks(body: dict) -> list[tuple[str, int, dict]]:
+    """Every cache_control in request order: ('system', index) or ('message', index of the message)."""
+    found = [("system", i, part["cache_control"]) for i, part in enumerate(body["system"]) if "cache_control" in part]
+    for i, message in enumerate(body["messages"]):
+        found += [("message", i, part["cache_control"]) for part in message["content"] if "cache_control" in part]
+    return found
+
+
+def without_marks(messages: list[dict]) -> list[dict]:
+    return [{**m, "content": [{k: v for k, v in p.items() if k != "cache_control"} for p in m["content"]]}
+            for m in messages]
+
+
+def run_anthropic_turns(model: str, ttl: str, turns: int) -> tuple[list[dict], list]:
+    with RecordingServer([(200, anthropic_message())]) as server:
+        backend = AnthropicBackend(model, "key", server.url, ttl=ttl)
+        replies = [backend.complete(context_with_turns(t), SPECS, ENABLED, GenSettings(max_tokens=64))
+                   for t in range(turns)]
+    assert all(path == "/v1/messages" for _, path, _ in server.requests)
+    return [body for _, _, body in server.requests], replies
+
+
+def test_anthropic_breakpoints_end_of_l1_end_of_l2_last_turn_and_stable_bytes():
+    bodies, replies = run_anthropic_turns("claude-opus-5", "1h", 3)
+    prefix = build_prefix(EXAMPLE, role="coder").prefix
+    l1 = sum(1 for b in prefix if b.layer == Layer.L1)
+    assert TiktokenCounter().count("".join(block_message(b)["content"] for b in prefix[:l1])) >= 512  # all apply
+    for body in bodies:
+        assert len(marks(body)) <= 4
+        assert marks(body) == [("system", l1 - 1, {"type": "ephemeral", "ttl": "1h"}),
+                               ("system", len(prefix) - 1, {"type": "ephemeral", "ttl": "1h"}),
+                               ("message", len(body["messages"]) - 1, {"type": "ephemeral"})]
+        assert "cache_control" in body["messages"][-1]["content"][-1]
+        assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user", "assistant", "user"][
+            : len(body["messages"])]
+    assert json.dumps(bodies[0]["system"]) == json.dumps(bodies[1]["system"]) == json.dumps(bodies[2]["system"])
+    for before, after in zip(bodies, bodies[1:]):
+        earlier = without_marks(before["messages"])
+        assert json.dumps(without_marks(after["messages"])[: len(earlier)]) == json.dumps(earlier)
+    assert replies[0].usage == {"prompt_tokens": 1620, "cached_tokens": 1500, "computed_tokens": 120,
+                                "completion_tokens": 10, "cache_write_tokens": 100}
+
+
+def test_anthropic_skips_breakpoints_below_the_model_minimum():
+    assert min_cacheable_tokens("claude-opus-4-5-20251101") == 4096
+    assert min_cacheable_tokens("claude-3-5-haiku-latest") == 2048
+    assert min_cacheable_tokens("claude-sonnet-4-6") == 1024
+    counter = TiktokenCounter()
+    context = context_with_turns(0)
+    total = sum(counter.count(block_message(b)["content"]) for b in context)
+    bodies, _ = run_anthropic_turns("claude-opus-4-5-20251101", "5m", 1)
+    assert total < 4096 and marks(bodies[0]) == []
+    l1 = sum(1 for b in context.prefix if b.layer == Layer.L1)
+    l1_tokens = sum(counter.count(block_message(b)["content"]) for b in context.prefix[:l1])
+    l2_tokens = sum(counter.count(block_message(b)["content"]) for b in context.prefix)
+    assert l1_tokens < 1024 <= l2_tokens  # on a 1024 model only the L2 and last-turn breakpoints cache
+    bodies, _ = run_anthropic_turns("claude-sonnet-4-6", "5m", 1)
+    assert marks(bodies[0]) == [("system", len(context.prefix) - 1, {"type": "ephemeral"}),
+                                ("message", 0, {"type": "ephemeral"})]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backend", "nope"], "unknown backend 'nope' (known: local, openai, anthropic)"),
+    (["--backend", "anthropic"], "the anthropic backend needs --model with a Claude model id"),
+    (["--backend", "openai"], "the openai backend needs --base-url"),
+])
+def test_run_with_a_bad_backend_setting_is_one_error_line(tmp_path, args, message):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    shutil.copytree(EXAMPLE, tmp_path / "repo")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "agentcache.cli", "run", "hi", "--repo", str(tmp_path / "repo"),
+                           *args], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
