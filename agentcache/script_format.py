@@ -1,0 +1,359 @@
+"""The YAML format of `agentcache script`: agents, steps, forks and answer passing, checked with line numbers."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agentcache.errors import AgentcacheError
+from layers import DEFAULT_PROMPTS_DIR, ToolRegistry
+from layers.l1 import available_roles
+
+AGENT_KEYS = ("name", "role", "model", "backend", "tools", "allow_shell", "max_turns", "max_tokens", "token_budget")
+LIMIT_KEYS = ("max_turns", "max_tokens", "token_budget")
+CHILD_KEYS = ("name", "instruction", "tools", *LIMIT_KEYS)
+FORK_KEYS = ("fork", "children", "tools", *LIMIT_KEYS)
+BACKENDS = ("local",)
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+TEMPLATE = re.compile(r"\{\{(.*?)\}\}")
+ANSWER_REF = re.compile(r"\s*([A-Za-z][A-Za-z0-9_-]*)\.answer\s*")
+
+
+class ScriptError(AgentcacheError):
+    """A script that cannot run: reported before any agent starts."""
+
+
+@dataclass(slots=True)
+class AgentSpec:
+    name: str
+    role: str
+    line: int
+    tools: list[str] | None = None
+    allow_shell: bool | None = None
+    max_turns: int | None = None
+    max_tokens: int | None = None
+    token_budget: int | None = None
+    parent: str | None = None  # set for a fork child: it starts from this agent's final context
+
+
+@dataclass(slots=True)
+class Launch:
+    """One agent started by a step: a task for a fresh agent, or the one instruction a fork child appends."""
+
+    agent: str
+    task: str
+    line: int
+
+
+@dataclass(slots=True)
+class Script:
+    name: str
+    model: str | None
+    agents: dict[str, AgentSpec]
+    steps: list[list[Launch]]  # steps run in order; the launches of one step run concurrently
+    max_turns: int | None = None
+    token_budget: int | None = None
+    step_of: dict[str, int] = field(default_factory=dict)
+
+
+def answer_refs(text: str) -> list[str]:
+    """Agent names whose answers a task text uses, as `{{NAME.answer}}`."""
+    return [m.group(1) for m in map(ANSWER_REF.fullmatch, TEMPLATE.findall(text)) if m]
+
+
+def fill_answers(text: str, answers: dict[str, str]) -> str:
+    return TEMPLATE.sub(lambda m: answers[ANSWER_REF.fullmatch(m.group(1)).group(1)], text)
+
+
+class _Map(dict):
+    line: int
+    lines: dict[str, int]
+
+
+class _Seq(list):
+    line: int
+    lines: list[int]
+
+
+class _Loader(yaml.SafeLoader):
+    """A safe loader whose mappings and sequences remember the line of each key and item."""
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
+    loader.flatten_mapping(node)
+    out = _Map()
+    out.line, out.lines = node.start_mark.line + 1, {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if not isinstance(key, str):
+            raise _Invalid(line, f"keys must be strings, got {key!r}")
+        if key in out:
+            raise _Invalid(line, f"duplicate key '{key}'")
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.lines[key] = line
+    return out
+
+
+def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
+    out = _Seq(loader.construct_object(item, deep=True) for item in node.value)
+    out.line, out.lines = node.start_mark.line + 1, [item.start_mark.line + 1 for item in node.value]
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
+
+
+class _Invalid(Exception):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def load_script(path: Path, prompts_dir: Path = DEFAULT_PROMPTS_DIR) -> Script:
+    """The checked script at `path`; ScriptError `NAME line N: ...` for anything that could not run."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScriptError(f"cannot read script {path}: {exc.strerror or exc}") from None
+    try:
+        return parse_script(text, path.stem, prompts_dir)
+    except _Invalid as exc:
+        raise ScriptError(f"{path.name} line {exc.line}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ScriptError(f"{path.name}{where}: malformed YAML ({getattr(exc, 'problem', None) or exc})") from None
+
+
+def parse_script(text: str, name: str, prompts_dir: Path = DEFAULT_PROMPTS_DIR) -> Script:
+    data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    if not isinstance(data, _Map):
+        raise _Invalid(1, "a script is a mapping with 'agents' and 'steps'")
+    _check_keys(data, ("model", "limits", "agents", "steps"), "script")
+    limits = _limits(data)
+    roles = available_roles(prompts_dir)
+    tools = ToolRegistry.from_dir(prompts_dir / "tools").names()
+    agents = {spec.name: spec for spec in _agents(data, roles, tools)}
+    script = Script(name, _optional_str(data, "model"), agents, [], limits.get("max_turns"), limits.get("token_budget"))
+    for index, (step, line) in enumerate(zip(_required_seq(data, "steps"), data["steps"].lines)):
+        script.steps.append(_step(step, line, script, tools))
+        for launch in script.steps[-1]:
+            script.step_of[launch.agent] = index
+    _check_all_run(script)
+    _check_order(script)
+    return script
+
+
+def _check_keys(data: _Map, known: tuple[str, ...], what: str) -> None:
+    for key in data:
+        if key not in known:
+            raise _Invalid(data.lines[key], f"unknown key '{key}' in {what} (known: {', '.join(known)})")
+
+
+def _line(data: _Map, key: str) -> int:
+    return data.lines.get(key, data.line)
+
+
+def _required_seq(data: _Map, key: str) -> _Seq:
+    value = data.get(key)
+    if not isinstance(value, _Seq) or not value:
+        raise _Invalid(_line(data, key), f"'{key}' must be a non-empty list")
+    return value
+
+
+def _optional_str(data: _Map, key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise _Invalid(_line(data, key), f"'{key}' must be a string")
+    return value
+
+
+def _optional_int(data: _Map, key: str) -> int | None:
+    value = data.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise _Invalid(_line(data, key), f"'{key}' must be a positive integer, got {value!r}")
+    return value
+
+
+def _limits(data: _Map) -> dict[str, int | None]:
+    limits = data.get("limits")
+    if limits is None:
+        return {}
+    if not isinstance(limits, _Map):
+        raise _Invalid(_line(data, "limits"), "'limits' must be a mapping of max_turns and token_budget")
+    _check_keys(limits, ("max_turns", "token_budget"), "limits")
+    return {key: _optional_int(limits, key) for key in ("max_turns", "token_budget")}
+
+
+def _tool_list(data: _Map, known: list[str]) -> list[str] | None:
+    value = data.get("tools")
+    if value is None:
+        return None
+    if not isinstance(value, _Seq) or not all(isinstance(t, str) for t in value):
+        raise _Invalid(_line(data, "tools"), "'tools' must be a list of tool names")
+    for tool, line in zip(value, value.lines):
+        if tool not in known:
+            raise _Invalid(line, f"unknown tool '{tool}' (known: {', '.join(known)})")
+    return list(value)
+
+
+def _name(data: _Map, what: str, taken: dict[str, AgentSpec]) -> str:
+    name = data.get("name")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise _Invalid(_line(data, "name"), f"{what} needs a 'name' of letters, digits, '-' or '_', got {name!r}")
+    if name in taken:
+        raise _Invalid(_line(data, "name"), f"agent '{name}' is already defined at line {taken[name].line}")
+    return name
+
+
+def _agents(data: _Map, roles: list[str], tools: list[str]) -> list[AgentSpec]:
+    specs: dict[str, AgentSpec] = {}
+    for item, line in zip(_required_seq(data, "agents"), data["agents"].lines):
+        if not isinstance(item, _Map):
+            raise _Invalid(line, "each agent is a mapping with 'name' and 'role'")
+        _check_keys(item, AGENT_KEYS, "an agent")
+        name = _name(item, "an agent", specs)
+        role = item.get("role")
+        if role not in roles:
+            raise _Invalid(_line(item, "role"), f"unknown role {role!r} (known: {', '.join(roles)})".replace('"', "'"))
+        model = _optional_str(item, "model")
+        if model is not None and model != data.get("model"):
+            raise _Invalid(_line(item, "model"), f"agent '{name}' asks for model '{model}' but one model serves the "
+                                                 f"whole script: set the top-level 'model' instead")
+        backend = _optional_str(item, "backend")
+        if backend is not None and backend not in BACKENDS:
+            raise _Invalid(_line(item, "backend"), f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
+        shell = item.get("allow_shell")
+        if shell is not None and not isinstance(shell, bool):
+            raise _Invalid(_line(item, "allow_shell"), "'allow_shell' must be true or false")
+        specs[name] = AgentSpec(name, role, item.line, _tool_list(item, tools), shell,
+                                *(_optional_int(item, key) for key in LIMIT_KEYS))
+    return list(specs.values())
+
+
+def _task(data: _Map, key: str) -> str:
+    text = data.get(key)
+    if not isinstance(text, str) or not text.strip():
+        raise _Invalid(_line(data, key), f"'{key}' must be a non-empty string")
+    for inner in TEMPLATE.findall(text):
+        if not ANSWER_REF.fullmatch(inner):
+            raise _Invalid(_line(data, key), f"unknown template '{{{{{inner}}}}}' (use {{{{AGENT.answer}}}})")
+    return text
+
+
+def _step(step: Any, line: int, script: Script, tools: list[str]) -> list[Launch]:
+    if not isinstance(step, _Map):
+        raise _Invalid(line, "a step is a mapping: 'run', 'fork' or 'parallel'")
+    if "parallel" in step:
+        _check_keys(step, ("parallel",), "a parallel step")
+        items = _required_seq(step, "parallel")
+        launches: list[Launch] = []
+        for item, item_line in zip(items, items.lines):
+            if isinstance(item, _Map) and "parallel" in item:
+                raise _Invalid(item_line, "a parallel step cannot nest another parallel step")
+            launches.extend(_step(item, item_line, script, tools))
+        return launches
+    if "fork" in step:
+        return _fork(step, script, tools)
+    if "run" in step:
+        return [_run(step, script)]
+    raise _Invalid(line, "a step needs one of 'run', 'fork' or 'parallel'")
+
+
+def _run(step: _Map, script: Script) -> Launch:
+    _check_keys(step, ("run", "task"), "a run step")
+    name = step["run"]
+    if name not in script.agents or script.agents[name].parent is not None:
+        raise _Invalid(_line(step, "run"), f"unknown agent '{name}' (defined: {', '.join(_defined(script))})")
+    _check_not_run(script, name, _line(step, "run"))
+    return Launch(name, _task(step, "task"), _line(step, "run"))
+
+
+def _fork(step: _Map, script: Script, tools: list[str]) -> list[Launch]:
+    _check_keys(step, FORK_KEYS, "a fork step")
+    parent_name = step["fork"]
+    if parent_name not in script.agents:
+        raise _Invalid(_line(step, "fork"), f"fork of unknown agent {parent_name!r} "
+                                             f"(defined: {', '.join(_defined(script))})".replace('"', "'"))
+    children = step.get("children")
+    if not isinstance(children, _Seq) or not children:
+        raise _Invalid(_line(step, "children" if "children" in step else "fork"),
+                       "a fork needs 'children': a list of {name, instruction}")
+    parent = script.agents[parent_name]
+    shared_tools = _tool_list(step, tools)
+    shared_limits = {key: _optional_int(step, key) for key in LIMIT_KEYS}
+    launches = []
+    for child, line in zip(children, children.lines):
+        if not isinstance(child, _Map):
+            raise _Invalid(line, "each fork child is a mapping with 'name' and 'instruction'")
+        _check_keys(child, CHILD_KEYS, "a fork child (it inherits its parent's role and context)")
+        name = _name(child, "a fork child", script.agents)
+        limits = {key: _optional_int(child, key) or shared_limits[key] or getattr(parent, key) for key in LIMIT_KEYS}
+        script.agents[name] = AgentSpec(name, parent.role, child.line, _tool_list(child, tools) or shared_tools or
+                                        parent.tools, parent.allow_shell, parent=parent_name, **limits)
+        launches.append(Launch(name, _task(child, "instruction"), line))
+    return launches
+
+
+def _defined(script: Script) -> list[str]:
+    return [name for name, spec in script.agents.items() if spec.parent is None]
+
+
+def _check_not_run(script: Script, name: str, line: int) -> None:
+    for step in script.steps:
+        for launch in step:
+            if launch.agent == name:
+                raise _Invalid(line, f"agent '{name}' already runs at line {launch.line}; each agent runs once")
+
+
+def _check_all_run(script: Script) -> None:
+    for name, spec in script.agents.items():
+        if name not in script.step_of:
+            raise _Invalid(spec.line, f"agent '{name}' is defined but no step runs it")
+
+
+def _needs(script: Script) -> dict[str, list[str]]:
+    """For each agent, the agents it waits for: answers its task uses, and the parent it forks from."""
+    tasks = {launch.agent: launch for step in script.steps for launch in step}
+    needs: dict[str, list[str]] = {}
+    for name, launch in tasks.items():
+        refs = answer_refs(launch.task)
+        for ref in refs:
+            if ref not in script.agents:
+                raise _Invalid(launch.line, f"'{{{{{ref}.answer}}}}' refers to unknown agent '{ref}'")
+        parent = script.agents[name].parent
+        needs[name] = refs + ([parent] if parent else [])
+    return needs
+
+
+def _check_order(script: Script) -> None:
+    """Every agent waited for must run in an earlier step; a loop of waits is reported as a cycle."""
+    needs = _needs(script)
+    for start in needs:
+        path = _cycle_from(start, needs, [])
+        if path:
+            line = next(launch.line for step in script.steps for launch in step if launch.agent == start)
+            raise _Invalid(line, f"cycle between steps: {' -> '.join(path)} (each waits for the next one's answer)")
+    for step in script.steps:
+        for launch in step:
+            for need in needs[launch.agent]:
+                if script.step_of[need] >= script.step_of[launch.agent]:
+                    when = "in the same step" if script.step_of[need] == script.step_of[launch.agent] else "later"
+                    raise _Invalid(launch.line, f"'{launch.agent}' waits for '{need}', which runs {when}; "
+                                                f"an answer or fork parent must come from an earlier step")
+
+
+def _cycle_from(name: str, needs: dict[str, list[str]], path: list[str]) -> list[str]:
+    if name in path:
+        return [*path[path.index(name):], name]
+    for need in needs.get(name, []):
+        found = _cycle_from(need, needs, [*path, name])
+        if found:
+            return found
+    return []
