@@ -30,22 +30,26 @@ class Outcome:
 
 class Agent:
     def __init__(self, repo: Path, backend: Backend, config: RunConfig, session: Session,
-                 on_turn: OnTurn | None = None) -> None:
+                 on_turn: OnTurn | None = None, context: Context | None = None) -> None:
+        """An agent on the L1+L2 prefix of its role or, given `context`, on a copy of its exact blocks (a fork)."""
         self.repo, self.backend, self.config, self.session = repo, backend, config, session
         self.toolbox = ToolBox(repo, allow_shell=config.allow_shell, enabled=set(config.tools) or None)
         registry = ToolRegistry.from_dir(DEFAULT_PROMPTS_DIR / "tools")
         self.specs = [registry.get(name) for name in registry.names()]
         self.enabled = set(self.toolbox.names())
-        self.context = build_prefix(repo, role=config.role)
+        self.context = Context(context.blocks) if context is not None else build_prefix(repo, role=config.role)
         self.on_turn = on_turn
         self.spent = 0
         self.errors = 0
         self.turns_done = 0
+        self.stored_blocks: set[str] = set()
 
     def resume(self) -> str | None:
         """Replay the session's L3 entries; returns the context id the session last saw."""
         last_id = None
         for record in self.session.records():
+            if record.get("type") == "block":
+                self.stored_blocks.add(record["hash"])
             if record.get("type") == "compaction":
                 self.context = Context([*self.context.prefix, *map(_entry_block, record["l3"])])
             for entry in record.get("appended", []):
@@ -68,7 +72,8 @@ class Agent:
 
     def step(self, turn: int) -> Outcome | None:
         self._compact_if_needed()
-        settings = GenSettings(max_tokens=self.config.max_tokens, temperature=self.config.temperature)
+        settings = GenSettings(max_tokens=self.config.max_tokens, temperature=self.config.temperature,
+                               salt=self.config.salt or None)
         reply = self.backend.complete(self.context, self.specs, self.enabled, settings)
         self.spent += reply.usage["computed_tokens"] + reply.usage["completion_tokens"]
         record = self._request_record(turn, reply)
@@ -102,14 +107,24 @@ class Agent:
         return None
 
     def _request_record(self, turn: int, reply: Reply) -> dict[str, Any]:
+        self._store_block_texts()
         return {
             "type": "request", "turn": turn, "context_id": self.context.context_id,
+            "backend": self.backend.name, "model": getattr(self.backend, "model_name", self.config.model),
+            "fingerprint": getattr(self.backend, "fingerprint", None), "salt": self.config.salt,
             "layers": self.context.layer_hashes(),
             "blocks": [{"layer": b.layer.name, "kind": b.kind, "key": b.key, "hash": b.hash} for b in self.context],
             "segment_tokens": reply.trace.get("segment_tokens", []), "prefix_tokens": reply.prefix_tokens,
             "usage": reply.usage, "timings": reply.timings, "trace": reply.trace,
             "enabled_tools": sorted(self.enabled), "reply": reply.text, "finish_reason": reply.finish_reason,
         }
+
+    def _store_block_texts(self) -> None:
+        """One content-addressed `block` record per block text, the first time its hash appears in the session."""
+        for block in self.context:
+            if block.hash not in self.stored_blocks:
+                self.session.append({"type": "block", "hash": block.hash, "text": block.text})
+                self.stored_blocks.add(block.hash)
 
     def _append(self, blocks: list[Block], record: dict[str, Any]) -> None:
         self.context.extend(blocks)

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agentcache.cache_cmd import cache_app
 from agentcache.errors import AgentcacheError
 from layers import Context, L2Config, LayersError, TiktokenCounter, build_prefix, lint_blocks
 from layers.lint import Finding
@@ -21,6 +22,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+app.add_typer(cache_app, name="cache")
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show a full traceback on errors.")]
 
@@ -51,10 +54,11 @@ def _print_json(context: Context, rows: list[dict[str, object]], findings: list[
 def _print_table(context: Context, rows: list[dict[str, object]], findings: list[Finding]) -> None:
     console = Console(highlight=False)
     table = Table(title="context layers")
-    for column in ("layer", "kind", "key", "tokens", "hash"):
+    for column in ("layer", "kind", "key", "tokens", "hash", "status"):
         table.add_column(column, justify="right" if column == "tokens" else "left", overflow="fold")
     for row in rows:
-        table.add_row(row["layer"], row["kind"], row["key"], str(row["tokens"]), str(row["hash"])[:12])
+        table.add_row(row["layer"], row["kind"], row["key"], str(row["tokens"] if row["tokens"] is not None else "-"),
+                      str(row["hash"])[:12], str(row["status"] or "-"))
     console.print(table)
     for layer, digest in context.layer_hashes().items():
         console.print(f"{layer} hash     {digest}")
@@ -63,16 +67,66 @@ def _print_table(context: Context, rows: list[dict[str, object]], findings: list
         console.print(f"[yellow]warning:[/yellow] volatile content in {finding}", markup=True)
 
 
-def _inspect_session(repo: Path, ref: str, as_json: bool) -> None:
-    from agentcache.inspect_session import load_session, render_session, session_view
+def _read_session(repo: Path, ref: str) -> tuple[object, list[dict], list[int]]:
+    """Valid records of a session; each bad line is one warning on stderr; nothing valid is an error."""
+    from agentcache.inspect_session import load_session
 
     session = load_session(repo, ref)
-    records = session.records()
-    view = session_view(session.id, records)
+    records, bad = session.read()
+    for number in bad:
+        print(f"warning: session {session.id} line {number} is not a valid record (corrupt or truncated); "
+              "skipped", file=sys.stderr)
+    if bad and not records:
+        raise AgentcacheError(f"session {session.id} has no valid record")
+    return session, records, bad
+
+
+def _inspect_session(repo: Path, ref: str, as_json: bool, explain: bool) -> None:
+    from agentcache.inspect_misses import explain_view, render_explain
+    from agentcache.inspect_session import render_session, session_view
+
+    session, records, bad = _read_session(repo, ref)
+    if explain:
+        view = explain_view(session, records)
+        view["bad_lines"] = bad
+        if not as_json:
+            render_explain(view, Console(highlight=False))
+    else:
+        view = session_view(session.id, records, bad)
+        if not as_json:
+            render_session(view, records, Console(highlight=False))
+    if as_json:
+        sys.stdout.write(json.dumps(view, indent=2) + "\n")
+
+
+def _inspect_diff(repo: Path, refs: tuple[str, str], as_json: bool) -> None:
+    from agentcache.inspect_misses import diff_view, render_diff
+
+    view = diff_view(repo, *refs)
     if as_json:
         sys.stdout.write(json.dumps(view, indent=2) + "\n")
     else:
-        render_session(view, records, Console(highlight=False))
+        render_diff(view, Console(highlight=False))
+
+
+def _add_status(repo: Path, rows: list[dict[str, object]], context: Context) -> list[dict[str, object]]:
+    """Rows gain `status` against the last request of the repo's latest session (None without a session)."""
+    from agentcache.explain import block_status
+    from agentcache.inspect_session import request_records
+    from agentcache.session import Session
+
+    try:
+        records, _ = Session.open(repo, "latest").read()
+    except AgentcacheError:
+        records = []
+    requests = request_records(records)
+    if not requests:
+        return [{**row, "status": None, "cause": None} for row in rows]
+    last = [b for b in requests[-1].get("blocks", []) if b.get("layer") != "L3"]
+    current = [{"layer": b.layer.name, "kind": b.kind, "key": b.key, "hash": b.hash} for b in context]
+    tokens = {(r["layer"], r["kind"], r["key"]): r["tokens"] for r in rows}
+    return [{**row, "tokens": tokens.get((row["layer"], row["kind"], row["key"]))}
+            for row in block_status(current, last)]
 
 
 @app.command()
@@ -87,20 +141,31 @@ def inspect(
     budget: Annotated[Optional[int], typer.Option(min=1, help="Token budget for L2 (cut deterministically).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on volatile content in L1/L2.")] = False,
+    explain: Annotated[bool, typer.Option("--explain", help="Explain every request that reused less than "
+                                          "the previous prompt allowed: block, byte, token and cause.")] = False,
+    diff: Annotated[Optional[tuple[str, str]], typer.Option(
+        "--diff", metavar="A B", help="Compare two sessions (last request of the earlier vs first of the later) "
+        "or two SESSION:INDEX requests, block by block.")] = None,
     debug: Debug = False,
 ) -> None:
-    """Show a session's requests (tokens, hit rates, TTFT) or, with --layers, how a context is laid out.
+    """Show a session's requests (tokens, hit rates, TTFT, cost), explain its misses, diff two requests,
+    or, with --layers, how a context is laid out and what changed since the last session.
 
     Examples: agentcache inspect latest --repo examples/repo
+              agentcache inspect --explain --repo examples/repo
+              agentcache inspect --diff SESSION_A SESSION_B --repo examples/repo
               agentcache inspect --layers --repo examples/repo --role coder
     """
+    if diff is not None:
+        _inspect_diff(repo, diff, as_json)
+        return
     if not layers:
-        _inspect_session(repo, session or "latest", as_json)
+        _inspect_session(repo, session or "latest", as_json, explain)
         return
     config = L2Config(skills_dir=skills, max_tree_entries=max_tree, token_budget=budget)
     context = build_prefix(repo, role=role, prompts_dir=prompts, config=config)
     findings = lint_blocks(context, strict=strict)
-    rows = _block_rows(context)
+    rows = _add_status(repo, _block_rows(context), context)
     (_print_json if as_json else _print_table)(context, rows, findings)
 
 
@@ -115,7 +180,13 @@ def run(
     allow_shell: Annotated[bool, typer.Option("--allow-shell", help="Enable the run_command tool.")] = False,
     tools: Annotated[Optional[str], typer.Option(help="Comma-separated tools to enable (default: all).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue a session: its id or 'latest'.")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="local (the engine in-process), openai or anthropic.")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="Server for --backend openai, e.g. http://127.0.0.1:8000/v1.")] = None,
+    api_key: Annotated[Optional[str], typer.Option(help="API key for --backend openai/anthropic "
+                                                   "(default: OPENAI_API_KEY / ANTHROPIC_API_KEY).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end.")] = False,
+    no_disk_cache: Annotated[bool, typer.Option("--no-disk-cache", help="Neither read nor write KV pages on disk.")]
+    = False,
     debug: Debug = False,
 ) -> None:
     """Run the agent on TASK in a repo, turn after turn, on a warm prefix.
@@ -125,9 +196,11 @@ def run(
     from agentcache.runner import run_task
 
     overrides = {"model": model, "role": role, "max_turns": max_turns, "max_tokens": max_tokens,
-                 "tools": tools.split(",") if tools else None, "allow_shell": allow_shell or None}
+                 "tools": tools.split(",") if tools else None, "allow_shell": allow_shell or None,
+                 "backend": backend, "base_url": base_url, "disk_cache": False if no_disk_cache else None}
     console = Console(highlight=False, stderr=as_json)
-    summary = run_task(repo, task, overrides, resume, on_line=lambda line: line and console.print(line, soft_wrap=True, markup=False))
+    summary = run_task(repo, task, overrides, resume, api_key=api_key,
+                       on_line=lambda line: line and console.print(line, soft_wrap=True, markup=False))
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
@@ -135,6 +208,55 @@ def run(
                       f"session {summary['session_id']}")
         if summary["answer"]:
             console.print(summary["answer"], markup=False)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+    model: Annotated[str, typer.Option(help="Model: the embedded default, a local HF dir, or a hub id.")] = "smollm2-135m-instruct",
+    api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY' on every request.",
+                                                   envvar="AGENTCACHE_SERVE_API_KEY")] = None,
+    debug: Debug = False,
+) -> None:
+    """Serve the engine over an OpenAI-compatible HTTP API with explicit context caching.
+
+    Endpoints: POST /v1/chat/completions, GET /v1/models, POST/GET/DELETE /v1/contexts, GET /health, GET /metrics.
+    Example: agentcache serve --port 8000
+    """
+    from agentcache.server import serve as run_server
+
+    run_server(host, port, model, api_key, log=lambda line: print(line, file=sys.stderr))
+
+
+@app.command()
+def script(
+    file: Annotated[Path, typer.Argument(help="The script: a YAML file of agents and steps.")],
+    repo: Annotated[Path, typer.Option(help="Repository root every agent works in.")] = Path("."),
+    model: Annotated[Optional[str], typer.Option(help="One model for every agent (default: the script's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Run a multi-agent script: steps in order, parallel agents and forks concurrently, on one shared prefix cache.
+
+    Example: agentcache script examples/scripts/fanout.yaml --repo examples/repo
+    """
+    from agentcache.script_format import load_script
+    from agentcache.script_report import script_report
+    from agentcache.script_run import open_script_run
+    from agentcache.script_view import ScriptView, render_report
+
+    checked = load_script(file)
+    console = Console(highlight=False, stderr=as_json)
+    view = ScriptView(console)
+    run_ = open_script_run(checked, repo, model, view.on_event)
+    with view.showing(run_):
+        run_.run()
+    report = script_report(run_)
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        render_report(report, console)
 
 
 def _user_error_types() -> tuple[type[Exception], ...]:

@@ -24,6 +24,12 @@ class RunConfig:
     tools: list[str] = field(default_factory=list)  # empty: every tool
     temperature: float = 0.0
     retries: int = 2
+    backend: str = "local"  # local, openai or anthropic
+    base_url: str = ""  # the openai backend's server, e.g. http://127.0.0.1:8000/v1
+    cache_ttl: str = "5m"  # the anthropic backend's L1/L2 cache TTL: 5m or 1h
+    salt: str = ""  # cache salt: requests with different salts never share KV pages
+    kv_capacity_mb: int = 1024  # local engine KV pool size
+    disk_cache: bool = True  # keep full KV pages on disk so the next run starts warm
 
 
 def load_config(repo: Path) -> RunConfig:

@@ -25,6 +25,7 @@ import torch
 from llguidance import LLMatcher, LLTokenizer
 
 from agentcache.errors import AgentcacheError
+from layers.tokens import DEFAULT_ENCODING
 from layers.tools import ToolSpec
 
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -39,6 +40,7 @@ LogitsMask = Callable[[list[int]], torch.Tensor]
 
 _ll_tokenizers: dict[int, tuple[Any, LLTokenizer]] = {}
 _ll_lock = threading.Lock()
+_text_tokenizer: LLTokenizer | None = None
 
 
 MAX_ANSWER_CHARS = 600
@@ -65,13 +67,56 @@ def format_instructions() -> str:
 
 
 def ll_tokenizer(tokenizer: Any) -> LLTokenizer:
-    """The llguidance tokenizer for a fast HF tokenizer, built once per tokenizer object."""
+    """The llguidance tokenizer for a fast HF tokenizer, built once per tokenizer object (or passed through)."""
+    if isinstance(tokenizer, LLTokenizer):
+        return tokenizer
     with _ll_lock:
         cached = _ll_tokenizers.get(id(tokenizer))
         if cached is None:
             cached = (tokenizer, llguidance.hf.from_tokenizer(tokenizer))
             _ll_tokenizers[id(tokenizer)] = cached
         return cached[1]
+
+
+def text_ll_tokenizer() -> LLTokenizer:
+    """A model-independent llguidance tokenizer (tiktoken), for checking replies a remote model wrote."""
+    global _text_tokenizer
+    with _ll_lock:
+        if _text_tokenizer is None:
+            import tiktoken
+            from llguidance.tiktoken import lltokenizer_from_encoding
+
+            _text_tokenizer = lltokenizer_from_encoding(tiktoken.get_encoding(DEFAULT_ENCODING))
+        return _text_tokenizer
+
+
+def schema_matcher(tokenizer: Any, schema: dict[str, Any]) -> LLMatcher:
+    """A matcher for one JSON object valid under `schema`; ToolCallError if it does not compile."""
+    try:
+        grammar = LLMatcher.grammar_from_json_schema(schema)
+        matcher = LLMatcher(ll_tokenizer(tokenizer), grammar, log_level=0)
+    except (ValueError, TypeError) as exc:
+        raise ToolCallError(f"JSON schema does not compile to a grammar: {exc}") from None
+    if matcher.is_error():
+        raise ToolCallError(f"JSON schema does not compile to a grammar: {matcher.get_error()}")
+    return matcher
+
+
+def matcher_mask(matcher: LLMatcher, vocab_size: int) -> LogitsMask:
+    """A per-request `logits_mask(generated_ids)` for the engine driven by `matcher`: allowed next tokens."""
+    consumed = 0
+
+    def logits_mask(generated_ids: list[int]) -> torch.Tensor:
+        nonlocal consumed
+        if len(generated_ids) < consumed:
+            matcher.rollback(consumed - len(generated_ids))
+            consumed = len(generated_ids)
+        if not matcher.consume_tokens(generated_ids[consumed:]):
+            raise ToolCallError(f"generated tokens break the reply grammar: {matcher.get_error()}")
+        consumed = len(generated_ids)
+        return unpack_bitmask(matcher.compute_bitmask(), vocab_size)
+
+    return logits_mask
 
 
 def tool_schema(spec: ToolSpec) -> dict[str, Any]:
@@ -103,30 +148,14 @@ class ToolCallGrammar:
         self.tools = {spec.name: spec for spec in tools}
         self.allow_answer = allow_answer
         self.ll_tokenizer = ll_tokenizer(tokenizer)
-        self.grammar = LLMatcher.grammar_from_json_schema(reply_schema(self.tools.values(), allow_answer))
-        self._matcher = LLMatcher(self.ll_tokenizer, self.grammar, log_level=0)
-        if self._matcher.is_error():
-            raise ToolCallError(f"tool schemas do not compile to a grammar: {self._matcher.get_error()}")
+        self._matcher = schema_matcher(self.ll_tokenizer, reply_schema(self.tools.values(), allow_answer))
 
     def new_matcher(self) -> LLMatcher:
         return self._matcher.deep_copy()
 
     def new_mask(self, vocab_size: int) -> LogitsMask:
         """A fresh per-request `logits_mask(generated_ids)` for the engine: allowed next tokens as bools."""
-        matcher = self.new_matcher()
-        consumed = 0
-
-        def logits_mask(generated_ids: list[int]) -> torch.Tensor:
-            nonlocal consumed
-            if len(generated_ids) < consumed:
-                matcher.rollback(consumed - len(generated_ids))
-                consumed = len(generated_ids)
-            if not matcher.consume_tokens(generated_ids[consumed:]):
-                raise ToolCallError(f"generated tokens break the reply grammar: {matcher.get_error()}")
-            consumed = len(generated_ids)
-            return unpack_bitmask(matcher.compute_bitmask(), vocab_size)
-
-        return logits_mask
+        return matcher_mask(self.new_matcher(), vocab_size)
 
     def parse(self, text: str) -> ToolCall | Answer:
         """The reply as a ToolCall to an enabled tool with valid arguments, or an Answer; else ToolCallError."""

@@ -3,27 +3,51 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 from agentcache.agent import Agent
-from agentcache.config import load_config
+from agentcache.backends import Backend
+from agentcache.config import RunConfig, load_config
+from agentcache.errors import AgentcacheError
 from agentcache.session import Session
 from layers.repo import open_repo
 
 
-def run_task(repo: Path, task: str, overrides: dict[str, Any], resume: str | None,
-             on_line: Callable[[str], Any]) -> dict[str, Any]:
-    from agentcache.backends.local import LocalBackend
-    from engine import load_model
+def build_backend(config: RunConfig, api_key: str | None, session_id: str) -> Backend:
+    """The backend the config names; the openai backend keys the server's prompt cache by session."""
+    if config.backend == "local":
+        from agentcache.backends.local import LocalBackend
+        from engine import Engine, load_model
+        from engine.kv_dir import default_kv_dir
 
+        model = load_model(config.model)
+        disk_dir = default_kv_dir() if config.disk_cache else None
+        return LocalBackend(model, Engine(model, capacity_bytes=config.kv_capacity_mb << 20, disk_dir=disk_dir))
+    if config.backend == "openai":
+        from agentcache.backends.openai import OpenAIBackend
+
+        key = api_key or os.environ.get("OPENAI_API_KEY")
+        return OpenAIBackend(config.base_url, config.model, key, cache_key=session_id)
+    if config.backend == "anthropic":
+        from agentcache.backends.anthropic import AnthropicBackend
+
+        if config.model == RunConfig().model:
+            raise AgentcacheError("the anthropic backend needs --model with a Claude model id")
+        return AnthropicBackend(config.model, api_key, config.base_url or None, config.cache_ttl)
+    raise AgentcacheError(f"unknown backend '{config.backend}' (known: local, openai, anthropic)")
+
+
+def run_task(repo: Path, task: str, overrides: dict[str, Any], resume: str | None,
+             on_line: Callable[[str], Any], api_key: str | None = None) -> dict[str, Any]:
     root = open_repo(repo)
     config = load_config(root)
     for key, value in overrides.items():
         if value is not None:
             setattr(config, key, value)
     session = Session.open(root, resume) if resume else Session.create(root)
-    backend = LocalBackend(load_model(config.model))
+    backend = build_backend(config, api_key, session.id)
     agent = Agent(root, backend, config, session, on_turn=lambda record: on_line(turn_line(record)))
     previous_id = agent.resume() if resume else None
     if previous_id is not None and previous_id != agent.context.context_id:
@@ -46,7 +70,8 @@ def turn_line(record: dict) -> str:
     action = f"{call['name']} {json.dumps(call['arguments'], ensure_ascii=False)}" if call else record.get("reply", "")
     if record.get("error"):
         action = f"invalid reply: {record['error']}"
-    return (f"turn {record['turn']}: prompt {usage['prompt_tokens']}  cached {usage['cached_tokens']}  "
+    disk = f" (disk {usage['disk_tokens']})" if usage.get("disk_tokens") else ""
+    return (f"turn {record['turn']}: prompt {usage['prompt_tokens']}  cached {usage['cached_tokens']}{disk}  "
             f"computed {usage['computed_tokens']}  completion {usage['completion_tokens']}  "
             f"ttft {timings['ttft_s']:.2f}s  -> {action[:160]}")
 

@@ -50,10 +50,23 @@ class Session:
             os.close(fd)
 
     def records(self) -> list[dict[str, Any]]:
-        out = []
-        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise AgentcacheError(f"session {self.id} line {number} is not valid JSON") from None
+        """Every record; a bad line is an error (resume must not silently skip a turn)."""
+        out, bad = self.read()
+        if bad:
+            raise AgentcacheError(f"session {self.id} line {bad[0]} is not valid JSON")
         return out
+
+    def read(self) -> tuple[list[dict[str, Any]], list[int]]:
+        """The valid records and the numbers of the lines that are not a JSON object (corrupt or truncated)."""
+        out, bad = [], []
+        text = self.path.read_bytes().decode("utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                out.append(record)
+            elif line.strip():
+                bad.append(number)
+        return out, bad

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import random
 import statistics
@@ -25,6 +24,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from benchmarks.report import write_json
 from engine import Engine, EngineError, LoadedModel, Request, SamplingParams, load_model
 
 METHODS = ("plain", "hand_cache", "transformers_cb", "cold", "warm")
@@ -381,10 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in report["sizes"]:
         for method, reason in size["notes"].items():
             console.print(f"prefix {size['prefix_tokens']}: {method}: {reason}")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        console.print(f"wrote {args.json}")
+    write_json(args.json, report, console)
     return 0
 
 

@@ -131,7 +131,8 @@ def test_resume_continues_with_a_warm_prefix_and_same_context_id(backend, repo):
 
 
 def test_killed_run_leaves_a_parseable_session(repo):
-    (repo / "agentcache.yaml").write_text("retries: 1000\nmax_turns: 1000\nmax_tokens: 2\n")  # never ends by itself
+    (repo / "agentcache.yaml").write_text(  # never ends by itself; keeps the user cache untouched
+        "retries: 1000\nmax_turns: 1000\nmax_tokens: 2\ndisk_cache: false\n")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "agentcache.cli", "run", "Explore the repo in detail.",
                              "--repo", str(repo)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)

@@ -51,7 +51,7 @@ def test_json_report_has_the_documented_shape_and_independent_token_counts():
     ]
     assert {b["key"] for b in report["blocks"]} >= {"AGENTS.md", "README.md", "skills/add-a-statistic.md"}
     for row, block in zip(report["blocks"], context, strict=True):
-        assert set(row) == {"layer", "kind", "key", "tokens", "hash"}
+        assert set(row) == {"layer", "kind", "key", "tokens", "hash", "status", "cause"}
         assert row["hash"] == block.hash
         assert row["tokens"] == len(ENCODING.encode_ordinary(block.content.decode("utf-8")))
 
