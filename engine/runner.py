@@ -22,13 +22,16 @@ from engine.tiers import Tiers
 
 DEFAULT_CAPACITY = 1 << 30
 DEFAULT_MAX_RUNNING = 16
+DEFAULT_PREFILL_CHUNK = 256
 
 
 class Engine:
     def __init__(self, model: LoadedModel, page_size: int = 16, capacity_bytes: int = DEFAULT_CAPACITY,
                  max_running: int = DEFAULT_MAX_RUNNING, disk_dir: Path | None = None,
-                 disk_bytes: int = DEFAULT_DISK_BYTES, host_bytes: int | None = None) -> None:
-        """disk_dir None: no disk tier. host_bytes None: a host tier on CUDA only; 0: none."""
+                 disk_bytes: int = DEFAULT_DISK_BYTES, host_bytes: int | None = None,
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> None:
+        """disk_dir None: no disk tier. host_bytes None: a host tier on CUDA only; 0: none. prefill_chunk: the
+        most prompt tokens prefilled between two decode steps of running requests."""
         self.model = model
         self.page_size = page_size
         self.page_bytes = KVStore.page_bytes(model.num_layers, model.kv_heads, model.head_dim, page_size, model.dtype)
@@ -43,7 +46,7 @@ class Engine:
         self.blocks.on_evict = self.tiers.keep_on_host if self.tiers.host is not None else None
         self.totals = Usage()
         self.requests = 0
-        self.scheduler = Scheduler(self, max_running)
+        self.scheduler = Scheduler(self, max_running, prefill_chunk)
         self._lock = threading.Lock()
 
     def tokenize(self, segments: list[str | list[int]]) -> tuple[list[int], list[int]]:
@@ -90,28 +93,40 @@ class Engine:
         """Enough free pages for the whole request even if none of its prefix were cached (no counters touched)."""
         return self.blocks.pages_needed(len(seq.prompt) + seq.max_tokens) <= len(self.blocks.free)
 
-    @torch.inference_mode()
-    def admit(self, seq: Sequence) -> None:
-        """Per-request admission on the engine thread: match -> allocate -> gather cached pages -> prefill the
-        suffix -> write its KV into the pages and publish the full ones -> choose the first token.
-        Raises EngineCapacityError (nothing allocated) if the request cannot fit."""
+    def start(self, seq: Sequence) -> None:
+        """Admission on the engine thread: match -> allocate -> gather the cached pages into the sequence's
+        prefill cache. Raises EngineCapacityError (nothing allocated) if the request cannot fit."""
         seq.admitted = time.perf_counter()
         request, prompt = seq.request, seq.prompt
         match = self.blocks.match(prompt, self.model.fingerprint, request.salt)
         hits = self.tiers.extend(match, prompt, self.model.fingerprint, request.salt)  # tier hook: host, disk
         seq.table = self.blocks.allocate(match.page_ids, len(prompt) + seq.max_tokens)
         cached = len(match.page_ids) * self.page_size
-        cache = DynamicCache(self.store.gather(match.page_ids)) if cached else DynamicCache()
-        logits = self._prefill(prompt[cached:], cache)
-        self.store.write(seq.table, [(layer.keys, layer.values) for layer in cache.layers], cached, len(prompt))
-        self._publish_pages(seq.table, prompt, cached, len(prompt), request.salt)
+        seq.prefill_cache = DynamicCache(self.store.gather(match.page_ids)) if cached else DynamicCache()
+        seq.prefilled = cached
         seq.usage = Usage(len(prompt), cached, len(prompt) - cached, 0, hits.host_tokens, hits.disk_tokens)
         seq.trace = Trace(self.page_size, len(match.page_ids), match.stop_reason,
                           tiers=hits.by_tier(cached), disk_rejected=hits.rejected)
-        if request.sampling.seed is not None:
-            seq.generator = torch.Generator(device=logits.device).manual_seed(request.sampling.seed)
-        seq.first_logits = logits.detach().clone() if request.return_logits else None
+
+    @torch.inference_mode()
+    def prefill(self, seq: Sequence, chunk: int | None = None) -> bool:
+        """Prefill the next `chunk` uncached prompt tokens (all of them when None). After the last chunk: write
+        the prompt's KV into its pages, publish the full ones, and choose the first token. True when done."""
+        prompt = seq.prompt
+        end = len(prompt) if chunk is None else min(len(prompt), seq.prefilled + chunk)
+        logits = self._prefill(prompt[seq.prefilled : end], seq.prefill_cache)
+        seq.prefilled = end
+        if end < len(prompt):
+            return False
+        cached, cache = seq.usage.cached_tokens, seq.prefill_cache
+        seq.prefill_cache = None
+        self.store.write(seq.table, [(layer.keys, layer.values) for layer in cache.layers], cached, len(prompt))
+        self._publish_pages(seq.table, prompt, cached, len(prompt), seq.request.salt)
+        if seq.request.sampling.seed is not None:
+            seq.generator = torch.Generator(device=logits.device).manual_seed(seq.request.sampling.seed)
+        seq.first_logits = logits.detach().clone() if seq.request.return_logits else None
         seq.take(logits, self.model.tokenizer)
+        return True
 
     def finish(self, seq: Sequence) -> None:
         """Publish the full pages the generated tokens filled, unpin the table, count, and wake the caller."""
@@ -119,7 +134,7 @@ class Engine:
             written = (len(seq.prompt) // self.page_size) * self.page_size
             self._publish_pages(seq.table, seq.prompt + seq.out, written, seq.kv_len, seq.request.salt)
         self.blocks.release(seq.table)
-        seq.table = []
+        seq.table, seq.prefill_cache = [], None
         if seq.error is None:
             seq.result = seq.to_result()
             self._count(seq.usage)

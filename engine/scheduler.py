@@ -1,4 +1,5 @@
-"""Who runs when: FIFO admission into a capped running set, one engine thread, batched decode steps."""
+"""Who runs when: FIFO admission into a capped running set, one engine thread, batched decode steps, and
+chunked prefill so a long prompt never stalls the running decodes for more than one chunk at a time."""
 
 from __future__ import annotations
 
@@ -16,12 +17,17 @@ if TYPE_CHECKING:
 
 class Scheduler:
     """Admission is serialized on the engine thread, so a request is matched only after every earlier
-    request's prefill wrote its pages: a shared prefix is computed once, later requests reuse it."""
+    request's prefill wrote its pages: a shared prefix is computed once, later requests reuse it.
 
-    def __init__(self, engine: Engine, max_running: int) -> None:
+    Fairness: while others decode, a prompt is prefilled `prefill_chunk` tokens per loop turn, each turn also
+    taking one batched decode step; with nothing running it is prefilled in one forward."""
+
+    def __init__(self, engine: Engine, max_running: int, prefill_chunk: int) -> None:
         self.engine = engine
         self.max_running = max_running
+        self.prefill_chunk = prefill_chunk
         self.waiting: deque[Sequence] = deque()
+        self.prefilling: Sequence | None = None
         self.running: list[Sequence] = []
         self.batch: DecodeBatch | None = None
         self.steps = 0  # batched decode forwards
@@ -44,7 +50,7 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                if not self.waiting and not self.running:
+                if not self.waiting and not self.running and self.prefilling is None:
                     self._thread = None
                     return
             try:
@@ -58,24 +64,48 @@ class Scheduler:
                 self.running, self.batch = [], None
 
     def _admit_waiting(self) -> None:
-        """FIFO: the head waits for pages while others run; it fails only if it could never fit."""
+        """FIFO: the head waits for pages while others run; it fails only if it could never fit. While others
+        decode, at most `prefill_chunk` prompt tokens are prefilled before their next decode step."""
+        budget = self.prefill_chunk if self.running else None
+        while budget is None or budget > 0:
+            seq = self.prefilling or self._start_next()
+            if seq is None:
+                return
+            before = seq.prefilled
+            try:
+                done = self.engine.prefill(seq, budget)
+            except Exception as error:  # a bad mask, a raising callback
+                seq.error, done = error, True
+            if budget is not None:
+                budget -= seq.prefilled - before
+            self.prefilling = None if done else seq
+            if done:
+                self._settle(seq)
+
+    def _start_next(self) -> Sequence | None:
+        """The head of the queue, admitted, or None when there is none, no slot, or (others running) no room."""
         while len(self.running) < self.max_running:
             with self._lock:
                 if not self.waiting:
-                    return
+                    return None
                 seq = self.waiting[0]
             if self.running and not self.engine.fits_now(seq):
-                return
+                return None
             with self._lock:
                 self.waiting.popleft()
             try:
-                self.engine.admit(seq)
-            except Exception as error:  # EngineCapacityError with an idle pool, a bad mask, a raising callback
+                self.engine.start(seq)
+                return seq
+            except Exception as error:  # EngineCapacityError with an idle pool
                 seq.error = error
-            if seq.finished:
                 self.engine.finish(seq)
-            else:
-                self.running.append(seq)
+        return None
+
+    def _settle(self, seq: Sequence) -> None:
+        if seq.finished:
+            self.engine.finish(seq)
+        else:
+            self.running.append(seq)
 
     def _decode_step(self) -> None:
         if self.batch is None or self.batch.seqs != self.running:

@@ -28,11 +28,14 @@ class Sequence:
     table: list[int] = field(default_factory=list)
     out: list[int] = field(default_factory=list)
     text: str = ""
+    streamed: str = ""  # the part of `text` already passed to on_token
     finish: str | None = None  # "stop" or "length" once done
     error: BaseException | None = None
     usage: Usage = field(default_factory=Usage)
     trace: Trace = field(default_factory=Trace)
     generator: torch.Generator | None = None
+    prefill_cache: Any = None  # the KV of prompt[:prefilled] while the prompt is being prefilled
+    prefilled: int = 0
     first_logits: Any = None
     admitted: float = 0.0
     first_at: float = 0.0
@@ -49,7 +52,7 @@ class Sequence:
         return self.finish is not None or self.error is not None
 
     def take(self, logits: torch.Tensor, tokenizer: Any) -> None:
-        """Choose the next token from this sequence's logits, stream it, and decide whether it is done."""
+        """Choose the next token from this sequence's logits, decide whether it is done, and stream it."""
         allowed = self.request.logits_mask(self.out) if self.request.logits_mask else None
         token = sample(apply_mask(logits, allowed), self.request.sampling, self.generator)
         if not self.out:
@@ -57,15 +60,16 @@ class Sequence:
         self.out.append(token)
         if token in self.stop_ids:
             self.finish = "stop"
-            return
-        new_text, hit_stop = detokenize(tokenizer, self.out, self.request.stop)
+        else:
+            self.text, hit_stop = detokenize(tokenizer, self.out, self.request.stop)
+            if hit_stop:
+                self.finish = "stop"
+            elif len(self.out) >= self.max_tokens:
+                self.finish = "length"
         if self.on_token is not None:
-            self.on_token(token, new_text[len(self.text):])
-        self.text = new_text
-        if hit_stop:
-            self.finish = "stop"
-        elif len(self.out) >= self.max_tokens:
-            self.finish = "length"
+            ready = self.text if self.finished else settled_text(self.text, self.request.stop)
+            self.on_token(token, ready[len(self.streamed):])
+            self.streamed = ready
 
     def to_result(self) -> Result:
         done = time.perf_counter()
@@ -74,6 +78,14 @@ class Sequence:
         timings = Timings(self.admitted - self.arrived, self.first_at - self.arrived, tpot, done - self.arrived)
         self.trace.segment_tokens = self.segment_tokens
         return Result(self.out, self.text, self.finish or "length", self.usage, timings, self.trace, self.first_logits)
+
+
+def settled_text(text: str, stops: list[str]) -> str:
+    """The part of `text` that later tokens cannot change: without a trailing incomplete UTF-8 character
+    (decoded as U+FFFD) and without a tail that may be the start of a stop string."""
+    end = len(text.rstrip("\ufffd"))
+    hold = max((k for s in stops for k in range(1, len(s)) if text[:end].endswith(s[:k])), default=0)
+    return text[: end - hold]
 
 
 def detokenize(tokenizer: Any, out: list[int], stops: list[str]) -> tuple[str, bool]:

@@ -4,10 +4,11 @@ import random
 import threading
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import Engine, EngineCapacityError, Request
+from engine import Engine, EngineCapacityError, Request, load_model
 from tests.engine.conftest import reference_logits, rel_err
 
 P = 16
@@ -152,3 +153,25 @@ def test_logits_mask_restricts_choices(tiny):
     allowed[[100, 200, 300]] = True
     result = engine.generate(Request([list(range(5, 50))], max_tokens=8, logits_mask=lambda _ids: allowed))
     assert set(result.token_ids) <= {100, 200, 300}
+
+
+def test_streamed_text_is_the_result_text_with_split_characters_and_stop_strings():
+    """Tokens forced through a logits mask: a character split over several byte tokens is streamed whole, and the
+    start of a stop string is held back until it is known not to be one."""
+    chat = load_model("random-tiny-chat")
+    tokenizer = chat.tokenizer
+    target = tokenizer.encode("é漢字 <EN or <END> tail", add_special_tokens=False)
+    assert any("\ufffd" in tokenizer.decode(target[: i + 1]) for i in range(len(target)))  # a split character
+
+    def forced(ids: list[int]) -> torch.Tensor:
+        allowed = torch.zeros(chat.config.vocab_size, dtype=torch.bool)
+        allowed[target[len(ids)]] = True
+        return allowed
+
+    engine = Engine(chat, page_size=P, capacity_bytes=8 << 20)
+    chunks: list[str] = []
+    result = engine.generate(Request(["Hello"], max_tokens=len(target), stop=["<END>"], logits_mask=forced),
+                             on_token=lambda _tok, text: chunks.append(text))
+    assert result.text == "é漢字 <EN or " and result.finish_reason == "stop"
+    assert "".join(chunks) == result.text
+    assert not any("\ufffd" in c for c in chunks)
