@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from agentcache.contexts import ContextNotFound
 from agentcache.constrain import ToolCallError
 from agentcache.errors import AgentcacheError
-from agentcache.serving import BadRequest, ChatService, Prepared, UnknownModel
+from agentcache.serving import BadRequest, ChatService, Prepared, UnknownModel, reply
 from engine import EngineCapacityError, EngineError, Result
 
 STATUS_OF = {BadRequest: 400, ToolCallError: 400, UnknownModel: 404, ContextNotFound: 404,
@@ -123,14 +123,20 @@ async def json_body(request: Request) -> dict[str, Any]:
 
 
 def completion(service: ChatService, prepared: Prepared, result: Result) -> dict[str, Any]:
-    message = {"role": "assistant", "content": result.text}
+    """The chat.completion body; `timings` (seconds, as llama.cpp's server reports them) is an extension."""
+    answer = reply(prepared, result)
+    choice = {"index": 0, "message": answer.message(), "finish_reason": answer.finish_reason, "logprobs": None}
     return {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion", "created": int(time.time()),
             "model": service.model_id, "usage": service.usage(result, prepared.context),
-            "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason, "logprobs": None}]}
+            "timings": result.timings.to_dict(), "choices": [choice]}
 
 
 async def stream_chat(service: ChatService, prepared: Prepared, include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events: a role chunk, one chunk per token, a finish chunk, the usage chunk, [DONE]."""
+    """Server-sent events: a role chunk, one chunk per token, a finish chunk, the usage chunk, [DONE].
+
+    While the reply may still be a tool call (tools callable and, unless one is forced, the text so far starts
+    with "{"), its text is held back; a call is sent as one tool_calls chunk at the end, other text as content.
+    """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
@@ -146,17 +152,31 @@ async def stream_chat(service: ChatService, prepared: Prepared, include_usage: b
     threading.Thread(target=work, daemon=True).start()
     head = {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion.chunk",
             "created": int(time.time()), "model": service.model_id}
-    yield sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+    held, holding = "", prepared.tool_grammar is not None
+    role = {"role": "assistant"} if holding else {"role": "assistant", "content": ""}  # a call has content null
+    yield sse({**head, "choices": [{"index": 0, "delta": role, "finish_reason": None}]})
     while True:
         kind, value = await queue.get()
         if kind == "text":
+            if holding:
+                held += value
+                if prepared.forced or not held.strip() or held.lstrip().startswith("{"):
+                    continue
+                value, held, holding = held, "", False
             yield sse({**head, "choices": [{"index": 0, "delta": {"content": value}, "finish_reason": None}]})
         elif kind == "error":
             service.metrics.error(500)
             yield sse({"error": {"message": " ".join(str(value).split()), "type": "server_error"}})
             break
         else:
-            yield sse({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": value.finish_reason}]})
+            answer = reply(prepared, value)
+            if answer.tool_calls:
+                calls = [{"index": i, **call} for i, call in enumerate(answer.tool_calls)]
+                yield sse({**head, "choices": [{"index": 0, "delta": {"tool_calls": calls}, "finish_reason": None}]})
+            elif held:
+                yield sse({**head, "choices": [{"index": 0, "delta": {"content": held}, "finish_reason": None}]})
+            finish = {"index": 0, "delta": {}, "finish_reason": answer.finish_reason}
+            yield sse({**head, "choices": [finish], "timings": value.timings.to_dict()})
             if include_usage:
                 yield sse({**head, "choices": [], "usage": service.usage(value, prepared.context)})
             break

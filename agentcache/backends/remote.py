@@ -22,10 +22,16 @@ class RemoteError(AgentcacheError):
 
 
 def call_with_retries(sdk: Any, base_url: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """fn(*args, **kwargs) through an official SDK (openai or anthropic), retrying 429 and 5xx with backoff."""
+    """fn(*args, **kwargs) through an official SDK (openai or anthropic), retrying 429 and 5xx with backoff.
+
+    A timeout is not retried: the server took the request and may still be working on it.
+    """
     for attempt in range(RETRIES + 1):
         try:
             return fn(*args, **kwargs)
+        except sdk.APITimeoutError:  # a subclass of APIConnectionError: it must come first
+            raise RemoteError(f"{base_url} timed out: no answer within the backend's timeout "
+                              "(is the server overloaded, or the timeout too short?)") from None
         except sdk.APIConnectionError:
             raise RemoteError(f"cannot connect to {base_url} (is the server running?)") from None
         except sdk.APIStatusError as exc:

@@ -1,11 +1,13 @@
 """The openai and anthropic backends through their official SDKs against a recording server on loopback."""
 
 import json
+import socket
+import time
 from pathlib import Path
 
 import pytest
 
-from agentcache.backends import GenSettings
+from agentcache.backends import GenSettings, remote
 from agentcache.backends.anthropic import AnthropicBackend, min_cacheable_tokens
 from agentcache.backends.local import block_message
 from agentcache.backends.openai import OpenAIBackend
@@ -84,6 +86,51 @@ def test_openai_bad_key_and_connection_refused_are_one_clear_line():
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(RemoteError, match=r"cannot connect to .* \(is the server running\?\)"):
         OpenAIBackend(url, "m").complete(context_with_turns(0), SPECS, ENABLED, GenSettings())
+
+
+@pytest.fixture()
+def sleeps(monkeypatch):
+    """The backoff delays call_with_retries asks for, recorded instead of slept."""
+    asked: list[float] = []
+    monkeypatch.setattr(remote.time, "sleep", asked.append)
+    return asked
+
+
+NO_CONTEXTS = (404, {"error": {"message": "Not Found"}})
+
+
+def test_openai_retries_5xx_with_exponential_backoff_then_succeeds(sleeps):
+    script = [NO_CONTEXTS, (500, {"error": {"message": "boom"}}), (503, {"error": {"message": "busy"}}),
+              (200, COMPLETION)]
+    with RecordingServer(script) as server:
+        reply = OpenAIBackend(server.url + "/v1", "m").complete(context_with_turns(0), SPECS, ENABLED, GenSettings())
+    bodies = chat_bodies(server)
+    assert len(bodies) == 3 and bodies[0] == bodies[1] == bodies[2]
+    assert sleeps == [remote.BACKOFF_S, 2 * remote.BACKOFF_S]
+    assert reply.usage["cached_tokens"] == 64
+
+
+def test_openai_gives_up_on_5xx_after_the_last_retry_with_one_clear_line(sleeps):
+    with RecordingServer([NO_CONTEXTS, (502, {"error": {"message": "upstream  gone"}})]) as server:
+        backend = OpenAIBackend(server.url + "/v1", "m")
+        with pytest.raises(RemoteError, match=r"kept failing \(502\) after 4 retries: upstream gone$") as caught:
+            backend.complete(context_with_turns(0), SPECS, ENABLED, GenSettings())
+    assert caught.value.status == 502
+    assert len(chat_bodies(server)) == remote.RETRIES + 1
+    assert sleeps == [remote.BACKOFF_S * 2 ** i for i in range(remote.RETRIES)]
+
+
+def test_a_timeout_is_reported_as_a_timeout_not_as_cannot_connect(sleeps):
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts connections (backlog), never answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        started = time.perf_counter()
+        with pytest.raises(RemoteError, match=r"timed out: no answer within the backend's timeout") as caught:
+            OpenAIBackend(url, "m", timeout_s=0.5).complete(context_with_turns(0), SPECS, ENABLED, GenSettings())
+        with pytest.raises(RemoteError, match=r"timed out"):
+            AnthropicBackend("claude-sonnet-4-6", "key", url.removesuffix("/v1"), timeout_s=0.5).complete(
+                context_with_turns(0), SPECS, ENABLED, GenSettings())
+    assert "cannot connect" not in str(caught.value) and caught.value.status == 0
+    assert sleeps == [] and time.perf_counter() - started < 10  # not retried
 
 
 def anthropic_message(text: str = ANSWER) -> dict:

@@ -185,3 +185,160 @@ def test_serve_on_a_busy_port_is_one_error_line_exit_2():
                               capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+WEATHER = {"type": "object", "properties": {"city": {"enum": ["Paris", "Tokyo", "Lima"]}, "unit": {"enum": ["c", "f"]}},
+           "required": ["city", "unit"], "additionalProperties": False}
+ALARM = {"type": "object", "properties": {"hour": {"type": "integer", "minimum": 0, "maximum": 23},
+                                          "loud": {"type": "boolean"}, "label": {"type": "string", "maxLength": 12}},
+         "required": ["hour", "loud", "label"], "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather.", "parameters": WEATHER}},
+         {"type": "function", "function": {"name": "set_alarm", "description": "An alarm.", "parameters": ALARM}}]
+PARAMETERS = {"get_weather": WEATHER, "set_alarm": ALARM}
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def valid(value, schema):
+    """The subset of JSON Schema the test tools use, checked by hand."""
+    if "enum" in schema:
+        return value in schema["enum"]
+    kind = schema["type"]
+    if kind == "object":
+        return isinstance(value, dict) and set(value) == set(schema["required"]) == set(schema["properties"]) and \
+            all(valid(value[k], s) for k, s in schema["properties"].items())
+    if kind == "integer":
+        return type(value) is int and schema["minimum"] <= value <= schema["maximum"]
+    if kind == "boolean":
+        return type(value) is bool
+    return isinstance(value, str) and len(value) <= schema["maxLength"]
+
+
+def checked_call(reply):
+    """The one tool call of a reply, checked against the OpenAI shape and the tool's schema: (name, arguments)."""
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.type == "function" and re.fullmatch(r"call_\w{8,}", call.id)
+    arguments = json.loads(call.function.arguments)
+    assert valid(arguments, PARAMETERS[call.function.name]), call.function.arguments
+    return call.function.name, arguments
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 1, "seed": 1}, {"temperature": 1, "seed": 7}])
+def test_required_tool_choice_returns_one_call_with_arguments_valid_under_its_schema(client, sampling):
+    reply = ask(client, WEATHER_QUESTION, max_tokens=64, tools=TOOLS, tool_choice="required", **sampling)
+    name, _ = checked_call(reply)
+    assert name in PARAMETERS
+
+
+@pytest.mark.parametrize("name", ["get_weather", "set_alarm"])
+def test_a_named_tool_choice_calls_that_tool(client, name):
+    reply = ask(client, WEATHER_QUESTION, max_tokens=64, tools=TOOLS,
+                tool_choice={"type": "function", "function": {"name": name}})
+    assert checked_call(reply)[0] == name
+
+
+def streamed(client, messages, **kw):
+    """The completion the SDK's own stream accumulator builds from the server-sent chunks."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+
+    state = ChatCompletionStreamState()
+    for chunk in ask(client, messages, stream=True, **kw):
+        state.handle_chunk(chunk)
+    return state.get_final_completion()
+
+
+def test_streamed_tool_call_accumulates_in_the_sdk_to_the_non_streamed_call(client):
+    kw = {"max_tokens": 64, "tools": TOOLS, "tool_choice": "required"}
+    assert checked_call(streamed(client, WEATHER_QUESTION, **kw)) == checked_call(ask(client, WEATHER_QUESTION, **kw))
+
+
+def tool_shaped(name):
+    """A response_format whose JSON is a call of `name`: under "auto" it comes back as a tool call."""
+    schema = {"type": "object", "properties": {"name": {"const": name}, "arguments": PARAMETERS[name]},
+              "required": ["name", "arguments"], "additionalProperties": False,
+              "x-guidance": {"whitespace_flexible": False}}
+    return {"type": "json_schema", "json_schema": {"name": "call", "schema": schema}}
+
+
+def test_auto_returns_a_call_only_when_the_text_is_one_and_none_returns_text(client):
+    shaped = {"max_tokens": 64, "tools": TOOLS, "response_format": tool_shaped("set_alarm")}
+    auto = ask(client, WEATHER_QUESTION, **shaped)  # tool_choice defaults to "auto" with tools
+    assert checked_call(auto)[0] == "set_alarm"
+    none = ask(client, WEATHER_QUESTION, tool_choice="none", **shaped)
+    assert none.choices[0].message.tool_calls is None and none.choices[0].finish_reason == "stop"
+    assert json.loads(none.choices[0].message.content) == {"name": "set_alarm", "arguments": checked_call(auto)[1]}
+    assert checked_call(streamed(client, WEATHER_QUESTION, **shaped)) == checked_call(auto)
+    free = ask(client, WEATHER_QUESTION, max_tokens=12, tools=TOOLS, tool_choice="auto")
+    assert free.choices[0].message.tool_calls is None and free.choices[0].finish_reason in ("stop", "length")
+    chunks = [c for c in ask(client, WEATHER_QUESTION, max_tokens=12, tools=TOOLS, stream=True) if c.choices]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == free.choices[0].message.content
+    assert not any(c.choices[0].delta.tool_calls for c in chunks)
+
+
+def test_tool_calls_and_tool_results_sent_back_render_as_the_call_the_model_made(service, client):
+    from agentcache.serving import TOOL_FORMAT
+    from layers import canonical_json
+
+    def turn(call_id, arguments):
+        call = {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": arguments}}
+        return WEATHER_QUESTION + [{"role": "assistant", "content": None, "tool_calls": [call]},
+                                   {"role": "tool", "tool_call_id": call_id, "content": "18 C, sunny"}]
+
+    first = ask(client, turn("call_1", '{"city": "Paris", "unit": "c"}'), tools=TOOLS, tool_choice="none")
+    second = ask(client, turn("call_2", '{"city":"Paris",\n "unit":"c"}'), tools=TOOLS, tool_choice="none")
+    expected = [{"role": "system", "content": f"{TOOL_FORMAT}\nTools (JSON Schema):\n{canonical_json(TOOLS)}"},
+                *WEATHER_QUESTION,
+                {"role": "assistant",
+                 "content": '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}'},
+                {"role": "tool", "content": "18 C, sunny"}]
+    assert first.usage.prompt_tokens == second.usage.prompt_tokens == len(prompt_ids(service.model.tokenizer, expected))
+    assert first.choices[0].message.content == second.choices[0].message.content
+    assert second.usage.prompt_tokens_details.cached_tokens == (second.usage.prompt_tokens - 1) // PAGE * PAGE
+
+
+def test_bad_tool_requests_get_a_clear_400(url):
+    chat = url + "/v1/chat/completions"
+    base = {"model": MODEL, "messages": WEATHER_QUESTION}
+    cases = [
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "fly"}}},
+         "tool_choice names 'fly', which is not among the tools (get_weather, set_alarm)"),
+        ({"tool_choice": "required"}, "tool_choice \"required\" needs 'tools'"),
+        ({"tools": TOOLS, "tool_choice": "always"}, "tool_choice must be 'none', 'auto', 'required'"),
+        ({"tools": [{"type": "function", "function": {}}]}, 'each tool must be {"type": "function"'),
+        ({"tools": TOOLS, "tool_choice": "required", "response_format": tool_shaped("set_alarm")},
+         "response_format cannot be combined with tool_choice 'required'"),
+        ({"messages": [{"role": "assistant", "tool_calls": [{"type": "function",
+                                                             "function": {"name": "f", "arguments": "{oops"}}]}]},
+         "the arguments of the call to 'f' are not valid JSON"),
+    ]
+    for extra, message in cases:
+        status, body = http("POST", chat, {**base, **extra})
+        assert status == 400 and message in body["error"]["message"], body
+
+
+def test_metrics_context_savings_and_ttft_sum_add_up_across_requests(service, url, client):
+    import time
+
+    tokenizer = service.model.tokenizer
+    shared = [{"role": "system", "content": LONG + "savings"}, {"role": "user", "content": "Keep this."}]
+    _, created = http("POST", url + "/v1/contexts", {"messages": shared, "ttl_seconds": 600})
+    segments = ChatRenderer(tokenizer).segments(shared)[:-1]  # without the generation prompt
+    tokens = sum(len(tokenizer.encode(s, add_special_tokens=False)) for s in segments)
+    size = len(json.dumps({"messages": shared, "tools": None}).encode())
+    via = {"extra_body": {"context_id": created["context_id"]}}
+    before = metrics(url)
+    ttfts, elapsed = [], []
+    for kw in [via, via, {}, {**via, "stream": True}]:
+        started = time.perf_counter()
+        reply = ask(client, [{"role": "user", "content": f"turn {len(ttfts)}"}], **kw)
+        if kw.get("stream"):
+            reply = [chunk for chunk in reply if chunk.choices and chunk.choices[0].finish_reason][-1]
+        elapsed.append(time.perf_counter() - started)
+        ttfts.append(reply.model_extra["timings"]["ttft_s"])
+    delta = {k: v - before.get(k, 0) for k, v in metrics(url).items()}
+    assert delta["agentcache_context_tokens_saved_total"] == 3 * tokens == 3 * created["tokens"]
+    assert delta["agentcache_context_bytes_saved_total"] == 3 * size
+    assert delta["agentcache_time_to_first_token_seconds_count"] == 4
+    assert delta["agentcache_time_to_first_token_seconds_sum"] == pytest.approx(sum(ttfts), abs=1e-5)
+    assert all(0 < ttft <= wall for ttft, wall in zip(ttfts, elapsed))  # each bounded by the client's clock
