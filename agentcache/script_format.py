@@ -93,7 +93,7 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
         if not isinstance(key, str):
             raise _Invalid(line, f"keys must be strings, got {key!r}")
         if key in out:
-            raise _Invalid(line, f"duplicate key '{key}'")
+            raise _Invalid(line, f"duplicate key {_shown(key)}")
         out[key] = loader.construct_object(value_node, deep=True)
         out.lines[key] = line
     return out
@@ -116,22 +116,40 @@ class _Invalid(Exception):
 
 
 def load_script(path: Path, prompts_dir: Path = DEFAULT_PROMPTS_DIR) -> Script:
-    """The checked script at `path`; ScriptError `NAME line N: ...` for anything that could not run."""
+    """The checked script at `path`; ScriptError `FILE line N: ...` for anything that could not run."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScriptError(f"cannot read script {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ScriptError(f"{path.name}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    return parse_script(text, path.stem, prompts_dir, source=path.name)
+
+
+def parse_script(text: str, name: str, prompts_dir: Path = DEFAULT_PROMPTS_DIR, source: str | None = None) -> Script:
+    """The checked script `name` in `text`; ScriptError `SOURCE line N: ...` (SOURCE: `name` unless given)."""
+    source = source or name
     try:
-        return parse_script(text, path.stem, prompts_dir)
+        return _parse(text, name, prompts_dir)
     except _Invalid as exc:
-        raise ScriptError(f"{path.name} line {exc.line}: {exc}") from None
+        raise ScriptError(f"{source} line {exc.line}: {exc}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ScriptError(f"{path.name}{where}: malformed YAML ({getattr(exc, 'problem', None) or exc})") from None
+        raise ScriptError(f"{source}{_yaml_error_where(exc, text)}: malformed YAML "
+                          f"({getattr(exc, 'problem', None) or str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise ScriptError(f"{source}: malformed YAML (nested too deeply)") from None
 
 
-def parse_script(text: str, name: str, prompts_dir: Path = DEFAULT_PROMPTS_DIR) -> Script:
+def _yaml_error_where(exc: yaml.YAMLError, text: str) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is not None:
+        return f" line {mark.line + 1}"
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow: no mark, only an offset
+        return f" line {text.count(chr(10), 0, exc.position) + 1}"
+    return ""
+
+
+def _parse(text: str, name: str, prompts_dir: Path) -> Script:
     data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     if not isinstance(data, _Map):
         raise _Invalid(1, "a script is a mapping with 'agents' and 'steps'")
@@ -150,10 +168,15 @@ def parse_script(text: str, name: str, prompts_dir: Path = DEFAULT_PROMPTS_DIR) 
     return script
 
 
+def _shown(value: Any) -> str:
+    """A YAML value as an error message quotes it; an empty value (null) reads as `nothing`."""
+    return "nothing" if value is None else repr(value).replace('"', "'")
+
+
 def _check_keys(data: _Map, known: tuple[str, ...], what: str) -> None:
     for key in data:
         if key not in known:
-            raise _Invalid(data.lines[key], f"unknown key '{key}' in {what} (known: {', '.join(known)})")
+            raise _Invalid(data.lines[key], f"unknown key {_shown(key)} in {what} (known: {', '.join(known)})")
 
 
 def _line(data: _Map, key: str) -> int:
@@ -163,21 +186,21 @@ def _line(data: _Map, key: str) -> int:
 def _required_seq(data: _Map, key: str) -> _Seq:
     value = data.get(key)
     if not isinstance(value, _Seq) or not value:
-        raise _Invalid(_line(data, key), f"'{key}' must be a non-empty list")
+        raise _Invalid(_line(data, key), f"'{key}' must be a non-empty list, got {_shown(value)}")
     return value
 
 
 def _optional_str(data: _Map, key: str) -> str | None:
     value = data.get(key)
     if value is not None and not isinstance(value, str):
-        raise _Invalid(_line(data, key), f"'{key}' must be a string")
+        raise _Invalid(_line(data, key), f"'{key}' must be a string, got {_shown(value)}")
     return value
 
 
 def _optional_int(data: _Map, key: str) -> int | None:
     value = data.get(key)
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise _Invalid(_line(data, key), f"'{key}' must be a positive integer, got {value!r}")
+        raise _Invalid(_line(data, key), f"'{key}' must be a positive integer, got {_shown(value)}")
     return value
 
 
@@ -186,7 +209,8 @@ def _limits(data: _Map) -> dict[str, int | None]:
     if limits is None:
         return {}
     if not isinstance(limits, _Map):
-        raise _Invalid(_line(data, "limits"), "'limits' must be a mapping of max_turns and token_budget")
+        raise _Invalid(_line(data, "limits"), f"'limits' must be a mapping of max_turns and token_budget, "
+                                              f"got {_shown(limits)}")
     _check_keys(limits, ("max_turns", "token_budget"), "limits")
     return {key: _optional_int(limits, key) for key in ("max_turns", "token_budget")}
 
@@ -196,17 +220,18 @@ def _tool_list(data: _Map, known: list[str]) -> list[str] | None:
     if value is None:
         return None
     if not isinstance(value, _Seq) or not all(isinstance(t, str) for t in value):
-        raise _Invalid(_line(data, "tools"), "'tools' must be a list of tool names")
+        raise _Invalid(_line(data, "tools"), f"'tools' must be a list of tool names, got {_shown(value)}")
     for tool, line in zip(value, value.lines):
         if tool not in known:
-            raise _Invalid(line, f"unknown tool '{tool}' (known: {', '.join(known)})")
+            raise _Invalid(line, f"unknown tool {_shown(tool)} (known: {', '.join(known)})")
     return list(value)
 
 
 def _name(data: _Map, what: str, taken: dict[str, AgentSpec]) -> str:
     name = data.get("name")
     if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise _Invalid(_line(data, "name"), f"{what} needs a 'name' of letters, digits, '-' or '_', got {name!r}")
+        raise _Invalid(_line(data, "name"), f"{what} needs a 'name' of letters, digits, '-' or '_', "
+                                            f"got {_shown(name)}")
     if name in taken:
         raise _Invalid(_line(data, "name"), f"agent '{name}' is already defined at line {taken[name].line}")
     return name
@@ -220,15 +245,18 @@ def _agents(data: _Map, roles: list[str], tools: list[str]) -> list[AgentSpec]:
         _check_keys(item, AGENT_KEYS, "an agent")
         name = _name(item, "an agent", specs)
         role = item.get("role")
+        if not isinstance(role, str):
+            raise _Invalid(_line(item, "role"), f"'role' must be a role name (known: {', '.join(roles)}), "
+                                                f"got {_shown(role)}")
         if role not in roles:
-            raise _Invalid(_line(item, "role"), f"unknown role {role!r} (known: {', '.join(roles)})".replace('"', "'"))
+            raise _Invalid(_line(item, "role"), f"unknown role {_shown(role)} (known: {', '.join(roles)})")
         model = _optional_str(item, "model")
         if model is not None and model != data.get("model"):
-            raise _Invalid(_line(item, "model"), f"agent '{name}' asks for model '{model}' but one model serves the "
-                                                 f"whole script: set the top-level 'model' instead")
+            raise _Invalid(_line(item, "model"), f"agent '{name}' asks for model {_shown(model)} but one model "
+                                                 f"serves the whole script: set the top-level 'model' instead")
         backend = _optional_str(item, "backend")
         if backend is not None and backend not in BACKENDS:
-            raise _Invalid(_line(item, "backend"), f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
+            raise _Invalid(_line(item, "backend"), f"unknown backend {_shown(backend)} (known: {', '.join(BACKENDS)})")
         shell = item.get("allow_shell")
         if shell is not None and not isinstance(shell, bool):
             raise _Invalid(_line(item, "allow_shell"), "'allow_shell' must be true or false")
@@ -240,7 +268,7 @@ def _agents(data: _Map, roles: list[str], tools: list[str]) -> list[AgentSpec]:
 def _task(data: _Map, key: str) -> str:
     text = data.get(key)
     if not isinstance(text, str) or not text.strip():
-        raise _Invalid(_line(data, key), f"'{key}' must be a non-empty string")
+        raise _Invalid(_line(data, key), f"'{key}' must be a non-empty string, got {_shown(text)}")
     for inner in TEMPLATE.findall(text):
         if not ANSWER_REF.fullmatch(inner):
             raise _Invalid(_line(data, key), f"unknown template '{{{{{inner}}}}}' (use {{{{AGENT.answer}}}})")
@@ -249,7 +277,7 @@ def _task(data: _Map, key: str) -> str:
 
 def _step(step: Any, line: int, script: Script, tools: list[str]) -> list[Launch]:
     if not isinstance(step, _Map):
-        raise _Invalid(line, "a step is a mapping: 'run', 'fork' or 'parallel'")
+        raise _Invalid(line, f"a step is a mapping: 'run', 'fork' or 'parallel', got {_shown(step)}")
     if "parallel" in step:
         _check_keys(step, ("parallel",), "a parallel step")
         items = _required_seq(step, "parallel")
@@ -257,7 +285,9 @@ def _step(step: Any, line: int, script: Script, tools: list[str]) -> list[Launch
         for item, item_line in zip(items, items.lines):
             if isinstance(item, _Map) and "parallel" in item:
                 raise _Invalid(item_line, "a parallel step cannot nest another parallel step")
-            launches.extend(_step(item, item_line, script, tools))
+            for launch in _step(item, item_line, script, tools):
+                _check_not_run(script, launch.agent, launch.line, launches)
+                launches.append(launch)
         return launches
     if "fork" in step:
         return _fork(step, script, tools)
@@ -268,30 +298,30 @@ def _step(step: Any, line: int, script: Script, tools: list[str]) -> list[Launch
 
 def _run(step: _Map, script: Script) -> Launch:
     _check_keys(step, ("run", "task"), "a run step")
-    name = step["run"]
+    name = _agent_name(step, "run")
     if name not in script.agents or script.agents[name].parent is not None:
-        raise _Invalid(_line(step, "run"), f"unknown agent '{name}' (defined: {', '.join(_defined(script))})")
+        raise _Invalid(_line(step, "run"), f"unknown agent {_shown(name)} (defined: {', '.join(_defined(script))})")
     _check_not_run(script, name, _line(step, "run"))
     return Launch(name, _task(step, "task"), _line(step, "run"))
 
 
 def _fork(step: _Map, script: Script, tools: list[str]) -> list[Launch]:
     _check_keys(step, FORK_KEYS, "a fork step")
-    parent_name = step["fork"]
+    parent_name = _agent_name(step, "fork")
     if parent_name not in script.agents:
-        raise _Invalid(_line(step, "fork"), f"fork of unknown agent {parent_name!r} "
-                                             f"(defined: {', '.join(_defined(script))})".replace('"', "'"))
+        raise _Invalid(_line(step, "fork"), f"fork of unknown agent {_shown(parent_name)} "
+                                             f"(defined: {', '.join(_defined(script))})")
     children = step.get("children")
     if not isinstance(children, _Seq) or not children:
         raise _Invalid(_line(step, "children" if "children" in step else "fork"),
-                       "a fork needs 'children': a list of {name, instruction}")
+                       f"a fork needs 'children': a list of {{name, instruction}}, got {_shown(children)}")
     parent = script.agents[parent_name]
     shared_tools = _tool_list(step, tools)
     shared_limits = {key: _optional_int(step, key) for key in LIMIT_KEYS}
     launches = []
     for child, line in zip(children, children.lines):
         if not isinstance(child, _Map):
-            raise _Invalid(line, "each fork child is a mapping with 'name' and 'instruction'")
+            raise _Invalid(line, f"each fork child is a mapping with 'name' and 'instruction', got {_shown(child)}")
         _check_keys(child, CHILD_KEYS, "a fork child (it inherits its parent's role and context)")
         name = _name(child, "a fork child", script.agents)
         limits = {key: _optional_int(child, key) or shared_limits[key] or getattr(parent, key) for key in LIMIT_KEYS}
@@ -301,12 +331,20 @@ def _fork(step: _Map, script: Script, tools: list[str]) -> list[Launch]:
     return launches
 
 
+def _agent_name(step: _Map, key: str) -> str:
+    """The one agent a `run` or `fork` step names: a string, never a list, mapping, number or nothing."""
+    name = step.get(key)
+    if not isinstance(name, str):
+        raise _Invalid(_line(step, key), f"'{key}' must be the name of one agent, got {_shown(name)}")
+    return name
+
+
 def _defined(script: Script) -> list[str]:
     return [name for name, spec in script.agents.items() if spec.parent is None]
 
 
-def _check_not_run(script: Script, name: str, line: int) -> None:
-    for step in script.steps:
+def _check_not_run(script: Script, name: str, line: int, this_step: list[Launch] | None = None) -> None:
+    for step in [*script.steps, this_step or []]:
         for launch in step:
             if launch.agent == name:
                 raise _Invalid(line, f"agent '{name}' already runs at line {launch.line}; each agent runs once")

@@ -11,6 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from agentcache.inspect_session import ratio
 from agentcache.runner import turn_line
@@ -61,10 +62,10 @@ class ScriptView:
         table = Table(title="agents", box=box.SIMPLE_HEAD)
         for column in ("agent", "role", "from", "state", "turns", "prompt", "cached", "hit"):
             table.add_column(column, justify="right" if column in ("turns", "prompt", "cached", "hit") else "left")
-        for s in self.states:
-            table.add_row(s.name, s.role, s.parent or "", _state_text(s)[:60], str(s.turns),
-                          str(s.usage["prompt_tokens"]), str(s.usage["cached_tokens"]),
-                          _percent(ratio(s.usage["cached_tokens"], s.usage["prompt_tokens"])))
+        for s in self.states:  # plain Text cells: an error message is never read as rich markup
+            cells = (s.name, s.role, s.parent or "", _state_text(s)[:60], str(s.turns), str(s.usage["prompt_tokens"]),
+                     str(s.usage["cached_tokens"]), _percent(ratio(s.usage["cached_tokens"], s.usage["prompt_tokens"])))
+            table.add_row(*map(Text, cells))
         return table
 
 

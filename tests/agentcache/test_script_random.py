@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import shutil
 import textwrap
 import threading
@@ -11,9 +12,10 @@ import pytest
 
 from agentcache.backends.local import LocalBackend, block_message
 from agentcache.config import RunConfig
-from agentcache.script_format import parse_script
+from agentcache.script_format import load_script, parse_script
 from agentcache.script_report import script_report
 from agentcache.script_run import ScriptRun
+from agentcache.script_run import AgentState
 from agentcache.script_view import ScriptView, render_report
 from agentcache.session import Session
 from engine import Engine, load_model
@@ -197,3 +199,158 @@ def test_an_agent_that_fails_stops_with_an_error_and_the_script_goes_on(backend,
     user = next(r for r in worker if r["type"] == "user")
     assert user["appended"][0]["text"] == "Follow this plan: (no answer: error) Then stop."
     assert run.states["worker"].outcome in {"answered", "finished", "max_turns", "invalid_output"}
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def requests_of(repo: Path, session_id: str) -> list[dict]:
+    return [r for r in records(repo, session_id) if r["type"] == "request"]
+
+
+def outcome_from(requests: list[dict], max_turns: int) -> str:
+    """How an agent stopped, read from its session (retries=5, so two turns never end in invalid_output)."""
+    last = requests[-1]
+    if last.get("tool_call", {}).get("name") == "finish":
+        return "finished"
+    if last.get("tool_call") is None and not last.get("error"):
+        return "answered"
+    assert len(requests) == max_turns
+    return "max_turns"
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    """The body rows of a rendered agents table, by agent: name, the middle cells (from, state), turns..hit."""
+    lines = [ANSI.sub("", line).strip() for line in text.splitlines()]
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["agent", "role"])
+    rows = {}
+    for line in lines[header + 1:]:
+        cells = line.split()
+        if len(cells) >= 7 and not set(line) <= set("─━ "):
+            rows[cells[0]] = [cells[1], " ".join(cells[2:-4]), *cells[-4:]]
+    return rows
+
+
+def test_the_live_view_shows_one_row_per_agent_with_state_turns_and_hit_rate_from_the_sessions(backend, repo):
+    out = io.StringIO()
+    console = Console(file=out, width=160, force_terminal=True, color_system="standard")
+    view = ScriptView(console)
+    run = ScriptRun(parse_script(textwrap.dedent(SCRIPT), "test"), repo, backend, RunConfig(retries=5), view.on_event)
+    with view.showing(run):
+        run.run()
+    shown = out.getvalue()
+    assert "\x1b[2K" in shown and "[planner] running" not in shown  # redrawn live, not printed as event lines
+    recorded = Console(file=io.StringIO(), width=160, record=True)
+    recorded.print(view.table())
+    rows = table_rows(recorded.export_text())
+    assert table_rows(shown.split("\x1b[2K")[-1]) == rows  # the last frame drawn is the final table
+    assert list(rows) == ["planner", "worker", "a", "b", "c"]
+    for name, spec in run.script.agents.items():
+        requests = requests_of(repo, run.states[name].session_id)
+        prompt = sum(r["usage"]["prompt_tokens"] for r in requests)
+        cached = sum(r["usage"]["cached_tokens"] for r in requests)
+        state = outcome_from(requests, spec.max_turns)
+        assert rows[name] == [spec.role, f"{spec.parent or ''} {state}".strip(), str(len(requests)), str(prompt),
+                              str(cached), f"{100 * cached / prompt:.1f}%"]
+
+
+def test_the_live_table_shows_error_text_as_it_is_not_as_markup():
+    view = ScriptView(Console(file=io.StringIO()))
+    view.states = [AgentState("a", "planner", None, state="done", outcome="error", error="tool said [/bold] [red]x")]
+    recorded = Console(file=io.StringIO(), width=160, record=True)
+    recorded.print(view.table())
+    assert "error: tool said [/bold] [red]x" in recorded.export_text()
+
+
+def spent_before_each(requests: list[dict]) -> list[int]:
+    """Script tokens (computed + completion) spent by all requests issued before each one, in issue order."""
+    spent, before = 0, []
+    for r in sorted(requests, key=lambda r: r["trace"]["script_seq"]):
+        before.append(spent)
+        spent += r["usage"]["computed_tokens"] + r["usage"]["completion_tokens"]
+    return before
+
+
+def all_requests(run: ScriptRun, repo: Path) -> list[dict]:
+    return [r for s in run.states.values() if s.session_id for r in requests_of(repo, s.session_id)]
+
+
+def test_a_script_token_budget_of_one_token_allows_only_the_first_request(backend, repo):
+    run = run_script(SCRIPT.replace("agents:", "limits: {token_budget: 1}\nagents:"), repo, backend)
+    requests = all_requests(run, repo)
+    assert len(requests) == 1 and requests[0]["turn"] == 1
+    assert requests[0] in requests_of(repo, run.states["planner"].session_id)
+    assert run.states["planner"].outcome in {"answered", "finished", "script_limit"}
+    for name in ("worker", "a", "b", "c"):
+        assert run.states[name].outcome == "script_limit" and run.states[name].turns == 0
+    assert script_report(run)["totals"]["requests"] == 1
+
+
+SEQUENTIAL = """\
+agents:
+  - {name: one, role: worker, max_turns: 2, max_tokens: 40}
+  - {name: two, role: coder, max_turns: 2, max_tokens: 40}
+  - {name: three, role: reviewer, max_turns: 2, max_tokens: 40}
+steps:
+  - run: one
+    task: First.
+  - run: two
+    task: Second.
+  - run: three
+    task: Third.
+"""
+
+
+def test_a_script_token_budget_stops_agents_once_the_spent_tokens_reach_it(backend, tmp_path):
+    """Run once with no budget, then with a budget the first two requests reach: no request starts after that."""
+    def fresh_run(text: str, where: str) -> tuple[ScriptRun, Path]:
+        target = tmp_path / where
+        shutil.copytree(ROOT / "examples" / "repo", target)
+        engine_backend = LocalBackend(backend.model, Engine(backend.model, capacity_bytes=64 << 20))
+        return run_script(text, target, engine_backend), target
+
+    free, free_repo = fresh_run(SEQUENTIAL, "free")
+    unlimited = sorted(all_requests(free, free_repo), key=lambda r: r["trace"]["script_seq"])
+    assert len(unlimited) >= 3
+    budget = spent_before_each(unlimited)[2]  # reached by the first two requests exactly
+    run, limited_repo = fresh_run(SEQUENTIAL.replace("agents:", f"limits: {{token_budget: {budget}}}\nagents:"),
+                                  "limited")
+    requests = all_requests(run, limited_repo)
+    before = spent_before_each(requests)
+    assert all(spent < budget for spent in before)  # every request started under the budget
+    spent = sum(r["usage"]["computed_tokens"] + r["usage"]["completion_tokens"] for r in requests)
+    assert spent >= budget and len(requests) == 2  # the same two requests as the free run, then nothing
+    stopped = [s for s in run.states.values() if s.outcome == "script_limit"]
+    assert stopped and run.states["three"].outcome == "script_limit" and run.states["three"].turns == 0
+    assert run.limits.tokens == spent
+
+
+def test_the_fanout_example_runs_end_to_end_and_its_totals_match_the_sessions(repo):
+    result = run_cli("script", str(ROOT / "examples" / "scripts" / "fanout.yaml"), "--repo", str(repo),
+                     "--model", "random-tiny-chat", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    script = load_script(ROOT / "examples" / "scripts" / "fanout.yaml")
+    assert [a["name"] for a in report["agents"]] == list(script.agents)
+    reader = report["agents"][0]
+    per_agent = {a["name"]: requests_of(repo, a["session_id"]) for a in report["agents"]}
+    for agent in report["agents"]:
+        requests = per_agent[agent["name"]]
+        first = records(repo, agent["session_id"])[0]
+        assert first["type"] == "agent" and first["agent"] == agent["name"]
+        if agent["name"] != "reader":
+            assert agent["forked_from"] == "reader" and first["forked_from"]["session_id"] == reader["session_id"]
+        assert agent["requests"] == len(requests) == agent["turns"]
+        for name in ("prompt_tokens", "cached_tokens", "computed_tokens", "completion_tokens"):
+            assert agent[name] == sum(r["usage"][name] for r in requests)
+    everything = [r for requests in per_agent.values() for r in requests]
+    totals = report["totals"]
+    assert totals["requests"] == len(everything) >= 9
+    assert sorted(r["trace"]["script_seq"] for r in everything) == list(range(len(everything)))
+    for name in ("prompt_tokens", "cached_tokens", "computed_tokens", "completion_tokens"):
+        assert totals[name] == sum(r["usage"][name] for r in everything)
+    assert totals["no_cache_computed_tokens"] == sum(r["usage"]["prompt_tokens"] for r in everything)
+    assert totals["hit_rate"] == pytest.approx(totals["cached_tokens"] / totals["prompt_tokens"])
+    assert totals["computed_vs_no_cache"] == pytest.approx(totals["computed_tokens"] / totals["prompt_tokens"])
+    tokens_spent = totals["computed_tokens"] + totals["completion_tokens"]
+    assert tokens_spent <= 80000 and totals["requests"] <= 40  # the example's script limits
