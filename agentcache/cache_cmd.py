@@ -55,12 +55,12 @@ def stats(directory: Dir = None, as_json: Json = False) -> None:
 
 @cache_app.command()
 def clear(directory: Dir = None, as_json: Json = False) -> None:
-    """Delete the whole KV disk cache."""
-    root, kv_dir = _root(directory), _kv_dir()
-    before = kv_dir.stats(root)
-    kv_dir.clear(root)
-    report = {"dir": str(root), "removed_files": before["files"], "removed_bytes": before["bytes"]}
-    _emit(report, as_json, [f"removed {before['files']} page files ({before['bytes']} bytes) from {root}"])
+    """Delete every KV page on disk (and our temp files and model records). Refuses, deleting nothing, a
+    directory holding anything else."""
+    root = _root(directory)
+    files, size = _kv_dir().clear(root)
+    report = {"dir": str(root), "removed_files": files, "removed_bytes": size}
+    _emit(report, as_json, [f"removed {files} page files ({size} bytes) from {root}"])
 
 
 @cache_app.command()
@@ -71,17 +71,18 @@ def prune(
     directory: Dir = None,
     as_json: Json = False,
 ) -> None:
-    """Delete files of unknown format or failing their checksum, then old pages beyond --max-bytes."""
+    """Delete damaged page files and dead writers' temp files, then old pages beyond --max-bytes. Refuses,
+    deleting nothing, a directory holding anything else."""
     root, kv_dir = _root(directory), _kv_dir()
     max_bytes = kv_dir.DEFAULT_DISK_BYTES if max_bytes is None else max_bytes
     before = kv_dir.stats(root)
-    unknown = kv_dir.prune_unknown(root) if root.is_dir() else 0
-    after_unknown = kv_dir.stats(root)
+    damaged = kv_dir.prune_damaged(root)
+    after_damaged = kv_dir.stats(root)
     kv_dir.prune_to(root, max_bytes)
     after = kv_dir.stats(root)
-    report = {"dir": str(root), "max_bytes": max_bytes, "removed_unknown": unknown,
-              "removed_lru": after_unknown["files"] - after["files"], "files": after["files"],
+    report = {"dir": str(root), "max_bytes": max_bytes, "removed_damaged": damaged,
+              "removed_lru": after_damaged["files"] - after["files"], "files": after["files"],
               "bytes": after["bytes"], "bytes_before": before["bytes"]}
-    _emit(report, as_json, [f"removed {unknown} unknown or damaged files and {report['removed_lru']} least "
+    _emit(report, as_json, [f"removed {damaged} damaged or stale files and {report['removed_lru']} least "
                             f"recently used pages; {after['files']} files, {after['bytes']} bytes left "
                             f"(cap {max_bytes})"])

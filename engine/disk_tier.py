@@ -15,8 +15,9 @@ from engine.page_file import PageFileError, PageKey, decode, dtype_name, encode,
 
 class DiskTier:
     """Loads pages by (fingerprint, chain hash); writes every new full page through at once, so it outlives
-    the process. Files age by mtime (a load touches them); each process tracks the folder's bytes from one scan
-    plus its own writes, and rescans to drop the least recently used files when that passes the cap."""
+    the process. Files age by mtime (a load or a save of an existing file touches them); each process tracks the
+    folder's bytes from one scan plus its own writes, and rescans to drop the least recently used files when that
+    passes the cap."""
 
     def __init__(self, root: Path, fingerprint: str, model_name: str, page_size: int, dtype: torch.dtype,
                  page_shape: tuple[int, ...], max_bytes: int) -> None:
@@ -58,9 +59,10 @@ class DiskTier:
         return kv
 
     def save(self, h: int, token_ids: tuple[int, ...], k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write page h unless a file for it exists; a write error turns the tier off with one warning."""
+        """Write page h unless a file for it exists (then only mark it used, so LRU pruning keeps it); a write
+        error turns the tier off with one warning."""
         path = self.dir / file_name(h)
-        if not self.enabled or path.exists():
+        if not self.enabled or _touch(path):
             return
         data = encode(self.key(h), token_ids, k, v)
         try:
@@ -85,8 +87,12 @@ def _read(path: Path) -> bytearray:
     return data[:got] if got < len(data) else data
 
 
-def _touch(path: Path) -> None:
+def _touch(path: Path) -> bool:
+    """Set the file's access and modification times to now; False when there is no such file."""
     try:
         os.utime(path)
+    except FileNotFoundError:
+        return False
     except OSError:
-        pass
+        pass  # exists but not ours to touch (read-only dir, other owner): it ages, which is harmless
+    return True

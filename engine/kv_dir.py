@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
+import stat
 import struct
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.errors import EngineError
 from engine.model import cache_root
 from engine.page_file import PREFIX, SUFFIX, PageFileError, split_verified
 
 MODEL_FILE = "model.json"
+FINGERPRINT = re.compile(r"[0-9a-f]{32}")  # engine.model.model_fingerprint: xxh3-128 hex
+PAGE_NAME = re.compile(r"[0-9a-f]{16}" + re.escape(SUFFIX))  # page_file.file_name
+TMP_NAME = re.compile(r"\.(?:[0-9a-f]{16}" + re.escape(SUFFIX) + r"|model\.json)\.\d+\.[0-9a-f]+\.tmp")  # write_atomic
 DEFAULT_DISK_BYTES = 4 << 30
 STALE_TMP_S = 3600  # a temp file this old belongs to a writer that died
 
@@ -24,6 +29,10 @@ def default_kv_dir() -> Path:
     return cache_root() / "kv"
 
 
+class NotAKVDirError(EngineError):
+    """A directory given to clear or prune holds something the KV tier did not write: nothing is deleted."""
+
+
 @dataclass(slots=True)
 class PageFile:
     path: Path
@@ -31,23 +40,89 @@ class PageFile:
     mtime_ns: int
 
 
+def _folders(root: Path) -> list[Path]:
+    """The fingerprint folders under root (none when root is missing)."""
+    try:
+        return sorted(p for p in root.iterdir() if FINGERPRINT.fullmatch(p.name) and _is_real_dir(p))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _is_real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _is_page(path: Path) -> bool:
+    return PAGE_NAME.fullmatch(path.name) is not None
+
+
+def _is_tmp(path: Path) -> bool:
+    return TMP_NAME.fullmatch(path.name) is not None
+
+
+def _ours(path: Path) -> bool:
+    """A regular file named like a page file, a model record or one of our temp files (gone meanwhile counts)."""
+    if not (_is_page(path) or _is_tmp(path) or path.name == MODEL_FILE):
+        return False
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except FileNotFoundError:
+        return True
+
+
+def foreign_entries(root: Path) -> list[Path]:
+    """What under root the KV tier did not write: anything but fingerprint folders of page files, model
+    records and our temp files. A missing root is empty; a root that is not a directory is itself foreign."""
+    if not root.exists():
+        return []
+    if not root.is_dir():
+        return [root]
+    foreign = []
+    for entry in sorted(_entries(root)):
+        if not (FINGERPRINT.fullmatch(entry.name) and _is_real_dir(entry)):
+            foreign.append(entry)
+            continue
+        foreign.extend(sorted(p for p in _entries(entry) if not _ours(p)))
+    return foreign
+
+
+def check_kv_dir(root: Path) -> None:
+    """Raise NotAKVDirError unless everything under root was written by the KV tier."""
+    foreign = foreign_entries(root)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise NotAKVDirError(f"{root} does not look like a KV cache directory: {foreign[0]}{more} is not a page "
+                             "file, model record or temp file of ours; nothing deleted")
+
+
 def page_files(root: Path) -> list[PageFile]:
     """Every page file under root, oldest access first; files that vanish meanwhile are skipped."""
     found = []
-    for path in root.glob(f"*/*{SUFFIX}"):
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            continue
-        found.append(PageFile(path, st.st_size, st.st_mtime_ns))
+    for folder in _folders(root):
+        for path in filter(_is_page, _entries(folder)):
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found.append(PageFile(path, st.st_size, st.st_mtime_ns))
     return sorted(found, key=lambda f: (f.mtime_ns, f.path.name))
 
 
-def remove(path: Path) -> None:
+def remove(path: Path) -> bool:
+    """Unlink path; False when it was already gone."""
     try:
         path.unlink()
+        return True
     except FileNotFoundError:
-        pass
+        return False
 
 
 def prune_to(root: Path, max_bytes: int) -> int:
@@ -62,34 +137,52 @@ def prune_to(root: Path, max_bytes: int) -> int:
     return total
 
 
-def prune_unknown(root: Path) -> int:
-    """Delete every file that is not a model record, a verified page file or a live temp file; returns how many."""
+def prune_damaged(root: Path) -> int:
+    """Delete page files that fail their checksum or name, and temp files of writers that died; returns how many.
+    Refuses (NotAKVDirError) a root holding anything else."""
+    check_kv_dir(root)
     removed = 0
-    for path in (p for p in root.glob("**/*") if p.is_file()):
-        if path.name == MODEL_FILE or (path.suffix == SUFFIX and _verifies(path)) or _live_tmp(path):
-            continue
-        remove(path)
-        removed += 1
+    for folder in _folders(root):
+        for path in _entries(folder):
+            damaged = _is_page(path) and not _verifies(path, folder.name)
+            if (damaged or (_is_tmp(path) and _stale(path))) and remove(path):
+                removed += 1
     return removed
 
 
-def _live_tmp(path: Path) -> bool:
+def _stale(path: Path) -> bool:
     try:
-        return path.suffix == ".tmp" and time.time() - path.stat().st_mtime < STALE_TMP_S
+        return time.time() - path.stat().st_mtime >= STALE_TMP_S
     except FileNotFoundError:
         return False
 
 
-def _verifies(path: Path) -> bool:
+def _verifies(path: Path, fingerprint: str) -> bool:
+    """The file's checksum holds and its header names this folder and this file (gone meanwhile counts as good)."""
     try:
-        split_verified(path.read_bytes())
+        header, _ = split_verified(path.read_bytes())
+    except FileNotFoundError:
         return True
     except (PageFileError, OSError):
         return False
+    return header.get("fingerprint") == fingerprint and f"{header.get('hash')}{SUFFIX}" == path.name
 
 
-def clear(root: Path) -> None:
-    shutil.rmtree(root, ignore_errors=True)
+def clear(root: Path) -> tuple[int, int]:
+    """Delete our page files, model records and temp files, then the emptied fingerprint folders; returns the page
+    files and bytes removed. Refuses (NotAKVDirError) a root holding anything else; root itself stays."""
+    check_kv_dir(root)
+    files = size = 0
+    for folder in _folders(root):
+        for path in filter(_ours, _entries(folder)):
+            page_bytes = _size(path) if _is_page(path) else None
+            if remove(path) and page_bytes is not None:
+                files, size = files + 1, size + page_bytes
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # a writer put a file back meanwhile: it keeps its folder
+    return files, size
 
 
 def page_tokens(path: Path) -> int:
@@ -106,8 +199,8 @@ def page_tokens(path: Path) -> int:
 def stats(root: Path) -> dict:
     """Files, bytes, tokens and bytes per token, in total and per model folder."""
     models = []
-    for folder in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []:
-        files = [f for f in folder.glob(f"*{SUFFIX}") if f.is_file()]
+    for folder in _folders(root):
+        files = [f for f in _entries(folder) if _is_page(f) and f.is_file()]
         size = sum(_size(f) for f in files)
         tokens = sum(page_tokens(f) for f in files)
         models.append({"fingerprint": folder.name, "model": _model_name(folder), "files": len(files),

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -31,6 +32,22 @@ def finish(proc: subprocess.Popen) -> tuple[list[dict], str]:
 
 def run_worker(model: str, kv: Path, prompts: list[list[int]], *extra: str) -> tuple[list[dict], str]:
     return finish(start_worker(model, kv, prompts, *extra))
+
+
+def start_workers_ready(model: str, kv: Path, prompts: list[list[int]],
+                        count: int) -> tuple[list[subprocess.Popen], Path]:
+    """Start `count` workers and wait until each has built its engine; they send their first request together
+    once the returned go file exists."""
+    go = kv.parent / "go"
+    ready = [kv.parent / f"ready-{i}" for i in range(count)]
+    procs = [start_worker(model, kv, prompts, "--ready", str(r), "--go", str(go)) for r in ready]
+    deadline = time.monotonic() + 300
+    while not all(r.exists() for r in ready):
+        for proc in procs:
+            assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "workers not ready"
+        time.sleep(0.01)
+    return procs, go
 
 
 def page_paths(kv: Path) -> list[Path]:

@@ -1,17 +1,22 @@
 """The disk tier on the tiny random model: reuse across processes, damaged files, concurrent writers, errors, LRU."""
 
 import dataclasses
+import os
 import random
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from engine import Engine, Request
+from engine.kv_dir import prune_damaged, prune_to
 from engine.model import model_fingerprint, random_tiny_model, weights_digest_of
 from tests.engine.conftest import reference_logits, rel_err
-from tests.engine.disk_helpers import as_tensor, check_page_file, finish, page_paths, run_worker, start_worker
+from tests.engine.disk_helpers import (as_tensor, check_page_file, finish, page_paths, run_worker,
+                                      start_workers_ready)
 
 P = 16
 
@@ -79,20 +84,52 @@ def test_damaged_page_is_detected_deleted_recomputed_and_reported(tiny, tmp_path
     assert again.usage.disk_tokens == 6 * P and again.trace.disk_rejected == []
 
 
-def test_two_processes_writing_the_same_pages_leave_a_consistent_cache(tiny, tmp_path):
+def prune_until(stop: threading.Event, kv: Path, max_bytes: int, log: list) -> None:
+    """What `agentcache cache prune` does, over and over: log (start, end) of each pass, or the error."""
+    while not stop.is_set():
+        started = time.time()
+        try:
+            prune_damaged(kv)
+            prune_to(kv, max_bytes)
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            log.append(exc)
+            return
+        log.append((started, time.time()))
+        time.sleep(0.005)  # leave the CPU to the writers
+
+
+def test_two_processes_writing_the_same_pages_during_a_prune_leave_a_consistent_cache(tiny, tmp_path):
     kv = tmp_path / "kv"
-    prompts = [prompt(10 + i, 10) for i in range(4)]
-    procs = [start_worker("random-tiny", kv, prompts) for _ in range(2)]
-    for proc in procs:
-        finish(proc)
+    prompts = [prompt(10 + i, 10) for i in range(8)]
+    payload = 2 * 2 * 2 * P * 16 * 4  # layers * (k,v) * kv_heads * page * head_dim * fp32: just under a file
+    stop, prunes = threading.Event(), []
+    pruner = threading.Thread(target=prune_until, args=(stop, kv, 30 * payload, prunes))  # < 30 of 80 pages stay
+    procs, go = start_workers_ready("random-tiny", kv, prompts, 2)
+    pruner.start()
+    go.touch()
+    try:
+        results = [finish(proc)[0] for proc in procs]
+    finally:
+        stop.set()
+        pruner.join()
+    assert not [e for e in prunes if isinstance(e, Exception)]
+    spans = [(r[0]["started"], r[-1]["ended"]) for r in results]
+    both_from, both_to = max(s for s, _ in spans), min(e for _, e in spans)
+    assert both_from < both_to  # the two writers overlapped
+    assert any(s < both_to and e > both_from for s, e in prunes)  # and a prune ran meanwhile
+    for r in results:
+        for tokens, one in zip(prompts, r):
+            assert rel_err(as_tensor(one["logits"]), reference_logits(tiny, tokens)) <= 1e-4
     files = page_paths(kv)
-    assert len(files) == 40
-    assert all(check_page_file(f)["fingerprint"] == tiny.fingerprint for f in files)
+    headers = [check_page_file(f) for f in files]  # every file left is whole and valid
+    assert all(h["fingerprint"] == tiny.fingerprint for h in headers)
     assert [p for p in kv.rglob("*") if p.name.endswith(".tmp")] == []
+    kept = {tuple(h["token_ids"]) for h in headers}
     fresh = engine(tiny, kv)
     for tokens in prompts:
+        run_on_disk = next((i for i in range(10) if tuple(tokens[i * P : (i + 1) * P]) not in kept), 10)
         result = run(fresh, tokens)
-        assert result.usage.disk_tokens == 10 * P and result.trace.disk_rejected == []
+        assert result.usage.disk_tokens == run_on_disk * P and result.trace.disk_rejected == []
         assert rel_err(result.first_logits, reference_logits(tiny, tokens)) <= 1e-4
 
 
@@ -152,3 +189,21 @@ def test_size_cap_evicts_least_recently_used_pages(tiny, tmp_path):
     kept = {tuple(check_page_file(p)["token_ids"]) for p in page_paths(kv)}
     pages_of = lambda t: {tuple(t[i * P : (i + 1) * P]) for i in range(3)}  # noqa: E731
     assert kept == pages_of(a) | pages_of(c)
+
+
+def test_a_page_saved_again_counts_as_recently_used(tiny, tmp_path):
+    kv = tmp_path / "kv"
+    a, b = prompt(11, 3), prompt(12, 3)
+    writer = engine(tiny, kv)
+    run(writer, a)
+    run(writer, b)
+    pages_of = lambda t: {tuple(t[i * P : (i + 1) * P]) for i in range(3)}  # noqa: E731
+    for path in page_paths(kv):
+        age = 1000 if tuple(check_page_file(path)["token_ids"]) in pages_of(a) else 2000  # a's pages the oldest
+        os.utime(path, (age, age))
+    # exactly 3 pages of a: 2 load from disk (at least one token is always computed), the 3rd is recomputed and
+    # saved again over its existing file
+    result = run(engine(tiny, kv), a[: 3 * P])
+    assert result.usage.disk_tokens == 2 * P
+    prune_to(kv, 3 * page_paths(kv)[0].stat().st_size)
+    assert {tuple(check_page_file(p)["token_ids"]) for p in page_paths(kv)} == pages_of(a)
