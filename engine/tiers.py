@@ -77,8 +77,15 @@ class Tiers:
             self.blocks.release(pinned)
         if len(match.page_ids) > start:
             self.blocks.counters.hit_tokens += (len(match.page_ids) - start) * P
-            match.stop_reason = _stop_reason(len(match.page_ids), limit, len(hashes))
+            match.stop_reason = self._stop_reason(len(match.page_ids), limit, hashes)
         return hits
+
+    def _stop_reason(self, matched: int, limit: int, hashes: list[int]) -> str:
+        """Why the match across tiers stopped: the page after it was evicted from the pool earlier (and is on
+        no other tier), was never there, or the match reached the cap or the prompt's last full page."""
+        if matched < limit:
+            return "evicted" if hashes[matched] in self.blocks.evicted else "absent"
+        return "capped" if limit < len(hashes) else "complete"
 
     def _promote(self, h: int, chunk: tuple[int, ...], hits: TierHits, first: tuple[str, int] | None) -> int | None:
         """A pinned pool page holding page h: already on the device, or loaded from host or disk."""
@@ -110,8 +117,3 @@ class Tiers:
         for page_id, h, chunk in zip(page_ids, hashes, chunks):
             self.disk.save(h, chunk, *self.store.read_page(page_id))
 
-
-def _stop_reason(matched: int, limit: int, total: int) -> str:
-    if matched < limit:
-        return "absent"
-    return "capped" if limit < total else "complete"

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, Request
+from engine.block_manager import root_hash
 from engine.kv_dir import prune_damaged, prune_to
 from engine.model import model_fingerprint, random_tiny_model, weights_digest_of
+from engine.page_file import file_name
 from tests.engine.conftest import reference_logits, rel_err
 from tests.engine.disk_helpers import (as_tensor, check_page_file, finish, page_paths, run_worker,
                                       start_workers_ready)
@@ -207,3 +209,21 @@ def test_a_page_saved_again_counts_as_recently_used(tiny, tmp_path):
     assert result.usage.disk_tokens == 2 * P
     prune_to(kv, 3 * page_paths(kv)[0].stat().st_size)
     assert {tuple(check_page_file(p)["token_ids"]) for p in page_paths(kv)} == pages_of(a)
+
+
+def test_a_match_that_stops_at_an_evicted_page_after_disk_pages_says_evicted(tiny, tmp_path):
+    """Pages 0-2 come back from disk; page 3 was evicted from the pool and its file is gone: the trace says why."""
+    kv, tokens = tmp_path / "kv", prompt(31, 6)
+    e = Engine(tiny, page_size=P, capacity_bytes=7 * e_page_bytes(tiny), disk_dir=kv)
+    run(e, tokens)
+    run(e, prompt(32, 6))  # fills the 7-page pool: the first prompt's pages are evicted
+    hashes = e.blocks.chain_hashes(tokens, root_hash(tiny.fingerprint, None))
+    assert all(h in e.blocks.evicted for h in hashes[:6])
+    (kv / tiny.fingerprint / file_name(hashes[3])).unlink()
+    again = run(e, tokens)
+    assert again.usage.disk_tokens == again.usage.cached_tokens == 3 * P
+    assert again.trace.stop_reason == "evicted"
+
+
+def e_page_bytes(tiny) -> int:
+    return Engine(tiny, page_size=P, capacity_bytes=1 << 20).page_bytes
