@@ -115,12 +115,23 @@ class OpenAIBackend:
         cached = int(getattr(details, "cached_tokens", None) or 0)
         counts = {"prompt_tokens": usage.prompt_tokens, "cached_tokens": cached,
                   "computed_tokens": usage.prompt_tokens - cached, "completion_tokens": usage.completion_tokens}
-        # one non-streaming round trip: the first token's time is not observable, the whole request stands in
-        timings = {"queue_s": 0.0, "ttft_s": elapsed_s, "tpot_s": 0.0, "total_s": elapsed_s}
+        timings, source = request_timings(response, elapsed_s)
         choice = response.choices[0]
-        trace = {"context_tokens": context_tokens, "response_id": response.id}
+        trace = {"context_tokens": context_tokens, "response_id": response.id, "timings_from": source}
         return Reply(choice.message.content or "", choice.finish_reason or "stop", counts, timings, trace,
                      context_tokens)
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return call_with_retries(openai, self.base_url, fn, *args, **kwargs)
+
+
+def request_timings(response: Any, elapsed_s: float) -> tuple[dict[str, float], str]:
+    """Timings of one non-streaming round trip, and where they come from. A server that reports its own
+    `timings` (agentcache serve) gives the first token's time, plus this round trip's time outside the server;
+    otherwise the first token is not observable and the whole request stands in for it."""
+    server = (getattr(response, "model_extra", None) or {}).get("timings")
+    if isinstance(server, dict) and all(isinstance(server.get(k), (int, float)) for k in ("ttft_s", "total_s")):
+        outside = max(0.0, elapsed_s - server["total_s"])
+        return {"queue_s": float(server.get("queue_s") or 0.0), "ttft_s": server["ttft_s"] + outside,
+                "tpot_s": float(server.get("tpot_s") or 0.0), "total_s": elapsed_s}, "server"
+    return {"queue_s": 0.0, "ttft_s": elapsed_s, "tpot_s": 0.0, "total_s": elapsed_s}, "request"

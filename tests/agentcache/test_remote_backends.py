@@ -220,3 +220,21 @@ def test_run_with_a_bad_backend_setting_is_one_error_line(tmp_path, args, messag
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_openai_time_to_first_token_comes_from_server_timings_when_reported():
+    timed = {**COMPLETION, "timings": {"queue_s": 0.01, "ttft_s": 0.2, "tpot_s": 0.05, "total_s": 0.4}}
+    with RecordingServer([(404, {"error": {"message": "Not Found"}}), (200, timed), (200, COMPLETION)]) as server:
+        backend = OpenAIBackend(server.url + "/v1", "m", "key")
+        started = time.perf_counter()
+        with_timings = backend.complete(context_with_turns(0), SPECS, ENABLED, GenSettings())
+        between = time.perf_counter()
+        without = backend.complete(context_with_turns(0), SPECS, ENABLED, GenSettings())
+        ended = time.perf_counter()
+    t = with_timings.timings
+    assert with_timings.trace["timings_from"] == "server" and without.trace["timings_from"] == "request"
+    assert t["queue_s"] == 0.01 and t["tpot_s"] == 0.05
+    # the server's first-token time plus what the round trip spent outside the server (never negative)
+    assert t["ttft_s"] == pytest.approx(0.2 + max(0.0, t["total_s"] - 0.4))
+    assert t["total_s"] <= between - started
+    assert without.timings["ttft_s"] == without.timings["total_s"] <= ended - between
