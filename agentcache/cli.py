@@ -81,7 +81,8 @@ def _read_session(repo: Path, ref: str) -> tuple[object, list[dict], list[int]]:
     return session, records, bad
 
 
-def _inspect_session(repo: Path, ref: str, as_json: bool, explain: bool) -> None:
+def _inspect_session(repo: Path, ref: str, as_json: bool, explain: bool, cache_ttl: str | None) -> None:
+    from agentcache.config import load_config
     from agentcache.inspect_misses import explain_view, render_explain
     from agentcache.inspect_session import render_session, session_view
 
@@ -92,7 +93,7 @@ def _inspect_session(repo: Path, ref: str, as_json: bool, explain: bool) -> None
         if not as_json:
             render_explain(view, Console(highlight=False))
     else:
-        view = session_view(session.id, records, bad)
+        view = session_view(session.id, records, bad, cache_ttl or load_config(repo).cache_ttl)
         if not as_json:
             render_session(view, records, Console(highlight=False))
     if as_json:
@@ -146,6 +147,9 @@ def inspect(
     diff: Annotated[Optional[tuple[str, str]], typer.Option(
         "--diff", metavar="A B", help="Compare two sessions (last request of the earlier vs first of the later) "
         "or two SESSION:INDEX requests, block by block.")] = None,
+    cache_ttl: Annotated[Optional[str], typer.Option(
+        "--cache-ttl", help="Cache TTL the billed cost assumes: 5m or 1h (Anthropic writes cost 1.25x or 2x input; "
+        "default: the repo's agentcache.yaml cache_ttl, else 5m).")] = None,
     debug: Debug = False,
 ) -> None:
     """Show a session's requests (tokens, hit rates, TTFT, cost), explain its misses, diff two requests,
@@ -160,7 +164,7 @@ def inspect(
         _inspect_diff(repo, diff, as_json)
         return
     if not layers:
-        _inspect_session(repo, session or "latest", as_json, explain)
+        _inspect_session(repo, session or "latest", as_json, explain, cache_ttl)
         return
     config = L2Config(skills_dir=skills, max_tree_entries=max_tree, token_budget=budget)
     context = build_prefix(repo, role=role, prompts_dir=prompts, config=config)

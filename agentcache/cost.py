@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from agentcache.errors import AgentcacheError
+
 PRICES_FILE = Path(__file__).with_name("prices.yaml")
 PER_TOKENS = 1_000_000
 
@@ -21,13 +23,24 @@ def minimum_cacheable(backend: str) -> int:
     return int(price_tables()["providers"].get(backend, {}).get("minimum_cacheable_tokens", 0))
 
 
-def billed(usage: dict[str, int], table: dict[str, Any]) -> float:
-    """USD for one request: cache reads, uncached input written to the cache, and output."""
-    return (usage["cached_tokens"] * table["cached_input"] + usage["computed_tokens"] * table["cache_write"]
+def cache_write_price(table: dict[str, Any], cache_ttl: str) -> float:
+    """USD per million tokens written to the cache: the one price, or the price for this TTL."""
+    price = table["cache_write"]
+    if not isinstance(price, dict):
+        return float(price)
+    if cache_ttl not in price:
+        raise AgentcacheError(f"cache TTL '{cache_ttl}' is not one of {', '.join(price)} ({PRICES_FILE.name})")
+    return float(price[cache_ttl])
+
+
+def billed(usage: dict[str, int], table: dict[str, Any], cache_ttl: str = "5m") -> float:
+    """USD for one request: cache reads, uncached input written to the cache (at the TTL's rate), and output."""
+    return (usage["cached_tokens"] * table["cached_input"]
+            + usage["computed_tokens"] * cache_write_price(table, cache_ttl)
             + usage["completion_tokens"] * table["output"]) / PER_TOKENS
 
 
-def cost_view(requests: list[dict[str, Any]], backend: str) -> dict[str, Any]:
+def cost_view(requests: list[dict[str, Any]], backend: str, cache_ttl: str = "5m") -> dict[str, Any]:
     """The `cost` object of the session view: sums over `requests` (rows with the four usage counts)."""
     usage = {name: sum(int(r[name]) for r in requests)
              for name in ("prompt_tokens", "cached_tokens", "computed_tokens", "completion_tokens")}
@@ -35,8 +48,8 @@ def cost_view(requests: list[dict[str, Any]], backend: str) -> dict[str, Any]:
     return {
         "backend": backend,
         "transmitted": {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]},
-        "billed": {"prices_date": tables["date"],
-                   "usd": {name: billed(usage, table) for name, table in tables["providers"].items()},
+        "billed": {"prices_date": tables["date"], "cache_ttl": cache_ttl,
+                   "usd": {name: billed(usage, table, cache_ttl) for name, table in tables["providers"].items()},
                    "models": {name: table["model"] for name, table in tables["providers"].items()}},
         "inference": {"computed_tokens": usage["computed_tokens"],
                       "attended_tokens": usage["cached_tokens"] + usage["computed_tokens"],

@@ -50,17 +50,45 @@ def block_cause(previous: Prompt, current: Prompt, index: int) -> str:
         "content_changed"  # same relative order: blocks were only added or removed
 
 
+STOP_CAUSES = {"evicted": "evicted", "salt": "salt_or_model", "model": "salt_or_model"}
+
+
 def engine_cause(previous: dict[str, Any], current: dict[str, Any]) -> str:
-    """Cause when the content allowed more than the engine served: minimum length, salt/model, else eviction."""
+    """Cause when the content allowed more than the engine served: the provider's minimum, a salt or model change
+    in the records, else the engine trace's stop reason. `evicted` only when the trace says so; a stop the trace
+    does not explain (`absent`: the pages were never in this engine, `collision`, or no trace) is content_changed:
+    the cache did not hold this content."""
     backend = current.get("backend", "local")
     minimum = minimum_cacheable(backend)
     if minimum and int(current.get("usage", {}).get("prompt_tokens", 0)) < minimum:
         return "below_minimum"
     if any(previous.get(k) != current.get(k) for k in ("salt", "model", "fingerprint")):
         return "salt_or_model"
-    if (current.get("trace") or {}).get("stop_reason") in ("salt", "model"):
-        return "salt_or_model"
-    return "evicted"
+    return STOP_CAUSES.get((current.get("trace") or {}).get("stop_reason"), "content_changed")
+
+
+def token_segment(prompt: Prompt, position: int) -> int:
+    """Index of the segment holding token `position` of the prompt."""
+    total = 0
+    for index, part in enumerate(prompt.tokens or []):
+        total += len(part)
+        if position < total:
+            return index
+    return max(len(prompt.tokens or []) - 1, 0)
+
+
+def is_tokenization_boundary(before: Prompt, after: Prompt, position: int, offset: int,
+                             spans: list[tuple[int, int]]) -> bool:
+    """Same bytes, other tokens: both prompts' bytes agree over their token `position` (`spans`, ending at or
+    before the first differing byte `offset`), and no edit explains it. Each segment is tokenized on its own, so
+    an edit inside the segment holding the token (same start in both prompts) explains any re-tokenization there;
+    what is left is a segment boundary that moved over identical bytes."""
+    if offset < max(end for _, end in spans):
+        return False
+    starts_b, starts_a = before.segment_starts(), after.segment_starts()
+    seg_b, seg_a = token_segment(before, position), token_segment(after, position)
+    edited = starts_b[seg_b] == starts_a[seg_a] and offset < max(starts_b[seg_b + 1], starts_a[seg_a + 1])
+    return not edited
 
 
 def block_at_token(record: dict[str, Any], position: int) -> int:
@@ -106,7 +134,7 @@ class Explainer:
         if position // page * page > cached or position >= cached + missed:
             miss = self._at(after, current, cached, engine_cause(previous, current))
         else:
-            miss = self._content_miss(before, after, current, position)
+            miss = self.content_miss(before, after, current, position)
         seconds = prefill_seconds_per_token(current)
         rebuilt = after.tokens is not None and [len(p) for p in after.tokens] == current.get("segment_tokens")
         miss.update(missed_tokens=missed, missed_prefill_s=None if seconds is None else missed * seconds,
@@ -121,13 +149,15 @@ class Explainer:
                                  [b.get("hash") for b in current.get("blocks", [])])
         return sum((current.get("segment_tokens") or [])[:index])
 
-    def _content_miss(self, before: Prompt, after: Prompt, current: dict[str, Any], position: int) -> dict[str, Any]:
+    def content_miss(self, before: Prompt, after: Prompt, current: dict[str, Any], position: int) -> dict[str, Any]:
+        """The miss row when the prompts differ at token `position`: the first differing byte and its block's
+        cause, or `tokenization` (at the token's first byte) when the same bytes were only split differently."""
         if before.segments is None or after.segments is None:
             index = block_at_token(current, position)
             return self._row(after, index, None, None, position, block_cause(before, after, index))
         offset = first_difference(before.data, after.data)
         spans = [token_byte_span(p, position, self.tokenizer) for p in (before, after)] if self.tokenizer else []
-        if spans and all(spans) and offset >= min(span[1] for span in spans):
+        if spans and all(spans) and is_tokenization_boundary(before, after, position, offset, spans):
             index = after.segment_at_byte(spans[1][0])
             return self._row(after, index, spans[1][0], before, position, "tokenization")
         index = after.segment_at_byte(offset)

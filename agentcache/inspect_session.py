@@ -68,15 +68,17 @@ def request_row(previous: dict[str, Any] | None, record: dict[str, Any]) -> dict
     return row
 
 
-def session_view(session_id: str, records: list[dict[str, Any]], bad_lines: list[int] | None = None) -> dict[str, Any]:
-    """The `--json` object: one row per request, session totals with both hit rates, cost, bad line numbers."""
+def session_view(session_id: str, records: list[dict[str, Any]], bad_lines: list[int] | None = None,
+                 cache_ttl: str = "5m") -> dict[str, Any]:
+    """The `--json` object: one row per request, session totals with both hit rates, cost (cache writes priced
+    for `cache_ttl`), bad line numbers."""
     requests = request_records(records)
     rows = [request_row(previous, record) for previous, record in zip([None, *requests], requests)]
     totals: dict[str, Any] = {name: sum(r[name] for r in rows) for name in (*USAGE_FIELDS, "reusable_tokens")}
     totals["hit_rate"] = ratio(totals["cached_tokens"], totals["prompt_tokens"])
     totals["reusable_hit_rate"] = ratio(totals["cached_tokens"], totals["reusable_tokens"])
     backend = requests[-1].get("backend", "local") if requests else "local"
-    return {"session_id": session_id, "requests": rows, "totals": totals, "cost": cost_view(rows, backend),
+    return {"session_id": session_id, "requests": rows, "totals": totals, "cost": cost_view(rows, backend, cache_ttl),
             "bad_lines": bad_lines or []}
 
 
@@ -129,4 +131,4 @@ def render_cost(cost: dict[str, Any], console: Console) -> None:
     console.print(f"  transmitted  {sent['prompt_tokens']} prompt tokens, {sent['completion_tokens']} completion tokens")
     console.print(f"  inference    {work['computed_tokens']} computed of {work['attended_tokens']} attended prompt tokens")
     prices = ", ".join(f"{name} ({bill['models'][name]}) ${usd:.4f}" for name, usd in bill["usd"].items())
-    console.print(f"  billed       {prices}  [prices of {bill['prices_date']}]")
+    console.print(f"  billed       {prices}  [prices of {bill['prices_date']}, cache TTL {bill['cache_ttl']}]")

@@ -14,6 +14,13 @@ from agentcache.errors import AgentcacheError
 SESSIONS_DIR = Path(".agentcache") / "sessions"
 
 
+def new_session_id() -> str:
+    """UTC time to the microsecond, then random hex: ids sort in creation order, also within one second."""
+    now = time.time_ns()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now // 1_000_000_000))
+    return f"{stamp}-{now // 1000 % 1_000_000:06d}-{secrets.token_hex(3)}"
+
+
 class Session:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -23,8 +30,7 @@ class Session:
     def create(cls, repo: Path) -> Session:
         directory = repo / SESSIONS_DIR
         directory.mkdir(parents=True, exist_ok=True)
-        session_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-        return cls(directory / f"{session_id}.jsonl")
+        return cls(directory / f"{new_session_id()}.jsonl")
 
     @classmethod
     def open(cls, repo: Path, ref: str = "latest") -> Session:

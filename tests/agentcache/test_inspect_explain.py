@@ -147,7 +147,7 @@ def test_a_schema_with_other_key_order_is_bytes_only(shared, repo, capsys):
     check_content_miss(capsys, repo, backend, "bytes_only", "L1", "tools", "tools")
 
 
-def check_engine_miss(capsys, repo, backend, cause):
+def check_engine_miss(capsys, repo, backend, cause, stop_reason):
     entries = explain(capsys, repo)
     miss = entries[1]["miss"]
     assert entries[0]["miss"] is None and miss is not None and miss["cause"] == cause
@@ -155,9 +155,11 @@ def check_engine_miss(capsys, repo, backend, cause):
     after, counts = tokens_of(backend, backend.sent[-1])
     assert first_difference(before, after) >= entries[1]["reusable_tokens"]  # the content allowed it all
     raw = [json.loads(line) for line in next((repo / ".agentcache" / "sessions").glob("*.jsonl")).read_text().splitlines()]
-    cached = [r for r in raw if r["type"] == "request"][1]["usage"]["cached_tokens"]
+    second = [r for r in raw if r["type"] == "request"][1]
+    assert second["trace"]["stop_reason"] == stop_reason == miss["stop_reason"]  # the engine's own trace
+    cached = second["usage"]["cached_tokens"]
     assert miss["token_position"] == cached == entries[1]["cached_tokens"]
-    block = [r for r in raw if r["type"] == "request"][1]["blocks"][block_of_token(counts, cached)]
+    block = second["blocks"][block_of_token(counts, cached)]
     assert (miss["layer"], miss["kind"], miss["key"]) == (block["layer"], block["kind"], block["key"])
 
 
@@ -165,7 +167,7 @@ def test_another_salt_is_salt_or_model(shared, repo, capsys):
     backend = shared
     session = first_turn(repo, backend)
     resumed(repo, backend, session, salt="tenant-b").run("And lines?")
-    check_engine_miss(capsys, repo, backend, "salt_or_model")
+    check_engine_miss(capsys, repo, backend, "salt_or_model", "salt")
 
 
 def test_a_small_pool_evicts_and_explain_says_so(model, repo, capsys):
@@ -177,7 +179,7 @@ def test_a_small_pool_evicts_and_explain_says_so(model, repo, capsys):
     for salt in ("other-1", "other-2", "other-3"):  # another tenant fills the pool
         backend.engine.generate(Request(backend.sent[-1], max_tokens=1, salt=salt))
     resumed(repo, backend, session).run("And lines?")
-    check_engine_miss(capsys, repo, backend, "evicted")
+    check_engine_miss(capsys, repo, backend, "evicted", "evicted")
 
 
 def test_diff_of_two_sessions_lists_blocks_with_status_and_cause(shared, repo, capsys):

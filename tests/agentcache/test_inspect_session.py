@@ -145,9 +145,10 @@ def test_cost_classes_are_recomputed_from_the_records_and_the_price_tables(sessi
     assert cost["inference"]["attended_tokens"] == total["cached_tokens"] + total["computed_tokens"]
     assert cost["inference"]["computed_tokens"] == total["computed_tokens"]
     prices = yaml.safe_load((Path(agentcache.__file__).parent / "prices.yaml").read_text())
-    assert cost["billed"]["prices_date"] == prices["date"]
+    assert cost["billed"]["prices_date"] == prices["date"] and cost["billed"]["cache_ttl"] == "5m"
     anthropic = prices["providers"]["anthropic"]
-    assert anthropic["cache_write"] == pytest.approx(1.25 * anthropic["input"])
+    assert anthropic["cache_write"]["5m"] == pytest.approx(1.25 * anthropic["input"])
+    assert anthropic["cache_write"]["1h"] == pytest.approx(2.0 * anthropic["input"])
     assert anthropic["cached_input"] == pytest.approx(0.1 * anthropic["input"])
     expected = (total["cached_tokens"] * anthropic["input"] * 0.1 + total["computed_tokens"] * anthropic["input"] * 1.25
                 + total["completion_tokens"] * anthropic["output"]) / 1e6
@@ -211,3 +212,78 @@ def test_layers_status_against_the_last_session(session_repo, tmp_path, capsys):
     shutil.copytree(EXAMPLE, empty, ignore=shutil.ignore_patterns(".agentcache"))
     rows = json.loads(cli(capsys, "inspect", "--layers", "--repo", str(empty), "--json")[1])["blocks"]
     assert {r["status"] for r in rows} == {None} and {r["cause"] for r in rows} == {None}
+
+
+def expected_blocks(a: dict, b: dict) -> list[tuple[str, str, str]]:
+    """(kind, key, status) per block of b against a, then a `gone` row per block of a that b lacks."""
+    old = {(x["layer"], x["kind"], x["key"]): x["hash"] for x in a["blocks"]}
+    new = {(x["layer"], x["kind"], x["key"]) for x in b["blocks"]}
+    rows = [(x["kind"], x["key"], "new" if (x["layer"], x["kind"], x["key"]) not in old else
+             "same" if old[(x["layer"], x["kind"], x["key"])] == x["hash"] else "changed") for x in b["blocks"]]
+    return rows + [(x["kind"], x["key"], "gone") for x in a["blocks"] if (x["layer"], x["kind"], x["key"]) not in new]
+
+
+def test_diff_of_two_request_references_matches_the_raw_records(session_repo, capsys):
+    repo, session = session_repo
+    records = raw_requests(session)
+    code, out, err = cli(capsys, "inspect", "--diff", f"{session.id}:1", f"{session.id}:-1", "--repo", str(repo),
+                         "--json")
+    assert code == 0, err
+    entry = json.loads(out)["diff"][0]
+    first, last = records[0], records[-1]
+    assert (entry["a"], entry["b"]) == (f"{session.id}:1", f"{session.id}:-1")
+    assert entry["cached_tokens"] == last["usage"]["cached_tokens"]
+    assert entry["reusable_tokens"] == expected_reusable(first, last) > 0
+    assert [(r["kind"], r["key"], r["status"]) for r in entry["blocks"]] == expected_blocks(first, last)
+    assert {r["status"] for r in entry["blocks"]} >= {"same", "new"}  # the prefix kept, the turns appended
+    assert entry["miss"] is None  # the last request cached all of the first one's prompt and more
+    code, out, err = cli(capsys, "inspect", "--diff", f"{session.id}:2", f"{session.id}:3", "--repo", str(repo))
+    assert code == 0, err
+    assert f"{session.id}:2 -> {session.id}:3" in out
+    assert f"cached {records[2]['usage']['cached_tokens']} of {expected_reusable(records[1], records[2])}" in out
+
+
+def planted_request(texts: dict[str, str]) -> list[dict]:
+    """Block records and one request record over doc blocks (a model without a tokenizer: no model needed)."""
+    blocks = [Block(Layer.L2, "doc", key, text.encode()) for key, text in texts.items()]
+    usage = {"prompt_tokens": 10 * len(blocks) + 2, "cached_tokens": 0, "computed_tokens": 10 * len(blocks) + 2,
+             "completion_tokens": 1}
+    return [*({"type": "block", "hash": b.hash, "text": b.text} for b in blocks),
+            {"type": "request", "turn": 1, "backend": "local", "model": "random-tiny", "salt": "", "fingerprint": "f",
+             "blocks": [{"layer": "L2", "kind": "doc", "key": b.key, "hash": b.hash} for b in blocks],
+             "segment_tokens": [10] * len(blocks) + [2], "usage": usage,
+             "trace": {"page_size": 1, "stop_reason": "absent"}, "timings": {"ttft_s": 0.5, "queue_s": 0.0}}]
+
+
+def test_sessions_created_in_one_second_keep_their_order(tmp_path, capsys, monkeypatch):
+    """Two sessions in the same second, the later with the smaller random part: `latest` and the diff's
+    earlier/later decision still follow creation order."""
+    import time
+    from types import SimpleNamespace
+
+    import agentcache.session as session_module
+
+    clock = iter([1_700_000_000_100_000_000, 1_700_000_000_900_000_000])  # 0.8 s apart, one second
+    hexes = iter(["ffffff", "000000"])
+    monkeypatch.setattr(session_module, "time", SimpleNamespace(
+        time_ns=lambda: next(clock), strftime=time.strftime, gmtime=time.gmtime))
+    monkeypatch.setattr(session_module, "secrets", SimpleNamespace(token_hex=lambda n: next(hexes)))
+    earlier, later = Session.create(tmp_path), Session.create(tmp_path)
+    for record in planted_request({"A.md": "alpha\n", "B.md": "beta\n"}):
+        earlier.append(record)
+    for record in planted_request({"A.md": "alpha\n", "B.md": "beta, edited\n"}):
+        later.append(record)
+    assert sorted([later.id, earlier.id]) == [earlier.id, later.id]
+    code, out, err = cli(capsys, "inspect", "latest", "--repo", str(tmp_path), "--json")
+    assert code == 0, err
+    assert json.loads(out)["session_id"] == later.id
+    for refs in ((later.id, earlier.id), (earlier.id, later.id)):
+        code, out, err = cli(capsys, "inspect", "--diff", *refs, "--repo", str(tmp_path), "--json")
+        assert code == 0, err
+        entry = json.loads(out)["diff"][0]
+        assert (entry["a"], entry["b"]) == (f"{earlier.id}:-1", f"{later.id}:1")
+        assert [(r["key"], r["status"]) for r in entry["blocks"]] == [("A.md", "same"), ("B.md", "changed")]
+    code, out, err = cli(capsys, "inspect", "--diff", f"{later.id}:1", f"{earlier.id}:-1", "--repo", str(tmp_path),
+                         "--json")
+    entry = json.loads(out)["diff"][0]  # request references are taken in the order given
+    assert code == 0 and (entry["a"], entry["b"]) == (f"{later.id}:1", f"{earlier.id}:-1")
