@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,13 +22,6 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "repo"
 @pytest.fixture(scope="module")
 def backend():
     return LocalBackend(load_model())
-
-
-@pytest.fixture()
-def repo(tmp_path):
-    target = tmp_path / "repo"
-    shutil.copytree(EXAMPLE, target)
-    return target
 
 
 def requests_of(session: Session) -> list[dict]:

@@ -1,31 +1,21 @@
 """Fast agent-loop checks on a random-weight model with the embedded tokenizer: the mechanics, not the choices."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from agentcache.agent import Agent
-from agentcache.backends.local import LocalBackend
 from agentcache.config import RunConfig
 from agentcache.session import Session
-from engine import Engine, load_model
+from tests.agentcache.conftest import random_chat_backend
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "repo"
 
 
 @pytest.fixture(scope="module")
 def backend():
-    model = load_model("random-tiny-chat")
-    return LocalBackend(model, Engine(model, capacity_bytes=64 << 20))
-
-
-@pytest.fixture()
-def repo(tmp_path):
-    target = tmp_path / "repo"
-    shutil.copytree(EXAMPLE, target)
-    return target
+    return random_chat_backend()
 
 
 def test_random_model_run_stays_warm_and_well_formed(backend, repo):

@@ -5,7 +5,6 @@ engine (recorded live), tokenized here, not from the session file the explanatio
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -44,13 +43,6 @@ def model():
 def shared(model):
     """One warm backend for the content-cause tests: each plants a change no other test makes."""
     return RecordingBackend(model)
-
-
-@pytest.fixture()
-def repo(tmp_path):
-    root = tmp_path / "repo"
-    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", ".agentcache"))
-    return root
 
 
 def config(**changes) -> RunConfig:

@@ -1,6 +1,5 @@
 """`agentcache run` keeps KV pages on disk by default: the next run starts warm; --no-disk-cache turns it off."""
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -10,12 +9,6 @@ from agentcache.runner import run_task
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "repo"
 SETTINGS = {"model": "random-tiny-chat", "max_turns": 1, "max_tokens": 8}
-
-
-@pytest.fixture()
-def repo(tmp_path):
-    shutil.copytree(EXAMPLE, tmp_path / "repo")
-    return tmp_path / "repo"
 
 
 @pytest.fixture()

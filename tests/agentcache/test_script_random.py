@@ -9,18 +9,18 @@ import threading
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from agentcache.backends.local import LocalBackend, block_message
 from agentcache.config import RunConfig
 from agentcache.script_format import load_script, parse_script
 from agentcache.script_report import script_report
-from agentcache.script_run import ScriptRun
-from agentcache.script_run import AgentState
+from agentcache.script_run import AgentState, ScriptRun
 from agentcache.script_view import ScriptView, render_report
 from agentcache.session import Session
-from engine import Engine, load_model
-from rich.console import Console
+from engine import Engine
 from layers import Block, Layer, build_prefix
+from tests.agentcache.conftest import random_chat_backend
 from tests.agentcache.test_cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,15 +45,7 @@ steps:
 
 @pytest.fixture(scope="module")
 def backend():
-    model = load_model("random-tiny-chat")
-    return LocalBackend(model, Engine(model, capacity_bytes=64 << 20))
-
-
-@pytest.fixture()
-def repo(tmp_path):
-    target = tmp_path / "repo"
-    shutil.copytree(ROOT / "examples" / "repo", target)
-    return target
+    return random_chat_backend()
 
 
 @pytest.fixture(scope="module")
