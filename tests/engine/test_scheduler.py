@@ -7,7 +7,6 @@ import gc
 import random
 import threading
 
-import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -60,22 +59,16 @@ def test_masks_stops_and_seeds_hold_per_sequence_in_a_batch(tiny):
 
 
 def test_shared_prefix_from_8_threads_is_prefilled_once(tiny):
+    """All 8 are queued at once (a first request holds the engine thread until they are), so each of them
+    arrives before the shared prefix exists; only the first admitted computes it, the rest wait for its pages."""
     rng = random.Random(12)
     prefix = random_prompt(rng, 160)
     suffixes = [random_prompt(rng, rng.randrange(3, 12)) for _ in range(8)]
+    blocker = random_prompt(rng, 5)
     engine = Engine(tiny, P, 8 << 20)
-    barrier = threading.Barrier(8)
-    results: dict[int, object] = {}
-
-    def agent(i: int) -> None:
-        barrier.wait()
-        results[i] = engine.generate(Request([prefix, suffixes[i]], max_tokens=6))
-
-    threads = [threading.Thread(target=agent, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    out = run_together(engine, [Request([blocker], max_tokens=2)] +
+                       [Request([prefix, suffix], max_tokens=6) for suffix in suffixes])
+    results = dict(enumerate(out[1:]))
     computed = sum(results[i].usage.computed_tokens for i in range(8))
     assert computed == len(prefix) + sum(len(s) for s in suffixes)
     assert engine.stats()["prefix_hit_tokens"] == 7 * len(prefix)
