@@ -53,7 +53,9 @@ NOTES = [
     f"page_size={PAGE_SIZE}); warmed with prefix+suffix-A at max_new_tokens=2 and eos disabled, because a request "
     "that finishes in its prefill step (max_new_tokens=1 or eos first) never registers its blocks for sharing; "
     "timed: add_request(prefix+suffix-B, max_new_tokens=1) until get_result() returns.",
-    "cold: a fresh Engine per repeat; warm: an Engine that has served prefix+suffix-A. Both are the wall clock "
+    "transformers_cb is timed last, alone: its manager's background thread keeps running while it exists, so the "
+    "other methods are timed before it is created. cold: a fresh Engine per repeat; warm: an Engine that has "
+    "served prefix+suffix-A. Both are the wall clock "
     "around Engine.generate(max_tokens=1), which includes writing the new pages back; the engine's own "
     "timings.ttft_s is in engine_ttft_s.",
     "Every timed request of a repeat uses the same never-seen suffix-B, so first-token argmaxes are compared "
@@ -224,19 +226,34 @@ def measure_size(lm: LoadedModel, prefix_tokens: int, suffix_tokens: int, repeat
     hand = HandCache(lm.model, prompts.prefix)
     warm_engine = Engine(lm, page_size=PAGE_SIZE, capacity_bytes=capacity_bytes)
     warm_engine.generate(Request(segments=[prompts.prefix + prompts.warmup_suffix], max_tokens=1))
+    for repeat, suffix in enumerate(prompts.timed_suffixes, 1):
+        ids = prompts.prefix + suffix
+        label = f"prefix {prefix_tokens}, repeat {repeat}/{repeats}"
+        progress.update(task, description=f"{label}: plain")
+        runs.add("plain", *plain_ttft(lm.model, ids))
+        progress.update(task, advance=1, description=f"{label}: hand_cache")
+        runs.add("hand_cache", *hand.ttft(suffix))
+        progress.update(task, advance=1, description=f"{label}: cold")
+        cold_engine = Engine(lm, page_size=PAGE_SIZE, capacity_bytes=capacity_bytes)
+        seconds, token, result = engine_ttft(cold_engine, ids)
+        del cold_engine
+        runs.add("cold", seconds, token)
+        runs.engine_ttft["cold"].append(result.timings.ttft_s)
+        progress.update(task, advance=1, description=f"{label}: warm")
+        seconds, token, result = engine_ttft(warm_engine, ids)
+        runs.add("warm", seconds, token)
+        runs.engine_ttft["warm"].append(result.timings.ttft_s)
+        runs.cached_warm.append(result.usage.cached_tokens)
+        progress.update(task, advance=1)
+    del warm_engine
+    # transformers CB last and alone: its manager's background thread would otherwise run beside the others
     cb = start_cb(lm.model, prompts, runs)
     try:
         for repeat, suffix in enumerate(prompts.timed_suffixes, 1):
-            ids = prompts.prefix + suffix
-            label = f"prefix {prefix_tokens}, repeat {repeat}/{repeats}"
-            progress.update(task, description=f"{label}: plain")
-            runs.add("plain", *plain_ttft(lm.model, ids))
-            progress.update(task, advance=1, description=f"{label}: hand_cache")
-            runs.add("hand_cache", *hand.ttft(suffix))
-            progress.update(task, advance=1, description=f"{label}: transformers_cb")
+            progress.update(task, description=f"prefix {prefix_tokens}, repeat {repeat}/{repeats}: transformers_cb")
             if cb is not None:
                 try:
-                    seconds, token, matched = cb.ttft(ids)
+                    seconds, token, matched = cb.ttft(prompts.prefix + suffix)
                     runs.add("transformers_cb", seconds, token)
                     runs.cached_cb.append(matched)
                 except CBUnavailable as exc:
@@ -245,17 +262,6 @@ def measure_size(lm: LoadedModel, prefix_tokens: int, suffix_tokens: int, repeat
                     runs.tokens["transformers_cb"].clear()
                     cb.close()
                     cb = None
-            progress.update(task, advance=1, description=f"{label}: cold")
-            cold_engine = Engine(lm, page_size=PAGE_SIZE, capacity_bytes=capacity_bytes)
-            seconds, token, result = engine_ttft(cold_engine, ids)
-            del cold_engine
-            runs.add("cold", seconds, token)
-            runs.engine_ttft["cold"].append(result.timings.ttft_s)
-            progress.update(task, advance=1, description=f"{label}: warm")
-            seconds, token, result = engine_ttft(warm_engine, ids)
-            runs.add("warm", seconds, token)
-            runs.engine_ttft["warm"].append(result.timings.ttft_s)
-            runs.cached_warm.append(result.usage.cached_tokens)
             progress.update(task, advance=1)
     finally:
         if cb is not None:

@@ -21,15 +21,6 @@ class KVStore:
     def page_bytes(num_layers: int, kv_heads: int, head_dim: int, page_size: int, dtype: torch.dtype) -> int:
         return num_layers * 2 * kv_heads * page_size * head_dim * torch.empty((), dtype=dtype).element_size()
 
-    def gather(self, page_ids: list[int]) -> Layers:
-        """Contiguous (key, value) per layer, shaped [1, kv_heads, len(page_ids) * page_size, head_dim]."""
-        ids = torch.tensor(page_ids, dtype=torch.long, device=self.k.device)
-        layers = []
-        for k, v in zip(self.k, self.v):
-            heads, _, _, dim = k.shape
-            layers.append((k[:, ids].reshape(1, heads, -1, dim), v[:, ids].reshape(1, heads, -1, dim)))
-        return layers
-
     def slots(self, table: list[int], start: int, end: int) -> torch.Tensor:
         """Token slots of positions [start, end) of a sequence whose pages are `table`."""
         positions = torch.arange(start, end, device=self.k.device)

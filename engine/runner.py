@@ -14,6 +14,7 @@ from engine.block_manager import BlockManager, root_hash
 from engine.errors import EngineError
 from engine.kv_dir import DEFAULT_DISK_BYTES
 from engine.kv_store import KVStore
+from engine.workspace import PrefillWorkspace
 from engine.model import LoadedModel
 from engine.request import Request, Result, Trace, Usage
 from engine.scheduler import Scheduler
@@ -41,6 +42,7 @@ class Engine:
         self.blocks = BlockManager(num_pages, page_size)
         self.store = KVStore(model.num_layers, model.kv_heads, model.head_dim, page_size, num_pages,
                              model.dtype, model.device)
+        self.workspace = PrefillWorkspace(self.store)
         # tier hook: pages evicted from the pool go to the host tier; full pages are written through to disk
         self.tiers = Tiers.build(model, self.blocks, self.store, self.page_bytes, disk_dir, disk_bytes, host_bytes)
         self.blocks.on_evict = self.tiers.keep_on_host if self.tiers.host is not None else None
@@ -102,7 +104,7 @@ class Engine:
         hits = self.tiers.extend(match, prompt, self.model.fingerprint, request.salt)  # tier hook: host, disk
         seq.table = self.blocks.allocate(match.page_ids, len(prompt) + seq.max_tokens)
         cached = len(match.page_ids) * self.page_size
-        seq.prefill_cache = DynamicCache(self.store.gather(match.page_ids)) if cached else DynamicCache()
+        seq.prefill_cache = self.workspace.cache(match.page_ids, len(prompt))
         seq.prefilled = cached
         seq.usage = Usage(len(prompt), cached, len(prompt) - cached, 0, hits.host_tokens, hits.disk_tokens)
         seq.trace = Trace(self.page_size, len(match.page_ids), match.stop_reason,
@@ -164,3 +166,4 @@ class Engine:
             self.blocks.register(table[i], hashes[i], tuple(tokens[i * P : (i + 1) * P]), origin)
         chunks = [tuple(tokens[i * P : (i + 1) * P]) for i in range(first, have)]
         self.tiers.persist(table[first:have], hashes[first:have], chunks)  # tier hook: write-through to disk
+
