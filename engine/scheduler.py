@@ -19,8 +19,8 @@ class Scheduler:
     """Admission is serialized on the engine thread, so a request is matched only after every earlier
     request's prefill wrote its pages: a shared prefix is computed once, later requests reuse it.
 
-    Fairness: while others decode, a prompt is prefilled `prefill_chunk` tokens per loop turn, each turn also
-    taking one batched decode step; with nothing running it is prefilled in one forward."""
+    Fairness: while others are running, at most `prefill_chunk` prompt tokens are prefilled per loop turn, each
+    turn also taking one batched decode step; with nothing running the first prompt is prefilled in one forward."""
 
     def __init__(self, engine: Engine, max_running: int, prefill_chunk: int) -> None:
         self.engine = engine
@@ -68,6 +68,8 @@ class Scheduler:
         decode, at most `prefill_chunk` prompt tokens are prefilled before their next decode step."""
         budget = self.prefill_chunk if self.running else None
         while budget is None or budget > 0:
+            if budget is None and self.running:  # one was admitted and waits to decode: chunk the rest
+                budget = self.prefill_chunk
             seq = self.prefilling or self._start_next()
             if seq is None:
                 return

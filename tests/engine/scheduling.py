@@ -12,7 +12,8 @@ from engine import Engine, Request, Result
 
 def run_together(engine: Engine, requests: list[Request]) -> list[Result | BaseException]:
     """All requests from their own threads. The first one holds the engine thread (in its logits mask) until
-    the rest are queued, so all are admitted before the first decode step and decode as one batch."""
+    the rest are queued, so all are admitted before the first decode step (when their prompts fit in one prefill
+    chunk, or the engine's chunk is unlimited) and decode as one batch."""
     holding, queued = threading.Event(), threading.Event()
     own_mask = requests[0].logits_mask
 

@@ -28,7 +28,7 @@ def test_batched_greedy_equals_solo_and_uncached_reference(tiny):
     requests = [Request([p], max_tokens=n) for p, n in zip(prompts, lengths)]
     reference = [greedy_reference(tiny.model, p, n, {EOS}) for p, n in zip(prompts, lengths)]
     solo = [Engine(tiny, P, 8 << 20).generate(r).token_ids for r in requests]
-    engine = Engine(tiny, P, 8 << 20)
+    engine = Engine(tiny, P, 8 << 20, prefill_chunk=1 << 20)  # no chunk limit: all admitted in one loop turn
     batched = run_together(engine, requests)
     assert [r.token_ids for r in batched] == solo == reference
     stats = engine.stats()
