@@ -93,7 +93,8 @@ def _inspect_session(repo: Path, ref: str, as_json: bool, explain: bool, cache_t
         if not as_json:
             render_explain(view, Console(highlight=False))
     else:
-        view = session_view(session.id, records, bad, cache_ttl or load_config(repo).cache_ttl)
+        recorded = next((r["cache_ttl"] for r in reversed(records) if r.get("cache_ttl")), None)
+        view = session_view(session.id, records, bad, cache_ttl or recorded or load_config(repo).cache_ttl)
         if not as_json:
             render_session(view, records, Console(highlight=False))
     if as_json:
@@ -149,7 +150,7 @@ def inspect(
         "or two SESSION:INDEX requests, block by block.")] = None,
     cache_ttl: Annotated[Optional[str], typer.Option(
         "--cache-ttl", help="Cache TTL the billed cost assumes: 5m or 1h (Anthropic writes cost 1.25x or 2x input; "
-        "default: the repo's agentcache.yaml cache_ttl, else 5m).")] = None,
+        "default: the TTL the session's requests recorded, else the repo's agentcache.yaml cache_ttl, else 5m).")] = None,
     debug: Debug = False,
 ) -> None:
     """Show a session's requests (tokens, hit rates, TTFT, cost), explain its misses, diff two requests,

@@ -20,10 +20,12 @@ def backend():
 
 def test_random_model_run_stays_warm_and_well_formed(backend, repo):
     session = Session.create(repo)
-    outcome = Agent(repo, backend, RunConfig(max_turns=4, max_tokens=40, retries=10), session).run("Do it.")
+    config = RunConfig(max_turns=4, max_tokens=40, retries=10, cache_ttl="1h")
+    outcome = Agent(repo, backend, config, session).run("Do it.")
     assert outcome.reason in {"max_turns", "finished", "answered"}
     records = [r for r in session.records() if r["type"] == "request"]
     assert len(records) == outcome.turns
+    assert {r["cache_ttl"] for r in records} == {"1h"}  # what inspect prices cache writes with
     for previous, record in zip(records, records[1:]):
         assert record["usage"]["cached_tokens"] >= 0.9 * record["prefix_tokens"]
         assert record["layers"]["L1"] == previous["layers"]["L1"]

@@ -52,26 +52,28 @@ def test_an_unknown_ttl_is_an_error():
         cost_view(ROWS, "anthropic", "2h")
 
 
-def session_repo(tmp_path, config: str | None):
+def session_repo(tmp_path, config: str | None, recorded: str | None = None):
     repo = tmp_path / "repo"
     repo.mkdir()
     if config is not None:
         (repo / "agentcache.yaml").write_text(config)
     session = Session.create(repo)
     for turn, row in enumerate(ROWS, 1):
+        ttl = {"cache_ttl": recorded} if recorded else {}
         session.append({"type": "request", "turn": turn, "backend": "anthropic", "usage": row,
-                        "trace": {"page_size": 1}, "timings": {"ttft_s": 0.5}})
+                        "trace": {"page_size": 1}, "timings": {"ttft_s": 0.5}, **ttl})
     return repo
 
 
-@pytest.mark.parametrize("config, flag, ttl", [
-    (None, [], "5m"),  # the default
-    ("cache_ttl: 1h\n", [], "1h"),  # the repo's setting, as the run used it
-    ("cache_ttl: 1h\n", ["--cache-ttl", "5m"], "5m"),  # the flag wins
-    (None, ["--cache-ttl", "1h"], "1h"),
+@pytest.mark.parametrize("config, recorded, flag, ttl", [
+    (None, None, [], "5m"),  # the default
+    ("cache_ttl: 1h\n", None, [], "1h"),  # the repo's setting, for sessions that recorded none
+    ("cache_ttl: 5m\n", "1h", [], "1h"),  # the TTL the session's requests ran with beats today's setting
+    ("cache_ttl: 1h\n", "1h", ["--cache-ttl", "5m"], "5m"),  # the flag wins
+    (None, None, ["--cache-ttl", "1h"], "1h"),
 ])
-def test_inspect_prices_cache_writes_for_the_selected_ttl(tmp_path, capsys, config, flag, ttl):
-    repo = session_repo(tmp_path, config)
+def test_inspect_prices_cache_writes_for_the_selected_ttl(tmp_path, capsys, config, recorded, flag, ttl):
+    repo = session_repo(tmp_path, config, recorded)
     with pytest.raises(SystemExit) as exit_info:
         main(["inspect", "--json", "--repo", str(repo), *flag])
     assert (exit_info.value.code or 0) == 0
