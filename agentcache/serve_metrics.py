@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import Result
+from engine import Result, Usage
 
 PREFIX = "agentcache"
 
@@ -14,10 +14,7 @@ PREFIX = "agentcache"
 @dataclass(slots=True)
 class ServeMetrics:
     requests: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    computed_tokens: int = 0
-    completion_tokens: int = 0
+    usage: Usage = field(default_factory=Usage)  # summed over answered requests
     ttft_sum_s: float = 0.0
     context_tokens_saved: int = 0
     context_bytes_saved: int = 0
@@ -26,13 +23,9 @@ class ServeMetrics:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def observe(self, result: Result, context_tokens: int = 0, context_bytes: int = 0) -> None:
-        usage = result.usage
         with self._lock:
             self.requests += 1
-            self.prompt_tokens += usage.prompt_tokens
-            self.cached_tokens += usage.cached_tokens
-            self.computed_tokens += usage.computed_tokens
-            self.completion_tokens += usage.completion_tokens
+            self.usage.add(result.usage)
             self.ttft_sum_s += result.timings.ttft_s
             self.context_tokens_saved += context_tokens
             self.context_bytes_saved += context_bytes
@@ -50,10 +43,11 @@ class ServeMetrics:
         with self._lock:
             rows = [
                 ("requests_total", "counter", "Chat completions answered.", self.requests),
-                ("prompt_tokens_total", "counter", "Prompt tokens of answered requests.", self.prompt_tokens),
-                ("cached_tokens_total", "counter", "Prompt tokens served from cached KV pages.", self.cached_tokens),
-                ("computed_tokens_total", "counter", "Prompt tokens prefilled.", self.computed_tokens),
-                ("generation_tokens_total", "counter", "Completion tokens generated.", self.completion_tokens),
+                ("prompt_tokens_total", "counter", "Prompt tokens of answered requests.", self.usage.prompt_tokens),
+                ("cached_tokens_total", "counter", "Prompt tokens served from cached KV pages.",
+                 self.usage.cached_tokens),
+                ("computed_tokens_total", "counter", "Prompt tokens prefilled.", self.usage.computed_tokens),
+                ("generation_tokens_total", "counter", "Completion tokens generated.", self.usage.completion_tokens),
                 ("context_tokens_saved_total", "counter", "Prompt tokens clients sent as a context id instead.",
                  self.context_tokens_saved),
                 ("context_bytes_saved_total", "counter", "Message bytes clients sent as a context id instead.",

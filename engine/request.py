@@ -48,6 +48,10 @@ class Usage:
 
     to_dict = fields_dict
 
+    def add(self, other: Usage) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
 
 @dataclass(slots=True)
 class Timings:

@@ -145,8 +145,7 @@ class Engine:
     def _count(self, usage: Usage) -> None:
         with self._lock:
             self.requests += 1
-            for name in usage.__slots__:
-                setattr(self.totals, name, getattr(self.totals, name) + getattr(usage, name))
+            self.totals.add(usage)
 
     def _prefill(self, token_ids: list[int], cache: DynamicCache) -> torch.Tensor:
         ids = torch.tensor([token_ids], dtype=torch.long, device=self.model.device)
