@@ -17,7 +17,8 @@ class PoolView:
     def __init__(self, store: KVStore, write_slots: torch.Tensor, read_slots: torch.Tensor) -> None:
         self.store, self.write_slots, self.read_slots = store, write_slots, read_slots
 
-    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *_: Any) -> tuple[torch.Tensor, ...]:
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *_: Any,
+               **__: Any) -> tuple[torch.Tensor, ...]:
         self.store.write_step(layer_idx, self.write_slots, keys, values)
         return self.store.read(layer_idx, self.read_slots)
 
