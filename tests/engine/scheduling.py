@@ -11,7 +11,7 @@ from engine import Engine, Request, Result
 
 
 def run_together(engine: Engine, requests: list[Request]) -> list[Result | BaseException]:
-    """All requests from their own threads. The first one holds the engine thread (in its logits mask) until
+    """All requests from their own threads. The first one leads and holds the scheduler (in its logits mask) until
     the rest are queued, so all are admitted before the first decode step (when their prompts fit in one prefill
     chunk, or the engine's chunk is unlimited) and decode as one batch."""
     holding, queued = threading.Event(), threading.Event()

@@ -59,7 +59,7 @@ def test_masks_stops_and_seeds_hold_per_sequence_in_a_batch(tiny):
 
 
 def test_shared_prefix_from_8_threads_is_prefilled_once(tiny):
-    """All 8 are queued at once (a first request holds the engine thread until they are), so each of them
+    """All 8 are queued at once (a first request holds the scheduler until they are), so each of them
     arrives before the shared prefix exists; only the first admitted computes it, the rest wait for its pages."""
     rng = random.Random(12)
     prefix = random_prompt(rng, 160)
@@ -164,3 +164,39 @@ def test_request_that_can_never_fit_fails_alone(tiny):
     for request, result in zip(small, (results[0], results[2])):
         assert result.token_ids == greedy_reference(tiny.model, request.segments[0], 6, {EOS})
     assert engine.stats()["pages_used"] == 0 and engine.stats()["requests"] == 2
+
+
+class Interrupted(BaseException):
+    """Stands in for a KeyboardInterrupt raised in the leading caller's thread."""
+
+
+def test_a_lone_caller_computes_on_its_own_thread(tiny):
+    """No engine thread: with nothing else running, the caller leads the scheduler, so its tokens are chosen on
+    its own thread and no thread is left behind (on a CPU, a second thread running torch ops slows them all)."""
+    engine = Engine(tiny, P, 8 << 20)
+    threads_before = threading.active_count()
+    seen: list[int] = []
+    result = engine.generate(Request([list(range(3, 40))], max_tokens=4),
+                             on_token=lambda _token, _text: seen.append(threading.get_ident()))
+    assert len(result.token_ids) == 4 and seen == [threading.get_ident()] * 4
+    assert threading.active_count() == threads_before
+
+
+def test_an_interrupted_leader_frees_its_pages_and_hands_over(tiny):
+    """The leader is interrupted in its own prefill while two others wait: it gets the interrupt, its pages are
+    released, and a waiting caller takes over and finishes both."""
+    rng = random.Random(14)
+    prompts = [random_prompt(rng, n) for n in (40, 70, 25)]
+
+    def interrupt(_ids: list[int]) -> None:
+        raise Interrupted()
+
+    requests = [Request([prompts[0]], max_tokens=5, logits_mask=interrupt)]
+    requests += [Request([p], max_tokens=8) for p in prompts[1:]]
+    engine = Engine(tiny, P, 8 << 20)
+    results = run_together(engine, requests)
+    assert isinstance(results[0], Interrupted)
+    for prompt, result in zip(prompts[1:], results[1:]):
+        assert result.token_ids == greedy_reference(tiny.model, prompt, 8, {EOS})
+    stats = engine.stats()
+    assert stats["requests"] == 2 and stats["pages_used"] == 0
