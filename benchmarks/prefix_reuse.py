@@ -28,6 +28,8 @@ from benchmarks.report import write_json
 from engine import Engine, EngineError, LoadedModel, Request, SamplingParams, load_model
 
 METHODS = ("plain", "hand_cache", "transformers_cb", "cold", "warm")
+ONE_TOKEN_CB = "transformers_cb_one_token_warmup"  # reported beside the five, not as one of them
+CB_WARMUP_TOKENS = {"transformers_cb": 2, ONE_TOKEN_CB: 1}
 RATIOS = {  # name -> (numerator, denominator); above 1 means the denominator is faster
     "plain/warm": ("plain", "warm"),
     "warm/hand_cache": ("warm", "hand_cache"),
@@ -53,6 +55,11 @@ NOTES = [
     f"page_size={PAGE_SIZE}); warmed with prefix+suffix-A at max_new_tokens=2 and eos disabled, because a request "
     "that finishes in its prefill step (max_new_tokens=1 or eos first) never registers its blocks for sharing; "
     "timed: add_request(prefix+suffix-B, max_new_tokens=1) until get_result() returns.",
+    f"{ONE_TOKEN_CB}: the same manager warmed with max_new_tokens=1, as the issue's measurement of about 4.6 s "
+    "at 2,048 tokens evidently was: its blocks are never shared, so each request recomputes the prefix. Reported "
+    "for reference beside the five methods, with its ratio to warm.",
+    "transformers_cb runs its forwards on the manager's background thread; on a CPU where the main thread has "
+    "run torch ops too, two OpenMP teams make that thread's forwards slower (see README, engine scheduler).",
     "transformers_cb is timed last, alone: its manager's background thread keeps running while it exists, so the "
     "other methods are timed before it is created. cold: a fresh Engine per repeat; warm: an Engine that has "
     "served prefix+suffix-A. Both are the wall clock "
@@ -72,11 +79,11 @@ class Prompts:
 
 @dataclass(slots=True)
 class Runs:
-    seconds: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in METHODS})
-    tokens: dict[str, list[int]] = field(default_factory=lambda: {m: [] for m in METHODS})
+    seconds: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in (*METHODS, ONE_TOKEN_CB)})
+    tokens: dict[str, list[int]] = field(default_factory=lambda: {m: [] for m in (*METHODS, ONE_TOKEN_CB)})
     engine_ttft: dict[str, list[float]] = field(default_factory=lambda: {"cold": [], "warm": []})
     cached_warm: list[int] = field(default_factory=list)
-    cached_cb: list[int] = field(default_factory=list)
+    cached_cb: dict[str, list[int]] = field(default_factory=lambda: {m: [] for m in CB_WARMUP_TOKENS})
     notes: dict[str, str] = field(default_factory=dict)
 
     def add(self, method: str, seconds: float, token: int) -> None:
@@ -143,7 +150,8 @@ class HandCache:
 class TransformersCB:
     """transformers' ContinuousBatchingManager with block sharing, its background loop kept running for one size."""
 
-    def __init__(self, model: Any, max_prompt: int) -> None:
+    def __init__(self, model: Any, max_prompt: int, warmup_tokens: int) -> None:
+        self.warmup_tokens = warmup_tokens
         pages_per_prompt = -(-(max_prompt + 2) // PAGE_SIZE)
         config = transformers.ContinuousBatchingConfig(
             page_size=PAGE_SIZE, num_blocks=4 * pages_per_prompt, max_batch_tokens=max_prompt,
@@ -158,7 +166,7 @@ class TransformersCB:
         self.matched: dict[str, int] = {}
 
     def warm(self, ids: list[int]) -> None:
-        self._run(ids, max_new_tokens=2, eos_token_id=-1)
+        self._run(ids, max_new_tokens=self.warmup_tokens, eos_token_id=-1)
         self._record_prefix_matches()
         if not self.manager.batch_processor.cache.use_prefix_sharing:
             raise CBUnavailable("block sharing is not supported for this model")
@@ -205,23 +213,47 @@ def engine_ttft(engine: Engine, ids: list[int]) -> tuple[float, int, Any]:
     return time.perf_counter() - start, result.token_ids[0], result
 
 
-def start_cb(model: Any, prompts: Prompts, runs: Runs) -> TransformersCB | None:
+def start_cb(model: Any, prompts: Prompts, runs: Runs, method: str) -> TransformersCB | None:
     cb = None
     try:
-        cb = TransformersCB(model, len(prompts.prefix) + len(prompts.warmup_suffix))
+        cb = TransformersCB(model, len(prompts.prefix) + len(prompts.warmup_suffix), CB_WARMUP_TOKENS[method])
         cb.warm(prompts.prefix + prompts.warmup_suffix)
         return cb
     except Exception as exc:  # any failure of the baseline is recorded, never faked
-        runs.notes["transformers_cb"] = one_line(exc)
+        runs.notes[method] = one_line(exc)
         if cb is not None:
             cb.close()
         return None
 
 
+def time_cb(lm: LoadedModel, prompts: Prompts, runs: Runs, method: str, progress: Progress, task: Any) -> None:
+    """One manager for all repeats of a size, created after the other methods were timed and closed after."""
+    cb = start_cb(lm.model, prompts, runs, method)
+    try:
+        for repeat, suffix in enumerate(prompts.timed_suffixes, 1):
+            progress.update(task, description=f"prefix {len(prompts.prefix)}, repeat {repeat}/"
+                                              f"{len(prompts.timed_suffixes)}: {method}")
+            if cb is not None:
+                try:
+                    seconds, token, matched = cb.ttft(prompts.prefix + suffix)
+                    runs.add(method, seconds, token)
+                    runs.cached_cb[method].append(matched)
+                except CBUnavailable as exc:
+                    runs.notes[method] = one_line(exc)
+                    runs.seconds[method].clear()
+                    runs.tokens[method].clear()
+                    cb.close()
+                    cb = None
+            progress.update(task, advance=1)
+    finally:
+        if cb is not None:
+            cb.close()
+
+
 def measure_size(lm: LoadedModel, prefix_tokens: int, suffix_tokens: int, repeats: int, capacity_bytes: int,
                  progress: Progress) -> dict[str, Any]:
     prompts = make_prompts(lm, prefix_tokens, suffix_tokens, repeats)
-    task = progress.add_task(f"prefix {prefix_tokens}: set-up", total=repeats * len(METHODS))
+    task = progress.add_task(f"prefix {prefix_tokens}: set-up", total=repeats * (len(METHODS) + 1))
     runs = Runs()
     hand = HandCache(lm.model, prompts.prefix)
     warm_engine = Engine(lm, page_size=PAGE_SIZE, capacity_bytes=capacity_bytes)
@@ -247,25 +279,8 @@ def measure_size(lm: LoadedModel, prefix_tokens: int, suffix_tokens: int, repeat
         progress.update(task, advance=1)
     del warm_engine
     # transformers CB last and alone: its manager's background thread would otherwise run beside the others
-    cb = start_cb(lm.model, prompts, runs)
-    try:
-        for repeat, suffix in enumerate(prompts.timed_suffixes, 1):
-            progress.update(task, description=f"prefix {prefix_tokens}, repeat {repeat}/{repeats}: transformers_cb")
-            if cb is not None:
-                try:
-                    seconds, token, matched = cb.ttft(prompts.prefix + suffix)
-                    runs.add("transformers_cb", seconds, token)
-                    runs.cached_cb.append(matched)
-                except CBUnavailable as exc:
-                    runs.notes["transformers_cb"] = one_line(exc)
-                    runs.seconds["transformers_cb"].clear()
-                    runs.tokens["transformers_cb"].clear()
-                    cb.close()
-                    cb = None
-            progress.update(task, advance=1)
-    finally:
-        if cb is not None:
-            cb.close()
+    for method in CB_WARMUP_TOKENS:
+        time_cb(lm, prompts, runs, method, progress, task)
     progress.remove_task(task)
     return size_record(prefix_tokens, suffix_tokens, runs)
 
@@ -281,12 +296,21 @@ def size_record(prefix_tokens: int, suffix_tokens: int, runs: Runs) -> dict[str,
         "suffix_tokens": suffix_tokens,
         "ttft_s": ttft,
         "cached_tokens_warm": min(runs.cached_warm),
-        "cached_tokens_transformers_cb": min(runs.cached_cb) if runs.cached_cb else None,
+        "cached_tokens_transformers_cb": min(runs.cached_cb["transformers_cb"], default=None),
         "engine_ttft_s": {m: median(v) for m, v in runs.engine_ttft.items()},
         "ratios": {name: ratio(ttft[a], ttft[b]) for name, (a, b) in RATIOS.items()},
         "argmax_match": argmax_match,
         "notes": runs.notes,
+        ONE_TOKEN_CB: one_token_cb_record(runs, ttft["warm"]),
     }
+
+
+def one_token_cb_record(runs: Runs, warm: float | None) -> dict[str, Any]:
+    seconds = median(runs.seconds[ONE_TOKEN_CB])
+    tokens = runs.tokens[ONE_TOKEN_CB]
+    return {"ttft_s": seconds, "cached_tokens": min(runs.cached_cb[ONE_TOKEN_CB], default=None),
+            "ratio_to_warm": ratio(seconds, warm),
+            "argmax_match": tokens == runs.tokens["plain"] if tokens else None}
 
 
 def median(values: list[float]) -> float | None:
@@ -309,18 +333,28 @@ def results_table(report: dict[str, Any]) -> Table:
                         f"{report['settings']['repeats']}",
                   caption="a plain: one forward over prefix+suffix, use_cache=True, logits_to_keep=1 (the stronger "
                           "baseline) · b hand-copied DynamicCache · c transformers continuous batching with block "
-                          "sharing · d agentcache cold · e agentcache warm")
-    headers = ["prefix", "a plain", "b hand", "c cb", "d cold", "e warm", "cached e", "a/e", "e/b", "d/a", "c/e"]
+                          "sharing · d agentcache cold · e agentcache warm · c1 as c, warmed with one token (its "
+                          "blocks are never shared)")
+    headers = ["prefix", "a plain", "b hand", "c cb", "d cold", "e warm", "cached e", "a/e", "e/b", "d/a", "c/e",
+               "c1 cb", "c1/e"]
     for name in headers:
         table.add_column(name, justify="right")
     table.add_column("argmax vs a")
     for size in report["sizes"]:
-        seconds = [f"{v:.3f}" if v is not None else "n/a" for v in size["ttft_s"].values()]
-        ratios = [f"{v:.2f}x" if v is not None else "n/a" for v in size["ratios"].values()]
-        mismatched = [m for m, ok in size["argmax_match"].items() if ok is False]
+        one_token = size[ONE_TOKEN_CB]
+        seconds = [number(v, "{:.3f}") for v in size["ttft_s"].values()]
+        ratios = [number(v, "{:.2f}x") for v in size["ratios"].values()]
+        extra = [number(one_token["ttft_s"], "{:.3f}"), number(one_token["ratio_to_warm"], "{:.2f}x")]
+        checks = {**size["argmax_match"], ONE_TOKEN_CB: one_token["argmax_match"]}
+        mismatched = [m for m, ok in checks.items() if ok is False]
         argmax = "ok" if not mismatched else "[red]WARNING: " + ", ".join(mismatched) + " differ[/red]"
-        table.add_row(str(size["prefix_tokens"]), *seconds, str(size["cached_tokens_warm"]), *ratios, argmax)
+        table.add_row(str(size["prefix_tokens"]), *seconds, str(size["cached_tokens_warm"]), *ratios, *extra,
+                      argmax)
     return table
+
+
+def number(value: float | None, pattern: str) -> str:
+    return pattern.format(value) if value is not None else "n/a"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

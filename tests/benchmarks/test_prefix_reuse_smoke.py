@@ -15,7 +15,8 @@ SIZES = (72, 136)  # not page multiples, so the warm hit must round down
 SUFFIX = 16
 METHODS = {"plain", "hand_cache", "transformers_cb", "cold", "warm"}
 SIZE_KEYS = {"prefix_tokens", "suffix_tokens", "ttft_s", "cached_tokens_warm"}
-SIZE_EXTRAS = {"cached_tokens_transformers_cb", "engine_ttft_s", "ratios", "argmax_match", "notes"}
+ONE_TOKEN_CB = "transformers_cb_one_token_warmup"
+SIZE_EXTRAS = {"cached_tokens_transformers_cb", "engine_ttft_s", "ratios", "argmax_match", "notes", ONE_TOKEN_CB}
 RATIOS = {"plain/warm": ("plain", "warm"), "warm/hand_cache": ("warm", "hand_cache"),
           "cold/plain": ("cold", "plain"), "transformers_cb/warm": ("transformers_cb", "warm")}
 
@@ -62,6 +63,19 @@ def test_ratios_follow_from_the_medians(report: dict) -> None:
                 assert size["ratios"][name] is None
             else:
                 assert math.isclose(size["ratios"][name], a / b, rel_tol=0.01, abs_tol=0.002)
+
+
+def test_one_token_warmup_shares_no_block_and_its_ratio_follows(report: dict) -> None:
+    """transformers CB warmed with a single token never registers the prefix's blocks: nothing is shared."""
+    for size in report["sizes"]:
+        one_token = size[ONE_TOKEN_CB]
+        if one_token["ttft_s"] is None:
+            assert size["notes"][ONE_TOKEN_CB]
+            continue
+        assert one_token["cached_tokens"] == 0
+        assert one_token["argmax_match"] is True
+        assert math.isclose(one_token["ratio_to_warm"], one_token["ttft_s"] / size["ttft_s"]["warm"],
+                            rel_tol=0.01, abs_tol=0.002)
 
 
 def test_cold_and_warm_first_tokens_match_plain(report: dict) -> None:
