@@ -28,6 +28,7 @@ from benchmarks.report import write_json
 from engine import Engine, EngineError, LoadedModel, Request, SamplingParams, load_model
 
 METHODS = ("plain", "hand_cache", "transformers_cb", "cold", "warm")
+LOCAL_METHODS = ("plain", "hand_cache", "cold", "warm")  # timed in one phase; transformers CB after them
 ONE_TOKEN_CB = "transformers_cb_one_token_warmup"  # reported beside the five, not as one of them
 CB_WARMUP_TOKENS = {"transformers_cb": 2, ONE_TOKEN_CB: 1}
 RATIOS = {  # name -> (numerator, denominator); above 1 means the denominator is faster
@@ -61,10 +62,12 @@ NOTES = [
     "transformers_cb runs its forwards on the manager's background thread; on a CPU where the main thread has "
     "run torch ops too, two OpenMP teams make that thread's forwards slower (see README, engine scheduler).",
     "transformers_cb is timed last, alone: its manager's background thread keeps running while it exists, so the "
-    "other methods are timed before it is created. cold: a fresh Engine per repeat; warm: an Engine that has "
+    "other methods are timed before it is created. cold: a fresh Engine per repeat (all of them created, with the warm one, before the first timing of the size); warm: an Engine that has "
     "served prefix+suffix-A. Both are the wall clock "
     "around Engine.generate(max_tokens=1), which includes writing the new pages back; the engine's own "
     "timings.ttft_s is in engine_ttft_s.",
+    "plain, hand_cache, cold and warm are timed in turn, the order rotated by one each repeat, so no method "
+    "always runs right after the same other one.",
     "Every timed request of a repeat uses the same never-seen suffix-B, so first-token argmaxes are compared "
     "with plain's.",
 ]
@@ -258,26 +261,27 @@ def measure_size(lm: LoadedModel, prefix_tokens: int, suffix_tokens: int, repeat
     hand = HandCache(lm.model, prompts.prefix)
     warm_engine = Engine(lm, page_size=PAGE_SIZE, capacity_bytes=capacity_bytes)
     warm_engine.generate(Request(segments=[prompts.prefix + prompts.warmup_suffix], max_tokens=1))
-    for repeat, suffix in enumerate(prompts.timed_suffixes, 1):
+    # every pool is allocated (zero-filled) before any timing and freed after: right after allocating or freeing
+    # a pool of this size, the next forward ran up to 1.5x slower, whichever method it belonged to
+    cold_engines = [Engine(lm, page_size=PAGE_SIZE, capacity_bytes=capacity_bytes) for _ in prompts.timed_suffixes]
+    plain_ttft(lm.model, prompts.prefix + prompts.warmup_suffix)  # untimed: lets that settle
+    for repeat, suffix in enumerate(prompts.timed_suffixes):
         ids = prompts.prefix + suffix
-        label = f"prefix {prefix_tokens}, repeat {repeat}/{repeats}"
-        progress.update(task, description=f"{label}: plain")
-        runs.add("plain", *plain_ttft(lm.model, ids))
-        progress.update(task, advance=1, description=f"{label}: hand_cache")
-        runs.add("hand_cache", *hand.ttft(suffix))
-        progress.update(task, advance=1, description=f"{label}: cold")
-        cold_engine = Engine(lm, page_size=PAGE_SIZE, capacity_bytes=capacity_bytes)
-        seconds, token, result = engine_ttft(cold_engine, ids)
-        del cold_engine
-        runs.add("cold", seconds, token)
-        runs.engine_ttft["cold"].append(result.timings.ttft_s)
-        progress.update(task, advance=1, description=f"{label}: warm")
-        seconds, token, result = engine_ttft(warm_engine, ids)
-        runs.add("warm", seconds, token)
-        runs.engine_ttft["warm"].append(result.timings.ttft_s)
-        runs.cached_warm.append(result.usage.cached_tokens)
-        progress.update(task, advance=1)
-    del warm_engine
+        for method in LOCAL_METHODS[repeat:] + LOCAL_METHODS[:repeat]:  # each repeat rotates the order
+            progress.update(task, description=f"prefix {prefix_tokens}, repeat {repeat + 1}/{repeats}: {method}")
+            if method == "plain":
+                runs.add(method, *plain_ttft(lm.model, ids))
+            elif method == "hand_cache":
+                runs.add(method, *hand.ttft(suffix))
+            else:
+                engine = warm_engine if method == "warm" else cold_engines[repeat]
+                seconds, token, result = engine_ttft(engine, ids)
+                runs.add(method, seconds, token)
+                runs.engine_ttft[method].append(result.timings.ttft_s)
+                if method == "warm":
+                    runs.cached_warm.append(result.usage.cached_tokens)
+            progress.update(task, advance=1)
+    del warm_engine, cold_engines
     # transformers CB last and alone: its manager's background thread would otherwise run beside the others
     for method in CB_WARMUP_TOKENS:
         time_cb(lm, prompts, runs, method, progress, task)
