@@ -46,8 +46,12 @@ class Scheduler:
         """Queue a sequence and block until it is done, leading the loop whenever no one else does."""
         with self._lock:
             self.waiting.append(seq)
-            while not seq.done.is_set() and self._leading:
-                self._lock.wait()
+            try:
+                while not seq.done.is_set() and self._leading:
+                    self._lock.wait()
+            except BaseException:  # a follower interrupted while it waits
+                self._withdraw(seq)
+                raise
             lead = not seq.done.is_set()
             self._leading = self._leading or lead
         if lead:
@@ -66,10 +70,15 @@ class Scheduler:
                         self._lock.notify_all()
         finally:
             with self._lock:
-                if not seq.done.is_set() and seq in self.waiting:  # interrupted before admission: withdraw it
-                    self.waiting.remove(seq)
+                if not seq.done.is_set():  # the leader was interrupted
+                    self._withdraw(seq)
                 self._leading = False
                 self._lock.notify_all()
+
+    def _withdraw(self, seq: Sequence) -> None:
+        """Drop an interrupted caller's request if it was not admitted yet (the lock held)."""
+        if seq in self.waiting:
+            self.waiting.remove(seq)
 
     def _turn(self) -> None:
         """Admit (and prefill) what fits, then one batched decode step."""

@@ -1,12 +1,15 @@
 """The scheduler on tiny random models: batched decode equals solo, per-sequence features in a batch, a shared
-prefix prefilled once, 32 agents on a pool too small for them, never-fitting requests fail alone."""
+prefix prefilled once, 32 agents on a pool too small for them, never-fitting requests fail alone, callers leading
+in turn (an interrupted leader or follower loses nothing)."""
 
 from __future__ import annotations
 
 import gc
 import random
+import signal
 import threading
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -200,3 +203,39 @@ def test_an_interrupted_leader_frees_its_pages_and_hands_over(tiny):
         assert result.token_ids == greedy_reference(tiny.model, prompt, 8, {EOS})
     stats = engine.stats()
     assert stats["requests"] == 2 and stats["pages_used"] == 0
+
+
+def test_an_interrupted_follower_withdraws_its_request(tiny):
+    """The main thread waits as a follower while another caller leads; an interrupt (a signal handler's
+    exception, as Ctrl-C would raise) ends its wait, and its request leaves the queue unrun."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(_ids: list[int]) -> None:
+        holding.set()
+        release.wait(timeout=60)
+
+    engine = Engine(tiny, P, 8 << 20)
+    results: list[object] = []
+    prompt = list(range(3, 30))
+    leader = threading.Thread(target=lambda: results.append(
+        engine.generate(Request([prompt], max_tokens=3, logits_mask=hold))))
+    leader.start()
+    assert holding.wait(timeout=60)
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Interrupted):
+            engine.generate(Request([list(range(40, 90))], max_tokens=3))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not engine.scheduler.waiting
+    release.set()
+    leader.join(timeout=60)
+    assert len(results) == 1 and results[0].token_ids == greedy_reference(tiny.model, prompt, 3, {EOS})
+    stats = engine.stats()
+    assert stats["requests"] == 1 and stats["pages_used"] == 0
