@@ -26,6 +26,7 @@ from rich.table import Table
 
 from benchmarks.report import write_json
 from engine import Engine, EngineError, LoadedModel, Request, SamplingParams, load_model
+from engine.model import output_cache, with_cache
 
 METHODS = ("plain", "hand_cache", "transformers_cb", "cold", "warm")
 LOCAL_METHODS = ("plain", "hand_cache", "cold", "warm")  # timed in one phase; transformers CB after them
@@ -138,13 +139,13 @@ class HandCache:
     def __init__(self, model: Any, prefix: list[int]) -> None:
         self.model = model
         self.offset = len(prefix)
-        self.cache = model(input_ids=torch.tensor([prefix]), use_cache=True, logits_to_keep=1).past_key_values
+        self.cache = output_cache(model(input_ids=torch.tensor([prefix]), use_cache=True, logits_to_keep=1))
 
     def ttft(self, suffix: list[int]) -> tuple[float, int]:
         start = time.perf_counter()
         cache = copy.deepcopy(self.cache)
         positions = torch.arange(self.offset, self.offset + len(suffix)).unsqueeze(0)
-        out = self.model(input_ids=torch.tensor([suffix]), past_key_values=cache, position_ids=positions,
+        out = self.model(input_ids=torch.tensor([suffix]), **with_cache(self.model, cache), position_ids=positions,
                          use_cache=True, logits_to_keep=1)
         token = int(out.logits[0, -1].argmax())
         return time.perf_counter() - start, token

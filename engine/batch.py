@@ -8,11 +8,12 @@ from typing import Any
 import torch
 
 from engine.kv_store import KVStore
+from engine.model import with_cache
 from engine.sequence import Sequence
 
 
 class PoolView:
-    """The `past_key_values` of one decode step: the model's per-layer cache update, served by the pool."""
+    """The KV cache argument of one decode step: the model's per-layer cache update, served by the pool."""
 
     def __init__(self, store: KVStore, write_slots: torch.Tensor, read_slots: torch.Tensor) -> None:
         self.store, self.write_slots, self.read_slots = store, write_slots, read_slots
@@ -44,6 +45,7 @@ class DecodeBatch:
         mask = torch.zeros(read_slots.shape, dtype=dtype, device=device)
         mask[positions[None, :] > lengths[:, None]] = torch.finfo(dtype).min
         ids = torch.tensor([[s.out[-1]] for s in self.seqs], dtype=torch.long, device=device)
+        pool = PoolView(self.store, write_slots, read_slots)
         out = model(input_ids=ids, attention_mask=mask[:, None, None, :], position_ids=lengths[:, None],
-                    past_key_values=PoolView(self.store, write_slots, read_slots), use_cache=True, logits_to_keep=1)
+                    **with_cache(model, pool), use_cache=True, logits_to_keep=1)
         return out.logits[:, -1]

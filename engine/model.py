@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import json
 import os
 import warnings
@@ -62,6 +64,22 @@ class LoadedModel:
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         return ids
+
+
+def with_cache(model: Any, cache: Any) -> dict[str, Any]:
+    """The keyword argument that hands `cache` to `model`'s forward: `cache` from transformers 5.24 on,
+    `past_key_values` before (5.24 still takes the old name, with a FutureWarning on every call)."""
+    return {_cache_keyword(type(model)): cache}
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a forward returned, under either name."""
+    return output.cache if hasattr(output, "cache") else output.past_key_values
 
 
 def cache_root() -> Path:

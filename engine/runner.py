@@ -15,7 +15,7 @@ from engine.errors import EngineError
 from engine.kv_dir import DEFAULT_DISK_BYTES
 from engine.kv_store import KVStore
 from engine.workspace import PrefillWorkspace
-from engine.model import LoadedModel
+from engine.model import LoadedModel, with_cache
 from engine.request import Request, Result, Trace, Usage
 from engine.scheduler import Scheduler
 from engine.sequence import OnToken, Sequence
@@ -149,7 +149,8 @@ class Engine:
 
     def _prefill(self, token_ids: list[int], cache: DynamicCache) -> torch.Tensor:
         ids = torch.tensor([token_ids], dtype=torch.long, device=self.model.device)
-        out = self.model.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model = self.model.model
+        out = model(input_ids=ids, **with_cache(model, cache), use_cache=True, logits_to_keep=1)
         return out.logits[0, -1]
 
     def _publish_pages(self, table: list[int], tokens: list[int], start: int, end: int, salt: str | None) -> None:

