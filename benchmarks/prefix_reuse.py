@@ -57,14 +57,15 @@ NOTES = [
     f"page_size={PAGE_SIZE}); warmed with prefix+suffix-A at max_new_tokens=2 and eos disabled, because a request "
     "that finishes in its prefill step (max_new_tokens=1 or eos first) never registers its blocks for sharing; "
     "timed: add_request(prefix+suffix-B, max_new_tokens=1) until get_result() returns.",
-    f"{ONE_TOKEN_CB}: the same manager warmed with max_new_tokens=1, as the issue's measurement of about 4.6 s "
+    f"{ONE_TOKEN_CB}: the same configuration warmed with max_new_tokens=1, as the issue's measurement of about 4.6 s "
     "at 2,048 tokens evidently was: its blocks are never shared, so each request recomputes the prefix. Reported "
     "for reference beside the five methods, with its ratio to warm.",
     "transformers_cb runs its forwards on the manager's background thread; on a CPU where the main thread has "
     "run torch ops too, two OpenMP teams make that thread's forwards slower (see README, engine scheduler).",
     "transformers_cb is timed last, alone: its manager's background thread keeps running while it exists, so the "
-    "other methods are timed before it is created. cold: a fresh Engine per repeat (all of them created, with the warm one, before the first timing of the size); warm: an Engine that has "
-    "served prefix+suffix-A. Both are the wall clock "
+    "other methods are timed before it is created. cold: a fresh Engine per repeat (all of them created, with "
+    "the warm one, before the first timing of the size); warm: an Engine that has served prefix+suffix-A. Both "
+    "are the wall clock "
     "around Engine.generate(max_tokens=1), which includes writing the new pages back; the engine's own "
     "timings.ttft_s is in engine_ttft_s.",
     "plain, hand_cache, cold and warm are timed in turn, the order rotated by one each repeat, so no method "

@@ -67,7 +67,8 @@ class Engine:
         return ids, counts
 
     def generate(self, request: Request, on_token: OnToken | None = None) -> Result:
-        """Blocking and thread-safe; `on_token` is called as tokens arrive, on the thread of whichever caller leads the scheduler."""
+        """Blocking and thread-safe; `on_token` is called as tokens arrive, on the thread of whichever caller
+        leads the scheduler."""
         arrived = time.perf_counter()
         prompt, counts = self.tokenize(request.segments)
         self._check_length(prompt, request)
@@ -96,8 +97,8 @@ class Engine:
         return self.blocks.pages_needed(len(seq.prompt) + seq.max_tokens) <= len(self.blocks.free)
 
     def start(self, seq: Sequence) -> None:
-        """Admission (serialized by the scheduler): match -> allocate -> gather the cached pages into the sequence's
-        prefill cache. Raises EngineCapacityError (nothing allocated) if the request cannot fit."""
+        """Admission (serialized by the scheduler): match -> allocate -> gather the cached pages into the
+        sequence's prefill cache. Raises EngineCapacityError (nothing allocated) if the request cannot fit."""
         seq.admitted = time.perf_counter()
         request, prompt = seq.request, seq.prompt
         match = self.blocks.match(prompt, self.model.fingerprint, request.salt)

@@ -52,8 +52,9 @@ class Scheduler:
             except BaseException:  # a follower interrupted while it waits
                 self._withdraw(seq)
                 raise
-            lead = not seq.done.is_set()
-            self._leading = self._leading or lead
+            lead = not seq.done.is_set()  # here either it is done or no one leads
+            if lead:
+                self._leading = True
         if lead:
             self._lead(seq)
         if seq.error is not None:
