@@ -9,6 +9,7 @@ import gc
 import random
 import signal
 import threading
+import warnings
 
 import pytest
 import torch
@@ -101,8 +102,10 @@ def memory_kib(field: str) -> int:
 def live_tensor_kib() -> int:
     """KiB of tensor storage reachable from Python objects, each storage counted once: what the engine keeps."""
     gc.collect()
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                for t in gc.get_objects() if isinstance(t, torch.Tensor)}
+    with warnings.catch_warnings():  # the isinstance check touches torch's deprecated aliases among the objects
+        warnings.simplefilter("ignore", FutureWarning)
+        tensors = [t for t in gc.get_objects() if isinstance(t, torch.Tensor)]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
     return sum(storages.values()) // 1024
 
 
