@@ -66,15 +66,18 @@ class Engine:
             counts.append(len(part))
         return ids, counts
 
-    def generate(self, request: Request, on_token: OnToken | None = None) -> Result:
+    def generate(self, request: Request, on_token: OnToken | None = None,
+                 cancel: threading.Event | None = None) -> Result:
         """Blocking and thread-safe; `on_token` is called as tokens arrive, on the thread of whichever caller
-        leads the scheduler."""
+        leads the scheduler. Setting `cancel` stops the request at the next loop turn, frees its pages and
+        raises Cancelled."""
         arrived = time.perf_counter()
         prompt, counts = self.tokenize(request.segments)
         self._check_length(prompt, request)
         max_tokens = min(request.max_tokens, self.model.max_len - len(prompt))
         stop_ids = self.model.eos_token_ids | set(request.stop_token_ids)
-        return self.scheduler.submit(Sequence(request, prompt, counts, max_tokens, stop_ids, on_token, arrived))
+        seq = Sequence(request, prompt, counts, max_tokens, stop_ids, on_token, arrived, cancel=cancel)
+        return self.scheduler.submit(seq)
 
     def stats(self) -> dict[str, int]:
         with self._lock:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from engine.batch import DecodeBatch
 from engine.request import Result
-from engine.sequence import Sequence
+from engine.sequence import Cancelled, Sequence
 
 if TYPE_CHECKING:
     from engine.runner import Engine
@@ -84,6 +84,7 @@ class Scheduler:
     def _turn(self) -> None:
         """Admit (and prefill) what fits, then one batched decode step."""
         try:
+            self._drop_cancelled()
             self._admit_waiting()
             if self.running:
                 self._decode_step()
@@ -94,6 +95,21 @@ class Scheduler:
             self.running, self.batch, self.prefilling = [], None, None
             if not isinstance(error, Exception):  # KeyboardInterrupt and the like reach the leader's caller
                 raise
+
+    def _drop_cancelled(self) -> None:
+        """Finish every cancelled sequence, queued, prefilling or running, releasing its pages like any other."""
+        with self._lock:
+            dropped = [seq for seq in self.waiting if seq.cancelled]
+            for seq in dropped:
+                self.waiting.remove(seq)
+        if self.prefilling is not None and self.prefilling.cancelled:
+            dropped.append(self.prefilling)
+            self.prefilling = None
+        dropped += [seq for seq in self.running if seq.cancelled]
+        self.running = [seq for seq in self.running if seq not in dropped]
+        for seq in dropped:
+            seq.error = Cancelled("the request was cancelled")
+            self._finish(seq)
 
     def _finish(self, seq: Sequence) -> None:
         self.engine.finish(seq)

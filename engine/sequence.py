@@ -16,6 +16,10 @@ from engine.sampling import apply_mask, sample
 OnToken = Callable[[int, str], None]
 
 
+class Cancelled(Exception):
+    """The caller cancelled its request (its client went away) before it finished."""
+
+
 @dataclass(eq=False)
 class Sequence:
     request: Request
@@ -41,11 +45,16 @@ class Sequence:
     first_at: float = 0.0
     result: Result | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    cancel: threading.Event | None = None  # set by the caller to stop the request at the next loop turn
 
     @property
     def kv_len(self) -> int:
         """Tokens whose KV is in the pool: the prompt and every generated token but the last (it is fed next)."""
         return len(self.prompt) + len(self.out) - 1 if self.out else len(self.prompt)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
 
     @property
     def finished(self) -> bool:

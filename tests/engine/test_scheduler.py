@@ -16,6 +16,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from engine import Engine, EngineCapacityError, LoadedModel, Request, SamplingParams
+from engine.sequence import Cancelled
 from tests.engine.scheduling import greedy_reference, run_together
 
 P = 16
@@ -265,3 +266,53 @@ def test_an_interrupted_follower_withdraws_its_request(tiny):
     assert len(results) == 1 and results[0].token_ids == greedy_reference(tiny.model, prompt, 3, {EOS})
     stats = engine.stats()
     assert stats["requests"] == 1 and stats["pages_used"] == 0
+
+
+def test_a_cancelled_request_stops_at_the_next_turn_wherever_it_is_and_frees_its_pages(tiny):
+    """Cancelled while queued, while its prompt is prefilled in chunks, and while it decodes: each raises
+    Cancelled at the next loop turn with its pages released, and the request decoding beside them is exact."""
+    rng = random.Random(15)
+    steady, chunked, short = random_prompt(rng, 30), random_prompt(rng, 200), random_prompt(rng, 20)
+    solo = Engine(tiny, P, 8 << 20).generate(Request([steady], max_tokens=30)).token_ids
+    assert len(solo) == 30  # no early stop: it is still decoding while the others are cancelled
+    engine = Engine(tiny, P, 8 << 20, prefill_chunk=16)
+    queued, prefilling, decoding = threading.Event(), threading.Event(), threading.Event()
+    queued.set()
+    with pytest.raises(Cancelled):
+        engine.generate(Request([short], max_tokens=5), cancel=queued)
+    chunked_request, decoded, outcomes = Request([chunked], max_tokens=5), [], {}
+
+    def run(name: str, request: Request, **kw: object) -> None:
+        try:
+            outcomes[name] = engine.generate(request, **kw)
+        except Cancelled as error:
+            outcomes[name] = error
+
+    def count_then_cancel(_token: int, _text: str) -> None:
+        decoded.append(_token)
+        if len(decoded) == 3:
+            decoding.set()
+
+    threads = [threading.Thread(target=run, args=("chunked", chunked_request), kwargs={"cancel": prefilling}),
+               threading.Thread(target=run, args=("decoding", Request([short], max_tokens=50)),
+                                kwargs={"cancel": decoding, "on_token": count_then_cancel})]
+
+    def steer(_token: int, _text: str) -> None:
+        if not threads[0].is_alive() and "chunked" not in outcomes:
+            for thread in threads:
+                thread.start()
+                while thread is threads[0] and not engine.scheduler.waiting:
+                    pass
+        seq = engine.scheduler.prefilling
+        if seq is not None and seq.request is chunked_request and seq.prefilled >= 48:
+            prefilling.set()
+
+    result = engine.generate(Request([steady], max_tokens=30), on_token=steer)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert result.token_ids == solo
+    assert isinstance(outcomes["chunked"], Cancelled) and isinstance(outcomes["decoding"], Cancelled)
+    assert len(decoded) == 3  # no token after the one that cancelled it
+    stats = engine.stats()
+    assert stats["requests"] == 1 and stats["pages_used"] == 0
+    assert not engine.scheduler.waiting and not engine.scheduler.running and engine.scheduler.prefilling is None
