@@ -11,7 +11,7 @@ import xxhash
 
 from engine.errors import EngineCapacityError
 
-EVICTED_MEMORY = 100_000
+EVICTED_POOLS = 4  # the eviction history holds the hashes of this many pools' worth of evicted pages
 
 
 @dataclass(slots=True)
@@ -20,6 +20,7 @@ class Page:
     ref_count: int = 0
     hash: int = -1
     token_ids: tuple[int, ...] = ()
+    origin: tuple[str, int] | None = None  # (fingerprint, root hash) of a request's first page
 
 
 @dataclass(slots=True)
@@ -56,7 +57,8 @@ def unsalted_key(token_ids: list[int] | tuple[int, ...]) -> int:
 
 @dataclass
 class BlockManager:
-    """Owns which page holds what; never touches tensors."""
+    """Owns which page holds what; never touches tensors. Every index is bounded by the pool: `hash_to_page` and
+    `first_page_roots` hold only pages that are there now, `evicted` the last EVICTED_POOLS pools' evictions."""
 
     num_pages: int
     page_size: int
@@ -162,16 +164,27 @@ class BlockManager:
         if page.hash != -1:
             if self.on_evict is not None:
                 self.on_evict(page_id, page.hash, page.token_ids)
-            if self.hash_to_page.get(page.hash) == page_id:
-                del self.hash_to_page[page.hash]
             self._remember_evicted(page.hash)
+            self._forget(page)
             self.counters.evictions += 1
-        page.hash, page.token_ids, page.ref_count = -1, (), 1
+        page.ref_count = 1
         return page_id
+
+    def _forget(self, page: Page) -> None:
+        """Drop the page's hash and first-page origin from the indexes, leaving it empty."""
+        if self.hash_to_page.get(page.hash) == page.page_id:
+            del self.hash_to_page[page.hash]
+        if page.origin is not None:
+            key = unsalted_key(page.token_ids)
+            roots = self.first_page_roots.get(key, set())
+            roots.discard(page.origin)
+            if not roots:
+                self.first_page_roots.pop(key, None)
+        page.hash, page.token_ids, page.origin = -1, (), None
 
     def _remember_evicted(self, h: int) -> None:
         self.evicted[h] = None
-        if len(self.evicted) > EVICTED_MEMORY:
+        if len(self.evicted) > EVICTED_POOLS * self.num_pages:
             self.evicted.popitem(last=False)
 
     def register(self, page_id: int, h: int, token_ids: tuple[int, ...], first: tuple[str, int] | None = None) -> None:
@@ -179,7 +192,9 @@ class BlockManager:
         page = self.pages[page_id]
         if page.hash == h or h in self.hash_to_page:
             return
-        page.hash, page.token_ids = h, token_ids
+        if page.hash != -1:
+            self._forget(page)
+        page.hash, page.token_ids, page.origin = h, token_ids, first
         self.hash_to_page[h] = page_id
         self.evicted.pop(h, None)
         if first is not None:

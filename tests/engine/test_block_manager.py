@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.block_manager import BlockManager, page_hash, root_hash
+from engine.block_manager import BlockManager, page_hash, root_hash, unsalted_key
 from engine.errors import EngineCapacityError
 
 P = 4
@@ -104,3 +104,16 @@ def test_shared_pages_are_refcounted():
     bm.release(b)
     assert bm.pages[a[0]].ref_count == 0 and a[0] in bm.free
     assert bm.stats()["pages_used"] == 0
+
+
+def test_first_page_roots_and_eviction_history_go_with_the_pages():
+    bm = BlockManager(4, P)
+    for i in range(100):  # one salt each: two pages in a pool of four
+        fill(bm, list(range(9)), salt=f"s{i}")
+    assert sum(len(roots) for roots in bm.first_page_roots.values()) <= 4
+    assert len(bm.hash_to_page) <= 4 and len(bm.evicted) <= 4 * 4
+    assert bm.match(list(range(9)), FP, "new").stop_reason == "salt"  # the live salts still explain a miss
+    fill(bm, list(range(50, 59)))
+    fill(bm, list(range(60, 69)))  # the last salted pages are reused
+    assert bm.first_page_roots.get(unsalted_key(tuple(range(4)))) is None
+    assert bm.match(list(range(9)), FP, "new").stop_reason == "absent"
