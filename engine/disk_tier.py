@@ -15,7 +15,8 @@ from engine.page_file import PageFileError, PageKey, decode, dtype_name, encode,
 
 class DiskTier:
     """Loads pages by (fingerprint, chain hash); writes every new full page through at once, so it outlives
-    the process. Files age by mtime (a load or a save of an existing file touches them); each process tracks the
+    the process; a save verifies a file that exists and replaces it when damaged, so one run heals every page it
+    computes. Files age by mtime (a load or a save of an existing file touches them); each process tracks the
     folder's bytes from one scan plus its own writes, and rescans to drop the least recently used files when that
     passes the cap."""
 
@@ -59,19 +60,36 @@ class DiskTier:
         return kv
 
     def save(self, h: int, token_ids: tuple[int, ...], k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write page h unless a file for it exists (then only mark it used, so LRU pruning keeps it); a write
-        error turns the tier off with one warning."""
+        """Write page h unless a valid file for it exists (then only mark it used, so LRU pruning keeps it); a
+        damaged file is replaced. A write error turns the tier off with one warning."""
         path = self.dir / file_name(h)
-        if not self.enabled or _touch(path):
+        replaced = self._replaced_bytes(path, h, token_ids) if self.enabled else None
+        if replaced is None:
             return
         data = encode(self.key(h), token_ids, k, v)
         try:
             write_atomic(path, data)
-            self._bytes += len(data)
+            self._bytes += len(data) - replaced
             if self._bytes > self.max_bytes:
                 self._bytes = prune_to(self.root, self.max_bytes)
         except OSError as exc:
             self._disable(exc)
+
+    def _replaced_bytes(self, path: Path, h: int, token_ids: tuple[int, ...]) -> int | None:
+        """The size of the file a save of page h must replace: 0 when there is none, the file's size when it is
+        damaged; None when it holds page h intact (it is touched) or cannot be read (left as it is)."""
+        try:
+            data = _read(path)
+        except FileNotFoundError:
+            return 0
+        except OSError:
+            return None
+        try:
+            decode(data, self.key(h), token_ids)
+        except PageFileError:
+            return len(data)
+        _touch(path)
+        return None
 
     def _disable(self, exc: OSError) -> None:
         self.enabled = False
