@@ -1,7 +1,21 @@
-"""Repo scanning: the safe, sorted file listing of a repo root and which files are dirty in git."""
+"""Repo scanning: the safe, sorted file listing of a repo root and which files are dirty in git.
+
+A file is listed only when both its name and what it resolves to pass: not a secret name, not ignored (git's own
+rules in a git worktree, the .gitignore walk rules otherwise), not in `.git` or the harness's `.agentcache/`, a
+regular file inside the root. A symlink is listed only when its target is itself a listed name, so a link to `.env`,
+to a gitignored file or into `.agentcache/` is omitted whatever the link is called. A name that is not valid UTF-8
+or holds a control character (a newline would forge a line of the tree) is omitted too.
+
+Hard links (where the platform reports st_nlink and st_ino): a file with more than one link is omitted when another
+path in the repo (ignored folders and `.git` included) with the same (st_dev, st_ino) is not listable, e.g.
+`ln .env notes.txt` or `ln private/notes.txt notes.txt` with `private/` ignored. Not covered: a hard link to a file
+outside the repo cannot be told from an ordinary file (the other name is not ours to find); the content sniffing for
+private keys still applies to it.
+"""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -13,7 +27,7 @@ SECRET_NAMES = (".env*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*
                 "id_ed25519*", ".netrc", ".pgpass", ".ssh", ".aws", ".gnupg")
 BINARY_SNIFF_BYTES = 8192
 PRIVATE_KEY_MARKER = b"PRIVATE KEY-----"
-HARNESS_STATE = (".agentcache", "sessions")
+HARNESS_DIR = ".agentcache"
 GIT_ENV = {"GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C", "LANG": "C"}
 
 
@@ -25,6 +39,16 @@ def is_secret_name(name: str) -> bool:
 
 def is_secret_path(path: str) -> bool:
     return any(is_secret_name(part) for part in PurePosixPath(path).parts)
+
+
+def is_harness_state(path: str) -> bool:
+    """The harness's own directory (sessions and whatever else it keeps): never context, never a tool's to touch."""
+    return HARNESS_DIR in PurePosixPath(path).parts
+
+
+def is_hidden_name(path: str) -> bool:
+    """A name no layer or tool result may show, whatever it resolves to: a secret, .git or harness state."""
+    return is_secret_path(path) or is_harness_state(path) or ".git" in PurePosixPath(path).parts
 
 
 def open_repo(path: Path | str) -> Path:
@@ -127,32 +151,73 @@ def _walk_listing(root: Path) -> list[str]:
         if base:
             rules = rules + _read_gitignore(Path(dirpath), base)
         join = (lambda n: f"{base}/{n}") if base else (lambda n: n)
-        dirnames[:] = sorted(d for d in dirnames if d != ".git" and not is_ignored(rules, join(d), True))
+        dirnames[:] = sorted(d for d in dirnames if d not in (".git", HARNESS_DIR)
+                             and not is_ignored(rules, join(d), True))
         found.extend(join(f) for f in filenames if not is_ignored(rules, join(f), False))
     return found
 
 
-def _inside_regular_file(root: Path, rel: str) -> bool:
-    full = root / rel
+def _listable_stat(root: Path, rel: str, names: set[str]) -> os.stat_result | None:
+    """The stat of a regular file the name rel reaches, if it is a symlink only to one of `names`."""
+    path = root / rel
     try:
-        resolved = full.resolve()
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.is_relative_to(root) or target.relative_to(root).as_posix() not in names:
+                return None
+        info = path.stat()
     except (OSError, RuntimeError):
+        return None
+    return info if stat.S_ISREG(info.st_mode) else None
+
+
+def hard_link_peers(root: Path, inodes: set[tuple[int, int]]) -> dict[tuple[int, int], list[str]]:
+    """Every regular file under root (not through symlinks; ignored folders and .git included) by its (dev, inode)."""
+    peers: dict[tuple[int, int], list[str]] = {}
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                info = os.lstat(path)
+            except OSError:
+                continue
+            key = (info.st_dev, info.st_ino)
+            if key in inodes and stat.S_ISREG(info.st_mode):
+                peers.setdefault(key, []).append(Path(path).relative_to(root).as_posix())
+    return peers
+
+
+def _hard_linked_to_hidden(root: Path, found: dict[str, os.stat_result], names: set[str]) -> set[str]:
+    linked: dict[tuple[int, int], list[str]] = {}
+    for rel, info in found.items():
+        if info.st_nlink > 1:
+            linked.setdefault((info.st_dev, info.st_ino), []).append(rel)
+    if not linked:
+        return set()
+    peers = hard_link_peers(root, set(linked))
+    return {rel for key, rels in linked.items() if any(p not in names for p in peers.get(key, [])) for rel in rels}
+
+
+def is_showable_name(path: str) -> bool:
+    """A name a layer can carry as one line of UTF-8: not undecodable bytes, no control characters."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
         return False
-    return resolved.is_relative_to(root) and resolved.is_file()
-
-
-def is_harness_state(path: str) -> bool:
-    """The harness's own sessions and caches: volatile, never part of the project's context."""
-    return PurePosixPath(path).parts[:2] == HARNESS_STATE
+    return not any(ord(c) < 0x20 or c == "\x7f" for c in path)
 
 
 def safe_paths(paths: list[str]) -> list[str]:
-    return sorted({p for p in paths if not is_secret_path(p) and not is_harness_state(p)})
+    return sorted({p for p in paths if is_showable_name(p) and not is_hidden_name(p)})
 
 
 def list_files(root: Path) -> list[str]:
     listing = _git_listing(root) if is_git_worktree(root) else _walk_listing(root)
-    return [p for p in safe_paths(listing) if _inside_regular_file(root, p)]
+    names = safe_paths(listing)
+    allowed = set(names)
+    found = {rel: info for rel in names if (info := _listable_stat(root, rel, allowed)) is not None}
+    hidden = _hard_linked_to_hidden(root, found, allowed)
+    return [rel for rel in found if rel not in hidden]
 
 
 def read_text(root: Path, rel: str) -> str | None:

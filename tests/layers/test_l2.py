@@ -1,5 +1,6 @@
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ from hypothesis import strategies as st
 
 from layers import Context, L2Config, Layer, RepoError, build_l1, build_l2, render_tree
 from layers.l2 import doc_paths
+from layers.repo import list_files
 from tests.layers.conftest import git, write_files
 
 PATHS = ["b/z.py", "a.py", "B.md", "b/a/x.txt", "é.md", "a/b.py", ".env", "keys/id_rsa", "c.pem", "z"]
@@ -47,10 +49,10 @@ def test_doc_priority_and_readme_variants():
 
 
 def test_skills_dir_is_configurable(git_repo):
-    write_files(git_repo, {".agentcache/skills/deploy.md": "# Deploy\n"})
-    git(git_repo, "add", "-f", ".agentcache/skills/deploy.md")
-    blocks = build_l2(git_repo, L2Config(skills_dir=".agentcache/skills"))
-    assert [k for kind, k in summary(blocks) if kind == "skill"] == [".agentcache/skills/deploy.md"]
+    write_files(git_repo, {".claude/skills/deploy.md": "# Deploy\n"})
+    git(git_repo, "add", "-f", ".claude/skills/deploy.md")
+    blocks = build_l2(git_repo, L2Config(skills_dir=".claude/skills"))
+    assert [k for kind, k in summary(blocks) if kind == "skill"] == [".claude/skills/deploy.md"]
 
 
 def test_touching_mtimes_changes_nothing(git_repo):
@@ -200,3 +202,50 @@ def test_session_logs_never_enter_l2(tmp_path):
     sessions.mkdir(parents=True)
     (sessions / "20260101-000000-abcdef.jsonl").write_text('{"type": "user"}\n')
     assert [b.hash for b in build_l2(tmp_path)] == before
+
+
+@pytest.mark.parametrize("use_git", [True, False])
+def test_hard_links_to_hidden_files_are_omitted(tmp_path, use_git):
+    root = tmp_path / "repo"
+    write_files(root, {"README.md": "# Project\n", ".gitignore": "private/\n", ".env": f"KEY={TOKEN}\n",
+                       "private/notes.txt": f"{TOKEN}\n", "src/a.py": "a = 1\n"})
+    os.link(root / ".env", root / "notes.md")
+    os.link(root / "private" / "notes.txt", root / "CLAUDE.md")
+    os.link(root / "src" / "a.py", root / "src" / "b.py")
+    if use_git:
+        git(root, "init", "-q")
+        git(root, "add", ".")
+        git(root, "commit", "-qm", "init")
+    blocks = build_l2(root)
+    assert all(TOKEN.encode() not in b.content for b in blocks)
+    assert summary(blocks) == [("tree", "."), ("doc", "README.md")]
+    assert blocks[0].text == ".gitignore\nREADME.md\nsrc/a.py\nsrc/b.py\n"
+
+
+@pytest.mark.parametrize("use_git", [True, False])
+def test_names_a_layer_cannot_show_are_omitted(plain_repo, use_git):
+    with open(os.path.join(os.fsencode(plain_repo), b"caf\xe9.md"), "wb") as f:
+        f.write(b"latin-1 name\n")
+    write_files(plain_repo, {"x\n.env": "forged tree line\n", "bell\x07.md": "x\n"})
+    if use_git:
+        git(plain_repo, "init", "-q")
+    assert build_l2(plain_repo)[0].text == "AGENTS.md\nREADME.md\nskills/a.md\nskills/b.md\nsrc/app.py\n"
+
+
+def test_listing_with_many_symlinks_runs_a_fixed_number_of_git_commands(git_repo, monkeypatch):
+    write_files(git_repo, {".gitignore": "private/\n", "private/notes.txt": f"{TOKEN}\n"})
+    write_files(git_repo, {f"src/m{i}.py": f"x = {i}\n" for i in range(2000)})
+    for i in range(300):
+        (git_repo / "src" / f"link{i}.py").symlink_to(f"m{i}.py")
+        (git_repo / "src" / f"hidden{i}.md").symlink_to("../private/notes.txt")
+    real_run, commands = subprocess.run, []
+
+    def counting_run(args, *rest, **kwargs):
+        commands.append(args[1])
+        return real_run(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", counting_run)
+    listed = list_files(git_repo)
+    assert len(commands) <= 3, commands
+    assert not any("hidden" in p for p in listed)
+    assert sum("/link" in p for p in listed) == 300 and len(listed) == 2000 + 300 + 6
