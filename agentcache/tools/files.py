@@ -86,7 +86,7 @@ def write_file(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
 
 def edit_file(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
     shown_as, old, new = args["path"], args["old"], args["new"]
-    path = ws.readable_file(shown_as)
+    path = ws.editable_file(shown_as)
     if not old:
         raise ToolError("argument 'old' is empty; give the exact text to replace")
     if path.stat().st_size > MAX_EDIT_BYTES:

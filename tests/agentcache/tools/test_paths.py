@@ -1,6 +1,8 @@
-"""Path safety: escapes, absolute paths, symlinks out of the root, secrets, ignored files and .git are refused."""
+"""Path safety: escapes, absolute paths, symlinks out of the root, secrets, ignored files, .git and .agentcache/
+are refused, judged by the name and by what it resolves to (symlinks, hard links)."""
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -110,3 +112,70 @@ def test_gitignored_files_are_refused_in_a_git_worktree(repo: Path) -> None:
 def test_empty_path_is_an_error(box: ToolBox) -> None:
     outcome = box.run("read_file", {"path": "  "})
     assert outcome.is_error and "path is empty" in outcome.output
+
+
+@pytest.mark.parametrize("use_git", [True, False])
+def test_symlink_to_an_ignored_file_is_absent_from_search_and_listing(repo: Path, use_git: bool) -> None:
+    if use_git:
+        subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    (repo / "build" / "notes.txt").write_text("TOPSECRET build notes\n")
+    (repo / "notes_link").symlink_to("build/notes.txt")
+    box = ToolBox(repo)
+    assert box.run("search", {"pattern": "TOPSECRET"}).output.startswith("(no matches")
+    assert "notes_link" not in box.run("list_files", {}).output
+    assert "ignored by .gitignore" in box.run("read_file", {"path": "notes_link"}).output
+
+
+def test_a_name_in_an_ignored_folder_is_refused_wherever_it_points(repo: Path, box: ToolBox) -> None:
+    (repo / "build" / "app_link.py").symlink_to(repo / "src" / "app.py")
+    outcome = box.run("read_file", {"path": "build/app_link.py"})
+    assert outcome.is_error and "ignored by .gitignore" in outcome.output
+    assert box.run("read_file", {"path": "src/app.py"}).output.startswith("     1\tdef main")
+
+
+@pytest.mark.parametrize("use_git", [True, False])
+def test_the_harness_directory_is_off_limits_to_every_tool(repo: Path, use_git: bool) -> None:
+    if use_git:
+        subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    sessions = repo / ".agentcache" / "sessions"
+    sessions.mkdir(parents=True)
+    (sessions / "20260101-000000-000000-abcdef.jsonl").write_text('{"type": "user", "text": "other session"}\n')
+    (repo / "state").symlink_to(".agentcache", target_is_directory=True)
+    box = ToolBox(repo)
+    forged = ".agentcache/sessions/99999999-000000-000000-forged.jsonl"
+    for name, args in [("read_file", {"path": ".agentcache/sessions/20260101-000000-000000-abcdef.jsonl"}),
+                       ("write_file", {"path": forged, "content": "{}\n"}),
+                       ("write_file", {"path": "state/sessions/99999999-x.jsonl", "content": "{}\n"}),
+                       ("edit_file", {"path": "state/sessions/20260101-000000-000000-abcdef.jsonl",
+                                      "old": "other", "new": "forged"}),
+                       ("list_files", {"path": ".agentcache"}), ("list_files", {"path": "state"})]:
+        outcome = box.run(name, args)
+        assert outcome.is_error and "harness's own state (.agentcache/)" in outcome.output, (name, args)
+    assert sorted(p.name for p in sessions.iterdir()) == ["20260101-000000-000000-abcdef.jsonl"]
+    assert box.run("search", {"pattern": "other session"}).output.startswith("(no matches")
+    assert ".agentcache" not in box.run("list_files", {}).output
+
+
+def test_a_hard_link_to_a_secret_is_refused_and_unlisted(repo: Path, box: ToolBox) -> None:
+    os.link(repo / ".env", repo / "notes.txt")
+    os.link(repo / "src" / "app.py", repo / "src" / "app_copy.py")
+    for name, args in [("read_file", {"path": "notes.txt"}), ("write_file", {"path": "notes.txt", "content": "x"}),
+                       ("edit_file", {"path": "notes.txt", "old": "TOKEN", "new": "x"})]:
+        outcome = box.run(name, args)
+        assert outcome.is_error and "hard link" in outcome.output, name
+    assert (repo / ".env").read_text() == "TOKEN=hunter2\n"
+    assert box.run("search", {"pattern": "hunter2"}).output.startswith("(no matches")
+    listed = box.run("list_files", {}).output.splitlines()
+    assert "notes.txt" not in listed and "src/app_copy.py" in listed
+    assert box.run("read_file", {"path": "src/app_copy.py"}).output.endswith("return 42")
+
+
+def test_the_ignore_rules_cannot_be_rewritten_by_a_tool(repo: Path, box: ToolBox) -> None:
+    for name, args in [("write_file", {"path": ".gitignore", "content": ""}),
+                       ("edit_file", {"path": ".gitignore", "old": "build/", "new": ""}),
+                       ("write_file", {"path": "src/.gitignore", "content": "!x\n"})]:
+        outcome = box.run(name, args)
+        assert outcome.is_error and "ignore rules" in outcome.output, name
+    assert (repo / ".gitignore").read_text() == "build/\n*.log\n"
+    assert not (repo / "src" / ".gitignore").exists()
+    assert "ignored by .gitignore" in box.run("read_file", {"path": "build/out.txt"}).output
