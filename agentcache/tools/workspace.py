@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 from agentcache.tools.base import ToolError
 from layers.repo import (
     HARNESS_DIR,
+    PRIVATE_KEY_MARKER,
     hard_link_peers,
     is_git_worktree,
     is_harness_state,
@@ -104,6 +105,8 @@ class Workspace:
             raise ToolError(f"not a regular file: {path}")
         if resolved.exists():
             self.check_hard_links(path, resolved)
+            if PRIVATE_KEY_MARKER in resolved.read_bytes():
+                raise ToolError(f"path '{path}' holds a private key; tools may not overwrite it")
         return resolved
 
     def editable_file(self, path: str) -> Path:

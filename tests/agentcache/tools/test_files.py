@@ -127,3 +127,11 @@ def test_edit_file_empty_old_and_huge_file_are_refused(repo: Path, box: ToolBox)
     (repo / "big.txt").write_text("z" * (MAX_EDIT_BYTES + 1))
     outcome = box.run("edit_file", {"path": "big.txt", "old": "zz", "new": "y"})
     assert outcome.is_error and "huge" in outcome.output
+
+
+def test_write_file_never_overwrites_a_private_key(repo: Path, box: ToolBox) -> None:
+    key = b"-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n"
+    (repo / "deploy.txt").write_bytes(key)
+    outcome = box.run("write_file", {"path": "deploy.txt", "content": "gone\n"})
+    assert outcome.is_error and "private key" in outcome.output
+    assert (repo / "deploy.txt").read_bytes() == key
