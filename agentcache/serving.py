@@ -26,6 +26,10 @@ TOOL_FORMAT = ('To call a tool, reply with exactly one JSON object and nothing e
 TOOL_USAGE = 'each tool must be {"type": "function", "function": {"name": ..., "parameters": {<JSON Schema>}}}'
 TOOL_CHOICE_USAGE = ("tool_choice must be 'none', 'auto', 'required' or "
                      '{"type": "function", "function": {"name": ...}}')
+CALL_USAGE = 'each tool call needs {"type": "function", "function": {"name": ..., "arguments": "{...}"}}'
+SEED_RANGE = (-(1 << 63), (1 << 63) - 1)  # a signed 64-bit integer, as vLLM takes it
+GREEDY_BELOW = 1e-5  # a temperature under this decodes greedily (as in vLLM): dividing by less overflows
+UNSUPPORTED = ("logprobs", "top_logprobs", "logit_bias", "presence_penalty", "frequency_penalty")
 
 
 class BadRequest(AgentcacheError):
@@ -44,6 +48,8 @@ class Prepared:
     context: StoredContext | None
     tool_grammar: ToolCallGrammar | None = None
     forced: bool = False  # tool_choice "required" or a named tool: the reply is decoded as a call
+    stream: bool = False
+    include_usage: bool = False  # streamed: a last chunk with the usage
 
 
 @dataclass(slots=True)
@@ -68,13 +74,39 @@ def incoming_call_text(call: Any) -> str:
     """An assistant message's OpenAI tool call, rendered as the reply that made it."""
     function = call.get("function") if isinstance(call, dict) else None
     name = function.get("name") if isinstance(function, dict) else None
-    if not isinstance(name, str):
-        raise BadRequest('each tool call needs {"type": "function", "function": {"name": ..., "arguments": "{...}"}}')
-    arguments = function.get("arguments") or "{}"
+    if not isinstance(name, str) or call.get("type", "function") != "function":
+        raise BadRequest(CALL_USAGE)
+    arguments = function.get("arguments")
+    if arguments is None or arguments == "":
+        arguments = "{}"
     try:
-        return call_text(name, json.loads(arguments) if isinstance(arguments, str) else arguments)
-    except json.JSONDecodeError:
+        arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+    except (json.JSONDecodeError, RecursionError):
         raise BadRequest(f"the arguments of the call to '{name}' are not valid JSON") from None
+    if not isinstance(arguments, dict):
+        raise BadRequest(f"the arguments of the call to '{name}' must be a JSON object (as a string)")
+    return call_text(name, arguments)
+
+
+def content_text(content: Any, role: str) -> str:
+    """A message's content as text: a string, or the concatenated text of its parts; other parts are refused."""
+    if content is None and role == "assistant":
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise BadRequest("content must be a string or a list of text parts")
+    texts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str):
+            raise BadRequest('each content part must be {"type": "text", "text": "..."}')
+        if kind != "text":
+            raise BadRequest(f"content parts of type '{kind}' are not supported: this server reads text parts only")
+        if not isinstance(part.get("text"), str):
+            raise BadRequest("the 'text' of a text part must be a string")
+        texts.append(part["text"])
+    return "".join(texts)
 
 
 def chat_message(raw: Any) -> dict[str, str]:
@@ -83,34 +115,38 @@ def chat_message(raw: Any) -> dict[str, str]:
     An assistant's tool calls follow its content, one JSON object a line; a tool message is its content alone
     (its `tool_call_id` is random per call and would make equal conversations render differently).
     """
-    if not isinstance(raw, dict) or raw.get("role") not in ROLES:
+    role = raw.get("role") if isinstance(raw, dict) else None
+    if not isinstance(role, str) or role not in ROLES:
         raise BadRequest(f"each message needs a role among {', '.join(ROLES)}")
-    content = raw.get("content")
-    if isinstance(content, list):
-        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    if content is not None and not isinstance(content, str):
-        raise BadRequest("message content must be a string or a list of text parts")
-    if raw["role"] == "tool" and not isinstance(raw.get("tool_call_id", ""), str):
+    content = content_text(raw.get("content"), role)
+    if role == "tool" and not isinstance(raw.get("tool_call_id", ""), str):
         raise BadRequest("tool_call_id must be a string")
-    calls = raw.get("tool_calls") if raw["role"] == "assistant" else None
+    calls = raw.get("tool_calls") if role == "assistant" else None
     if calls is not None and not isinstance(calls, list):
         raise BadRequest("tool_calls must be a list")
     lines = ([content] if content else []) + [incoming_call_text(call) for call in calls or []]
-    return {"role": ROLES[raw["role"]], "content": "\n".join(lines)}
+    return {"role": ROLES[role], "content": "\n".join(lines)}
 
 
 def chat_messages(messages: Any, tools: Any) -> list[dict[str, str]]:
+    """The messages to render, after a system message describing `tools` (checked by function_tools)."""
     if not isinstance(messages, list):
         raise BadRequest("'messages' must be a list")
-    if tools is not None and not isinstance(tools, list):
-        raise BadRequest("'tools' must be a list")
     head = [{"role": "system", "content": f"{TOOL_FORMAT}\nTools (JSON Schema):\n{canonical_json(tools)}"}] \
         if tools else []
-    return head + [chat_message(m) for m in messages]
+    rendered = []
+    for i, message in enumerate(messages):
+        try:
+            rendered.append(chat_message(message))
+        except BadRequest as exc:
+            raise BadRequest(f"messages[{i}]: {exc}") from None
+    return head + rendered
 
 
 def function_tools(tools: Any) -> list[ToolSpec]:
     """The functions of OpenAI `tools`; a function without `parameters` takes none."""
+    if tools is not None and not isinstance(tools, list):
+        raise BadRequest("'tools' must be a list")
     specs: dict[str, ToolSpec] = {}
     for tool in tools or []:
         function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
@@ -122,7 +158,10 @@ def function_tools(tools: Any) -> list[ToolSpec]:
             raise BadRequest(f"the parameters of tool '{name}' must be a JSON Schema object")
         if name in specs:
             raise BadRequest(f"tool '{name}' is defined twice")
-        specs[name] = ToolSpec(name, str(function.get("description") or ""), parameters)
+        description = function.get("description") or ""
+        if not isinstance(description, str):
+            raise BadRequest(f"the description of tool '{name}' must be a string")
+        specs[name] = ToolSpec(name, description, parameters)
     return list(specs.values())
 
 
@@ -176,30 +215,92 @@ def response_schema(response_format: Any) -> dict[str, Any] | None:
     if kind == "json_object":
         return {"type": "object"}
     if kind == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
+        wrapper = response_format.get("json_schema")
+        schema = wrapper.get("schema") if isinstance(wrapper, dict) else None
         if not isinstance(schema, dict):
             raise BadRequest("response_format.json_schema.schema must be a JSON Schema object")
         return schema
     raise BadRequest("response_format.type must be 'text', 'json_object' or 'json_schema'")
 
 
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def given(body: dict[str, Any], key: str, default: Any = None) -> Any:
+    """A field's value; null means the default, as in OpenAI's API."""
+    value = body.get(key)
+    return default if value is None else value
+
+
 def sampling_params(body: dict[str, Any]) -> SamplingParams:
-    temperature, top_p, seed = body.get("temperature", 1.0), body.get("top_p", 1.0), body.get("seed")
-    if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+    temperature, top_p, seed = given(body, "temperature", 1.0), given(body, "top_p", 1.0), body.get("seed")
+    if not is_number(temperature) or not 0 <= temperature <= 2:
         raise BadRequest("temperature must be a number in [0, 2]")
-    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+    if not is_number(top_p) or not 0 < top_p <= 1:
         raise BadRequest("top_p must be a number in (0, 1]")
-    if seed is not None and not isinstance(seed, int):
-        raise BadRequest("seed must be an integer")
-    return SamplingParams(float(temperature), float(top_p), seed)
+    if seed is not None and (not is_int(seed) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
+        raise BadRequest(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}]")
+    return SamplingParams(0.0 if temperature < GREEDY_BELOW else float(temperature), float(top_p), seed)
 
 
 def stop_strings(body: dict[str, Any]) -> list[str]:
-    stop = body.get("stop") or []
+    stop = given(body, "stop", [])
     stops = [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
         raise BadRequest("stop must be a string or a list of strings")
     return stops
+
+
+def stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
+    """(stream, include_usage) from `stream` and `stream_options`."""
+    stream, options = given(body, "stream", False), body.get("stream_options")
+    if not isinstance(stream, bool):
+        raise BadRequest("stream must be true or false")
+    if options is None:
+        return stream, False
+    if not stream:
+        raise BadRequest("stream_options is only allowed with stream: true")
+    include_usage = given(options, "include_usage", False) if isinstance(options, dict) else None
+    if not isinstance(include_usage, bool):
+        raise BadRequest('stream_options must be {"include_usage": true or false}')
+    return stream, include_usage
+
+
+def check_supported(body: dict[str, Any]) -> None:
+    """Refuse the OpenAI fields this server cannot honour when they ask for something (unknown ones are ignored)."""
+    if body.get("n") is not None and (not is_int(body["n"]) or body["n"] != 1):
+        raise BadRequest("n must be 1: this server returns one choice")
+    for key in UNSUPPORTED:
+        if body.get(key) not in (None, False, 0, {}):
+            raise BadRequest(f"'{key}' is not supported by this server")
+
+
+def salt_of(body: dict[str, Any]) -> str | None:
+    salt = body.get("cache_salt")
+    if salt is not None and (not isinstance(salt, str) or not salt):
+        raise BadRequest("cache_salt must be a non-empty string")
+    return salt
+
+
+def context_id_of(body: dict[str, Any]) -> str | None:
+    context_id = body.get("context_id")
+    if context_id is not None and (not isinstance(context_id, str) or not context_id):
+        raise BadRequest("context_id must be a non-empty string")
+    return context_id
+
+
+def max_tokens_of(body: dict[str, Any]) -> int | None:
+    """max_completion_tokens, else max_tokens (its older name), else None."""
+    asked = [body.get(key) for key in ("max_completion_tokens", "max_tokens")]
+    for key, value in zip(("max_completion_tokens", "max_tokens"), asked):
+        if value is not None and (not is_int(value) or value < 1):
+            raise BadRequest(f"{key} must be a positive integer")
+    return next((value for value in asked if value is not None), None)
 
 
 class ChatService:
@@ -221,6 +322,8 @@ class ChatService:
         return self.model.name
 
     def check_model(self, name: Any) -> None:
+        if not isinstance(name, str):
+            raise BadRequest(f"model must be a string; this server serves '{self.model_id}'")
         if name != self.model_id:
             raise UnknownModel(f"model '{name}' not found; this server serves '{self.model_id}'")
 
@@ -228,37 +331,40 @@ class ChatService:
         """Token ids per message (plus the generation prompt), each segment tokenized on its own."""
         with self._render_lock:
             texts = self._renderer.segments(messages)
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate, e.g. from an escape inside a call's arguments
+                raise BadRequest("the messages are not valid Unicode (a lone surrogate)") from None
         return [self.model.tokenizer.encode(t, add_special_tokens=False) for t in texts]
 
     def prepare(self, body: dict[str, Any]) -> Prepared:
+        """Validate every field before any engine work: a bad request costs no prefill."""
         self.check_model(body.get("model"))
-        if body.get("n", 1) != 1:
-            raise BadRequest("only n=1 is supported")
-        context_id = body.get("context_id")
-        if context_id is not None and not isinstance(context_id, str):
-            raise BadRequest("context_id must be a string")
-        context = self.contexts.get(context_id) if context_id else None
-        messages = (context.messages if context else []) + chat_messages(body.get("messages"), body.get("tools"))
-        if not messages:
-            raise BadRequest("'messages' is empty and no context_id was given")
-        specs, forced = callable_tools(function_tools(body.get("tools")), body.get("tool_choice"))
+        check_supported(body)
+        stream, include_usage = stream_flags(body)
+        sampling, stop, salt, asked = sampling_params(body), stop_strings(body), salt_of(body), max_tokens_of(body)
+        context_id = context_id_of(body)
+        tools = function_tools(body.get("tools"))
+        specs, forced = callable_tools(tools, body.get("tool_choice"))
         schema = response_schema(body.get("response_format"))
         if forced and schema is not None:
             raise BadRequest("response_format cannot be combined with tool_choice 'required' or a named tool")
+        messages = chat_messages(body.get("messages"), body.get("tools"))
+        context = self.contexts.get(context_id) if context_id else None
+        messages = (context.messages if context else []) + messages
+        if not messages:
+            raise BadRequest("'messages' is empty and no context_id was given")
         grammar = self._tool_grammar(specs) if specs else None
         segments = self.segments(messages)
-        max_tokens = self._max_tokens(body, sum(map(len, segments)))
-        salt = body.get("cache_salt") or (context.salt if context else None)
+        max_tokens = self._max_tokens(asked, sum(map(len, segments)))
         mask = grammar.new_mask(self.model.config.vocab_size) if forced and grammar else self._mask(schema)
-        request = Request(segments, max_tokens=max_tokens, sampling=sampling_params(body), stop=stop_strings(body),
-                          salt=salt, logits_mask=mask)
-        return Prepared(request, context, grammar, forced)
+        request = Request(segments, max_tokens=max_tokens, sampling=sampling, stop=stop,
+                          salt=salt or (context.salt if context else None), logits_mask=mask)
+        return Prepared(request, context, grammar, forced, stream, include_usage)
 
-    def _max_tokens(self, body: dict[str, Any], prompt_tokens: int) -> int:
+    def _max_tokens(self, asked: int | None, prompt_tokens: int) -> int:
         window = self.model.max_len
-        asked = body.get("max_completion_tokens") or body.get("max_tokens")
-        if asked is not None and (not isinstance(asked, int) or asked < 1):
-            raise BadRequest("max_tokens must be a positive integer")
         if asked is not None and asked > window:
             raise BadRequest(f"max_tokens {asked} exceeds the model window of {window} tokens")
         if prompt_tokens + 1 > window:
@@ -288,19 +394,22 @@ class ChatService:
                 self._matchers[key] = found
         return found
 
-    def generate(self, prepared: Prepared, on_token: Any = None) -> Result:
-        result = self.engine.generate(prepared.request, on_token)
+    def generate(self, prepared: Prepared, on_token: Any = None, cancel: threading.Event | None = None) -> Result:
+        """The engine's result; setting `cancel` (the client went away) stops it and raises Cancelled."""
+        result = self.engine.generate(prepared.request, on_token, cancel)
         saved = (prepared.context.tokens, prepared.context.bytes) if prepared.context else (0, 0)
         self.metrics.observe(result, *saved)
         return result
 
     def create_context(self, body: dict[str, Any]) -> StoredContext:
         """Store the messages and prefill them, so their full pages are cached when a chat request uses them."""
-        ttl = body.get("ttl_seconds", DEFAULT_TTL_S)
-        if not isinstance(ttl, (int, float)) or not 0 < ttl <= MAX_TTL_S:
+        ttl = given(body, "ttl_seconds", DEFAULT_TTL_S)
+        if not is_number(ttl) or not 0 < ttl <= MAX_TTL_S:
             raise BadRequest(f"ttl_seconds must be a number in (0, {MAX_TTL_S}]")
         if body.get("model") is not None:
             self.check_model(body["model"])
+        salt = salt_of(body)
+        function_tools(body.get("tools"))
         messages = chat_messages(body.get("messages"), body.get("tools"))
         if not messages:
             raise BadRequest("a context needs at least one message")
@@ -308,7 +417,6 @@ class ChatService:
         tokens = sum(map(len, segments))
         if tokens + 1 > self.model.max_len:
             raise BadRequest(f"the context has {tokens} tokens; the model window is {self.model.max_len}")
-        salt = body.get("cache_salt")
         self.engine.generate(Request(segments, max_tokens=1, salt=salt))
         size = len(json.dumps({"messages": body.get("messages"), "tools": body.get("tools")}).encode("utf-8"))
         self.metrics.context_created()
