@@ -232,6 +232,29 @@ def test_unknown_routes_and_methods_are_openai_shaped_and_counted(url):
     assert after["404"] - before.get("404", 0) == 1 and after["405"] - before.get("405", 0) == 3
 
 
+def test_fastapis_validation_errors_and_a_bugs_500_are_openai_shaped_and_counted(service):
+    """No route of the server takes typed parameters or should raise; one added later answers the same way."""
+    app = create_app(service)
+
+    @app.get("/typed")
+    async def typed(n: int) -> dict:
+        return {"n": n}
+
+    @app.get("/buggy")
+    async def buggy() -> dict:
+        raise RuntimeError("a bug")
+
+    with uvicorn_running(app) as base:
+        before = errors(base)
+        status, answer = http("GET", base + "/typed?n=many")
+        assert status == 400 and "valid integer" in answer["error"]["message"], answer
+        status, answer = http("GET", base + "/buggy")
+        assert status == 500 and answer["error"] == {"message": "internal error: RuntimeError", "type": "server_error",
+                                                     "param": None, "code": None}
+        after = errors(base)
+        assert after["400"] == before.get("400", 0) + 1 and after["500"] == before.get("500", 0) + 1
+
+
 def send_head(url: str, length: int, start: bytes) -> socket.socket:
     port = int(url.rsplit(":", 1)[1])
     conn = socket.create_connection(("127.0.0.1", port))
