@@ -27,8 +27,7 @@ from agentcache.contexts import ContextNotFound
 from agentcache.constrain import ToolCallError
 from agentcache.errors import AgentcacheError
 from agentcache.serving import BadRequest, ChatService, Prepared, UnknownModel, reply
-from engine import EngineCapacityError, EngineError, Result
-from engine.sequence import Cancelled
+from engine import Cancelled, EngineCapacityError, EngineError, Result
 
 CLIENT_GONE = 499  # the client closed the connection before the answer (nginx's code): counted, sent to no one
 STATUS_OF = {BadRequest: 400, ToolCallError: 400, UnknownModel: 404, ContextNotFound: 404,

@@ -4,8 +4,9 @@ from engine.errors import EmbeddedModelMissingError, EngineCapacityError, Engine
 from engine.model import LoadedModel, load_model
 from engine.request import Request, Result, SamplingParams, Timings, Trace, Usage
 from engine.runner import Engine
+from engine.sequence import Cancelled
 
 __all__ = [
-    "EmbeddedModelMissingError", "Engine", "EngineCapacityError", "EngineError", "LoadedModel", "Request",
+    "Cancelled", "EmbeddedModelMissingError", "Engine", "EngineCapacityError", "EngineError", "LoadedModel", "Request",
     "Result", "SamplingParams", "Timings", "Trace", "UnknownModelError", "Usage", "load_model",
 ]
