@@ -73,12 +73,11 @@ def _read_session(repo: Path, ref: str) -> tuple[object, list[dict], list[int]]:
 
     session = load_session(repo, ref)
     records, bad = session.read()
-    for number in bad:
-        print(f"warning: session {session.id} line {number} is not a valid record (corrupt or truncated); "
-              "skipped", file=sys.stderr)
+    for line in bad:
+        print(line.warning(session.id), file=sys.stderr)
     if bad and not records:
         raise AgentcacheError(f"session {session.id} has no valid record")
-    return session, records, bad
+    return session, records, [line.number for line in bad]
 
 
 def _inspect_session(repo: Path, ref: str, as_json: bool, explain: bool, cache_ttl: str | None) -> None:
@@ -104,7 +103,12 @@ def _inspect_session(repo: Path, ref: str, as_json: bool, explain: bool, cache_t
 def _inspect_diff(repo: Path, refs: tuple[str, str], as_json: bool) -> None:
     from agentcache.inspect_misses import diff_view, render_diff
 
+    for ref in refs:
+        if ref.startswith("-"):
+            raise AgentcacheError(f"--diff takes two ids (session ids or SESSION:INDEX); '{ref}' is not one")
     view = diff_view(repo, *refs)
+    for session_id, line in view.pop("bad"):
+        print(line.warning(session_id), file=sys.stderr)
     if as_json:
         sys.stdout.write(json.dumps(view, indent=2) + "\n")
     else:
@@ -118,9 +122,12 @@ def _add_status(repo: Path, rows: list[dict[str, object]], context: Context) -> 
     from agentcache.session import Session
 
     try:
-        records, _ = Session.open(repo, "latest").read()
+        session = Session.open(repo, "latest")
     except AgentcacheError:
-        records = []
+        session = None
+    records, bad = session.read() if session else ([], [])
+    for line in bad:
+        print(line.warning(session.id), file=sys.stderr)
     requests = request_records(records)
     if not requests:
         return [{**row, "status": None, "cause": None} for row in rows]
@@ -180,10 +187,11 @@ def run(
     repo: Annotated[Path, typer.Option(help="Repository root the agent works in.")] = Path("."),
     model: Annotated[Optional[str], typer.Option(help="Model: the embedded default, a local HF dir, or a hub id.")] = None,
     role: Annotated[Optional[str], typer.Option(help="Agent role: a file in prompts/roles/.")] = None,
-    max_turns: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many requests.")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(min=1, help="Most tokens per reply.")] = None,
+    max_turns: Annotated[Optional[int], typer.Option(help="Stop after this many requests (at least 1).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per reply (at least 1).")] = None,
     allow_shell: Annotated[bool, typer.Option("--allow-shell", help="Enable the run_command tool.")] = False,
-    tools: Annotated[Optional[str], typer.Option(help="Comma-separated tools to enable (default: all).")] = None,
+    tools: Annotated[Optional[str], typer.Option(help="Comma-separated tools to enable (default: all; an unknown "
+                                                 "name is refused with the list of known ones).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue a session: its id or 'latest'.")] = None,
     backend: Annotated[Optional[str], typer.Option(help="local (the engine in-process), openai or anthropic.")] = None,
     base_url: Annotated[Optional[str], typer.Option(help="Server for --backend openai, e.g. http://127.0.0.1:8000/v1.")] = None,
@@ -196,6 +204,7 @@ def run(
 ) -> None:
     """Run the agent on TASK in a repo, turn after turn, on a warm prefix.
 
+    Settings come from the repo's agentcache.yaml, then these flags; both are checked the same way.
     Example: agentcache run "Where are words counted?" --repo examples/repo
     """
     from agentcache.runner import run_task

@@ -1,16 +1,20 @@
-"""Run settings: defaults, overridden by the repo's `agentcache.yaml`, overridden by command-line flags."""
+"""Run settings: defaults, overridden by the repo's `agentcache.yaml`, overridden by command-line flags, then checked
+by one function whatever their source."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from agentcache.errors import AgentcacheError
 
 CONFIG_FILE = "agentcache.yaml"
+BACKENDS = ("local", "openai", "anthropic")
+CACHE_TTLS = ("5m", "1h")
 
 
 @dataclass(slots=True)
@@ -38,6 +42,11 @@ def load_config(repo: Path) -> RunConfig:
         return RunConfig()
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise AgentcacheError(f"{CONFIG_FILE}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise AgentcacheError(f"{CONFIG_FILE}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                              f"{exc.start})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -46,6 +55,7 @@ def load_config(repo: Path) -> RunConfig:
 
 
 def config_from(data: Any) -> RunConfig:
+    """Settings from the YAML mapping, each of its field's type; ranges are check_config's."""
     if not isinstance(data, dict):
         raise AgentcacheError(f"{CONFIG_FILE}: expected a mapping of settings")
     config = RunConfig()
@@ -59,4 +69,57 @@ def config_from(data: Any) -> RunConfig:
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise AgentcacheError(f"{CONFIG_FILE}: '{key}' must be {expected.__name__}, got {type(value).__name__}")
         setattr(config, key, value)
+    return config
+
+
+def _known_tools() -> list[str]:
+    from agentcache.tools.toolbox import FUNCTIONS
+
+    return sorted(FUNCTIONS)
+
+
+def _at_least(low: int) -> tuple[str, Callable[[Any], bool]]:
+    return f"at least {low}", lambda value: value >= low
+
+
+def _one_of(choices: tuple[str, ...]) -> tuple[str, Callable[[Any], bool]]:
+    return f"one of {', '.join(choices)}", lambda value: value in choices
+
+
+NON_EMPTY = ("a non-empty string", lambda value: value.strip() != "")
+RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must be, in words, and the test
+    "model": NON_EMPTY,
+    "role": NON_EMPTY,
+    "max_turns": _at_least(1),
+    "max_tokens": _at_least(1),
+    "token_budget": _at_least(1),
+    "temperature": ("between 0 and 2", lambda value: math.isfinite(value) and 0 <= value <= 2),
+    "retries": _at_least(0),
+    "backend": _one_of(BACKENDS),
+    "cache_ttl": _one_of(CACHE_TTLS),
+    "kv_capacity_mb": _at_least(1),
+}
+
+
+def check_text(name: str, value: str) -> str:
+    """`value` if it can be sent as UTF-8; a command-line argument with undecodable bytes cannot."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise AgentcacheError(f"{name} is not valid UTF-8 text (undecodable byte at character {exc.start})") from None
+    return value
+
+
+def check_config(config: RunConfig) -> RunConfig:
+    """The merged settings, refused with one message per setting whether it came from agentcache.yaml or a flag."""
+    for item in fields(RunConfig):
+        value = getattr(config, item.name)
+        if isinstance(value, str):
+            check_text(item.name, value)
+        what, test = RULES.get(item.name, ("", lambda _value: True))
+        if not test(value):
+            raise AgentcacheError(f"{item.name} must be {what}, got {value!r}")
+    known = _known_tools()
+    if not all(isinstance(name, str) and name in known for name in config.tools):
+        raise AgentcacheError(f"tools must be a list of tool names from {', '.join(known)}, got {config.tools!r}")
     return config

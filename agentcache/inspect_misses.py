@@ -12,7 +12,7 @@ from rich.table import Table
 from agentcache.errors import AgentcacheError
 from agentcache.explain import Explainer, block_status
 from agentcache.inspect_session import load_session, request_records
-from agentcache.session import Session
+from agentcache.session import BadLine, Session
 
 
 def block_texts(records: list[dict[str, Any]]) -> dict[str, str]:
@@ -62,22 +62,27 @@ def _request_ref(repo: Path, ref: str) -> tuple[Session, int]:
     return load_session(repo, session_id), number
 
 
-def _pick(session: Session, number: int) -> tuple[dict[str, Any], dict[str, str]]:
-    records, _ = session.read()
+def _pick(session: Session, number: int) -> tuple[dict[str, Any], dict[str, str], list[BadLine]]:
+    records, bad = session.read()
     requests = request_records(records)
     if not requests or abs(number) > len(requests) or number == 0:
         raise AgentcacheError(f"session {session.id} has {len(requests)} requests; no request {number}")
-    return requests[number - 1 if number > 0 else number], block_texts(records)
+    return requests[number - 1 if number > 0 else number], block_texts(records), bad
 
 
 def diff_view(repo: Path, first: str, second: str) -> dict[str, Any]:
+    """The `--json` object, plus `bad`: (session id, line) for each line skipped, for the caller to warn about."""
     (session_a, number_a), (session_b, number_b) = resolve_refs(repo, first, second)
-    a, texts_a = _pick(session_a, number_a)
-    b, texts_b = _pick(session_b, number_b)
+    a, texts_a, bad_a = _pick(session_a, number_a)
+    b, texts_b, bad_b = _pick(session_b, number_b)
     entry = Explainer(tokenizer_for([b])).entry(a, b, texts_a, texts_b)
     entry.update(a=f"{session_a.id}:{number_a}", b=f"{session_b.id}:{number_b}",
                  blocks=block_status(b.get("blocks", []), a.get("blocks", []), texts_b, texts_a))
-    return {"diff": [entry]}
+    bad = [(session_a.id, line) for line in bad_a]
+    if session_b.id != session_a.id:
+        bad += [(session_b.id, line) for line in bad_b]
+    lines = {session_id: [line.number for s, line in bad if s == session_id] for session_id, _ in bad}
+    return {"diff": [entry], "bad_lines": lines, "bad": bad}
 
 
 def _miss_text(miss: dict[str, Any] | None) -> str:

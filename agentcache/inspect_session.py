@@ -11,9 +11,9 @@ from rich.table import Table
 
 from agentcache.cost import cost_view
 from agentcache.errors import AgentcacheError
+from agentcache.records import USAGE_FIELDS
 from agentcache.session import Session
 
-USAGE_FIELDS = ("prompt_tokens", "cached_tokens", "computed_tokens", "completion_tokens")
 BAR_WIDTH = 40
 
 

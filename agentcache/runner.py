@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from agentcache.agent import Agent
 from agentcache.backends import Backend
-from agentcache.config import RunConfig, load_config
+from agentcache.config import BACKENDS, RunConfig, check_config, check_text, load_config
 from agentcache.errors import AgentcacheError
 from agentcache.session import Session
 from layers.repo import open_repo
@@ -36,7 +37,19 @@ def build_backend(config: RunConfig, api_key: str | None, session_id: str) -> Ba
         if config.model == RunConfig().model:
             raise AgentcacheError("the anthropic backend needs --model with a Claude model id")
         return AnthropicBackend(config.model, api_key, config.base_url or None, config.cache_ttl)
-    raise AgentcacheError(f"unknown backend '{config.backend}' (known: local, openai, anthropic)")
+    raise AgentcacheError(f"unknown backend '{config.backend}' (known: {', '.join(BACKENDS)})")
+
+
+def check_resumable(session: Session) -> None:
+    """Refuse a session with a bad line before anything runs or is appended; a torn last line (a killed run) is
+    only warned about and skipped, as inspect does."""
+    _, bad = session.read()
+    refused = next((line for line in bad if not line.torn), None)
+    if refused is not None:
+        raise AgentcacheError(f"cannot resume session {session.id}: line {refused.number} is not a valid record "
+                              f"({refused.problem}); nothing was run or appended")
+    for line in bad:
+        print(line.warning(session.id), file=sys.stderr)
 
 
 def run_task(repo: Path, task: str, overrides: dict[str, Any], resume: str | None,
@@ -46,9 +59,17 @@ def run_task(repo: Path, task: str, overrides: dict[str, Any], resume: str | Non
     for key, value in overrides.items():
         if value is not None:
             setattr(config, key, value)
+    check_config(config)
+    check_text("the task", task)
+    if api_key is not None:
+        check_text("the API key", api_key)
     session = Session.open(root, resume) if resume else Session.create(root)
+    if resume:
+        check_resumable(session)
     backend = build_backend(config, api_key, session.id)
     agent = Agent(root, backend, config, session, on_turn=lambda record: on_line(turn_line(record)))
+    if resume:
+        session.end_at_line()
     previous_id = agent.resume() if resume else None
     if previous_id is not None and previous_id != agent.context.context_id:
         on_line(f"note: the prefix changed since session {session.id} (context id {previous_id[:12]} -> "
@@ -58,7 +79,8 @@ def run_task(repo: Path, task: str, overrides: dict[str, Any], resume: str | Non
     return {
         "session_id": session.id, "reason": outcome.reason, "answer": outcome.answer, "turns": outcome.turns,
         "context_id": agent.context.context_id,
-        "requests": [{"turn": r["turn"], "usage": r["usage"], "ttft_s": r["timings"]["ttft_s"]} for r in requests],
+        "requests": [{"turn": r["turn"], "usage": r["usage"], "ttft_s": (r.get("timings") or {}).get("ttft_s")}
+                     for r in requests],
     }
 
 

@@ -11,14 +11,13 @@ from typing import Any, Callable
 
 from agentcache.agent import Agent, Outcome
 from agentcache.backends import Backend, GenSettings, Reply
-from agentcache.config import RunConfig, load_config
+from agentcache.config import RunConfig, check_config, load_config
 from agentcache.errors import AgentcacheError
+from agentcache.records import USAGE_FIELDS
 from agentcache.script_format import LIMIT_KEYS, AgentSpec, Launch, Script, fill_answers
 from agentcache.session import Session
 from layers import Context, LayersError, ToolSpec
 from layers.repo import open_repo
-
-USAGE_FIELDS = ("prompt_tokens", "cached_tokens", "computed_tokens", "completion_tokens")
 
 
 @dataclass(slots=True)
@@ -182,4 +181,5 @@ def open_script_run(script: Script, repo: Path, model: str | None, on_event: OnE
     root = open_repo(repo)
     base = load_config(root)
     base.model = model or script.model or base.model
+    check_config(base)
     return ScriptRun(script, root, LocalBackend(load_model(base.model)), base, on_event)

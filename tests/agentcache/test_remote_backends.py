@@ -202,7 +202,7 @@ def test_anthropic_skips_breakpoints_below_the_model_minimum():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--backend", "nope"], "unknown backend 'nope' (known: local, openai, anthropic)"),
+    (["--backend", "nope"], "backend must be one of local, openai, anthropic, got 'nope'"),
     (["--backend", "anthropic"], "the anthropic backend needs --model with a Claude model id"),
     (["--backend", "openai"], "the openai backend needs --base-url"),
 ])
