@@ -231,6 +231,9 @@ def serve(
     model: Annotated[str, typer.Option(help="Model: the embedded default, a local HF dir, or a hub id.")] = "smollm2-135m-instruct",
     api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY' on every request.",
                                                    envvar="AGENTCACHE_SERVE_API_KEY")] = None,
+    insecure_no_auth: Annotated[bool, typer.Option(
+        "--insecure-no-auth", help="Serve a non-loopback --host without --api-key: anyone who can reach it may use "
+        "it. Without this flag such a bind is refused.")] = False,
     debug: Debug = False,
 ) -> None:
     """Serve the engine over an OpenAI-compatible HTTP API with explicit context caching.
@@ -240,7 +243,8 @@ def serve(
     """
     from agentcache.server import serve as run_server
 
-    run_server(host, port, model, api_key, log=lambda line: print(line, file=sys.stderr))
+    run_server(host, port, model, api_key, log=lambda line: print(line, file=sys.stderr),
+               insecure_no_auth=insecure_no_auth)
 
 
 @app.command()
