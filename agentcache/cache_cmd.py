@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agentcache.errors import AgentcacheError
+
 cache_app = typer.Typer(help="See and manage the KV pages kept on disk between runs.", no_args_is_help=True)
 
 Dir = Annotated[Optional[Path], typer.Option("--dir", help="KV directory (default: <cache dir>/kv).")]
@@ -24,7 +26,11 @@ def _kv_dir() -> Any:
 
 
 def _root(directory: Path | None) -> Path:
-    return directory if directory is not None else _kv_dir().default_kv_dir()
+    """The KV directory: --dir or the default. One that does not exist yet is an empty cache; a file is an error."""
+    root = directory if directory is not None else _kv_dir().default_kv_dir()
+    if root.exists() and not root.is_dir():
+        raise AgentcacheError(f"--dir {root} is not a directory")
+    return root
 
 
 def _emit(report: dict[str, Any], as_json: bool, lines: list[str]) -> None:
