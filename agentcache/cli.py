@@ -207,7 +207,7 @@ def run(
     Settings come from the repo's agentcache.yaml, then these flags; both are checked the same way.
     Example: agentcache run "Where are words counted?" --repo examples/repo
     """
-    from agentcache.runner import run_task
+    from agentcache.wiring import run_task
 
     overrides = {"model": model, "role": role, "max_turns": max_turns, "max_tokens": max_tokens,
                  "tools": tools.split(",") if tools else None, "allow_shell": allow_shell or None,

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agentcache.inspect_session import ratio
-from agentcache.runner import turn_line
+from agentcache.wiring import turn_line
 from agentcache.script_run import AgentState, ScriptRun
 
 ANSWER_PREVIEW = 200

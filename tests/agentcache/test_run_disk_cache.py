@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import engine.kv_dir
-from agentcache.runner import run_task
+from agentcache.wiring import run_task
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "repo"
 SETTINGS = {"model": "random-tiny-chat", "max_turns": 1, "max_tokens": 8}

@@ -1,4 +1,4 @@
-"""`agentcache run` wiring: config, model, backend and session into one agent run, summarised."""
+"""Wiring for `agentcache run`: config, model, backend and session into one agent run, summarised."""
 
 from __future__ import annotations
 
