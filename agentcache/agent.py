@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from agentcache import PROMPTS_DIR
 from agentcache.backends import Backend, GenSettings, Reply
 from agentcache.backends.local import reply_text
 from agentcache.config import RunConfig
@@ -13,7 +14,6 @@ from agentcache.constrain import Answer, ToolCallError
 from agentcache.session import Session
 from agentcache.tools import ToolBox
 from layers import Block, Context, Layer, ToolRegistry, ToolResult, UserInput, build_prefix
-from layers.l1 import DEFAULT_PROMPTS_DIR
 from layers.l3 import AssistantMessage, ToolCall
 
 KEEP_RECENT = 4
@@ -34,10 +34,10 @@ class Agent:
         """An agent on the L1+L2 prefix of its role or, given `context`, on a copy of its exact blocks (a fork)."""
         self.repo, self.backend, self.config, self.session = repo, backend, config, session
         self.toolbox = ToolBox(repo, allow_shell=config.allow_shell, enabled=set(config.tools) or None)
-        registry = ToolRegistry.from_dir(DEFAULT_PROMPTS_DIR / "tools")
+        registry = ToolRegistry.from_dir(PROMPTS_DIR / "tools")
         self.specs = [registry.get(name) for name in registry.names()]
         self.enabled = set(self.toolbox.names())
-        self.context = Context(context.blocks) if context is not None else build_prefix(repo, role=config.role)
+        self.context = Context(context.blocks) if context is not None else build_prefix(repo, PROMPTS_DIR, role=config.role)
         self.on_turn = on_turn
         self.spent = 0
         self.errors = 0

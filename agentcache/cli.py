@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agentcache import PROMPTS_DIR
 from agentcache.cache_cmd import cache_app
 from agentcache.errors import AgentcacheError
 from layers import Context, L2Config, LayersError, TiktokenCounter, build_prefix, lint_blocks
@@ -144,7 +145,7 @@ def inspect(
     layers: Annotated[bool, typer.Option("--layers", help="Show the L1+L2 blocks built for a repo.")] = False,
     repo: Annotated[Path, typer.Option(help="Repository root: its sessions, or its L2 with --layers.")] = Path("."),
     role: Annotated[str, typer.Option(help="Agent role: a file in <prompts>/roles/.")] = "coder",
-    prompts: Annotated[Optional[Path], typer.Option(help="Prompts directory (default: the bundled prompts/).")] = None,
+    prompts: Annotated[Optional[Path], typer.Option(help="Prompts directory (default: the package's own prompts/).")] = None,
     skills: Annotated[str, typer.Option(help="Skills folder, relative to the repo root.")] = "skills",
     max_tree: Annotated[int, typer.Option(min=1, help="Most paths listed in the tree block.")] = 500,
     budget: Annotated[Optional[int], typer.Option(min=1, help="Token budget for L2 (cut deterministically).")] = None,
@@ -175,7 +176,7 @@ def inspect(
         _inspect_session(repo, session or "latest", as_json, explain, cache_ttl)
         return
     config = L2Config(skills_dir=skills, max_tree_entries=max_tree, token_budget=budget)
-    context = build_prefix(repo, role=role, prompts_dir=prompts, config=config)
+    context = build_prefix(repo, prompts or PROMPTS_DIR, role=role, config=config)
     findings = lint_blocks(context, strict=strict)
     rows = _add_status(repo, _block_rows(context), context)
     (_print_json if as_json else _print_table)(context, rows, findings)

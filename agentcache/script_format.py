@@ -9,8 +9,9 @@ from typing import Any
 
 import yaml
 
+from agentcache import PROMPTS_DIR
 from agentcache.errors import AgentcacheError
-from layers import DEFAULT_PROMPTS_DIR, ToolRegistry
+from layers import ToolRegistry
 from layers.l1 import available_roles
 
 AGENT_KEYS = ("name", "role", "model", "backend", "tools", "allow_shell", "max_turns", "max_tokens", "token_budget")
@@ -115,7 +116,7 @@ class _Invalid(Exception):
         self.line = line
 
 
-def load_script(path: Path, prompts_dir: Path = DEFAULT_PROMPTS_DIR) -> Script:
+def load_script(path: Path, prompts_dir: Path = PROMPTS_DIR) -> Script:
     """The checked script at `path`; ScriptError `FILE line N: ...` for anything that could not run."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -126,7 +127,7 @@ def load_script(path: Path, prompts_dir: Path = DEFAULT_PROMPTS_DIR) -> Script:
     return parse_script(text, path.stem, prompts_dir, source=path.name)
 
 
-def parse_script(text: str, name: str, prompts_dir: Path = DEFAULT_PROMPTS_DIR, source: str | None = None) -> Script:
+def parse_script(text: str, name: str, prompts_dir: Path = PROMPTS_DIR, source: str | None = None) -> Script:
     """The checked script `name` in `text`; ScriptError `SOURCE line N: ...` (SOURCE: `name` unless given)."""
     source = source or name
     try:

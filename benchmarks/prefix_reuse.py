@@ -45,7 +45,7 @@ PAGE_SIZE = 16
 CAPACITY_MB = 2048
 CB_TIMEOUT_S = 600.0
 REPO = Path(__file__).resolve().parent.parent
-CORPUS_GLOBS = ("examples/**/*.md", "examples/**/*.py", "prompts/**/*.md", "prompts/**/*.yaml", "layers/*.py")
+CORPUS_GLOBS = ("examples/**/*.md", "examples/**/*.py", "agentcache/prompts/**/*.md", "agentcache/prompts/**/*.yaml", "layers/*.py")
 
 NOTES = [
     "plain: one forward over prefix+suffix with use_cache=True and logits_to_keep=1 (the stronger baseline: "

@@ -10,7 +10,7 @@ from layers.errors import (
     TokenizerError,
     VolatileContentError,
 )
-from layers.l1 import DEFAULT_PROMPTS_DIR, available_roles, build_l1
+from layers.l1 import available_roles, build_l1
 from layers.l2 import L2Config, build_l2, fit_to_budget, render_tree
 from layers.l3 import AssistantMessage, ToolCall, ToolResult, UserInput
 from layers.lint import Finding, lint_blocks
@@ -21,7 +21,7 @@ from layers.tokens import FunctionCounter, TiktokenCounter, TokenCounter
 from layers.tools import ToolRegistry, ToolSpec
 
 __all__ = [
-    "AssistantMessage", "Block", "Context", "DEFAULT_PROMPTS_DIR", "Finding", "FunctionCounter",
+    "AssistantMessage", "Block", "Context", "Finding", "FunctionCounter",
     "L2Config", "Layer", "LayerOrderError", "LayersError", "Prompt", "PromptError", "RepoError",
     "TiktokenCounter", "TokenCounter", "TokenizerError", "ToolCall", "ToolRegistry", "ToolResult",
     "ToolSpec", "UserInput", "VolatileContentError", "available_roles", "build_l1", "build_l2",

@@ -9,11 +9,10 @@ from layers.errors import PromptError
 from layers.prompts import load_prompt
 from layers.tools import ToolRegistry
 
-DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 ROLE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 
-def available_roles(prompts_dir: Path = DEFAULT_PROMPTS_DIR) -> list[str]:
+def available_roles(prompts_dir: Path) -> list[str]:
     return sorted(p.stem for p in (prompts_dir / "roles").glob("*.md"))
 
 
@@ -25,8 +24,9 @@ def _role_path(prompts_dir: Path, role: str) -> Path:
     return path
 
 
-def build_l1(role: str = "coder", prompts_dir: Path | None = None) -> list[Block]:
-    prompts_dir = DEFAULT_PROMPTS_DIR if prompts_dir is None else Path(prompts_dir)
+def build_l1(role: str, prompts_dir: Path) -> list[Block]:
+    """The L1 blocks for `role`, read from the caller's `prompts_dir` (the harness ships one as package data)."""
+    prompts_dir = Path(prompts_dir)
     if not prompts_dir.is_dir():
         raise PromptError(f"{prompts_dir}: prompts directory not found")
     system = load_prompt(prompts_dir / "system.md")

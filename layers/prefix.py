@@ -11,8 +11,8 @@ from layers.tokens import TokenCounter
 
 def build_prefix(
     repo: Path | str,
+    prompts_dir: Path,
     role: str = "coder",
-    prompts_dir: Path | None = None,
     config: L2Config | None = None,
     counter: TokenCounter | None = None,
 ) -> Context:

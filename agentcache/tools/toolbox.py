@@ -4,13 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from agentcache import PROMPTS_DIR
 from agentcache.tools.base import Tool, ToolError, ToolFunction, ToolOutcome
 from agentcache.tools.files import edit_file, list_files, read_file, write_file
 from agentcache.tools.schema import check_arguments
 from agentcache.tools.search import search
 from agentcache.tools.shell import run_command
 from agentcache.tools.workspace import Workspace
-from layers import DEFAULT_PROMPTS_DIR, LayersError, ToolRegistry
+from layers import LayersError, ToolRegistry
 
 SHELL_TOOL = "run_command"
 
@@ -25,7 +26,7 @@ FUNCTIONS: dict[str, ToolFunction] = {
 }
 
 
-def load_tools(tools_dir: Path = DEFAULT_PROMPTS_DIR / "tools") -> dict[str, Tool]:
+def load_tools(tools_dir: Path = PROMPTS_DIR / "tools") -> dict[str, Tool]:
     try:
         registry = ToolRegistry.from_dir(tools_dir)
     except LayersError as exc:
@@ -38,7 +39,7 @@ def load_tools(tools_dir: Path = DEFAULT_PROMPTS_DIR / "tools") -> dict[str, Too
 
 class ToolBox:
     def __init__(self, root: Path | str, allow_shell: bool = False, enabled: set[str] | None = None,
-                 tools_dir: Path = DEFAULT_PROMPTS_DIR / "tools") -> None:
+                 tools_dir: Path = PROMPTS_DIR / "tools") -> None:
         self.workspace = Workspace.open(root)
         self.allow_shell = allow_shell
         self.tools = load_tools(tools_dir)

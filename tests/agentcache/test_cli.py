@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import tiktoken
 
-from layers import DEFAULT_PROMPTS_DIR, build_prefix
+from agentcache import PROMPTS_DIR
+from layers import build_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "repo"
@@ -43,7 +44,7 @@ def test_json_report_has_the_documented_shape_and_independent_token_counts():
     assert set(report) == {"context_id", "layers", "blocks", "lint"}
     assert set(report["layers"]) == {"L1", "L2", "L3"}
     assert report["lint"] == []
-    context = build_prefix(EXAMPLE)
+    context = build_prefix(EXAMPLE, PROMPTS_DIR)
     assert report["context_id"] == context.context_id
     assert report["layers"] == context.layer_hashes()
     assert [(b["layer"], b["kind"], b["key"]) for b in report["blocks"]][:4] == [
@@ -77,7 +78,7 @@ def test_output_is_identical_across_environments_locations_and_mtimes(tmp_path, 
 def test_table_output_shows_blocks_hashes_and_context_id():
     result = run_cli("inspect", "--layers", "--repo", str(EXAMPLE), env={"COLUMNS": "200"})
     assert result.returncode == 0, result.stderr
-    context = build_prefix(EXAMPLE)
+    context = build_prefix(EXAMPLE, PROMPTS_DIR)
     assert f"context id  {context.context_id}" in result.stdout
     for block in context:
         assert block.hash[:12] in result.stdout
@@ -95,7 +96,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) ->
 
 def broken_prompts(tmp_path: Path) -> Path:
     prompts = tmp_path / "prompts"
-    shutil.copytree(DEFAULT_PROMPTS_DIR, prompts)
+    shutil.copytree(PROMPTS_DIR, prompts)
     (prompts / "roles" / "coder.md").write_text("---\nname: coder\nversion: [1\n---\nbody\n", encoding="utf-8")
     return prompts
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from agentcache.constrain import Answer, ToolCall, ToolCallError, ToolCallGrammar, format_instructions, ll_tokenizer
+from agentcache import PROMPTS_DIR
 from engine import Engine, Request, load_model
-from layers import DEFAULT_PROMPTS_DIR, ToolRegistry
+from layers import ToolRegistry
 
-REGISTRY = ToolRegistry.from_dir(DEFAULT_PROMPTS_DIR / "tools")
+REGISTRY = ToolRegistry.from_dir(PROMPTS_DIR / "tools")
 ALL_TOOLS = list(REGISTRY)
 READ_CALL = '{"name": "read_file", "arguments": {"path": "README.md", "start_line": 2}}'
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from agentcache import PROMPTS_DIR
 from agentcache.backends import GenSettings, remote
 from agentcache.backends.anthropic import AnthropicBackend, min_cacheable_tokens
 from agentcache.backends.local import block_message
@@ -14,14 +15,13 @@ from agentcache.backends.openai import OpenAIBackend
 from agentcache.backends.remote import RemoteError
 from agentcache.constrain import Answer, reply_schema
 from layers import Context, Layer, ToolRegistry, ToolResult, UserInput, build_prefix
-from layers.l1 import DEFAULT_PROMPTS_DIR
 from layers.l3 import ToolCall
 from layers.tokens import TiktokenCounter
 from tests.agentcache.http_helpers import RecordingServer, free_port
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "repo"
-SPECS = [ToolRegistry.from_dir(DEFAULT_PROMPTS_DIR / "tools").get(n)
-         for n in ToolRegistry.from_dir(DEFAULT_PROMPTS_DIR / "tools").names()]
+SPECS = [ToolRegistry.from_dir(PROMPTS_DIR / "tools").get(n)
+         for n in ToolRegistry.from_dir(PROMPTS_DIR / "tools").names()]
 ENABLED = {s.name for s in SPECS}
 ANSWER = '{"answer": "ok"}'
 COMPLETION = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
@@ -32,7 +32,7 @@ ERROR = {"error": {"message": "slow down", "type": "rate_limit_error"}}
 
 
 def context_with_turns(turns: int) -> Context:
-    context = build_prefix(EXAMPLE, role="coder")
+    context = build_prefix(EXAMPLE, PROMPTS_DIR, role="coder")
     context.append(UserInput("Where are words counted?").to_block())
     for i in range(turns):
         context.extend([ToolCall("read_file", {"path": f"f{i}.py"}).to_block(),
@@ -164,7 +164,7 @@ def run_anthropic_turns(model: str, ttl: str, turns: int) -> tuple[list[dict], l
 
 def test_anthropic_breakpoints_end_of_l1_end_of_l2_last_turn_and_stable_bytes():
     bodies, replies = run_anthropic_turns("claude-opus-5", "1h", 3)
-    prefix = build_prefix(EXAMPLE, role="coder").prefix
+    prefix = build_prefix(EXAMPLE, PROMPTS_DIR, role="coder").prefix
     l1 = sum(1 for b in prefix if b.layer == Layer.L1)
     assert TiktokenCounter().count("".join(block_message(b)["content"] for b in prefix[:l1])) >= 512  # all apply
     for body in bodies:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from agentcache import PROMPTS_DIR
 from agentcache.backends.local import LocalBackend, block_message
 from agentcache.config import RunConfig
 from agentcache.script_format import parse_script
@@ -57,7 +58,7 @@ def tokens(tokenizer, blocks: list[Block]) -> int:
 
 def test_eight_forks_prefill_the_shared_prefix_once(fanout):
     run, repo, tokenizer, report = fanout
-    prefix = list(build_prefix(repo, role="reviewer"))
+    prefix = list(build_prefix(repo, PROMPTS_DIR, role="reviewer"))
     parent_l3 = entries(repo, run.states["reader"].session_id, inherited=False)
     parent = tokens(tokenizer, prefix + parent_l3)
     own = [tokens(tokenizer, prefix + entries(repo, run.states[c].session_id, inherited=True)) - parent
@@ -75,7 +76,7 @@ def test_eight_forks_prefill_the_shared_prefix_once(fanout):
 
 def test_forks_hit_at_least_95_percent_of_the_reusable_prefix(fanout):
     run, repo, tokenizer, report = fanout
-    prefix = list(build_prefix(repo, role="reviewer"))
+    prefix = list(build_prefix(repo, PROMPTS_DIR, role="reviewer"))
     parent_l3 = entries(repo, run.states["reader"].session_id, inherited=False)
     last_request = [r for r in Session.open(repo, run.states["reader"].session_id).records() if r["type"] == "request"][-1]
     before_reply = prefix + parent_l3[: len(parent_l3) - len(last_request["appended"])]

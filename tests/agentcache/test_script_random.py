@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from agentcache import PROMPTS_DIR
 from agentcache.backends.local import LocalBackend, block_message
 from agentcache.config import RunConfig
 from agentcache.script_format import load_script, parse_script
@@ -78,7 +79,7 @@ def entry_block(entry: dict) -> Block:
 
 def final_context_hashes(repo: Path, role: str, session_records: list[dict]) -> list[str]:
     """The block hashes of an agent's final context, rebuilt from its role prefix and its session's L3 entries."""
-    blocks = list(build_prefix(repo, role=role))
+    blocks = list(build_prefix(repo, PROMPTS_DIR, role=role))
     blocks += [entry_block(e) for record in session_records for e in record.get("appended", [])]
     return [b.hash for b in blocks]
 
@@ -137,7 +138,7 @@ def test_script_limits_stop_every_agent(backend, repo):
 
 
 def test_local_backend_renders_and_counts_the_same_from_many_threads(backend, repo):
-    prefix = list(build_prefix(repo, role="worker"))
+    prefix = list(build_prefix(repo, PROMPTS_DIR, role="worker"))
     contexts = [prefix + [Block(Layer.L3, "user", "user", f"task {i} " .encode() * (i + 1))] for i in range(12)]
     messages = [[block_message(b) for b in blocks] for blocks in contexts]
     render = backend.model.tokenizer.apply_chat_template

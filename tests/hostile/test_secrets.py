@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agentcache import PROMPTS_DIR
 from agentcache.tools import ToolBox
 from layers import Layer, build_prefix
 from tests.hostile.repo_factory import SESSION, HostileRepo, make_hostile_repo
@@ -38,7 +39,7 @@ def marked_bytes(hostile: HostileRepo) -> dict[str, bytes]:
 
 
 def test_no_layer_block_holds_a_marker_or_names_a_planted_path(hostile):
-    context = build_prefix(hostile.root)
+    context = build_prefix(hostile.root, PROMPTS_DIR)
     for block in context:
         assert hostile.marker.encode() not in block.content, (block.kind, block.key)
     l2 = list(context.layer(Layer.L2))
@@ -98,7 +99,7 @@ def test_each_planted_path_is_refused_with_its_reason_and_shown_nowhere(hostile,
     assert outcome.is_error and reason in outcome.output
     assert path not in box.run("list_files", {}).output.splitlines()
     assert box.run("search", {"pattern": ".", "path": path}).output == "(no matches in 0 files)"
-    assert path not in build_prefix(hostile.root).layer(Layer.L2)[0].text.splitlines()
+    assert path not in build_prefix(hostile.root, PROMPTS_DIR).layer(Layer.L2)[0].text.splitlines()
 
 
 def test_the_agent_cannot_forge_a_session(hostile):

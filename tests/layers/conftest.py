@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+PROMPTS_DIR = Path(__file__).resolve().parents[2] / "agentcache" / "prompts"  # by path: layers tests import no harness
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
 
 

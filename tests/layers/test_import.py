@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_importing_layers_pulls_in_no_torch_engine_or_harness():
     code = (
         "import sys, layers\n"
-        "layers.build_prefix('examples/repo')\n"
+        "layers.build_prefix('examples/repo', 'agentcache/prompts')\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'engine', 'agentcache')]\n"
         "print(','.join(bad))\n"
     )

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from layers import Context, L2Config, Layer, RepoError, build_l1, build_l2, render_tree
 from layers.l2 import doc_paths
 from layers.repo import list_files
-from tests.layers.conftest import git, write_files
+from tests.layers.conftest import PROMPTS_DIR, git, write_files
 
 PATHS = ["b/z.py", "a.py", "B.md", "b/a/x.txt", "é.md", "a/b.py", ".env", "keys/id_rsa", "c.pem", "z"]
 
@@ -73,7 +73,7 @@ def test_dirty_files_go_after_clean_ones(git_repo):
 
 @pytest.mark.parametrize("edited", ["README.md", "skills/a.md"])
 def test_editing_one_file_invalidates_that_chunk_and_what_follows_only(git_repo, edited):
-    l1 = build_l1()
+    l1 = build_l1("coder", PROMPTS_DIR)
     old = Context([*l1, *build_l2(git_repo)])
     (git_repo / edited).write_text("# edited\n", encoding="utf-8")
     new = Context([*l1, *build_l2(git_repo)])

@@ -2,7 +2,8 @@ import shutil
 
 import pytest
 
-from layers import DEFAULT_PROMPTS_DIR, Block, Layer, VolatileContentError, build_l1, lint_blocks
+from layers import Block, Layer, VolatileContentError, build_l1, lint_blocks
+from tests.layers.conftest import PROMPTS_DIR
 
 
 def findings_for(text: str, hostname: str = "") -> list[tuple[str, str]]:
@@ -12,7 +13,7 @@ def findings_for(text: str, hostname: str = "") -> list[tuple[str, str]]:
 
 def test_planted_timestamp_and_uuid_in_a_prompt_are_found_with_byte_offsets(tmp_path):
     prompts = tmp_path / "prompts"
-    shutil.copytree(DEFAULT_PROMPTS_DIR, prompts)
+    shutil.copytree(PROMPTS_DIR, prompts)
     role = prompts / "roles" / "coder.md"
     planted = "Généré le 2024-05-17T09:30:00Z, run 123e4567-e89b-12d3-a456-426614174000.\n"
     role.write_text(role.read_text(encoding="utf-8") + planted, encoding="utf-8")

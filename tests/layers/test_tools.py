@@ -9,11 +9,12 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layers import DEFAULT_PROMPTS_DIR, PromptError, ToolRegistry, ToolSpec, build_l1
+from layers import PromptError, ToolRegistry, ToolSpec, build_l1
 from layers.tools import load_tool_spec
+from tests.layers.conftest import PROMPTS_DIR
 
 EXPECTED_TOOLS = ["edit_file", "finish", "list_files", "read_file", "run_command", "search", "write_file"]
-BUNDLED = list(ToolRegistry.from_dir(DEFAULT_PROMPTS_DIR / "tools"))
+BUNDLED = list(ToolRegistry.from_dir(PROMPTS_DIR / "tools"))
 
 
 def shuffled(value, rng: random.Random):
@@ -59,11 +60,11 @@ def test_shuffled_yaml_files_give_identical_l1_bytes(rng):
 
 
 def assert_shuffled_yaml_gives_same_l1(prompts: Path, rng: random.Random) -> None:
-    shutil.copytree(DEFAULT_PROMPTS_DIR, prompts)
+    shutil.copytree(PROMPTS_DIR, prompts)
     for path in (prompts / "tools").glob("*.yaml"):
         data = shuffled(yaml.safe_load(path.read_text(encoding="utf-8")), rng)
         path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    assert [b.content for b in build_l1("coder", prompts)] == [b.content for b in build_l1("coder")]
+    assert [b.content for b in build_l1("coder", prompts)] == [b.content for b in build_l1("coder", PROMPTS_DIR)]
 
 
 def test_duplicate_and_malformed_specs(tmp_path):

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 
+from agentcache import PROMPTS_DIR
 from agentcache.tools import ToolBox, ToolError
-from layers import DEFAULT_PROMPTS_DIR, ToolRegistry
+from layers import ToolRegistry
 
 
 def test_names_are_the_spec_names(repo: Path) -> None:
-    specs = ToolRegistry.from_dir(DEFAULT_PROMPTS_DIR / "tools").names()
+    specs = ToolRegistry.from_dir(PROMPTS_DIR / "tools").names()
     assert ToolBox(repo, allow_shell=True).names() == specs
     assert ToolBox(repo).names() == [n for n in specs if n != "run_command"]
 
@@ -80,7 +81,7 @@ def test_unencodable_text_and_nul_paths_become_outcomes(repo: Path, box: ToolBox
 def test_custom_tools_dir_must_cover_every_tool(repo: Path, tmp_path: Path) -> None:
     tools_dir = tmp_path / "tools"
     tools_dir.mkdir()
-    for spec in sorted((DEFAULT_PROMPTS_DIR / "tools").glob("*.yaml")):
+    for spec in sorted((PROMPTS_DIR / "tools").glob("*.yaml")):
         if spec.stem != "search":
             (tools_dir / spec.name).write_text(spec.read_text())
     with pytest.raises(ToolError, match="no spec for tools: search"):
