@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentcache.contexts import ContextNotFound
-from agentcache.constrain import ToolCallError
+from agentcache.backends.constrain import ToolCallError
 from agentcache.errors import AgentcacheError
 from agentcache.serving import BadRequest, ChatService, Prepared, UnknownModel, reply
 from engine import Cancelled, EngineCapacityError, EngineError, Result

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentcache.backends.local import ChatRenderer
-from agentcache.constrain import ToolCallError, ToolCallGrammar, matcher_mask, schema_matcher
+from agentcache.backends.constrain import ToolCallError, ToolCallGrammar, matcher_mask, schema_matcher
 from agentcache.contexts import DEFAULT_TTL_S, MAX_TTL_S, ContextStore, StoredContext
 from agentcache.errors import AgentcacheError
 from agentcache.serve_metrics import ServeMetrics

@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from agentcache.backends import GenSettings, Reply
-from agentcache.constrain import ToolCallGrammar, format_instructions
+from agentcache.backends.constrain import ToolCallGrammar, format_instructions
 from engine import Engine, Request, SamplingParams
 from engine.model import LoadedModel
 from layers import Block, Context, Layer, ToolSpec, canonical_json

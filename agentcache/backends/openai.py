@@ -16,7 +16,7 @@ import openai
 from agentcache.backends import GenSettings, Reply
 from agentcache.backends.local import block_message
 from agentcache.backends.remote import RemoteError, ReplyChecker, call_with_retries
-from agentcache.constrain import reply_schema
+from agentcache.backends.constrain import reply_schema
 from agentcache.errors import AgentcacheError
 from layers import Context, TiktokenCounter, ToolSpec
 

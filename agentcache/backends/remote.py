@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from agentcache.constrain import ToolCallGrammar, text_ll_tokenizer
+from agentcache.backends.constrain import ToolCallGrammar, text_ll_tokenizer
 from agentcache.errors import AgentcacheError
 from layers import ToolSpec
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from agentcache.constrain import Answer, ToolCall, ToolCallError, ToolCallGrammar, format_instructions, ll_tokenizer
+from agentcache.backends.constrain import Answer, ToolCall, ToolCallError, ToolCallGrammar, format_instructions, ll_tokenizer
 from agentcache import PROMPTS_DIR
 from engine import Engine, Request, load_model
 from layers import ToolRegistry
