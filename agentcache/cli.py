@@ -70,7 +70,7 @@ def _print_table(context: Context, rows: list[dict[str, object]], findings: list
 
 def _read_session(repo: Path, ref: str) -> tuple[object, list[dict], list[int]]:
     """Valid records of a session; each bad line is one warning on stderr; nothing valid is an error."""
-    from agentcache.inspect_session import load_session
+    from agentcache.inspect.session_view import load_session
 
     session = load_session(repo, ref)
     records, bad = session.read()
@@ -83,8 +83,8 @@ def _read_session(repo: Path, ref: str) -> tuple[object, list[dict], list[int]]:
 
 def _inspect_session(repo: Path, ref: str, as_json: bool, explain: bool, cache_ttl: str | None) -> None:
     from agentcache.config import load_config
-    from agentcache.inspect_misses import explain_view, render_explain
-    from agentcache.inspect_session import render_session, session_view
+    from agentcache.inspect.misses import explain_view, render_explain
+    from agentcache.inspect.session_view import render_session, session_view
 
     session, records, bad = _read_session(repo, ref)
     if explain:
@@ -102,7 +102,7 @@ def _inspect_session(repo: Path, ref: str, as_json: bool, explain: bool, cache_t
 
 
 def _inspect_diff(repo: Path, refs: tuple[str, str], as_json: bool) -> None:
-    from agentcache.inspect_misses import diff_view, render_diff
+    from agentcache.inspect.misses import diff_view, render_diff
 
     for ref in refs:
         if ref.startswith("-"):
@@ -118,8 +118,8 @@ def _inspect_diff(repo: Path, refs: tuple[str, str], as_json: bool) -> None:
 
 def _add_status(repo: Path, rows: list[dict[str, object]], context: Context) -> list[dict[str, object]]:
     """Rows gain `status` against the last request of the repo's latest session (None without a session)."""
-    from agentcache.explain import block_status
-    from agentcache.inspect_session import request_records
+    from agentcache.inspect.explain import block_status
+    from agentcache.inspect.session_view import request_records
     from agentcache.session import Session
 
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentcache.inspect_session import ratio, request_records
+from agentcache.inspect.session_view import ratio, request_records
 from agentcache.script_run import USAGE_FIELDS, ScriptRun
 
 

@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from agentcache.inspect_session import ratio
+from agentcache.inspect.session_view import ratio
 from agentcache.wiring import turn_line
 from agentcache.script_run import AgentState, ScriptRun
 

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from agentcache.cli import main
-from agentcache.cost import PRICES_FILE
-from agentcache.explain import engine_cause, text_cause
+from agentcache.inspect.cost import PRICES_FILE
+from agentcache.inspect.explain import engine_cause, text_cause
 
 
 @pytest.mark.parametrize("before, after, cause", [
@@ -72,7 +72,7 @@ def request(keys: list[str], texts: dict[str, str], cached: int) -> dict:
 
 
 def test_swapped_blocks_are_reordered_at_the_first_moved_block_without_a_tokenizer():
-    from agentcache.explain import Explainer
+    from agentcache.inspect.explain import Explainer
     from layers import Block, Layer
 
     texts = {"A.md": "alpha\n", "B.md": "beta\n", "C.md": "gamma\n"}
@@ -128,7 +128,7 @@ def doc_request(tokenizer, text: str) -> tuple[dict, dict[str, str], list[str], 
     ("It was unbelievable.\n", "It was unbelieveable.\n", True),  # the edit re-tokenizes bytes before it
 ])
 def test_a_plain_edit_is_content_changed_at_the_first_differing_byte(tokenizer, old, new, bytes_agree_over_token):
-    from agentcache.explain import Explainer
+    from agentcache.inspect.explain import Explainer
 
     previous, old_texts, old_segments, old_ids = doc_request(tokenizer, old)
     current, new_texts, new_segments, new_ids = doc_request(tokenizer, new)
@@ -145,7 +145,7 @@ def test_a_plain_edit_is_content_changed_at_the_first_differing_byte(tokenizer, 
 
 
 def bare_prompt(tokenizer, segments: list[str]):
-    from agentcache.prompt_text import Prompt
+    from agentcache.inspect.prompt_text import Prompt
 
     blocks = [{"layer": "L2", "kind": "doc", "key": f"part{i}", "hash": str(i)} for i in range(len(segments))]
     tokens = [tokenizer.encode(s, add_special_tokens=False) for s in segments]
@@ -157,7 +157,7 @@ def bare_prompt(tokenizer, segments: list[str]):
     (["hello wor", "ld\n", "one\n"], ["hello world\n", "two\n"]),  # ... and an edit in a later segment
 ])
 def test_a_moved_segment_boundary_over_the_same_bytes_is_tokenization(tokenizer, old, new):
-    from agentcache.explain import Explainer
+    from agentcache.inspect.explain import Explainer
 
     before, after = bare_prompt(tokenizer, old), bare_prompt(tokenizer, new)
     position = first_index(before.ids, after.ids)

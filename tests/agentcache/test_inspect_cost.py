@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from agentcache.cli import main
-from agentcache.cost import PRICES_FILE, cost_view
+from agentcache.inspect.cost import PRICES_FILE, cost_view
 from agentcache.errors import AgentcacheError
 from agentcache.session import Session
 

@@ -13,7 +13,7 @@ from agentcache.agent import Agent
 from agentcache.backends.local import LocalBackend
 from agentcache.cli import main
 from agentcache.config import RunConfig
-from agentcache.inspect_session import reusable_tokens
+from agentcache.inspect.session_view import reusable_tokens
 from agentcache.session import Session
 from engine import Engine, load_model
 from layers import Block, Layer
@@ -144,7 +144,7 @@ def test_cost_classes_are_recomputed_from_the_records_and_the_price_tables(sessi
     assert cost["transmitted"]["prompt_tokens"] == total["prompt_tokens"]
     assert cost["inference"]["attended_tokens"] == total["cached_tokens"] + total["computed_tokens"]
     assert cost["inference"]["computed_tokens"] == total["computed_tokens"]
-    prices = yaml.safe_load((Path(agentcache.__file__).parent / "prices.yaml").read_text())
+    prices = yaml.safe_load((Path(agentcache.__file__).parent / "inspect" / "prices.yaml").read_text())
     assert cost["billed"]["prices_date"] == prices["date"] and cost["billed"]["cache_ttl"] == "5m"
     anthropic = prices["providers"]["anthropic"]
     assert anthropic["cache_write"]["5m"] == pytest.approx(1.25 * anthropic["input"])

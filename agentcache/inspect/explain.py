@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agentcache.cost import minimum_cacheable
-from agentcache.inspect_session import reusable_tokens
-from agentcache.prompt_text import Prompt, build_prompt, first_difference, token_byte_span
+from agentcache.inspect.cost import minimum_cacheable
+from agentcache.inspect.session_view import reusable_tokens
+from agentcache.inspect.prompt_text import Prompt, build_prompt, first_difference, token_byte_span
 
 CAUSES = ("content_changed", "reordered", "bytes_only", "tokenization", "evicted", "salt_or_model", "below_minimum")
 CONTEXT_TOKENS = 3

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from agentcache.errors import AgentcacheError
-from agentcache.explain import Explainer, block_status
-from agentcache.inspect_session import load_session, request_records
+from agentcache.inspect.explain import Explainer, block_status
+from agentcache.inspect.session_view import load_session, request_records
 from agentcache.session import BadLine, Session
 
 

@@ -9,7 +9,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from agentcache.cost import cost_view
+from agentcache.inspect.cost import cost_view
 from agentcache.errors import AgentcacheError
 from agentcache.records import USAGE_FIELDS
 from agentcache.session import Session
