@@ -1,9 +1,9 @@
-"""Local inference engine: model loading, a shared-prefix paged KV pool, and a runner that speaks tokens."""
+"""Local inference engine: model loading, a shared-prefix paged KV pool, and an engine that speaks tokens."""
 
+from engine.engine import Engine
 from engine.errors import EmbeddedModelMissingError, EngineCapacityError, EngineError, UnknownModelError
 from engine.model import LoadedModel, load_model
 from engine.request import Request, Result, SamplingParams, Timings, Trace, Usage
-from engine.runner import Engine
 from engine.sequence import Cancelled
 
 __all__ = [

@@ -20,7 +20,10 @@ class Page:
     ref_count: int = 0
     hash: int = -1
     token_ids: tuple[int, ...] = ()
-    origin: tuple[str, int] | None = None  # (fingerprint, root hash) of a request's first page
+    origin: Origin | None = None  # set on a request's first page
+
+
+Origin = tuple[str, int]  # (model fingerprint, root hash): what a request's page chain is rooted in
 
 
 @dataclass(slots=True)
@@ -28,7 +31,6 @@ class Match:
     """The verified cached prefix of a prompt and why it stopped where it did."""
 
     page_ids: list[int]
-    hashes: list[int]
     stop_reason: str  # "complete", "capped", "absent", "evicted", "salt", "model", "collision"
 
 
@@ -51,14 +53,20 @@ def page_hash(parent: int, token_ids: list[int] | tuple[int, ...]) -> int:
     return h.intdigest()
 
 
-def unsalted_key(token_ids: list[int] | tuple[int, ...]) -> int:
-    return page_hash(0, token_ids)
+def chain_hashes(token_ids: list[int], page_size: int, parent: int) -> list[int]:
+    """The chained hashes of every full page of `token_ids`, the first one's parent being `parent`."""
+    hashes = []
+    for start in range(0, len(token_ids) - page_size + 1, page_size):
+        parent = page_hash(parent, token_ids[start : start + page_size])
+        hashes.append(parent)
+    return hashes
 
 
 @dataclass
 class BlockManager:
     """Owns which page holds what; never touches tensors. Every index is bounded by the pool: `hash_to_page` and
-    `first_page_roots` hold only pages that are there now, `evicted` the last EVICTED_POOLS pools' evictions."""
+    `first_page_roots` (first-page token ids -> origins) hold only pages that are there now, `evicted` the last
+    EVICTED_POOLS pools' evictions. It never hashes: a request's page hashes come with it."""
 
     num_pages: int
     page_size: int
@@ -67,24 +75,16 @@ class BlockManager:
     free: OrderedDict[int, None] = field(init=False)
     counters: Counters = field(default_factory=Counters)
     evicted: OrderedDict[int, None] = field(default_factory=OrderedDict)
-    first_page_roots: dict[int, set[tuple[str, int]]] = field(default_factory=dict)
+    first_page_roots: dict[tuple[int, ...], set[Origin]] = field(default_factory=dict)
     on_evict: Callable[[int, int, tuple[int, ...]], None] | None = None  # (page id, hash, tokens) before reuse
 
     def __post_init__(self) -> None:
         self.pages = [Page(i) for i in range(self.num_pages)]
         self.free = OrderedDict.fromkeys(range(self.num_pages))
 
-    def chain_hashes(self, token_ids: list[int], root: int) -> list[int]:
-        hashes, parent = [], root
-        for start in range(0, len(token_ids) - self.page_size + 1, self.page_size):
-            parent = page_hash(parent, token_ids[start : start + self.page_size])
-            hashes.append(parent)
-        return hashes
-
-    def match(self, token_ids: list[int], fingerprint: str, salt: str | None) -> Match:
-        """Longest verified run of cached full pages, capped so at least one prompt token is computed."""
-        root = root_hash(fingerprint, salt)
-        hashes = self.chain_hashes(token_ids, root)
+    def match(self, token_ids: list[int], hashes: list[int], origin: Origin) -> Match:
+        """Longest verified run of cached full pages, capped so at least one prompt token is computed; `hashes` are
+        the prompt's page hashes, chained from `origin`'s root."""
         limit = (len(token_ids) - 1) // self.page_size
         page_ids: list[int] = []
         reason = "complete"
@@ -95,7 +95,7 @@ class BlockManager:
             page_id = self.hash_to_page.get(h)
             chunk = tuple(token_ids[i * self.page_size : (i + 1) * self.page_size])
             if page_id is None:
-                reason = self._miss_reason(h, i, chunk, fingerprint, root)
+                reason = self._miss_reason(h, i, chunk, origin)
                 break
             if self.pages[page_id].token_ids != chunk:
                 reason = "collision"
@@ -104,13 +104,14 @@ class BlockManager:
         self.counters.queries += 1
         self.counters.query_tokens += len(token_ids)
         self.counters.hit_tokens += len(page_ids) * self.page_size
-        return Match(page_ids, hashes[: len(page_ids)], reason)
+        return Match(page_ids, reason)
 
-    def _miss_reason(self, h: int, index: int, chunk: tuple[int, ...], fingerprint: str, root: int) -> str:
+    def _miss_reason(self, h: int, index: int, chunk: tuple[int, ...], origin: Origin) -> str:
         if h in self.evicted:
             return "evicted"
         if index == 0:
-            roots = self.first_page_roots.get(unsalted_key(chunk), set())
+            fingerprint, root = origin
+            roots = self.first_page_roots.get(chunk, set())
             if any(fp != fingerprint for fp, _ in roots):
                 return "model"
             if any(r != root for _, r in roots):
@@ -119,6 +120,18 @@ class BlockManager:
 
     def pages_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.page_size)
+
+    def free_pages(self) -> int:
+        """Pages that can take new data: empty ones and cached ones nobody pins (evicted when taken)."""
+        return len(self.free)
+
+    def was_evicted(self, h: int) -> bool:
+        """Page h was in the pool and its page was reused (within the eviction history)."""
+        return h in self.evicted
+
+    def count_hits(self, tokens: int) -> None:
+        """Add prompt tokens found below the pool (host, disk) to the prefix hit counter."""
+        self.counters.hit_tokens += tokens
 
     def available(self, reuse: list[int]) -> int:
         """Free pages left for new data once the matched pages `reuse` are pinned."""
@@ -135,8 +148,8 @@ class BlockManager:
                 f"but only {have} of {self.num_pages} can be freed; raise the pool capacity or shorten the request"
             )
         for page_id in reuse:
-            self._pin(page_id)
-        return list(reuse) + [self._take_fresh() for _ in range(need)]
+            self.pin(page_id)
+        return list(reuse) + [self.take_fresh() for _ in range(need)]
 
     def lookup(self, h: int, token_ids: tuple[int, ...]) -> int | None:
         """The page cached under h if it holds exactly these tokens."""
@@ -146,19 +159,13 @@ class BlockManager:
         return page_id
 
     def pin(self, page_id: int) -> None:
-        self._pin(page_id)
-
-    def take_fresh(self) -> int:
-        """One pinned empty page, evicting the least recently used cached page; the caller checks `free`."""
-        return self._take_fresh()
-
-    def _pin(self, page_id: int) -> None:
         page = self.pages[page_id]
         if page.ref_count == 0:
             del self.free[page_id]
         page.ref_count += 1
 
-    def _take_fresh(self) -> int:
+    def take_fresh(self) -> int:
+        """One pinned empty page, evicting the least recently used cached page; the caller checks `free_pages`."""
         page_id, _ = self.free.popitem(last=False)
         page = self.pages[page_id]
         if page.hash != -1:
@@ -175,11 +182,10 @@ class BlockManager:
         if self.hash_to_page.get(page.hash) == page.page_id:
             del self.hash_to_page[page.hash]
         if page.origin is not None:
-            key = unsalted_key(page.token_ids)
-            roots = self.first_page_roots.get(key, set())
+            roots = self.first_page_roots.get(page.token_ids, set())
             roots.discard(page.origin)
             if not roots:
-                self.first_page_roots.pop(key, None)
+                self.first_page_roots.pop(page.token_ids, None)
         page.hash, page.token_ids, page.origin = -1, (), None
 
     def _remember_evicted(self, h: int) -> None:
@@ -187,7 +193,7 @@ class BlockManager:
         if len(self.evicted) > EVICTED_POOLS * self.num_pages:
             self.evicted.popitem(last=False)
 
-    def register(self, page_id: int, h: int, token_ids: tuple[int, ...], first: tuple[str, int] | None = None) -> None:
+    def register(self, page_id: int, h: int, token_ids: tuple[int, ...], first: Origin | None = None) -> None:
         """Index a page that now holds a full page of KV; an existing page for the same hash wins."""
         page = self.pages[page_id]
         if page.hash == h or h in self.hash_to_page:
@@ -198,7 +204,7 @@ class BlockManager:
         self.hash_to_page[h] = page_id
         self.evicted.pop(h, None)
         if first is not None:
-            self.first_page_roots.setdefault(unsalted_key(token_ids), set()).add(first)
+            self.first_page_roots.setdefault(token_ids, set()).add(first)
 
     def release(self, page_ids: list[int]) -> None:
         """Unpin; cached pages join the LRU tail, tails of a chain first so they are evicted first."""

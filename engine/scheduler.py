@@ -1,18 +1,18 @@
 """Who runs when: FIFO admission into a capped running set, run by the callers in turn, batched decode steps, and
-chunked prefill so a long prompt never stalls the running decodes for more than one chunk at a time."""
+chunked prefill so a long prompt never stalls the running decodes for more than one chunk at a time. The scheduler
+owns the KV cache manager and the model runner; neither calls back."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
-from typing import TYPE_CHECKING
 
 from engine.batch import DecodeBatch
-from engine.request import Result
+from engine.kv_cache import KVCacheManager
+from engine.model_runner import ModelRunner
+from engine.request import Result, Usage
 from engine.sequence import Cancelled, Sequence
-
-if TYPE_CHECKING:
-    from engine.runner import Engine
 
 
 class Scheduler:
@@ -28,8 +28,8 @@ class Scheduler:
     Fairness: while others are running, at most `prefill_chunk` prompt tokens are prefilled per loop turn, each
     turn also taking one batched decode step; with nothing running the first prompt is prefilled in one forward."""
 
-    def __init__(self, engine: Engine, max_running: int, prefill_chunk: int) -> None:
-        self.engine = engine
+    def __init__(self, kv: KVCacheManager, runner: ModelRunner, max_running: int, prefill_chunk: int) -> None:
+        self.kv, self.runner = kv, runner
         self.max_running = max_running
         self.prefill_chunk = prefill_chunk
         self.waiting: deque[Sequence] = deque()
@@ -38,6 +38,9 @@ class Scheduler:
         self.batch: DecodeBatch | None = None
         self.steps = 0  # batched decode forwards
         self.rows = 0  # sequences stepped, summed over those forwards
+        self.totals = Usage()  # of the requests that finished without error
+        self.requests = 0
+        self._count_lock = threading.Lock()
         self._lock = threading.Condition()  # guards `waiting` and `_leading`; followers wait on it
         self._leading = False
         self._finished = False  # a sequence finished in this turn: wake the followers
@@ -111,8 +114,21 @@ class Scheduler:
             seq.error = Cancelled("the request was cancelled")
             self._finish(seq)
 
+    def request_stats(self) -> dict[str, int]:
+        """Finished requests and their usage summed: `requests` and `<usage field>_total`."""
+        with self._count_lock:
+            return {"requests": self.requests, **{f"{k}_total": v for k, v in self.totals.to_dict().items()}}
+
     def _finish(self, seq: Sequence) -> None:
-        self.engine.finish(seq)
+        """Publish and unpin its pages, count it, and wake its caller."""
+        self.kv.release(seq)
+        seq.prefill_cache = None
+        if seq.error is None:
+            seq.result = seq.to_result()
+            with self._count_lock:
+                self.requests += 1
+                self.totals.add(seq.usage)
+        seq.done.set()
         self._finished = True
 
     def _admit_waiting(self) -> None:
@@ -127,7 +143,7 @@ class Scheduler:
                 return
             before = seq.prefilled
             try:
-                done = self.engine.prefill(seq, budget)
+                done = self._prefill(seq, budget)
             except Exception as error:  # a bad mask, a raising callback
                 seq.error, done = error, True
             if budget is not None:
@@ -136,6 +152,15 @@ class Scheduler:
                 self.prefilling = None
                 self._settle(seq)
 
+    def _prefill(self, seq: Sequence, chunk: int | None) -> bool:
+        """The next chunk of the prompt; after the last one publish its pages and take the first token. True: done."""
+        logits = self.runner.prefill(seq, chunk)
+        if logits is None:
+            return False
+        self.kv.publish_prompt(seq)
+        seq.take_first(logits, self.runner.tokenizer)
+        return True
+
     def _start_next(self) -> Sequence | None:
         """The head of the queue, admitted, or None when there is none, no slot, or (others running) no room."""
         while len(self.running) < self.max_running:
@@ -143,17 +168,24 @@ class Scheduler:
                 if not self.waiting:
                     return None
                 seq = self.waiting[0]
-            if self.running and not self.engine.fits_now(seq):
+            if self.running and not self.kv.fits_now(seq):
                 return None
             with self._lock:
                 self.waiting.popleft()
             try:
-                self.engine.start(seq)
+                self._start(seq)
                 return seq
             except Exception as error:  # EngineCapacityError with an idle pool
                 seq.error = error
                 self._finish(seq)
         return None
+
+    def _start(self, seq: Sequence) -> None:
+        """Admission: match and allocate its pages, then gather the cached ones for its prefill. Raises
+        EngineCapacityError (nothing allocated) if it cannot fit."""
+        seq.admitted = time.perf_counter()
+        cached = self.kv.admit(seq)
+        self.runner.begin_prefill(seq, cached)
 
     def _settle(self, seq: Sequence) -> None:
         if seq.finished:
@@ -163,12 +195,12 @@ class Scheduler:
 
     def _decode_step(self) -> None:
         if self.batch is None or self.batch.seqs != self.running:
-            self.batch = DecodeBatch(list(self.running), self.engine.store)
-        logits = self.batch.forward(self.engine.model.model)
+            self.batch = self.runner.decode_batch(list(self.running))
+        logits = self.runner.decode(self.batch)
         self.steps, self.rows = self.steps + 1, self.rows + len(self.running)
         for row, seq in enumerate(self.running):
             try:
-                seq.take(logits[row], self.engine.model.tokenizer)
+                seq.take(logits[row], self.runner.tokenizer)
             except Exception as error:
                 seq.error = error
         for seq in self.running:

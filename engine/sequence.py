@@ -1,4 +1,5 @@
-"""One request in flight: its prompt, page table, generated tokens, sampling state, and the caller's wait."""
+"""One request in flight: its prompt and page hashes, page table, generated tokens, sampling state, and the
+caller's wait."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ class Sequence:
     stop_ids: set[int]
     on_token: OnToken | None
     arrived: float
+    root: int  # the root of its page hash chain: model fingerprint and salt
+    page_hashes: list[int]  # of its full pages, chained from `root`: the prompt's from the start, computed once
     table: list[int] = field(default_factory=list)
     out: list[int] = field(default_factory=list)
     text: str = ""
@@ -59,6 +62,13 @@ class Sequence:
     @property
     def finished(self) -> bool:
         return self.finish is not None or self.error is not None
+
+    def take_first(self, logits: torch.Tensor, tokenizer: Any) -> None:
+        """After prefill: seed the sampler, keep the first logits if asked, and take the first token."""
+        if self.request.sampling.seed is not None:
+            self.generator = torch.Generator(device=logits.device).manual_seed(self.request.sampling.seed)
+        self.first_logits = logits.detach().clone() if self.request.return_logits else None
+        self.take(logits, tokenizer)
 
     def take(self, logits: torch.Tensor, tokenizer: Any) -> None:
         """Choose the next token from this sequence's logits, decide whether it is done, and stream it."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.block_manager import BlockManager, Match, root_hash
+from engine.block_manager import BlockManager, Match, Origin
 from engine.disk_tier import DiskTier
 from engine.host_tier import HostTier
 from engine.kv_store import KVStore
@@ -28,7 +28,8 @@ class TierHits:
 
 
 class Tiers:
-    """Device pool first, then host memory (evicted pages, CUDA), then disk (every full page, written through)."""
+    """Device pool first, then host memory (evicted pages, CUDA), then disk (every full page, written through).
+    Pages change hands through the block manager's public methods only."""
 
     def __init__(self, blocks: BlockManager, store: KVStore, host: HostTier | None, disk: DiskTier | None) -> None:
         self.blocks, self.store, self.host, self.disk = blocks, store, host, disk
@@ -51,14 +52,13 @@ class Tiers:
         if self.host is not None:
             self.host.put(h, token_ids, *self.store.read_page(page_id))
 
-    def extend(self, match: Match, prompt: list[int], fingerprint: str, salt: str | None) -> TierHits:
-        """Grow `match` page by page from the device, host or disk tier, loading pages into the pool."""
+    def extend(self, match: Match, prompt: list[int], hashes: list[int], origin: Origin) -> TierHits:
+        """Grow `match` page by page from the device, host or disk tier, loading pages into the pool; `hashes` are
+        the prompt's page hashes."""
         hits = TierHits()
         if self.host is None and self.disk is None:
             return hits
         P = self.blocks.page_size
-        root = root_hash(fingerprint, salt)
-        hashes = self.blocks.chain_hashes(prompt, root)
         limit = min((len(prompt) - 1) // P, len(hashes))
         pinned = list(match.page_ids)
         start = len(pinned)
@@ -67,16 +67,15 @@ class Tiers:
         try:
             for i in range(len(match.page_ids), limit):
                 chunk = tuple(prompt[i * P : (i + 1) * P])
-                page_id = self._promote(hashes[i], chunk, hits, (fingerprint, root) if i == 0 else None)
+                page_id = self._promote(hashes[i], chunk, hits, origin if i == 0 else None)
                 if page_id is None:
                     break
                 pinned.append(page_id)
                 match.page_ids.append(page_id)
-                match.hashes.append(hashes[i])
         finally:
             self.blocks.release(pinned)
         if len(match.page_ids) > start:
-            self.blocks.counters.hit_tokens += (len(match.page_ids) - start) * P
+            self.blocks.count_hits((len(match.page_ids) - start) * P)
             match.stop_reason = self._stop_reason(len(match.page_ids), limit, hashes)
         return hits
 
@@ -84,16 +83,16 @@ class Tiers:
         """Why the match across tiers stopped: the page after it was evicted from the pool earlier (and is on
         no other tier), was never there, or the match reached the cap or the prompt's last full page."""
         if matched < limit:
-            return "evicted" if hashes[matched] in self.blocks.evicted else "absent"
+            return "evicted" if self.blocks.was_evicted(hashes[matched]) else "absent"
         return "capped" if limit < len(hashes) else "complete"
 
-    def _promote(self, h: int, chunk: tuple[int, ...], hits: TierHits, first: tuple[str, int] | None) -> int | None:
+    def _promote(self, h: int, chunk: tuple[int, ...], hits: TierHits, first: Origin | None) -> int | None:
         """A pinned pool page holding page h: already on the device, or loaded from host or disk."""
         page_id = self.blocks.lookup(h, chunk)
         if page_id is not None:
             self.blocks.pin(page_id)
             return page_id
-        if not self.blocks.free:
+        if self.blocks.free_pages() == 0:
             return None
         kv = self.host.take(h, chunk) if self.host is not None else None
         tier = "host"

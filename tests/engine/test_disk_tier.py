@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, Request
-from engine.block_manager import root_hash
+from engine.block_manager import chain_hashes, root_hash
 from engine.kv_dir import prune_damaged, prune_to
 from engine.model import model_fingerprint, random_tiny_model, weights_digest_of
 from engine.page_file import file_name
@@ -217,8 +217,8 @@ def test_a_match_that_stops_at_an_evicted_page_after_disk_pages_says_evicted(tin
     e = Engine(tiny, page_size=P, capacity_bytes=7 * e_page_bytes(tiny), disk_dir=kv)
     run(e, tokens)
     run(e, prompt(32, 6))  # fills the 7-page pool: the first prompt's pages are evicted
-    hashes = e.blocks.chain_hashes(tokens, root_hash(tiny.fingerprint, None))
-    assert all(h in e.blocks.evicted for h in hashes[:6])
+    hashes = chain_hashes(tokens, P, root_hash(tiny.fingerprint, None))
+    assert all(e.scheduler.kv.blocks.was_evicted(h) for h in hashes[:6])
     (kv / tiny.fingerprint / file_name(hashes[3])).unlink()
     again = run(e, tokens)
     assert again.usage.disk_tokens == again.usage.cached_tokens == 3 * P

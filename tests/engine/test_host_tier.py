@@ -46,7 +46,7 @@ def test_host_budget_keeps_the_most_recent_pages():
 
 
 def test_no_host_tier_on_cpu_by_default(tiny):
-    assert Engine(tiny, page_size=P, capacity_bytes=1 << 20).tiers.host is None
+    assert Engine(tiny, page_size=P, capacity_bytes=1 << 20).scheduler.kv.tiers.host is None
 
 
 def spy(obj, name: str, tier: str, calls: list[tuple[str, int, bool]]) -> None:
@@ -70,7 +70,8 @@ def test_a_prefix_from_pool_host_and_disk_tries_host_before_disk(tiny, tmp_path)
     engine.generate(Request([a], max_tokens=1))
     engine.generate(Request([b], max_tokens=1))  # 7 of 10 pages: evicts a's tail into a 2-page host tier
     # where each page of a is before the request, from the tiers' own state and the page files' headers
-    device, host = set(engine.blocks.hash_to_page), set(engine.tiers.host.pages)
+    kv_cache = engine.scheduler.kv
+    device, host = set(kv_cache.blocks.hash_to_page), set(kv_cache.tiers.host.pages)
     on_disk = {tuple(h["token_ids"]): int(h["hash"], 16) for h in map(check_page_file, page_paths(kv))}
     hashes = [on_disk[tuple(a[i * P : (i + 1) * P])] for i in range(6)]  # every page has a file (write-through)
     where = ["device" if h in device else "host" if h in host else "disk" for h in hashes]
@@ -78,8 +79,8 @@ def test_a_prefix_from_pool_host_and_disk_tries_host_before_disk(tiny, tmp_path)
     expected = {tier: where.count(tier) * P for tier in ("device", "host", "disk")}
     assert all(expected.values())
     calls: list[tuple[str, int, bool]] = []
-    spy(engine.tiers.host, "take", "host", calls)
-    spy(engine.tiers.disk, "load", "disk", calls)
+    spy(kv_cache.tiers.host, "take", "host", calls)
+    spy(kv_cache.tiers.disk, "load", "disk", calls)
     again = engine.generate(Request([a], max_tokens=1, return_logits=True))
     assert again.usage.cached_tokens == 6 * P
     assert (again.usage.host_tokens, again.usage.disk_tokens) == (expected["host"], expected["disk"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine import Engine, Request, load_model
-from engine.block_manager import root_hash
+from engine.block_manager import chain_hashes, root_hash
 from engine.page_file import PageFileError, PageKey, decode, dtype_name, encode, file_name
 from tests.engine.conftest import reference_logits, rel_err
 from tests.engine.disk_helpers import check_page_file
@@ -58,8 +58,7 @@ def test_one_run_heals_every_damaged_page_it_touches_and_the_next_loads_them_all
     kv = tmp_path / "kv"
     rng = random.Random(5)
     tokens = [rng.randrange(100, 512) for _ in range(PAGES * P + 1)]
-    hashes = Engine(tiny, page_size=P, capacity_bytes=1 << 20).blocks.chain_hashes(tokens,
-                                                                                  root_hash(tiny.fingerprint, None))
+    hashes = chain_hashes(tokens, P, root_hash(tiny.fingerprint, None))
     chunks = [tuple(tokens[i * P : (i + 1) * P]) for i in range(PAGES)]
     paths = [kv / tiny.fingerprint / file_name(h) for h in hashes]
     run(engine(tiny, kv), tokens)

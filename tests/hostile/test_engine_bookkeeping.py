@@ -5,7 +5,7 @@ import random
 import pytest
 
 from engine import Engine, Request, load_model
-from engine.block_manager import EVICTED_POOLS, unsalted_key
+from engine.block_manager import EVICTED_POOLS
 
 P = 16
 POOL_PAGES = 8
@@ -36,15 +36,16 @@ def requests(variant: str) -> list[Request]:
 
 
 def assert_bounded(e: Engine) -> None:
-    bm, n = e.blocks, e.blocks.num_pages
+    kv = e.scheduler.kv
+    bm, n = kv.blocks, kv.blocks.num_pages
     assert len(bm.pages) == n and len(bm.free) <= n
     assert len(bm.hash_to_page) <= n
     assert all(bm.pages[page_id].hash == h for h, page_id in bm.hash_to_page.items())
     origins = {(key, origin) for key, roots in bm.first_page_roots.items() for origin in roots}
     assert sum(len(roots) for roots in bm.first_page_roots.values()) <= n
-    assert origins == {(unsalted_key(p.token_ids), p.origin) for p in bm.pages if p.origin is not None}
+    assert origins == {(p.token_ids, p.origin) for p in bm.pages if p.origin is not None}
     assert len(bm.evicted) <= EVICTED_POOLS * n
-    assert len(e.tiers.host.pages) <= e.tiers.host.capacity == HOST_PAGES
+    assert len(kv.tiers.host.pages) <= kv.tiers.host.capacity == HOST_PAGES
     assert not e.scheduler.waiting and not e.scheduler.running and e.scheduler.prefilling is None
 
 
@@ -54,7 +55,7 @@ def test_a_thousand_distinct_requests_keep_the_bookkeeping_within_the_pool(tiny,
     sent = requests(variant)
     for request in sent:
         e.generate(request)
-    assert e.blocks.counters.evictions >= REQUESTS  # pages really were reused
+    assert e.scheduler.kv.blocks.counters.evictions >= REQUESTS  # pages really were reused
     assert_bounded(e)
     last = sent[-1]
     again = e.generate(Request(last.segments, max_tokens=1, salt=last.salt))

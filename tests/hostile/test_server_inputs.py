@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from agentcache.errors import AgentcacheError
-from agentcache.server import create_app, serve
-from agentcache.serving import ChatService
+from agentcache.serve.app import create_app, serve
+from agentcache.serve.chat import ChatService
 from engine import Engine, load_model
 from tests.agentcache.http_helpers import free_port, http, uvicorn_running
 
@@ -289,7 +289,7 @@ def assert_stopped_and_freed(service, url, rows_before: int) -> None:
     rows = service.engine.stats()["decode_rows"] - rows_before
     time.sleep(0.5)
     assert service.engine.stats()["decode_rows"] - rows_before == rows < 200  # stopped, far below 1,500
-    assert all(page.ref_count == 0 for page in service.engine.blocks.pages)
+    assert all(page.ref_count == 0 for page in service.engine.scheduler.kv.blocks.pages)
     assert not service.engine.scheduler.running and not service.engine.scheduler.waiting
     status, answer = chat(url, body())
     assert status == 200 and answer["usage"]["completion_tokens"] >= 1
@@ -348,7 +348,7 @@ def test_serve_on_loopback_or_with_a_key_passes_the_check(host, api_key):
 
 def test_serve_with_insecure_no_auth_warns_in_one_line_and_serves():
     port = free_port()
-    code = ("import sys; from agentcache.server import serve; "
+    code = ("import sys; from agentcache.serve.app import serve; "
             f"serve('0.0.0.0', {port}, {MODEL!r}, None, log=lambda line: print(line, flush=True), "
             "insecure_no_auth=True)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

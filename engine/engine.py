@@ -1,0 +1,79 @@
+"""The engine's facade: tokenize segments, make each request a sequence (its page hashes computed once, here),
+hand it to the scheduler and wait; stats. Below it the scheduler drives the KV cache manager and the model runner."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from engine.block_manager import chain_hashes, root_hash
+from engine.errors import EngineError
+from engine.kv_cache import KVCacheManager
+from engine.kv_dir import DEFAULT_DISK_BYTES
+from engine.model import LoadedModel
+from engine.model_runner import ModelRunner
+from engine.request import Request, Result
+from engine.scheduler import Scheduler
+from engine.sequence import OnToken, Sequence
+
+DEFAULT_CAPACITY = 1 << 30
+DEFAULT_MAX_RUNNING = 16
+DEFAULT_PREFILL_CHUNK = 256
+
+
+class Engine:
+    def __init__(self, model: LoadedModel, page_size: int = 16, capacity_bytes: int = DEFAULT_CAPACITY,
+                 max_running: int = DEFAULT_MAX_RUNNING, disk_dir: Path | None = None,
+                 disk_bytes: int = DEFAULT_DISK_BYTES, host_bytes: int | None = None,
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> None:
+        """disk_dir None: no disk tier. host_bytes None: a host tier on CUDA only; 0: none. prefill_chunk: the
+        most prompt tokens prefilled between two decode steps of running requests."""
+        self.model = model
+        self.page_size = page_size
+        kv = KVCacheManager(model, page_size, capacity_bytes, disk_dir, disk_bytes, host_bytes)
+        self.page_bytes = kv.page_bytes
+        self.scheduler = Scheduler(kv, ModelRunner(model, kv.store), max_running, prefill_chunk)
+
+    def tokenize(self, segments: list[str | list[int]]) -> tuple[list[int], list[int]]:
+        """Each segment on its own, concatenated: stable bytes give stable tokens across requests."""
+        ids: list[int] = []
+        counts: list[int] = []
+        for segment in segments:
+            if isinstance(segment, str):
+                if self.model.tokenizer is None:
+                    raise EngineError(f"model '{self.model.name}' has no tokenizer: send token ids")
+                part = self.model.tokenizer.encode(segment, add_special_tokens=False)
+            else:
+                part = [int(t) for t in segment]
+            ids.extend(part)
+            counts.append(len(part))
+        return ids, counts
+
+    def generate(self, request: Request, on_token: OnToken | None = None,
+                 cancel: threading.Event | None = None) -> Result:
+        """Blocking and thread-safe; `on_token` is called as tokens arrive, on the thread of whichever caller
+        leads the scheduler. Setting `cancel` stops the request at the next loop turn, frees its pages and
+        raises Cancelled."""
+        arrived = time.perf_counter()
+        prompt, counts = self.tokenize(request.segments)
+        self._check_length(prompt, request)
+        max_tokens = min(request.max_tokens, self.model.max_len - len(prompt))
+        stop_ids = self.model.eos_token_ids | set(request.stop_token_ids)
+        root = root_hash(self.model.fingerprint, request.salt)
+        seq = Sequence(request, prompt, counts, max_tokens, stop_ids, on_token, arrived, root,
+                       chain_hashes(prompt, self.page_size, root), cancel=cancel)
+        return self.scheduler.submit(seq)
+
+    def stats(self) -> dict[str, int]:
+        s = self.scheduler
+        return {**s.request_stats(), **s.kv.stats(), "page_size": self.page_size, "page_bytes": self.page_bytes,
+                "decode_steps": s.steps, "decode_rows": s.rows}
+
+    def _check_length(self, prompt: list[int], request: Request) -> None:
+        if not prompt:
+            raise EngineError("empty prompt")
+        if len(prompt) + 1 > self.model.max_len:
+            raise EngineError(f"prompt of {len(prompt)} tokens exceeds the model window of {self.model.max_len}")
+        if request.max_tokens < 1:
+            raise EngineError("max_tokens must be at least 1")

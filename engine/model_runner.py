@@ -1,0 +1,60 @@
+"""The model runner: every forward. Prefill a sequence's uncached prompt on top of its cached pages and write the
+prompt's KV into its pages; one batched decode forward for the running sequences, straight from the pool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from engine.batch import DecodeBatch
+from engine.kv_store import KVStore
+from engine.model import LoadedModel, with_cache
+from engine.sequence import Sequence
+from engine.workspace import PrefillWorkspace
+
+
+class ModelRunner:
+    """Reads and writes the pool's tensors (`store`) at the pages a sequence's table names; owns no pages."""
+
+    def __init__(self, model: LoadedModel, store: KVStore) -> None:
+        self.model, self.store = model, store
+        self.workspace = PrefillWorkspace(store)
+
+    @property
+    def tokenizer(self) -> Any | None:
+        return self.model.tokenizer
+
+    def begin_prefill(self, seq: Sequence, cached_pages: list[int]) -> None:
+        """Gather the cached pages into the sequence's prefill cache, with room for the rest of its prompt."""
+        seq.prefill_cache = self.workspace.cache(cached_pages, len(seq.prompt))
+        seq.prefilled = len(cached_pages) * self.store.page_size
+
+    @torch.inference_mode()
+    def prefill(self, seq: Sequence, chunk: int | None = None) -> torch.Tensor | None:
+        """Prefill the next `chunk` uncached prompt tokens (all of them when None). After the last chunk: write the
+        prompt's KV into its pages and return the next-token logits; None while prompt tokens remain."""
+        prompt = seq.prompt
+        end = len(prompt) if chunk is None else min(len(prompt), seq.prefilled + chunk)
+        logits = self._forward(prompt[seq.prefilled : end], seq.prefill_cache)
+        seq.prefilled = end
+        if end < len(prompt):
+            return None
+        cache, seq.prefill_cache = seq.prefill_cache, None
+        self.store.write(seq.table, [(layer.keys, layer.values) for layer in cache.layers],
+                         seq.usage.cached_tokens, len(prompt))
+        return logits
+
+    def decode_batch(self, seqs: list[Sequence]) -> DecodeBatch:
+        return DecodeBatch(seqs, self.store)
+
+    def decode(self, batch: DecodeBatch) -> torch.Tensor:
+        """One decode step for every row of the batch: next-token logits, one row per sequence."""
+        return batch.forward(self.model.model)
+
+    def _forward(self, token_ids: list[int], cache: DynamicCache) -> torch.Tensor:
+        ids = torch.tensor([token_ids], dtype=torch.long, device=self.model.device)
+        model = self.model.model
+        out = model(input_ids=ids, **with_cache(model, cache), use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1]
