@@ -260,10 +260,10 @@ def script(
 
     Example: agentcache script examples/scripts/fanout.yaml --repo examples/repo
     """
-    from agentcache.script_format import load_script
-    from agentcache.script_report import script_report
-    from agentcache.script_run import open_script_run
-    from agentcache.script_view import ScriptView, render_report
+    from agentcache.script.format import load_script
+    from agentcache.script.report import script_report
+    from agentcache.script.run import open_script_run
+    from agentcache.script.view import ScriptView, render_report
 
     checked = load_script(file)
     console = Console(highlight=False, stderr=as_json)

@@ -8,9 +8,9 @@ import pytest
 from agentcache import PROMPTS_DIR
 from agentcache.backends.local import LocalBackend, block_message
 from agentcache.config import RunConfig
-from agentcache.script_format import parse_script
-from agentcache.script_report import script_report
-from agentcache.script_run import ScriptRun
+from agentcache.script.format import parse_script
+from agentcache.script.report import script_report
+from agentcache.script.run import ScriptRun
 from agentcache.session import Session
 from engine import Engine, load_model
 from layers import Block, Layer, build_prefix

@@ -10,7 +10,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentcache.script_format import ScriptError, answer_refs, fill_answers, load_script, parse_script
+from agentcache.script.format import ScriptError, answer_refs, fill_answers, load_script, parse_script
 from tests.agentcache.test_cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,10 +14,10 @@ from rich.console import Console
 from agentcache import PROMPTS_DIR
 from agentcache.backends.local import LocalBackend, block_message
 from agentcache.config import RunConfig
-from agentcache.script_format import load_script, parse_script
-from agentcache.script_report import script_report
-from agentcache.script_run import AgentState, ScriptRun
-from agentcache.script_view import ScriptView, render_report
+from agentcache.script.format import load_script, parse_script
+from agentcache.script.report import script_report
+from agentcache.script.run import AgentState, ScriptRun
+from agentcache.script.view import ScriptView, render_report
 from agentcache.session import Session
 from engine import Engine
 from layers import Block, Layer, build_prefix

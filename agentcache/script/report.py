@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from agentcache.inspect.session_view import ratio, request_records
-from agentcache.script_run import USAGE_FIELDS, ScriptRun
+from agentcache.script.run import USAGE_FIELDS, ScriptRun
 
 
 def shared_block_tokens(earlier: dict[str, Any], current: dict[str, Any]) -> int:

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from agentcache.inspect.session_view import ratio
 from agentcache.wiring import turn_line
-from agentcache.script_run import AgentState, ScriptRun
+from agentcache.script.run import AgentState, ScriptRun
 
 ANSWER_PREVIEW = 200
 

@@ -14,7 +14,7 @@ from agentcache.backends import Backend, GenSettings, Reply
 from agentcache.config import RunConfig, check_config, load_config
 from agentcache.errors import AgentcacheError
 from agentcache.records import USAGE_FIELDS
-from agentcache.script_format import LIMIT_KEYS, AgentSpec, Launch, Script, fill_answers
+from agentcache.script.format import LIMIT_KEYS, AgentSpec, Launch, Script, fill_answers
 from agentcache.session import Session
 from layers import Context, LayersError, ToolSpec
 from layers.repo import open_repo
