@@ -96,17 +96,20 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def load_model(spec: str | None = None, device: str | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load a model by name: the embedded default, 'random-tiny', a local HF directory or a hub id."""
+def load_model(spec: str | None = None, device: str | None = None, dtype: torch.dtype = torch.float32,
+               cache_dir: Path | None = None) -> LoadedModel:
+    """Load a model by name: the embedded default, 'random-tiny', a local HF directory or a hub id. `cache_dir`:
+    where the embedded model is kept once converted (needed by it and by 'random-tiny-chat', which uses its
+    tokenizer)."""
     spec = spec or EMBEDDED_NAME
     dev = torch.device(device) if device else default_device()
     if spec in EMBEDDED_ALIASES:
-        model, tokenizer, weights_digest, name = _load_embedded(dtype)
+        model, tokenizer, weights_digest, name = _load_embedded(dtype, cache_dir)
     elif spec == RANDOM_NAME:
         model, tokenizer, name = random_tiny_model(dtype), None, RANDOM_NAME
         weights_digest = weights_digest_of(model)
     elif spec == RANDOM_CHAT_NAME:
-        tokenizer = _embedded_tokenizer(dtype)
+        tokenizer = _embedded_tokenizer(dtype, cache_dir)
         model, name = random_tiny_model(dtype, vocab_size=len(tokenizer)), RANDOM_CHAT_NAME
         weights_digest = weights_digest_of(model)
     elif Path(spec).expanduser().is_dir():
@@ -120,14 +123,16 @@ def load_model(spec: str | None = None, device: str | None = None, dtype: torch.
     return LoadedModel(name, model, tokenizer, fingerprint, dev, dtype)
 
 
-def load_tokenizer(spec: str | None = None, dtype: torch.dtype = torch.float32) -> Any | None:
-    """Only the tokenizer of a model (no weights): None for 'random-tiny' or when it cannot be found here."""
+def load_tokenizer(spec: str | None = None, dtype: torch.dtype = torch.float32,
+                   cache_dir: Path | None = None) -> Any | None:
+    """Only the tokenizer of a model (no weights): None for 'random-tiny' or when it cannot be found here.
+    `cache_dir` as for load_model."""
     from transformers import AutoTokenizer
 
     spec = spec or EMBEDDED_NAME
     try:
         if spec in EMBEDDED_ALIASES or spec == RANDOM_CHAT_NAME:
-            return _embedded_tokenizer(dtype)
+            return _embedded_tokenizer(dtype, cache_dir)
         if spec != RANDOM_NAME and Path(spec).expanduser().is_dir():
             return AutoTokenizer.from_pretrained(str(Path(spec).expanduser()))
     except (OSError, ValueError, EmbeddedModelMissingError):
@@ -191,24 +196,26 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _embedded_dir(dtype: torch.dtype) -> Path:
-    """The embedded model as safetensors, converted from its GGUF on first use."""
+def _embedded_dir(dtype: torch.dtype, cache_dir: Path | None) -> Path:
+    """The embedded model as safetensors under cache_dir, converted from its GGUF on first use."""
+    if cache_dir is None:
+        cache_dir = cache_root() / "models"  # until every caller passes its cache_dir
     gguf = embedded_gguf_path()
     key = f"{EMBEDDED_NAME}-{_file_digest(gguf)[:16]}-{str(dtype).removeprefix('torch.')}-v{CONVERSION_VERSION}"
-    converted = cache_root() / "models" / key
+    converted = cache_dir / key
     if not (converted / "agentcache.json").is_file():
         _convert_gguf(gguf, converted, dtype)
     return converted
 
 
-def _embedded_tokenizer(dtype: torch.dtype) -> Any:
+def _embedded_tokenizer(dtype: torch.dtype, cache_dir: Path | None) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(_embedded_dir(dtype)))
+    return AutoTokenizer.from_pretrained(str(_embedded_dir(dtype, cache_dir)))
 
 
-def _load_embedded(dtype: torch.dtype) -> tuple[Any, Any, str, str]:
-    converted = _embedded_dir(dtype)
+def _load_embedded(dtype: torch.dtype, cache_dir: Path | None) -> tuple[Any, Any, str, str]:
+    converted = _embedded_dir(dtype, cache_dir)
     model, tokenizer = _load_pretrained(str(converted), dtype)
     meta = json.loads((converted / "agentcache.json").read_text())
     return model, tokenizer, meta["weights_digest"], EMBEDDED_NAME
