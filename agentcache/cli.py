@@ -242,7 +242,7 @@ def serve(
     Endpoints: POST /v1/chat/completions, GET /v1/models, POST/GET/DELETE /v1/contexts, GET /health, GET /metrics.
     Example: agentcache serve --port 8000
     """
-    from agentcache.server import serve as run_server
+    from agentcache.serve.app import serve as run_server
 
     run_server(host, port, model, api_key, log=lambda line: print(line, file=sys.stderr),
                insecure_no_auth=insecure_no_auth)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agentcache.contexts import ContextNotFound, ContextStore
+from agentcache.serve.contexts import ContextNotFound, ContextStore
 
 
 class Clock:

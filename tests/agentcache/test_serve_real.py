@@ -13,8 +13,8 @@ import openai
 import pytest
 
 from agentcache.backends.local import ChatRenderer
-from agentcache.server import create_app
-from agentcache.serving import ChatService
+from agentcache.serve.app import create_app
+from agentcache.serve.chat import ChatService
 from engine import load_model
 from tests.agentcache.http_helpers import free_port, http, uvicorn_running
 

@@ -9,9 +9,9 @@ import openai
 import pytest
 
 from agentcache.backends.local import ChatRenderer
-from agentcache.contexts import ContextStore
-from agentcache.server import create_app
-from agentcache.serving import ChatService
+from agentcache.serve.contexts import ContextStore
+from agentcache.serve.app import create_app
+from agentcache.serve.chat import ChatService
 from engine import load_model
 from tests.agentcache.http_helpers import http, uvicorn_running
 
@@ -277,7 +277,7 @@ def test_auto_returns_a_call_only_when_the_text_is_one_and_none_returns_text(cli
 
 
 def test_tool_calls_and_tool_results_sent_back_render_as_the_call_the_model_made(service, client):
-    from agentcache.serving import TOOL_FORMAT
+    from agentcache.serve.chat import TOOL_FORMAT
     from layers import canonical_json
 
     def turn(call_id, arguments):

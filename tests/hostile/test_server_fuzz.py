@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentcache.server import create_app
-from agentcache.serving import ChatService
+from agentcache.serve.app import create_app
+from agentcache.serve.chat import ChatService
 from engine import Engine, load_model
 from tests.agentcache.http_helpers import http, uvicorn_running
 

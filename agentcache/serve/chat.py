@@ -10,9 +10,9 @@ from typing import Any
 
 from agentcache.backends.local import ChatRenderer
 from agentcache.backends.constrain import ToolCallError, ToolCallGrammar, matcher_mask, schema_matcher
-from agentcache.contexts import DEFAULT_TTL_S, MAX_TTL_S, ContextStore, StoredContext
+from agentcache.serve.contexts import DEFAULT_TTL_S, MAX_TTL_S, ContextStore, StoredContext
 from agentcache.errors import AgentcacheError
-from agentcache.serve_metrics import ServeMetrics
+from agentcache.serve.metrics import ServeMetrics
 from engine import Engine, Request, Result, SamplingParams
 from engine.model import LoadedModel
 from layers import ToolSpec, canonical_json

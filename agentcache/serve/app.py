@@ -23,10 +23,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentcache.contexts import ContextNotFound
+from agentcache.serve.contexts import ContextNotFound
 from agentcache.backends.constrain import ToolCallError
 from agentcache.errors import AgentcacheError
-from agentcache.serving import BadRequest, ChatService, Prepared, UnknownModel, reply
+from agentcache.serve.chat import BadRequest, ChatService, Prepared, UnknownModel, reply
 from engine import Cancelled, EngineCapacityError, EngineError, Result
 
 CLIENT_GONE = 499  # the client closed the connection before the answer (nginx's code): counted, sent to no one

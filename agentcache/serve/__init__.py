@@ -1,0 +1,1 @@
+"""`agentcache serve`: the OpenAI-compatible HTTP app, chat handling, explicit contexts and metrics."""
