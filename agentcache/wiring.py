@@ -20,11 +20,11 @@ def build_backend(config: RunConfig, api_key: str | None, session_id: str) -> Ba
     """The backend the config names; the openai backend keys the server's prompt cache by session."""
     if config.backend == "local":
         from agentcache.backends.local import LocalBackend
+        from agentcache.cache_dir import kv_dir, models_dir
         from engine import Engine, load_model
-        from engine.kv_dir import default_kv_dir
 
-        model = load_model(config.model)
-        disk_dir = default_kv_dir() if config.disk_cache else None
+        model = load_model(config.model, cache_dir=models_dir())
+        disk_dir = kv_dir() if config.disk_cache else None
         return LocalBackend(model, Engine(model, capacity_bytes=config.kv_capacity_mb << 20, disk_dir=disk_dir))
     if config.backend == "openai":
         from agentcache.backends.openai import OpenAIBackend

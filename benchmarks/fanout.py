@@ -21,6 +21,7 @@ import transformers
 from rich.console import Console
 from rich.table import Table
 
+from agentcache.cache_dir import models_dir
 from benchmarks.prefix_reuse import token_stream
 from benchmarks.report import write_json
 from engine import Engine, EngineError, LoadedModel, Request, Result, load_model
@@ -116,7 +117,7 @@ def mode_record(timed: list[Timed], wall: float) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    lm = load_model(args.model)
+    lm = load_model(args.model, cache_dir=models_dir())
     prompts = agent_prompts(lm, args.prefix, args.agents)
     mask = no_eos_mask(lm)
     requests = [Request(p, max_tokens=args.output, logits_mask=lambda _ids: mask) for p in prompts]

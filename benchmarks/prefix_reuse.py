@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from agentcache.cache_dir import models_dir
 from benchmarks.report import write_json
 from engine import Engine, EngineError, LoadedModel, Request, SamplingParams, load_model
 from engine.model import output_cache, with_cache
@@ -397,7 +398,7 @@ def sizes_arg(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    lm = load_model(args.model)
+    lm = load_model(args.model, cache_dir=models_dir())
     too_long = [p for p in args.sizes if p + args.suffix + 1 > lm.max_len]
     if too_long:
         raise EngineError(f"prefix sizes {too_long} + {args.suffix} suffix tokens exceed the window of {lm.max_len}")

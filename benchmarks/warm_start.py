@@ -27,6 +27,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from agentcache.cache_dir import models_dir
 from benchmarks.prefix_reuse import make_prompts, plain_ttft, token_stream
 from benchmarks.report import write_json
 from engine import Engine, Request, load_model
@@ -49,7 +50,7 @@ NOTES = [
 
 def child(args: argparse.Namespace) -> None:
     """One process, one timed request; prints a JSON record."""
-    lm = load_model(args.model)
+    lm = load_model(args.model, cache_dir=models_dir())
     prompts = make_prompts(lm, args.prefix, SUFFIX_TOKENS, args.repeats + 1)  # the last suffix: the memory floor
     suffix = prompts.warmup_suffix if args.child == "writer" else prompts.timed_suffixes[args.index]
     engine = Engine(lm, page_size=PAGE_SIZE, capacity_bytes=1 << 30,
@@ -79,7 +80,7 @@ def spawn(args: argparse.Namespace, role: str, kv: Path, index: int) -> dict[str
 
 
 def geometry(model: str) -> dict[str, Any]:
-    lm = load_model(model)
+    lm = load_model(model, cache_dir=models_dir())
     size = torch.empty((), dtype=lm.dtype).element_size()
     return {"layers": lm.num_layers, "kv_heads": lm.kv_heads, "head_dim": lm.head_dim, "dtype": str(lm.dtype),
             "formula_bytes_per_token": lm.num_layers * lm.kv_heads * lm.head_dim * 2 * size}

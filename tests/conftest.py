@@ -8,13 +8,19 @@ import platformdirs
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def own_cache_root(tmp_path_factory, monkeypatch):
-    # the real cache root, as engine.model.cache_root finds it (not imported here: tests/layers run without torch)
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """The real cache root's models/, as agentcache.cache_dir finds it (not imported here: tests/layers and
+    tests/engine run without the harness). Engine tests pass it to load_model as the embedded model's cache_dir."""
     real = os.environ.get("AGENTCACHE_CACHE_DIR") or platformdirs.user_cache_dir("agentcache")
     models = Path(real).expanduser() / "models"
     models.mkdir(parents=True, exist_ok=True)
+    return models
+
+
+@pytest.fixture(autouse=True)
+def own_cache_root(tmp_path_factory, monkeypatch, models_dir):
     root = Path(tmp_path_factory.mktemp("cache-root"))
-    os.symlink(models, root / "models", target_is_directory=True)
+    os.symlink(models_dir, root / "models", target_is_directory=True)
     monkeypatch.setenv("AGENTCACHE_CACHE_DIR", str(root))
     return root

@@ -24,9 +24,10 @@ def tokenizer_for(requests: list[dict[str, Any]]) -> Any | None:
     """The tokenizer of the model the requests ran on (tokenizer files only, no weights)."""
     if not requests:
         return None
+    from agentcache.cache_dir import models_dir
     from engine.model import load_tokenizer
 
-    return load_tokenizer(requests[-1].get("model"))
+    return load_tokenizer(requests[-1].get("model"), cache_dir=models_dir())
 
 
 def explain_view(session: Session, records: list[dict[str, Any]]) -> dict[str, Any]:

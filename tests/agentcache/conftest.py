@@ -18,7 +18,8 @@ def repo(tmp_path):
 def random_chat_backend():
     """The agent loop's local backend on random weights with the embedded tokenizer: fast, mechanics only."""
     from agentcache.backends.local import LocalBackend
+    from agentcache.cache_dir import models_dir
     from engine import Engine, load_model
 
-    model = load_model("random-tiny-chat")
+    model = load_model("random-tiny-chat", cache_dir=models_dir())
     return LocalBackend(model, Engine(model, capacity_bytes=64 << 20))

@@ -11,6 +11,7 @@ import agentcache
 
 from agentcache.agent import Agent
 from agentcache.backends.local import LocalBackend
+from agentcache.cache_dir import models_dir
 from agentcache.cli import main
 from agentcache.config import RunConfig
 from agentcache.inspect.session_view import reusable_tokens
@@ -27,7 +28,7 @@ def session_repo(tmp_path_factory):
     """A repo with one real 4-request session, run on a fresh engine so nothing is cached before it."""
     repo = tmp_path_factory.mktemp("inspect") / "repo"
     shutil.copytree(EXAMPLE, repo, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", ".agentcache"))
-    model = load_model("random-tiny-chat")
+    model = load_model("random-tiny-chat", cache_dir=models_dir())
     backend = LocalBackend(model, Engine(model, capacity_bytes=64 << 20))
     session = Session.create(repo)
     Agent(repo, backend, RunConfig(max_turns=4, max_tokens=40, retries=10), session).run("Do it.")

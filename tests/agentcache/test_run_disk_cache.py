@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-import engine.kv_dir
+from agentcache import cache_dir
 from agentcache.wiring import run_task
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "repo"
@@ -13,7 +13,7 @@ SETTINGS = {"model": "random-tiny-chat", "max_turns": 1, "max_tokens": 8}
 
 @pytest.fixture()
 def kv(tmp_path, monkeypatch):
-    monkeypatch.setattr(engine.kv_dir, "default_kv_dir", lambda: tmp_path / "kv")
+    monkeypatch.setattr(cache_dir, "kv_dir", lambda: tmp_path / "kv")
     return tmp_path / "kv"
 
 

@@ -12,8 +12,8 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
-def smol():
-    return load_model()
+def smol(models_dir):
+    return load_model(cache_dir=models_dir)
 
 
 def reference_logits(loaded, tokens: list[int]) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """A separate process for the disk tier tests: fresh engines over a shared KV dir, results as JSON on stdout.
 
     python -m tests.engine.disk_worker MODEL DIR PROMPTS_JSON [--repeat N] [--file-size-limit BYTES]
-                                       [--ready FILE --go FILE]
+                                       [--ready FILE --go FILE] [--models DIR]
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ def main() -> None:
     parser.add_argument("--file-size-limit", type=int, default=0, help="RLIMIT_FSIZE: writes past it fail")
     parser.add_argument("--ready", type=Path, help="create this file once the engine is built")
     parser.add_argument("--go", type=Path, help="then wait for this file before the first request")
+    parser.add_argument("--models", type=Path, help="the cache_dir of the embedded model's converted weights")
     args = parser.parse_args()
     if args.file_size_limit:
         resource.setrlimit(resource.RLIMIT_FSIZE, (args.file_size_limit, args.file_size_limit))
-    model = load_model(args.model)
+    model = load_model(args.model, cache_dir=args.models)
     engine = Engine(model, capacity_bytes=256 << 20, disk_dir=args.dir)
     prompts = json.loads(args.prompts.read_text())
     if args.ready:

