@@ -8,9 +8,9 @@ from typing import Any, Callable
 
 from agentcache import PROMPTS_DIR
 from agentcache.backends import Backend, GenSettings, Reply
-from agentcache.backends.local import reply_text
 from agentcache.config import RunConfig
 from agentcache.backends.constrain import Answer, ToolCallError
+from agentcache.render import reply_text
 from agentcache.session import Session
 from agentcache.tools import ToolBox
 from layers import Block, Context, Layer, ToolRegistry, ToolResult, UserInput, build_prefix

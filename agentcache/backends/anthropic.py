@@ -16,9 +16,9 @@ import anthropic
 import yaml
 
 from agentcache.backends import GenSettings, Reply
-from agentcache.backends.local import block_message
 from agentcache.backends.remote import ReplyChecker, call_with_retries
 from agentcache.errors import AgentcacheError
+from agentcache.render import block_message
 from layers import Block, Context, Layer, TiktokenCounter, ToolSpec
 
 CACHE_TABLE = Path(__file__).with_name("anthropic_cache.yaml")

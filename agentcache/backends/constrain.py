@@ -9,6 +9,8 @@ The grammar is a JSON Schema `anyOf` with one alternative per enabled tool (`nam
 that tool's parameter schema) plus the answer alternative, compiled by llguidance with fixed separators
 (`", "` and `": "`), keys in schema order and no free whitespace. Disabling a tool changes only this
 grammar, never the tool list in the prompt. End of sequence is allowed only once the object is complete.
+The prompt states this format (`agentcache.render.format_instructions`). Masks are numpy bools, no torch:
+the local backend turns them into the tensor the engine takes.
 """
 
 from __future__ import annotations
@@ -19,9 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import llguidance.hf
 import numpy as np
-import torch
 from llguidance import LLMatcher, LLTokenizer
 
 from agentcache.errors import AgentcacheError
@@ -29,14 +29,8 @@ from layers.tokens import DEFAULT_ENCODING
 from layers.tools import ToolSpec
 
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-FORMAT_INSTRUCTIONS = (
-    "Reply with exactly one JSON object and nothing else.\n"
-    'To call a tool: {"name": "<tool name>", "arguments": {<arguments matching the tool\'s parameters>}}\n'
-    'To give the final answer: {"answer": "<your answer>"}\n'
-    "Call one tool at a time; its result comes back in the next message.\n"
-)
 
-LogitsMask = Callable[[list[int]], torch.Tensor]
+AllowedIds = Callable[[list[int]], np.ndarray]  # generated ids so far -> one bool per token id: allowed next
 
 _ll_tokenizers: dict[int, tuple[Any, LLTokenizer]] = {}
 _ll_lock = threading.Lock()
@@ -61,15 +55,12 @@ class Answer:
     text: str
 
 
-def format_instructions() -> str:
-    """The output-format text for the system prompt: constant, whatever tools are enabled."""
-    return FORMAT_INSTRUCTIONS
-
-
 def ll_tokenizer(tokenizer: Any) -> LLTokenizer:
     """The llguidance tokenizer for a fast HF tokenizer, built once per tokenizer object (or passed through)."""
     if isinstance(tokenizer, LLTokenizer):
         return tokenizer
+    import llguidance.hf  # imports transformers: only for a local model's tokenizer
+
     with _ll_lock:
         cached = _ll_tokenizers.get(id(tokenizer))
         if cached is None:
@@ -102,11 +93,11 @@ def schema_matcher(tokenizer: Any, schema: dict[str, Any]) -> LLMatcher:
     return matcher
 
 
-def matcher_mask(matcher: LLMatcher, vocab_size: int) -> LogitsMask:
-    """A per-request `logits_mask(generated_ids)` for the engine driven by `matcher`: allowed next tokens."""
+def matcher_mask(matcher: LLMatcher, vocab_size: int) -> AllowedIds:
+    """A per-request `allowed(generated_ids)` driven by `matcher`: the allowed next tokens as bools."""
     consumed = 0
 
-    def logits_mask(generated_ids: list[int]) -> torch.Tensor:
+    def allowed(generated_ids: list[int]) -> np.ndarray:
         nonlocal consumed
         if len(generated_ids) < consumed:
             matcher.rollback(consumed - len(generated_ids))
@@ -116,7 +107,7 @@ def matcher_mask(matcher: LLMatcher, vocab_size: int) -> LogitsMask:
         consumed = len(generated_ids)
         return unpack_bitmask(matcher.compute_bitmask(), vocab_size)
 
-    return logits_mask
+    return allowed
 
 
 def tool_schema(spec: ToolSpec) -> dict[str, Any]:
@@ -137,10 +128,10 @@ def reply_schema(tools: Iterable[ToolSpec], allow_answer: bool = True) -> dict[s
     return {"anyOf": alternatives, "x-guidance": JSON_OPTIONS}
 
 
-def unpack_bitmask(bitmask: bytes, vocab_size: int) -> torch.Tensor:
+def unpack_bitmask(bitmask: bytes, vocab_size: int) -> np.ndarray:
     """One bool per token id from llguidance's packed little-endian words (bit i of word w is token 32w + i)."""
     packed = np.frombuffer(bitmask, dtype=np.uint8)
-    return torch.from_numpy(np.unpackbits(packed, count=vocab_size, bitorder="little").view(np.bool_))
+    return np.unpackbits(packed, count=vocab_size, bitorder="little").view(np.bool_)
 
 
 class ToolCallGrammar:
@@ -153,8 +144,8 @@ class ToolCallGrammar:
     def new_matcher(self) -> LLMatcher:
         return self._matcher.deep_copy()
 
-    def new_mask(self, vocab_size: int) -> LogitsMask:
-        """A fresh per-request `logits_mask(generated_ids)` for the engine: allowed next tokens as bools."""
+    def new_mask(self, vocab_size: int) -> AllowedIds:
+        """A fresh per-request `allowed(generated_ids)`: the allowed next tokens as bools (numpy)."""
         return matcher_mask(self.new_matcher(), vocab_size)
 
     def parse(self, text: str) -> ToolCall | Answer:

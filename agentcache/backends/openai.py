@@ -1,9 +1,9 @@
 """The openai backend: any OpenAI-compatible server (vLLM, SGLang, `agentcache serve`) over HTTP.
 
-Messages are rendered from the layers exactly as the local backend renders them (`block_message`), the reply
-is constrained with `response_format` json_schema (the tool grammar's schema), and cached tokens are read from
-`usage.prompt_tokens_details.cached_tokens`. When the server offers `/v1/contexts`, L1+L2 are sent once as a
-context and each request carries the context id plus the L3 messages only.
+Messages are rendered from the layers exactly as the local backend renders them (`render.block_message`),
+the reply is constrained with `response_format` json_schema (the tool grammar's schema), and cached tokens
+are read from `usage.prompt_tokens_details.cached_tokens`. When the server offers `/v1/contexts`, L1+L2 are
+sent once as a context and each request carries the context id plus the L3 messages only.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 import openai
 
 from agentcache.backends import GenSettings, Reply
-from agentcache.backends.local import block_message
 from agentcache.backends.remote import RemoteError, ReplyChecker, call_with_retries
 from agentcache.backends.constrain import reply_schema
 from agentcache.errors import AgentcacheError
+from agentcache.render import block_message
 from layers import Context, TiktokenCounter, ToolSpec
 
 DEFAULT_WINDOW = 8192

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from agentcache.backends.local import ChatRenderer, block_message
+from agentcache.render import ChatRenderer, segment_ids
 from layers import Block, Layer
 
 
@@ -41,10 +41,9 @@ def build_prompt(record: dict[str, Any], texts: dict[str, str], tokenizer: Any |
     block_texts = [texts.get(b.get("hash", "")) for b in blocks]
     if any(t is None for t in block_texts):
         return Prompt(blocks, block_texts, None, None)
-    messages = [block_message(Block(Layer[b["layer"]], b["kind"], b["key"], t.encode("utf-8")))
-                for b, t in zip(blocks, block_texts)]
-    segments = ChatRenderer(tokenizer).segments(messages)
-    tokens = [tokenizer.encode(s, add_special_tokens=False) for s in segments] if tokenizer is not None else None
+    rebuilt = [Block(Layer[b["layer"]], b["kind"], b["key"], t.encode("utf-8")) for b, t in zip(blocks, block_texts)]
+    segments = ChatRenderer(tokenizer).block_segments(rebuilt)
+    tokens = segment_ids(tokenizer, segments) if tokenizer is not None else None
     return Prompt(blocks, block_texts, segments, tokens)
 
 

@@ -8,13 +8,15 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from agentcache.backends.local import ChatRenderer
+from agentcache.backends.local import tensor_mask
 from agentcache.backends.constrain import ToolCallError, ToolCallGrammar, matcher_mask, schema_matcher
 from agentcache.serve.contexts import DEFAULT_TTL_S, MAX_TTL_S, ContextStore, StoredContext
 from agentcache.errors import AgentcacheError
+from agentcache.render import ChatRenderer, segment_ids, tools_message
 from agentcache.serve.metrics import ServeMetrics
 from engine import Engine, Request, Result, SamplingParams
 from engine.model import LoadedModel
+from engine.request import LogitsMask
 from layers import ToolSpec, canonical_json
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
@@ -132,8 +134,7 @@ def chat_messages(messages: Any, tools: Any) -> list[dict[str, str]]:
     """The messages to render, after a system message describing `tools` (checked by function_tools)."""
     if not isinstance(messages, list):
         raise BadRequest("'messages' must be a list")
-    head = [{"role": "system", "content": f"{TOOL_FORMAT}\nTools (JSON Schema):\n{canonical_json(tools)}"}] \
-        if tools else []
+    head = [tools_message(canonical_json(tools), TOOL_FORMAT)] if tools else []
     rendered = []
     for i, message in enumerate(messages):
         try:
@@ -336,7 +337,7 @@ class ChatService:
                 text.encode("utf-8")
             except UnicodeEncodeError:  # a lone surrogate, e.g. from an escape inside a call's arguments
                 raise BadRequest("the messages are not valid Unicode (a lone surrogate)") from None
-        return [self.model.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        return segment_ids(self.model.tokenizer, texts)
 
     def prepare(self, body: dict[str, Any]) -> Prepared:
         """Validate every field before any engine work: a bad request costs no prefill."""
@@ -358,7 +359,7 @@ class ChatService:
         grammar = self._tool_grammar(specs) if specs else None
         segments = self.segments(messages)
         max_tokens = self._max_tokens(asked, sum(map(len, segments)))
-        mask = grammar.new_mask(self.model.config.vocab_size) if forced and grammar else self._mask(schema)
+        mask = tensor_mask(grammar.new_mask(self.model.config.vocab_size)) if forced and grammar else self._mask(schema)
         request = Request(segments, max_tokens=max_tokens, sampling=sampling, stop=stop,
                           salt=salt or (context.salt if context else None), logits_mask=mask)
         return Prepared(request, context, grammar, forced, stream, include_usage)
@@ -371,11 +372,11 @@ class ChatService:
             raise BadRequest(f"the prompt has {prompt_tokens} tokens; the model window is {window}")
         return min(asked or DEFAULT_MAX_TOKENS, window - prompt_tokens)
 
-    def _mask(self, schema: dict[str, Any] | None) -> Any:
+    def _mask(self, schema: dict[str, Any] | None) -> LogitsMask | None:
         if schema is None:
             return None
         matcher = self._compiled(canonical_json(schema), lambda: schema_matcher(self.model.tokenizer, schema))
-        return matcher_mask(matcher.deep_copy(), self.model.config.vocab_size)
+        return tensor_mask(matcher_mask(matcher.deep_copy(), self.model.config.vocab_size))
 
     def _tool_grammar(self, specs: list[ToolSpec]) -> ToolCallGrammar:
         """The grammar of one call to one of `specs` ({"name", "arguments"}), which also parses replies."""

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from agentcache.agent import Agent
-from agentcache.backends.local import ChatRenderer, LocalBackend
+from agentcache.backends.local import LocalBackend
 from agentcache.config import RunConfig
+from agentcache.render import ChatRenderer
 from agentcache.session import Session
 from engine import load_model
 

@@ -4,10 +4,13 @@ import json
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
-from agentcache.backends.constrain import Answer, ToolCall, ToolCallError, ToolCallGrammar, format_instructions, ll_tokenizer
+from agentcache.backends.constrain import Answer, ToolCall, ToolCallError, ToolCallGrammar, ll_tokenizer
+from agentcache.backends.local import tensor_mask
+from agentcache.render import format_instructions
 from agentcache import PROMPTS_DIR
 from engine import Engine, Request, load_model
 from layers import ToolRegistry
@@ -113,7 +116,7 @@ def test_mask_matches_llguidance_logit_bias_and_pads_model_width(smol):
     grammar = ToolCallGrammar(smol.tokenizer, ALL_TOOLS)
     width = len(smol.tokenizer) + 64
     prefix = smol.tokenizer.encode('{"name": "', add_special_tokens=False)
-    mask = grammar.new_mask(width)(prefix)
+    mask = tensor_mask(grammar.new_mask(width))(prefix)
     matcher = grammar.new_matcher()
     assert matcher.consume_tokens(prefix)
     bias = torch.frombuffer(bytearray(matcher.compute_logit_bias()), dtype=torch.uint8)
@@ -122,11 +125,24 @@ def test_mask_matches_llguidance_logit_bias_and_pads_model_width(smol):
     assert not mask[bias.numel():].any()
 
 
+def test_the_grammar_mask_is_numpy_and_the_engine_gets_the_same_bits_as_a_tensor(smol):
+    grammar = ToolCallGrammar(smol.tokenizer, ALL_TOOLS)
+    prefix = smol.tokenizer.encode('{"name": "', add_special_tokens=False)
+    allowed = grammar.new_mask(smol.config.vocab_size)(prefix)
+    matcher = grammar.new_matcher()
+    assert matcher.consume_tokens(prefix)
+    bias = np.frombuffer(matcher.compute_logit_bias(), dtype=np.uint8)
+    assert isinstance(allowed, np.ndarray) and allowed.dtype == np.bool_
+    assert np.array_equal(allowed[: bias.size], bias[: smol.config.vocab_size] > 0)
+    tensor = tensor_mask(grammar.new_mask(smol.config.vocab_size))(prefix)
+    assert tensor.dtype == torch.bool and tensor.tolist() == allowed.tolist()
+
+
 def test_disabled_tool_names_are_never_allowed(smol):
     enabled = ["finish", "run_command", "search"]
     grammar = ToolCallGrammar(smol.tokenizer, tools(*enabled))
     prefix = smol.tokenizer.encode('{"name": "', add_special_tokens=False)
-    mask = grammar.new_mask(smol.config.vocab_size)(prefix)
+    mask = tensor_mask(grammar.new_mask(smol.config.vocab_size))(prefix)
     allowed = allowed_ids(mask)
     assert allowed
     for token in allowed:
@@ -141,7 +157,7 @@ def test_eos_is_allowed_only_when_the_json_is_complete(smol):
     grammar = ToolCallGrammar(smol.tokenizer, ALL_TOOLS)
     (eos,) = smol.eos_token_ids
     ids = smol.tokenizer.encode(READ_CALL, add_special_tokens=False)
-    mask = grammar.new_mask(smol.config.vocab_size)
+    mask = tensor_mask(grammar.new_mask(smol.config.vocab_size))
     for n in range(len(ids)):
         assert not mask(ids[:n])[eos], smol.tokenizer.decode(ids[:n])
     assert allowed_ids(mask(ids)) == [eos]
@@ -150,16 +166,16 @@ def test_eos_is_allowed_only_when_the_json_is_complete(smol):
 def test_mask_follows_a_shorter_history(smol):
     grammar = ToolCallGrammar(smol.tokenizer, ALL_TOOLS)
     ids = smol.tokenizer.encode(READ_CALL, add_special_tokens=False)
-    mask = grammar.new_mask(smol.config.vocab_size)
+    mask = tensor_mask(grammar.new_mask(smol.config.vocab_size))
     mask(ids[:12])
-    assert torch.equal(mask(ids[:5]), grammar.new_mask(smol.config.vocab_size)(ids[:5]))
+    assert torch.equal(mask(ids[:5]), tensor_mask(grammar.new_mask(smol.config.vocab_size))(ids[:5]))
 
 
 def test_mask_step_is_fast(smol):
     grammar = ToolCallGrammar(smol.tokenizer, ALL_TOOLS)
     call = json.dumps({"name": "write_file", "arguments": {"path": "notes.md", "content": "line\n" * 12}})
     ids = smol.tokenizer.encode(call, add_special_tokens=False)
-    mask = grammar.new_mask(smol.config.vocab_size)
+    mask = tensor_mask(grammar.new_mask(smol.config.vocab_size))
     steps = []
     for n in range(len(ids) + 1):
         started = time.perf_counter()
@@ -177,7 +193,7 @@ def test_mask_step_is_fast(smol):
 def test_real_model_reply_is_a_valid_call_to_an_enabled_tool(smol, engine, names, allow_answer, question):
     grammar = ToolCallGrammar(smol.tokenizer, tools(*names), allow_answer)
     request = Request(chat_prompt(smol.tokenizer, question), max_tokens=96,
-                      logits_mask=grammar.new_mask(smol.config.vocab_size))
+                      logits_mask=tensor_mask(grammar.new_mask(smol.config.vocab_size)))
     result = engine.generate(request)
     assert result.finish_reason == "stop", result.text
     reply = grammar.parse(result.text)

@@ -109,7 +109,7 @@ def token_spans(tokenizer, segment: str) -> list[tuple[int, int]]:
 
 def doc_request(tokenizer, text: str) -> tuple[dict, dict[str, str], list[str], list[int]]:
     """A one-doc request as the local backend logs it, with the segments it sent and their token ids."""
-    from agentcache.backends.local import ChatRenderer, block_message
+    from agentcache.render import ChatRenderer, block_message
     from layers import Block, Layer
 
     block = Block(Layer.L2, "doc", "A.md", text.encode())

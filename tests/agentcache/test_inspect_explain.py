@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from agentcache.agent import Agent
-from agentcache.backends.local import LocalBackend, block_message
+from agentcache.backends.local import LocalBackend
 from agentcache.cli import main
 from agentcache.config import RunConfig
+from agentcache.render import block_message
 from agentcache.session import Session
 from engine import Engine, Request, load_model
 from layers import Block, Context, Layer

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from agentcache import PROMPTS_DIR
-from agentcache.backends.local import LocalBackend, block_message
+from agentcache.backends.local import LocalBackend
 from agentcache.config import RunConfig
+from agentcache.render import block_message
 from agentcache.script.format import parse_script
 from agentcache.script.report import script_report
 from agentcache.script.run import ScriptRun

@@ -12,8 +12,9 @@ import pytest
 from rich.console import Console
 
 from agentcache import PROMPTS_DIR
-from agentcache.backends.local import LocalBackend, block_message
+from agentcache.backends.local import LocalBackend
 from agentcache.config import RunConfig
+from agentcache.render import block_message
 from agentcache.script.format import load_script, parse_script
 from agentcache.script.report import script_report
 from agentcache.script.run import AgentState, ScriptRun

@@ -12,7 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from agentcache.backends.local import ChatRenderer
+from agentcache.render import ChatRenderer
 from agentcache.serve.app import create_app
 from agentcache.serve.chat import ChatService
 from engine import load_model

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from agentcache.backends.local import ChatRenderer
 from agentcache.serve.contexts import ContextStore
+from agentcache.render import ChatRenderer
 from agentcache.serve.app import create_app
 from agentcache.serve.chat import ChatService
 from engine import load_model

@@ -1,0 +1,116 @@
+"""Rendering, the same bytes everywhere: blocks -> chat messages -> prefix-stable text segments (no torch).
+
+Every backend, serve and inspect render through here. A chat template is used only when it is checked to be
+prefix-stable (rendering messages[:k] is a byte-prefix of rendering messages[:k+1]); otherwise plain ChatML.
+Each segment is tokenized on its own, so stable bytes give stable tokens. Tokenizers are passed in.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from layers import Block, Layer, canonical_json
+
+ROLE_OF_KIND = {"user": "user", "assistant": "assistant", "tool_call": "assistant",
+                "tool_result": "tool", "tool_error": "tool"}
+PROBE = [{"role": "system", "content": "a"}, {"role": "system", "content": "b"},
+         {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}, {"role": "tool", "content": "e"}]
+FORMAT_INSTRUCTIONS = (
+    "Reply with exactly one JSON object and nothing else.\n"
+    'To call a tool: {"name": "<tool name>", "arguments": {<arguments matching the tool\'s parameters>}}\n'
+    'To give the final answer: {"answer": "<your answer>"}\n'
+    "Call one tool at a time; its result comes back in the next message.\n"
+)
+
+
+def format_instructions() -> str:
+    """The output-format text for the system prompt: constant, whatever tools are enabled."""
+    return FORMAT_INSTRUCTIONS
+
+
+def tools_message(schemas: str, instructions: str = FORMAT_INSTRUCTIONS) -> dict[str, str]:
+    """The system message that states the reply format and lists the tools' JSON Schemas."""
+    return {"role": "system", "content": f"{instructions}\nTools (JSON Schema):\n{schemas}"}
+
+
+def block_message(block: Block) -> dict[str, str]:
+    """A deterministic message for a block; the tools block also carries the output format."""
+    if block.layer == Layer.L3:
+        return {"role": ROLE_OF_KIND.get(block.kind, "user"), "content": block.text}
+    if block.kind == "tools":
+        return tools_message(block.text)
+    if block.layer == Layer.L2 and block.kind != "tree":
+        return {"role": "system", "content": f"File {block.key}:\n{block.text}"}
+    if block.kind == "tree":
+        return {"role": "system", "content": f"Repository files:\n{block.text}"}
+    return {"role": "system", "content": block.text}
+
+
+def reply_text(call_or_answer: Any) -> str:
+    """The canonical text of a parsed reply, as it is appended to L3."""
+    if hasattr(call_or_answer, "name"):
+        return canonical_json({"name": call_or_answer.name, "arguments": call_or_answer.arguments})
+    return canonical_json({"answer": call_or_answer.text})
+
+
+def segment_ids(tokenizer: Any, segments: list[str]) -> list[list[int]]:
+    """Token ids of each segment, tokenized on its own and without special tokens (as the engine does)."""
+    return [tokenizer.encode(segment, add_special_tokens=False) for segment in segments]
+
+
+class ChatRenderer:
+    """Renders messages one segment each; falls back to plain ChatML if the template is not prefix-stable.
+
+    Thread-safe: the reused renders of the last call are read and replaced under one lock.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.template_stable = tokenizer is not None and tokenizer.chat_template is not None and self._stable()
+        self._keys: list[tuple[str, str]] = []
+        self._renders: list[str] = []
+        self._lock = threading.Lock()
+
+    def _render(self, messages: list[dict[str, str]], generation: bool = False) -> str:
+        if not messages:
+            return ""
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+
+    def _stable(self) -> bool:
+        try:
+            renders = [self._render(PROBE[:k]) for k in range(len(PROBE) + 1)]
+        except Exception:
+            return False
+        return all(b.startswith(a) for a, b in zip(renders, renders[1:])) and \
+            self._render(PROBE, True).startswith(renders[-1])
+
+    def segments(self, messages: list[dict[str, str]]) -> list[str]:
+        if not self.template_stable:
+            parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
+            return parts + ["<|im_start|>assistant\n"]
+        out, previous = [], ""
+        for current in self._prefix_renders(messages):
+            out.append(current[len(previous):])
+            previous = current
+        out.append(self._render(messages, True)[len(previous):])
+        return out
+
+    def block_segments(self, blocks: Iterable[Block]) -> list[str]:
+        """The segments of a context's blocks, one per block plus the generation prompt."""
+        return self.segments([block_message(block) for block in blocks])
+
+    def _prefix_renders(self, messages: list[dict[str, str]]) -> list[str]:
+        """Renders of messages[:1], messages[:2], ...; the ones shared with the last call are reused."""
+        keys = [(m["role"], m["content"]) for m in messages]
+        with self._lock:
+            return self._reuse_renders(messages, keys)
+
+    def _reuse_renders(self, messages: list[dict[str, str]], keys: list[tuple[str, str]]) -> list[str]:
+        same = 0
+        while same < min(len(keys), len(self._keys)) and keys[same] == self._keys[same]:
+            same += 1
+        renders = self._renders[:same] + [self._render(messages[:k]) for k in range(same + 1, len(messages) + 1)]
+        self._keys, self._renders = keys, renders
+        return renders
