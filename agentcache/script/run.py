@@ -176,10 +176,11 @@ def _engine_error() -> type[Exception]:
 def open_script_run(script: Script, repo: Path, model: str | None, on_event: OnEvent) -> ScriptRun:
     """A run of `script` in `repo` on one model (flag, else the script's, else the repo config's) for all agents."""
     from agentcache.backends.local import LocalBackend
+    from agentcache.cache_dir import models_dir
     from engine import load_model
 
     root = open_repo(repo)
     base = load_config(root)
     base.model = model or script.model or base.model
     check_config(base)
-    return ScriptRun(script, root, LocalBackend(load_model(base.model)), base, on_event)
+    return ScriptRun(script, root, LocalBackend(load_model(base.model, cache_dir=models_dir())), base, on_event)

@@ -155,10 +155,10 @@ def test_logits_mask_restricts_choices(tiny):
     assert set(result.token_ids) <= {100, 200, 300}
 
 
-def test_streamed_text_is_the_result_text_with_split_characters_and_stop_strings():
+def test_streamed_text_is_the_result_text_with_split_characters_and_stop_strings(models_dir):
     """Tokens forced through a logits mask: a character split over several byte tokens is streamed whole, and the
     start of a stop string is held back until it is known not to be one."""
-    chat = load_model("random-tiny-chat")
+    chat = load_model("random-tiny-chat", cache_dir=models_dir)
     tokenizer = chat.tokenizer
     target = tokenizer.encode("é漢字 <EN or <END> tail", add_special_tokens=False)
     assert any("\ufffd" in tokenizer.decode(target[: i + 1]) for i in range(len(target)))  # a split character

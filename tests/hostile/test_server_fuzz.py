@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agentcache.cache_dir import models_dir
 from agentcache.serve.app import create_app
 from agentcache.serve.chat import ChatService
 from engine import Engine, load_model
@@ -103,7 +104,7 @@ REQUESTS = st.one_of(st.tuples(st.just("/v1/chat/completions"), CHAT), st.tuples
 
 @pytest.fixture(scope="module")
 def url():
-    model = load_model(MODEL)
+    model = load_model(MODEL, cache_dir=models_dir())
     with uvicorn_running(create_app(ChatService(model, Engine(model, capacity_bytes=64 << 20)))) as base:
         yield base
 

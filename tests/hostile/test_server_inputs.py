@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from agentcache.cache_dir import models_dir
 from agentcache.errors import AgentcacheError
 from agentcache.serve.app import create_app, serve
 from agentcache.serve.chat import ChatService
@@ -36,7 +37,7 @@ class Records(logging.Handler):
 
 @pytest.fixture(scope="module")
 def service():
-    model = load_model(MODEL)
+    model = load_model(MODEL, cache_dir=models_dir())
     return ChatService(model, Engine(model, capacity_bytes=64 << 20))
 
 
