@@ -12,6 +12,7 @@ import pytest
 
 from agentcache.agent import Agent
 from agentcache.backends.local import LocalBackend
+from agentcache.cache_dir import models_dir
 from agentcache.config import RunConfig
 from agentcache.render import ChatRenderer
 from agentcache.session import Session
@@ -22,7 +23,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "repo"
 
 @pytest.fixture(scope="module")
 def backend():
-    return LocalBackend(load_model())
+    return LocalBackend(load_model(cache_dir=models_dir()))
 
 
 def requests_of(session: Session) -> list[dict]:

@@ -10,6 +10,7 @@ import torch
 
 from agentcache.backends.constrain import Answer, ToolCall, ToolCallError, ToolCallGrammar, ll_tokenizer
 from agentcache.backends.local import tensor_mask
+from agentcache.cache_dir import models_dir
 from agentcache.render import format_instructions
 from agentcache import PROMPTS_DIR
 from engine import Engine, Request, load_model
@@ -22,7 +23,7 @@ READ_CALL = '{"name": "read_file", "arguments": {"path": "README.md", "start_lin
 
 @pytest.fixture(scope="module")
 def smol():
-    return load_model()
+    return load_model(cache_dir=models_dir())
 
 
 @pytest.fixture(scope="module")

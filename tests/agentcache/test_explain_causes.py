@@ -91,9 +91,10 @@ def test_swapped_blocks_are_reordered_at_the_first_moved_block_without_a_tokeniz
 
 @pytest.fixture(scope="module")
 def tokenizer():
+    from agentcache.cache_dir import models_dir
     from engine.model import load_tokenizer
 
-    found = load_tokenizer()  # the embedded model's tokenizer files, no weights
+    found = load_tokenizer(cache_dir=models_dir())  # the embedded model's tokenizer files, no weights
     assert found is not None, "the embedded model's tokenizer is missing"
     return found
 

@@ -11,6 +11,7 @@ import pytest
 
 from agentcache.agent import Agent
 from agentcache.backends.local import LocalBackend
+from agentcache.cache_dir import models_dir
 from agentcache.cli import main
 from agentcache.config import RunConfig
 from agentcache.render import block_message
@@ -37,7 +38,7 @@ class RecordingBackend(LocalBackend):
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model()
+    return load_model(cache_dir=models_dir())
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import pytest
 
 from agentcache import PROMPTS_DIR
 from agentcache.backends.local import LocalBackend
+from agentcache.cache_dir import models_dir
 from agentcache.config import RunConfig
 from agentcache.render import block_message
 from agentcache.script.format import parse_script
@@ -37,7 +38,7 @@ SCRIPT = "\n".join([
 def fanout(tmp_path_factory):
     repo = tmp_path_factory.mktemp("fork") / "repo"
     shutil.copytree(ROOT / "examples" / "repo", repo)
-    model = load_model()
+    model = load_model(cache_dir=models_dir())
     backend = LocalBackend(model, Engine(model, capacity_bytes=256 << 20))
     run = ScriptRun(parse_script(SCRIPT, "fanout"), repo, backend, RunConfig(), lambda state, record: None)
     run.run()

@@ -12,6 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from agentcache.cache_dir import models_dir
 from agentcache.render import ChatRenderer
 from agentcache.serve.app import create_app
 from agentcache.serve.chat import ChatService
@@ -33,7 +34,7 @@ def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def test_openai_sdk_gets_a_completion_and_the_engine_cached_count():
-    service = ChatService(load_model(MODEL))
+    service = ChatService(load_model(MODEL, cache_dir=models_dir()))
     tokenizer = service.model.tokenizer
     system = {"role": "system", "content": (EXAMPLE / "README.md").read_text() * 3}
     with uvicorn_running(create_app(service)) as url:

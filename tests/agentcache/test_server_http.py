@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
+from agentcache.cache_dir import models_dir
 from agentcache.serve.contexts import ContextStore
 from agentcache.render import ChatRenderer
 from agentcache.serve.app import create_app
@@ -29,7 +30,7 @@ class Clock:
 
 @pytest.fixture(scope="module")
 def service():
-    return ChatService(load_model(MODEL), contexts=ContextStore(limit=4, clock=Clock()))
+    return ChatService(load_model(MODEL, cache_dir=models_dir()), contexts=ContextStore(limit=4, clock=Clock()))
 
 
 @pytest.fixture(scope="module")
