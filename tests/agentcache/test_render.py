@@ -52,9 +52,10 @@ def test_a_parsed_reply_goes_back_to_l3_as_canonical_json():
 
 
 def test_segment_ids_are_the_tokens_the_engine_computes():
+    from agentcache.cache_dir import models_dir
     from engine import Engine, load_model
 
-    model = load_model("random-tiny-chat")
+    model = load_model("random-tiny-chat", cache_dir=models_dir())
     segments = ChatRenderer(model.tokenizer).block_segments(BLOCKS)
     ids = segment_ids(model.tokenizer, segments)
     flat, counts = Engine(model, capacity_bytes=8 << 20).tokenize(segments)
