@@ -1,37 +1,46 @@
-"""The `agentcache` command line: a typer app with one subcommand per verb."""
+"""`agentcache inspect`: its modes (session view, --explain, --diff, --layers), their options and tables."""
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from agentcache import PROMPTS_DIR
-from agentcache.cache_cmd import cache_app
+from agentcache.cli.options import Debug
 from agentcache.errors import AgentcacheError
-from layers import Context, L2Config, LayersError, TiktokenCounter, build_prefix, lint_blocks
+from layers import Context, L2Config, TiktokenCounter, build_prefix, lint_blocks
 from layers.lint import Finding
 
-app = typer.Typer(
-    name="agentcache",
-    help="A cache-aware agent harness: byte-stable layered prompts on a shared-prefix KV engine.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-app.add_typer(cache_app, name="cache")
-
-Debug = Annotated[bool, typer.Option("--debug", help="Show a full traceback on errors.")]
+MODE_FLAGS = ("explain", "diff", "layers")  # none of them: the session view
+MODE_NAMES = {"view": "the session view", "explain": "--explain", "diff": "--diff", "layers": "--layers"}
+LAYERS_ONLY = ("role", "prompts", "skills", "max_tree", "budget", "strict")
+APPLIES_TO = {"session": ("view", "explain"), "cache_ttl": ("view",), **{name: ("layers",) for name in LAYERS_ONLY}}
 
 
-@app.callback()
-def root(debug: Debug = False) -> None:
-    """Assemble context in layers (L1 role+tools, L2 repo, L3 turns) so the prefix stays cached."""
+def _shown(param: Any) -> str:
+    return param.opts[0] if param.param_type_name == "option" else "a SESSION argument"
+
+
+def _check_options(ctx: typer.Context, diff: tuple[str, str] | None) -> None:
+    """Refuse two modes (view, explain, diff, layers), or an option given that does not apply to the chosen one:
+    an error, never silently ignored."""
+    for ref in diff or ():  # first: an option taken for an id shifts what follows it
+        if ref.startswith("-"):
+            raise AgentcacheError(f"--diff takes two ids (session ids or SESSION:INDEX); '{ref}' is not one")
+    given = {p.name: p for p in ctx.command.params if ctx.get_parameter_source(p.name).name == "COMMANDLINE"}
+    chosen = [name for name in MODE_FLAGS if name in given]
+    if len(chosen) > 1:
+        raise AgentcacheError(f"{' and '.join(MODE_NAMES[m] for m in chosen)} are separate modes of inspect; give one")
+    mode = chosen[0] if chosen else "view"
+    for name, modes in APPLIES_TO.items():
+        if name in given and mode not in modes:
+            raise AgentcacheError(f"{_shown(given[name])} applies only to {' and '.join(MODE_NAMES[m] for m in modes)}"
+                                  f", not to {MODE_NAMES[mode]}")
 
 
 def _block_rows(context: Context) -> list[dict[str, object]]:
@@ -104,9 +113,6 @@ def _inspect_session(repo: Path, ref: str, as_json: bool, explain: bool, cache_t
 def _inspect_diff(repo: Path, refs: tuple[str, str], as_json: bool) -> None:
     from agentcache.inspect.misses import diff_view, render_diff
 
-    for ref in refs:
-        if ref.startswith("-"):
-            raise AgentcacheError(f"--diff takes two ids (session ids or SESSION:INDEX); '{ref}' is not one")
     view = diff_view(repo, *refs)
     for session_id, line in view.pop("bad"):
         print(line.warning(session_id), file=sys.stderr)
@@ -139,8 +145,8 @@ def _add_status(repo: Path, rows: list[dict[str, object]], context: Context) -> 
             for row in block_status(current, last)]
 
 
-@app.command()
 def inspect(
+    ctx: typer.Context,
     session: Annotated[Optional[str], typer.Argument(help="Session id or 'latest' (the default) to show.")] = None,
     layers: Annotated[bool, typer.Option("--layers", help="Show the L1+L2 blocks built for a repo.")] = False,
     repo: Annotated[Path, typer.Option(help="Repository root: its sessions, or its L2 with --layers.")] = Path("."),
@@ -168,7 +174,11 @@ def inspect(
               agentcache inspect --explain --repo examples/repo
               agentcache inspect --diff SESSION_A SESSION_B --repo examples/repo
               agentcache inspect --layers --repo examples/repo --role coder
+
+    --role, --prompts, --skills, --max-tree, --budget and --strict apply only to --layers, --cache-ttl only to the
+    session view; an option given to a mode it does not apply to is refused.
     """
+    _check_options(ctx, diff)
     if diff is not None:
         _inspect_diff(repo, diff, as_json)
         return
@@ -180,123 +190,3 @@ def inspect(
     findings = lint_blocks(context, strict=strict)
     rows = _add_status(repo, _block_rows(context), context)
     (_print_json if as_json else _print_table)(context, rows, findings)
-
-
-@app.command()
-def run(
-    task: Annotated[str, typer.Argument(help="What the agent should do.")],
-    repo: Annotated[Path, typer.Option(help="Repository root the agent works in.")] = Path("."),
-    model: Annotated[Optional[str], typer.Option(help="Model: the embedded default, a local HF dir, or a hub id.")] = None,
-    role: Annotated[Optional[str], typer.Option(help="Agent role: a file in prompts/roles/.")] = None,
-    max_turns: Annotated[Optional[int], typer.Option(help="Stop after this many requests (at least 1).")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per reply (at least 1).")] = None,
-    allow_shell: Annotated[bool, typer.Option("--allow-shell", help="Enable the run_command tool.")] = False,
-    tools: Annotated[Optional[str], typer.Option(help="Comma-separated tools to enable (default: all; an unknown "
-                                                 "name is refused with the list of known ones).")] = None,
-    resume: Annotated[Optional[str], typer.Option(help="Continue a session: its id or 'latest'.")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="local (the engine in-process), openai or anthropic.")] = None,
-    base_url: Annotated[Optional[str], typer.Option(help="Server for --backend openai, e.g. http://127.0.0.1:8000/v1.")] = None,
-    api_key: Annotated[Optional[str], typer.Option(help="API key for --backend openai/anthropic "
-                                                   "(default: OPENAI_API_KEY / ANTHROPIC_API_KEY).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end.")] = False,
-    no_disk_cache: Annotated[bool, typer.Option("--no-disk-cache", help="Neither read nor write KV pages on disk.")]
-    = False,
-    debug: Debug = False,
-) -> None:
-    """Run the agent on TASK in a repo, turn after turn, on a warm prefix.
-
-    Settings come from the repo's agentcache.yaml, then these flags; both are checked the same way.
-    Example: agentcache run "Where are words counted?" --repo examples/repo
-    """
-    from agentcache.wiring import run_task
-
-    overrides = {"model": model, "role": role, "max_turns": max_turns, "max_tokens": max_tokens,
-                 "tools": tools.split(",") if tools else None, "allow_shell": allow_shell or None,
-                 "backend": backend, "base_url": base_url, "disk_cache": False if no_disk_cache else None}
-    console = Console(highlight=False, stderr=as_json)
-    summary = run_task(repo, task, overrides, resume, api_key=api_key,
-                       on_line=lambda line: line and console.print(line, soft_wrap=True, markup=False))
-    if as_json:
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
-    else:
-        console.print(f"[bold]{summary['reason']}[/bold] after {summary['turns']} turns; "
-                      f"session {summary['session_id']}")
-        if summary["answer"]:
-            console.print(summary["answer"], markup=False)
-
-
-@app.command()
-def serve(
-    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
-    model: Annotated[str, typer.Option(help="Model: the embedded default, a local HF dir, or a hub id.")] = "smollm2-135m-instruct",
-    api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY' on every request.",
-                                                   envvar="AGENTCACHE_SERVE_API_KEY")] = None,
-    insecure_no_auth: Annotated[bool, typer.Option(
-        "--insecure-no-auth", help="Serve a non-loopback --host without --api-key: anyone who can reach it may use "
-        "it. Without this flag such a bind is refused.")] = False,
-    debug: Debug = False,
-) -> None:
-    """Serve the engine over an OpenAI-compatible HTTP API with explicit context caching.
-
-    Endpoints: POST /v1/chat/completions, GET /v1/models, POST/GET/DELETE /v1/contexts, GET /health, GET /metrics.
-    Example: agentcache serve --port 8000
-    """
-    from agentcache.serve.app import serve as run_server
-
-    run_server(host, port, model, api_key, log=lambda line: print(line, file=sys.stderr),
-               insecure_no_auth=insecure_no_auth)
-
-
-@app.command()
-def script(
-    file: Annotated[Path, typer.Argument(help="The script: a YAML file of agents and steps.")],
-    repo: Annotated[Path, typer.Option(help="Repository root every agent works in.")] = Path("."),
-    model: Annotated[Optional[str], typer.Option(help="One model for every agent (default: the script's).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
-    debug: Debug = False,
-) -> None:
-    """Run a multi-agent script: steps in order, parallel agents and forks concurrently, on one shared prefix cache.
-
-    Example: agentcache script examples/scripts/fanout.yaml --repo examples/repo
-    """
-    from agentcache.script.format import load_script
-    from agentcache.script.report import script_report
-    from agentcache.script.run import open_script_run
-    from agentcache.script.view import ScriptView, render_report
-
-    checked = load_script(file)
-    console = Console(highlight=False, stderr=as_json)
-    view = ScriptView(console)
-    run_ = open_script_run(checked, repo, model, view.on_event)
-    with view.showing(run_):
-        run_.run()
-    report = script_report(run_)
-    if as_json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
-    else:
-        render_report(report, console)
-
-
-def _user_error_types() -> tuple[type[Exception], ...]:
-    types: list[type[Exception]] = [LayersError, AgentcacheError]
-    engine_errors = sys.modules.get("engine.errors")
-    if engine_errors is not None:
-        types.append(engine_errors.EngineError)
-    return tuple(types)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    try:
-        app(args=args, prog_name="agentcache")
-    except Exception as exc:
-        if "--debug" in args or not isinstance(exc, _user_error_types()):
-            raise
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-if __name__ == "__main__":
-    main()

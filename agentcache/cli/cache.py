@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agentcache import cache_dir
 from agentcache.errors import AgentcacheError
 
 cache_app = typer.Typer(help="See and manage the KV pages kept on disk between runs.", no_args_is_help=True)
@@ -27,7 +28,7 @@ def _kv_dir() -> Any:
 
 def _root(directory: Path | None) -> Path:
     """The KV directory: --dir or the default. One that does not exist yet is an empty cache; a file is an error."""
-    root = directory if directory is not None else _kv_dir().default_kv_dir()
+    root = directory if directory is not None else cache_dir.kv_dir()
     if root.exists() and not root.is_dir():
         raise AgentcacheError(f"--dir {root} is not a directory")
     return root

@@ -1,0 +1,54 @@
+"""`agentcache run`: its options, and the turn lines and summary it prints."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from agentcache.cli.options import Debug
+
+
+def run(
+    task: Annotated[str, typer.Argument(help="What the agent should do.")],
+    repo: Annotated[Path, typer.Option(help="Repository root the agent works in.")] = Path("."),
+    model: Annotated[Optional[str], typer.Option(help="Model: the embedded default, a local HF dir, or a hub id.")] = None,
+    role: Annotated[Optional[str], typer.Option(help="Agent role: a file in prompts/roles/.")] = None,
+    max_turns: Annotated[Optional[int], typer.Option(help="Stop after this many requests (at least 1).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per reply (at least 1).")] = None,
+    allow_shell: Annotated[bool, typer.Option("--allow-shell", help="Enable the run_command tool.")] = False,
+    tools: Annotated[Optional[str], typer.Option(help="Comma-separated tools to enable (default: all; an unknown "
+                                                 "name is refused with the list of known ones).")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Continue a session: its id or 'latest'.")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="local (the engine in-process), openai or anthropic.")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="Server for --backend openai, e.g. http://127.0.0.1:8000/v1.")] = None,
+    api_key: Annotated[Optional[str], typer.Option(help="API key for --backend openai/anthropic "
+                                                   "(default: OPENAI_API_KEY / ANTHROPIC_API_KEY).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end.")] = False,
+    no_disk_cache: Annotated[bool, typer.Option("--no-disk-cache", help="Neither read nor write KV pages on disk.")]
+    = False,
+    debug: Debug = False,
+) -> None:
+    """Run the agent on TASK in a repo, turn after turn, on a warm prefix.
+
+    Settings come from the repo's agentcache.yaml, then these flags; both are checked the same way.
+    Example: agentcache run "Where are words counted?" --repo examples/repo
+    """
+    from agentcache.wiring import run_task
+
+    overrides = {"model": model, "role": role, "max_turns": max_turns, "max_tokens": max_tokens,
+                 "tools": tools.split(",") if tools else None, "allow_shell": allow_shell or None,
+                 "backend": backend, "base_url": base_url, "disk_cache": False if no_disk_cache else None}
+    console = Console(highlight=False, stderr=as_json)
+    summary = run_task(repo, task, overrides, resume, api_key=api_key,
+                       on_line=lambda line: line and console.print(line, soft_wrap=True, markup=False))
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        console.print(f"[bold]{summary['reason']}[/bold] after {summary['turns']} turns; "
+                      f"session {summary['session_id']}")
+        if summary["answer"]:
+            console.print(summary["answer"], markup=False)

@@ -1,0 +1,41 @@
+"""`agentcache script`: its options, the live view while it runs and the report it prints."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from agentcache.cli.options import Debug
+
+
+def script(
+    file: Annotated[Path, typer.Argument(help="The script: a YAML file of agents and steps.")],
+    repo: Annotated[Path, typer.Option(help="Repository root every agent works in.")] = Path("."),
+    model: Annotated[Optional[str], typer.Option(help="One model for every agent (default: the script's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Run a multi-agent script: steps in order, parallel agents and forks concurrently, on one shared prefix cache.
+
+    Example: agentcache script examples/scripts/fanout.yaml --repo examples/repo
+    """
+    from agentcache.script.format import load_script
+    from agentcache.script.report import script_report
+    from agentcache.script.run import open_script_run
+    from agentcache.script.view import ScriptView, render_report
+
+    checked = load_script(file)
+    console = Console(highlight=False, stderr=as_json)
+    view = ScriptView(console)
+    run_ = open_script_run(checked, repo, model, view.on_event)
+    with view.showing(run_):
+        run_.run()
+    report = script_report(run_)
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        render_report(report, console)
