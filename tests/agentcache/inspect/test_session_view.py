@@ -19,7 +19,7 @@ from agentcache.session import Session
 from engine import Engine, load_model
 from layers import Block, Layer
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "repo"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "repo"
 USAGE = ("prompt_tokens", "cached_tokens", "computed_tokens", "completion_tokens")
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from agentcache.script.format import ScriptError, answer_refs, fill_answers, load_script, parse_script
 from tests.agentcache.test_cli import run_cli
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 GOOD = """\
 agents:
   - name: planner

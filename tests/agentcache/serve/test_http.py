@@ -178,7 +178,7 @@ def test_serve_on_a_busy_port_is_one_error_line_exit_2():
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]

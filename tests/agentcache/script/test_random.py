@@ -25,7 +25,7 @@ from layers import Block, Layer, build_prefix
 from tests.agentcache.conftest import random_chat_backend
 from tests.agentcache.test_cli import run_cli
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = """\
 agents:
   - {name: planner, role: planner, max_turns: 2, max_tokens: 40}

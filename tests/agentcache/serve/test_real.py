@@ -19,7 +19,7 @@ from agentcache.serve.chat import ChatService
 from engine import load_model
 from tests.agentcache.http_helpers import free_port, http, uvicorn_running
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "examples" / "repo"
 MODEL = "smollm2-135m-instruct"
 PAGE = 16

@@ -19,7 +19,7 @@ from layers.l3 import ToolCall
 from layers.tokens import TiktokenCounter
 from tests.agentcache.http_helpers import RecordingServer, free_port
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "repo"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "repo"
 SPECS = [ToolRegistry.from_dir(PROMPTS_DIR / "tools").get(n)
          for n in ToolRegistry.from_dir(PROMPTS_DIR / "tools").names()]
 ENABLED = {s.name for s in SPECS}
@@ -212,7 +212,7 @@ def test_run_with_a_bad_backend_setting_is_one_error_line(tmp_path, args, messag
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     shutil.copytree(EXAMPLE, tmp_path / "repo")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "agentcache.cli", "run", "hi", "--repo", str(tmp_path / "repo"),

@@ -17,7 +17,7 @@ from agentcache.session import Session
 from engine import Engine, load_model
 from layers import Block, Layer, build_prefix
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CHILDREN = ["names", "docs", "edge", "tests", "speed", "types", "errors", "summary"]
 SCRIPT = "\n".join([
     "agents:",

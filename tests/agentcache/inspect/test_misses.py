@@ -19,7 +19,7 @@ from agentcache.session import Session
 from engine import Engine, Request, load_model
 from layers import Block, Context, Layer
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "repo"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "repo"
 MAX_TOKENS = 6
 POOL = 128 << 20
 
