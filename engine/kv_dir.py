@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import EngineError
-from engine.model import cache_root
 from engine.page_file import PREFIX, SUFFIX, PageFileError, split_verified
 
 MODEL_FILE = "model.json"
@@ -22,11 +21,6 @@ PAGE_NAME = re.compile(r"[0-9a-f]{16}" + re.escape(SUFFIX))  # page_file.file_na
 TMP_NAME = re.compile(r"\.(?:[0-9a-f]{16}" + re.escape(SUFFIX) + r"|model\.json)\.\d+\.[0-9a-f]+\.tmp")  # write_atomic
 DEFAULT_DISK_BYTES = 4 << 30
 STALE_TMP_S = 3600  # a temp file this old belongs to a writer that died
-
-
-def default_kv_dir() -> Path:
-    """Where `agentcache run` keeps KV pages: <cache root>/kv."""
-    return cache_root() / "kv"
 
 
 class NotAKVDirError(EngineError):

@@ -16,7 +16,7 @@ import torch
 import xxhash
 from safetensors.torch import save_file
 
-from engine.errors import EmbeddedModelMissingError, UnknownModelError
+from engine.errors import EmbeddedModelMissingError, EngineError, UnknownModelError
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
 EMBEDDED_ALIASES = {"embedded", "default", "smollm2", EMBEDDED_NAME}
@@ -80,16 +80,6 @@ def _cache_keyword(model_class: type) -> str:
 def output_cache(output: Any) -> Any:
     """The KV cache a forward returned, under either name."""
     return output.cache if hasattr(output, "cache") else output.past_key_values
-
-
-def cache_root() -> Path:
-    """$AGENTCACHE_CACHE_DIR when set, else the platform's user cache dir."""
-    env = os.environ.get("AGENTCACHE_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("agentcache"))
 
 
 def default_device() -> torch.device:
@@ -199,7 +189,7 @@ def _file_digest(path: Path) -> str:
 def _embedded_dir(dtype: torch.dtype, cache_dir: Path | None) -> Path:
     """The embedded model as safetensors under cache_dir, converted from its GGUF on first use."""
     if cache_dir is None:
-        cache_dir = cache_root() / "models"  # until every caller passes its cache_dir
+        raise EngineError("the embedded model needs a cache_dir to keep its converted weights in")
     gguf = embedded_gguf_path()
     key = f"{EMBEDDED_NAME}-{_file_digest(gguf)[:16]}-{str(dtype).removeprefix('torch.')}-v{CONVERSION_VERSION}"
     converted = cache_dir / key

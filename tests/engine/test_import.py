@@ -73,6 +73,13 @@ def test_no_engine_file_imports_the_harness_or_the_layers():
     assert {name: mods for name, mods in bad.items() if mods} == {}
 
 
+def test_the_cache_root_policy_is_not_the_engines():
+    """Where things are kept is the harness's choice (agentcache/cache_dir.py); the engine is handed paths."""
+    for path in ENGINE.glob("*.py"):
+        text = path.read_text()
+        assert "AGENTCACHE_CACHE_DIR" not in text and "platformdirs" not in text, path.name
+
+
 def test_engine_modules_import_one_another_without_a_cycle():
     graph = engine_graph()
     assert "engine.scheduler" in graph["engine.engine"] and "engine.engine" not in graph["engine.scheduler"]

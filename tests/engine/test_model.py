@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from engine import EmbeddedModelMissingError, UnknownModelError, load_model
+from engine import EmbeddedModelMissingError, EngineError, UnknownModelError, load_model
 from engine import model as model_module
-from engine.model import model_fingerprint, weights_digest_of
+from engine.model import load_tokenizer, model_fingerprint, weights_digest_of
 
 
 def test_fingerprint_changes_with_weights_and_dtype(tiny):
@@ -31,6 +31,14 @@ def test_unknown_model_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UnknownModelError, match=r"unknown model 'no-such-org/no-such-model'"):
         load_model("no-such-org/no-such-model")
+
+
+def test_the_embedded_model_needs_the_cache_dir_it_is_converted_into(tmp_path, monkeypatch):
+    monkeypatch.setenv("AGENTCACHE_CACHE_DIR", str(tmp_path))  # the harness's setting: the engine does not read it
+    for load in (lambda: load_model(), lambda: load_model("random-tiny-chat"), lambda: load_tokenizer()):
+        with pytest.raises(EngineError, match=r"needs a cache_dir"):
+            load()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_embedded_package_says_how_to_install(monkeypatch, models_dir):
