@@ -8,8 +8,8 @@ from typing import Any, Callable
 
 from agentcache import PROMPTS_DIR
 from agentcache.backends import Backend, GenSettings, Reply
-from agentcache.config import RunConfig
 from agentcache.backends.constrain import Answer, ToolCallError
+from agentcache.config import RunConfig
 from agentcache.render import reply_text
 from agentcache.session import Session
 from agentcache.tools import ToolBox

@@ -14,8 +14,8 @@ from typing import Any
 import openai
 
 from agentcache.backends import GenSettings, Reply
-from agentcache.backends.remote import RemoteError, ReplyChecker, call_with_retries
 from agentcache.backends.constrain import reply_schema
+from agentcache.backends.remote import RemoteError, ReplyChecker, call_with_retries
 from agentcache.errors import AgentcacheError
 from agentcache.render import block_message
 from layers import Context, TiktokenCounter, ToolSpec

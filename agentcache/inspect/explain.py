@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 from agentcache.inspect.cost import minimum_cacheable
-from agentcache.inspect.session_view import reusable_tokens
 from agentcache.inspect.prompt_text import Prompt, build_prompt, first_difference, token_byte_span
+from agentcache.inspect.session_view import reusable_tokens
 
 CAUSES = ("content_changed", "reordered", "bytes_only", "tokenization", "evicted", "salt_or_model", "below_minimum")
 CONTEXT_TOKENS = 3

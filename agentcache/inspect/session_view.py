@@ -9,8 +9,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from agentcache.inspect.cost import cost_view
 from agentcache.errors import AgentcacheError
+from agentcache.inspect.cost import cost_view
 from agentcache.records import USAGE_FIELDS
 from agentcache.session import Session
 

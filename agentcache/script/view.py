@@ -14,8 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from agentcache.inspect.session_view import ratio
-from agentcache.wiring import turn_line
 from agentcache.script.run import AgentState, ScriptRun
+from agentcache.wiring import turn_line
 
 ANSWER_PREVIEW = 200
 

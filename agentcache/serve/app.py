@@ -23,10 +23,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentcache.serve.contexts import ContextNotFound
 from agentcache.backends.constrain import ToolCallError
 from agentcache.errors import AgentcacheError
 from agentcache.serve.chat import BadRequest, ChatService, Prepared, UnknownModel, reply
+from agentcache.serve.contexts import ContextNotFound
 from engine import Cancelled, EngineCapacityError, EngineError, Result
 
 CLIENT_GONE = 499  # the client closed the connection before the answer (nginx's code): counted, sent to no one

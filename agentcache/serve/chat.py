@@ -8,11 +8,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from agentcache.backends.local import tensor_mask
 from agentcache.backends.constrain import ToolCallError, ToolCallGrammar, matcher_mask, schema_matcher
-from agentcache.serve.contexts import DEFAULT_TTL_S, MAX_TTL_S, ContextStore, StoredContext
+from agentcache.backends.local import tensor_mask
 from agentcache.errors import AgentcacheError
 from agentcache.render import ChatRenderer, segment_ids, tools_message
+from agentcache.serve.contexts import DEFAULT_TTL_S, MAX_TTL_S, ContextStore, StoredContext
 from agentcache.serve.metrics import ServeMetrics
 from engine import Engine, Request, Result, SamplingParams
 from engine.model import LoadedModel

@@ -10,9 +10,9 @@ import pytest
 from agentcache import PROMPTS_DIR
 from agentcache.backends import GenSettings, remote
 from agentcache.backends.anthropic import AnthropicBackend, min_cacheable_tokens
+from agentcache.backends.constrain import Answer, reply_schema
 from agentcache.backends.openai import OpenAIBackend
 from agentcache.backends.remote import RemoteError
-from agentcache.backends.constrain import Answer, reply_schema
 from agentcache.render import block_message
 from layers import Context, Layer, ToolRegistry, ToolResult, UserInput, build_prefix
 from layers.l3 import ToolCall

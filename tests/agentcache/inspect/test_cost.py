@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from agentcache.cli import main
-from agentcache.inspect.cost import PRICES_FILE, cost_view
 from agentcache.errors import AgentcacheError
+from agentcache.inspect.cost import PRICES_FILE, cost_view
 from agentcache.session import Session
 
 ROWS = [{"prompt_tokens": 5000, "cached_tokens": 3000, "computed_tokens": 2000, "completion_tokens": 100},

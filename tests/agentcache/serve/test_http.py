@@ -9,10 +9,10 @@ import openai
 import pytest
 
 from agentcache.cache_dir import models_dir
-from agentcache.serve.contexts import ContextStore
 from agentcache.render import ChatRenderer
 from agentcache.serve.app import create_app
 from agentcache.serve.chat import ChatService
+from agentcache.serve.contexts import ContextStore
 from engine import load_model
 from tests.agentcache.http_helpers import http, uvicorn_running
 
