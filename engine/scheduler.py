@@ -64,6 +64,11 @@ class Scheduler:
             raise seq.error
         return seq.result
 
+    def request_stats(self) -> dict[str, int]:
+        """Finished requests and their usage summed: `requests` and `<usage field>_total`."""
+        with self._count_lock:
+            return {"requests": self.requests, **{f"{k}_total": v for k, v in self.totals.to_dict().items()}}
+
     def _lead(self, seq: Sequence) -> None:
         try:
             while not seq.done.is_set():
@@ -113,11 +118,6 @@ class Scheduler:
         for seq in dropped:
             seq.error = Cancelled("the request was cancelled")
             self._finish(seq)
-
-    def request_stats(self) -> dict[str, int]:
-        """Finished requests and their usage summed: `requests` and `<usage field>_total`."""
-        with self._count_lock:
-            return {"requests": self.requests, **{f"{k}_total": v for k, v in self.totals.to_dict().items()}}
 
     def _finish(self, seq: Sequence) -> None:
         """Publish and unpin its pages, count it, and wake its caller."""
