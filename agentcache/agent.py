@@ -10,6 +10,7 @@ from agentcache import PROMPTS_DIR
 from agentcache.backends import Backend, GenSettings, Reply
 from agentcache.backends.constrain import Answer, ToolCallError
 from agentcache.config import RunConfig
+from agentcache.records import BlockText, Compaction, Request, Usage, UserTurn, parse_record
 from agentcache.render import reply_text
 from agentcache.session import Session
 from agentcache.tools import ToolBox
@@ -48,18 +49,19 @@ class Agent:
         """Replay the session's L3 entries; returns the context id the session last saw."""
         last_id = None
         for record in self.session.records():
-            if record.get("type") == "block":
-                self.stored_blocks.add(record["hash"])
-            if record.get("type") == "compaction":
-                self.context = Context([*self.context.prefix, *map(_entry_block, record["l3"])])
-            for entry in record.get("appended", []):
+            typed = parse_record(record)
+            if isinstance(typed, BlockText):
+                self.stored_blocks.add(typed.hash)
+            if isinstance(typed, Compaction):
+                self.context = Context([*self.context.prefix, *map(_entry_block, typed.l3)])
+            for entry in record.get("appended", []):  # the keys every record type may have, also unknown ones
                 self.context.append(_entry_block(entry))
             last_id = record.get("context_id", last_id)
             self.turns_done = max(self.turns_done, record.get("turn", 0))
         return last_id
 
     def run_start(self, task: str) -> None:
-        self._append([UserInput(task).to_block()], {"type": "user"})
+        self._append([UserInput(task).to_block()], UserTurn().to_json())
 
     def run(self, task: str) -> Outcome:
         self.run_start(task)
@@ -82,49 +84,48 @@ class Agent:
         except ToolCallError as exc:
             return self._invalid(turn, reply, record, str(exc))
         if isinstance(parsed, Answer):
-            self._append([AssistantMessage(reply_text(parsed)).to_block()], record)
+            self._append([AssistantMessage(reply_text(parsed)).to_block()], record.to_json())
             return Outcome("answered", parsed.text, turn)
         outcome = self.toolbox.run(parsed.name, parsed.arguments)
-        record.update(tool_call={"name": parsed.name, "arguments": parsed.arguments},
-                      tool_result={"output": outcome.output, "is_error": outcome.is_error})
+        record.tool_call = {"name": parsed.name, "arguments": parsed.arguments}
+        record.tool_result = {"output": outcome.output, "is_error": outcome.is_error}
         blocks = [ToolCall(parsed.name, parsed.arguments).to_block(),
                   ToolResult(parsed.name, outcome.output, outcome.is_error).to_block()]
-        self._append(blocks, record)
+        self._append(blocks, record.to_json())
         if outcome.finished:
             return Outcome("finished", outcome.answer, turn)
         if self.spent >= self.config.token_budget:
             return Outcome("token_budget", None, turn)
         return None
 
-    def _invalid(self, turn: int, reply: Reply, record: dict[str, Any], message: str) -> Outcome | None:
+    def _invalid(self, turn: int, reply: Reply, record: Request, message: str) -> Outcome | None:
         self.errors += 1
-        record["error"] = message
+        record.error = message
         blocks = [AssistantMessage(reply.text).to_block(),
                   ToolResult("error", f"{message}; reply with one valid JSON object", True).to_block()]
-        self._append(blocks, record)
+        self._append(blocks, record.to_json())
         if self.errors > self.config.retries:
             return Outcome("invalid_output", None, turn)
         return None
 
-    def _request_record(self, turn: int, reply: Reply) -> dict[str, Any]:
+    def _request_record(self, turn: int, reply: Reply) -> Request:
         self._store_block_texts()
-        return {
-            "type": "request", "turn": turn, "context_id": self.context.context_id,
-            "backend": self.backend.name, "model": getattr(self.backend, "model_name", self.config.model),
-            "fingerprint": getattr(self.backend, "fingerprint", None), "salt": self.config.salt,
-            "cache_ttl": self.config.cache_ttl,
-            "layers": self.context.layer_hashes(),
-            "blocks": [{"layer": b.layer.name, "kind": b.kind, "key": b.key, "hash": b.hash} for b in self.context],
-            "segment_tokens": reply.trace.get("segment_tokens", []), "prefix_tokens": reply.prefix_tokens,
-            "usage": reply.usage, "timings": reply.timings, "trace": reply.trace,
-            "enabled_tools": sorted(self.enabled), "reply": reply.text, "finish_reason": reply.finish_reason,
-        }
+        return Request(
+            turn=turn, usage=Usage.from_json(reply.usage), context_id=self.context.context_id,
+            backend=self.backend.name, model=getattr(self.backend, "model_name", self.config.model),
+            fingerprint=getattr(self.backend, "fingerprint", None), salt=self.config.salt,
+            cache_ttl=self.config.cache_ttl, layers=self.context.layer_hashes(),
+            blocks=[{"layer": b.layer.name, "kind": b.kind, "key": b.key, "hash": b.hash} for b in self.context],
+            segment_tokens=reply.trace.get("segment_tokens", []), prefix_tokens=reply.prefix_tokens,
+            timings=reply.timings, trace=reply.trace, enabled_tools=sorted(self.enabled), reply=reply.text,
+            finish_reason=reply.finish_reason,
+        )
 
     def _store_block_texts(self) -> None:
         """One content-addressed `block` record per block text, the first time its hash appears in the session."""
         for block in self.context:
             if block.hash not in self.stored_blocks:
-                self.session.append({"type": "block", "hash": block.hash, "text": block.text})
+                self.session.append(BlockText(block.hash, block.text).to_json())
                 self.stored_blocks.add(block.hash)
 
     def _append(self, blocks: list[Block], record: dict[str, Any]) -> None:
@@ -144,8 +145,8 @@ class Agent:
         calls = [f"{b.key}" for b in old if b.kind == "tool_call"]
         summary = UserInput(f"[{len(old)} earlier entries compacted; tools called: {', '.join(calls) or 'none'}]")
         self.context = Context([*self.context.prefix, task, summary.to_block(), *recent])
-        self.session.append({"type": "compaction", "dropped": len(old), "context_id": self.context.context_id,
-                             "l3": [{"kind": b.kind, "key": b.key, "text": b.text} for b in self.context.l3]})
+        l3 = [{"kind": b.kind, "key": b.key, "text": b.text} for b in self.context.l3]
+        self.session.append(Compaction(l3, len(old), self.context.context_id).to_json())
 
 
 def _entry_block(entry: dict[str, str]) -> Block:

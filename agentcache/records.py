@@ -1,7 +1,9 @@
-"""Session record shapes: the one check every reader (inspect, resume, scripts) applies to a parsed line."""
+"""Session records: the one shape check every reader applies to a parsed line, and the typed records on top of it
+(request, block, compaction, user, agent), their usage fields, reusable tokens and hit rates."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 USAGE_FIELDS = ("prompt_tokens", "cached_tokens", "computed_tokens", "completion_tokens")
@@ -104,3 +106,190 @@ def record_problem(record: Any) -> str | None:
         if name in record and not check(record[name]):
             return f"'{name}' of a {kind} record must be {what}"
     return None
+
+
+def ratio(part: int, whole: int) -> float | None:
+    """A hit rate: `part` of `whole`, or None when there is nothing to divide by."""
+    return part / whole if whole else None
+
+
+def _page_capped(tokens: int, prompt_tokens: int, page_size: int) -> int:
+    """`tokens` capped, like an engine hit, at the last full page before the prompt's final token."""
+    return min(tokens, max(prompt_tokens - 1, 0)) // page_size * page_size
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    computed_tokens: int = 0
+    completion_tokens: int = 0
+    extra: dict[str, int] = field(default_factory=dict)  # backend-specific counts: disk_tokens, cache_write_tokens
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Usage:
+        return cls(*(int(data.get(name, 0)) for name in USAGE_FIELDS),
+                   extra={k: v for k, v in data.items() if k not in USAGE_FIELDS})
+
+    def to_json(self) -> dict[str, Any]:
+        return {**{name: getattr(self, name) for name in USAGE_FIELDS}, **self.extra}
+
+    @property
+    def hit_rate(self) -> float | None:
+        return ratio(self.cached_tokens, self.prompt_tokens)
+
+
+@dataclass(slots=True)
+class Request:
+    """One model request: what was sent (blocks, layers, tools), what it cost (usage, timings) and what came back."""
+
+    turn: int | None = None  # None and zero usage only in a partial dict: a line on disk has both (REQUIRED)
+    usage: Usage = field(default_factory=Usage)
+    context_id: str | None = None
+    backend: str = "local"
+    model: str | None = None
+    fingerprint: str | None = None
+    salt: str | None = None
+    cache_ttl: str | None = None
+    layers: dict[str, Any] = field(default_factory=dict)
+    blocks: list[dict[str, str]] = field(default_factory=list)
+    segment_tokens: list[int] = field(default_factory=list)
+    prefix_tokens: int | None = None
+    timings: dict[str, Any] = field(default_factory=dict)
+    trace: dict[str, Any] = field(default_factory=dict)
+    enabled_tools: list[str] = field(default_factory=list)
+    reply: str | None = None
+    finish_reason: str | None = None
+    appended: list[dict[str, str]] = field(default_factory=list)
+    tool_call: dict[str, Any] | None = None  # the three below are written only when set
+    tool_result: dict[str, Any] | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Request:
+        names = [name for name in cls.__slots__ if name not in ("turn", "usage") and data.get(name) is not None]
+        return cls(turn=data.get("turn"), usage=Usage.from_json(data.get("usage") or {}),
+                   **{name: data[name] for name in names})
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "request"}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if name not in ("tool_call", "tool_result", "error") or value is not None:
+                out[name] = value
+        out["usage"] = self.usage.to_json()
+        return out
+
+    @property
+    def ttft_s(self) -> float | None:
+        return self.timings.get("ttft_s")
+
+    @property
+    def page_size(self) -> int:
+        return max(int(self.trace.get("page_size") or 1), 1)
+
+    @property
+    def tool(self) -> str | None:
+        return self.tool_call.get("name") if self.tool_call else None
+
+
+@dataclass(slots=True)
+class BlockText:
+    """A block's text, stored once per session under its hash."""
+
+    hash: str
+    text: str
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BlockText:
+        return cls(data["hash"], data["text"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "block", "hash": self.hash, "text": self.text}
+
+
+@dataclass(slots=True)
+class Compaction:
+    """The L3 entries that replace the whole L3 after the oldest `dropped` were folded into a summary."""
+
+    l3: list[dict[str, str]]
+    dropped: int = 0
+    context_id: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Compaction:
+        return cls(data["l3"], data.get("dropped", 0), data.get("context_id"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "compaction", "dropped": self.dropped, "context_id": self.context_id, "l3": self.l3}
+
+
+@dataclass(slots=True)
+class UserTurn:
+    """The user's task, in `appended`."""
+
+    appended: list[dict[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> UserTurn:
+        return cls(data.get("appended", []))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "user", "appended": self.appended}
+
+
+@dataclass(slots=True)
+class AgentStart:
+    """A script agent's first record; a fork's inherited L3 is in `appended`."""
+
+    script: str | None
+    agent: str | None
+    role: str | None
+    forked_from: dict[str, Any] | None = None
+    context_id: str | None = None
+    appended: list[dict[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AgentStart:
+        return cls(data.get("script"), data.get("agent"), data.get("role"), data.get("forked_from"),
+                   data.get("context_id"), data.get("appended", []))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "agent", "script": self.script, "agent": self.agent, "role": self.role,
+                "forked_from": self.forked_from, "context_id": self.context_id, "appended": self.appended}
+
+
+Record = Request | BlockText | Compaction | UserTurn | AgentStart
+TYPES: dict[str, Any] = {"request": Request, "block": BlockText, "compaction": Compaction, "user": UserTurn,
+                         "agent": AgentStart}
+
+
+def parse_record(data: dict[str, Any]) -> Record | None:
+    """The typed record of a line that passed `record_problem`; None for a type this version does not know."""
+    kind = TYPES.get(data["type"])
+    return kind.from_json(data) if kind is not None else None
+
+
+def requests_of(records: list[dict[str, Any]]) -> list[Request]:
+    return [Request.from_json(r) for r in records if r.get("type") == "request"]
+
+
+def reusable_after_previous(previous: Request | None, current: Request) -> int:
+    """Inspect's reusable tokens: the tokens of `current`'s prompt the previous request of the same session let it
+    reuse. The previous request computed (and cached) its whole prompt; had `current` extended it unchanged, every
+    full page of it would hit. So: the previous prompt's length, page-capped. Anything cached below this is a miss
+    that `inspect --explain` explains (content change, reorder, eviction, salt, ...)."""
+    if previous is None:
+        return 0
+    return _page_capped(previous.usage.prompt_tokens, current.usage.prompt_tokens, current.page_size)
+
+
+def shared_block_tokens(earlier: Request, current: Request) -> int:
+    """Scripts' reusable tokens against one earlier request (of any agent): the tokens of `current`'s leading blocks
+    identical (same hash, same place) to `earlier`'s, page-capped."""
+    shared = 0
+    for index, (a, b) in enumerate(zip(earlier.blocks, current.blocks)):
+        if a.get("hash") != b.get("hash") or index >= len(current.segment_tokens):
+            break
+        shared += current.segment_tokens[index]
+    return _page_capped(shared, current.usage.prompt_tokens, current.page_size)

@@ -12,6 +12,7 @@ from agentcache.agent import Agent
 from agentcache.backends import Backend
 from agentcache.config import BACKENDS, RunConfig, check_config, check_text, load_config
 from agentcache.errors import AgentcacheError
+from agentcache.records import Request, requests_of
 from agentcache.session import Session
 from layers.repo import open_repo
 
@@ -75,13 +76,21 @@ def run_task(repo: Path, task: str, overrides: dict[str, Any], resume: str | Non
         on_line(f"note: the prefix changed since session {session.id} (context id {previous_id[:12]} -> "
                 f"{agent.context.context_id[:12]}); it will be recomputed")
     outcome = agent.run(task)
-    requests = [r for r in session.records() if r.get("type") == "request"]
+    requests = requests_of(session.records())
     return {
         "session_id": session.id, "reason": outcome.reason, "answer": outcome.answer, "turns": outcome.turns,
         "context_id": agent.context.context_id,
-        "requests": [{"turn": r["turn"], "usage": r["usage"], "ttft_s": (r.get("timings") or {}).get("ttft_s")}
-                     for r in requests],
+        "prefix_tokens": requests[-1].prefix_tokens if requests else None,
+        "requests": [run_request(r) for r in requests],
     }
+
+
+def run_request(request: Request) -> dict[str, Any]:
+    """One request of `run --json`: its usage, also flat, its TTFT and the tool it called (None for an answer)."""
+    usage = request.usage
+    return {"turn": request.turn, "usage": usage.to_json(), "prompt_tokens": usage.prompt_tokens,
+            "cached_tokens": usage.cached_tokens, "computed_tokens": usage.computed_tokens,
+            "ttft_s": request.ttft_s, "tool": request.tool}
 
 
 def turn_line(record: dict) -> str:

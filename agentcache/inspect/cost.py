@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from agentcache.errors import AgentcacheError
+from agentcache.records import USAGE_FIELDS
 
 PRICES_FILE = Path(__file__).with_name("prices.yaml")
 PER_TOKENS = 1_000_000
@@ -42,8 +43,7 @@ def billed(usage: dict[str, int], table: dict[str, Any], cache_ttl: str = "5m") 
 
 def cost_view(requests: list[dict[str, Any]], backend: str, cache_ttl: str = "5m") -> dict[str, Any]:
     """The `cost` object of the session view: sums over `requests` (rows with the four usage counts)."""
-    usage = {name: sum(int(r[name]) for r in requests)
-             for name in ("prompt_tokens", "cached_tokens", "computed_tokens", "completion_tokens")}
+    usage = {name: sum(int(r[name]) for r in requests) for name in USAGE_FIELDS}
     tables = price_tables()
     return {
         "backend": backend,

@@ -7,7 +7,7 @@ from typing import Any
 
 from agentcache.inspect.cost import minimum_cacheable
 from agentcache.inspect.prompt_text import Prompt, build_prompt, first_difference, token_byte_span
-from agentcache.inspect.session_view import reusable_tokens
+from agentcache.records import Request, reusable_after_previous
 
 CAUSES = ("content_changed", "reordered", "bytes_only", "tokenization", "evicted", "salt_or_model", "below_minimum")
 CONTEXT_TOKENS = 3
@@ -58,13 +58,13 @@ def engine_cause(previous: dict[str, Any], current: dict[str, Any]) -> str:
     in the records, else the engine trace's stop reason. `evicted` only when the trace says so; a stop the trace
     does not explain (`absent`: the pages were never in this engine, `collision`, or no trace) is content_changed:
     the cache did not hold this content."""
-    backend = current.get("backend", "local")
-    minimum = minimum_cacheable(backend)
-    if minimum and int(current.get("usage", {}).get("prompt_tokens", 0)) < minimum:
+    before, after = Request.from_json(previous), Request.from_json(current)
+    minimum = minimum_cacheable(after.backend)
+    if minimum and after.usage.prompt_tokens < minimum:
         return "below_minimum"
-    if any(previous.get(k) != current.get(k) for k in ("salt", "model", "fingerprint")):
+    if (before.salt, before.model, before.fingerprint) != (after.salt, after.model, after.fingerprint):
         return "salt_or_model"
-    return STOP_CAUSES.get((current.get("trace") or {}).get("stop_reason"), "content_changed")
+    return STOP_CAUSES.get(after.trace.get("stop_reason"), "content_changed")
 
 
 def token_segment(prompt: Prompt, position: int) -> int:
@@ -101,9 +101,9 @@ def block_at_token(record: dict[str, Any], position: int) -> int:
 
 
 def prefill_seconds_per_token(record: dict[str, Any]) -> float | None:
-    timings, usage = record.get("timings") or {}, record.get("usage") or {}
-    computed = int(usage.get("computed_tokens", 0))
-    if not computed or timings.get("ttft_s") is None:
+    request = Request.from_json(record)
+    timings, computed = request.timings, request.usage.computed_tokens
+    if not computed or request.ttft_s is None:
         return None
     return max(float(timings["ttft_s"]) - float(timings.get("queue_s") or 0.0), 0.0) / computed
 
@@ -116,9 +116,10 @@ class Explainer:
 
     def entry(self, previous: dict[str, Any] | None, current: dict[str, Any], previous_texts: dict[str, str],
               current_texts: dict[str, str]) -> dict[str, Any]:
-        cached = int((current.get("usage") or {}).get("cached_tokens", 0))
-        reusable = reusable_tokens(previous, current)
-        out: dict[str, Any] = {"turn": current.get("turn"), "cached_tokens": cached,
+        request = Request.from_json(current)
+        cached = request.usage.cached_tokens
+        reusable = reusable_after_previous(previous and Request.from_json(previous), request)
+        out: dict[str, Any] = {"turn": request.turn, "cached_tokens": cached,
                                "reusable_tokens": reusable, "miss": None}
         if previous is not None and cached < reusable:
             out["miss"] = self.miss(previous, current, previous_texts, current_texts, reusable - cached)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from agentcache.errors import AgentcacheError
 from agentcache.inspect.cost import cost_view
-from agentcache.records import USAGE_FIELDS
+from agentcache.records import USAGE_FIELDS, Request, ratio, requests_of, reusable_after_previous
 from agentcache.session import Session
 
 BAR_WIDTH = 40
@@ -30,19 +30,8 @@ def request_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def reusable_tokens(previous: dict[str, Any] | None, current: dict[str, Any]) -> int:
-    """Tokens of `current`'s prompt the previous request's prompt allowed it to reuse, in whole pages.
-
-    The previous request computed (and cached) its whole prompt; had `current` extended it unchanged, every
-    full page of it would hit. So: the previous prompt's length, capped like an engine hit at the last full
-    page before `current`'s final token, floored to the page size. Anything cached below this is a miss
-    that `inspect --explain` explains (content change, reorder, eviction, salt, ...).
-    """
-    if previous is None:
-        return 0
-    page = max(int(current.get("trace", {}).get("page_size") or 1), 1)
-    before = int(previous.get("usage", {}).get("prompt_tokens", 0))
-    prompt = int(current.get("usage", {}).get("prompt_tokens", 0))
-    return min(before, max(prompt - 1, 0)) // page * page
+    """Inspect's reusable tokens of `current` after `previous` (see `records.reusable_after_previous`)."""
+    return reusable_after_previous(previous and Request.from_json(previous), Request.from_json(current))
 
 
 def action(record: dict[str, Any]) -> str:
@@ -53,18 +42,13 @@ def action(record: dict[str, Any]) -> str:
     return "answer"
 
 
-def ratio(part: int, whole: int) -> float | None:
-    return part / whole if whole else None
-
-
-def request_row(previous: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, Any]:
-    usage = record.get("usage") or {}
-    row: dict[str, Any] = {"turn": record.get("turn")}
-    row.update({name: int(usage.get(name, 0)) for name in USAGE_FIELDS})
-    row["reusable_tokens"] = reusable_tokens(previous, record)
-    row["hit_rate"] = ratio(row["cached_tokens"], row["prompt_tokens"])
-    row["ttft_s"] = (record.get("timings") or {}).get("ttft_s")
-    row["stop_reason"] = (record.get("trace") or {}).get("stop_reason")
+def request_row(previous: Request | None, record: Request) -> dict[str, Any]:
+    row: dict[str, Any] = {"turn": record.turn}
+    row.update({name: getattr(record.usage, name) for name in USAGE_FIELDS})
+    row["reusable_tokens"] = reusable_after_previous(previous, record)
+    row["hit_rate"] = record.usage.hit_rate
+    row["ttft_s"] = record.ttft_s
+    row["stop_reason"] = record.trace.get("stop_reason")
     return row
 
 
@@ -72,12 +56,12 @@ def session_view(session_id: str, records: list[dict[str, Any]], bad_lines: list
                  cache_ttl: str = "5m") -> dict[str, Any]:
     """The `--json` object: one row per request, session totals with both hit rates, cost (cache writes priced
     for `cache_ttl`), bad line numbers."""
-    requests = request_records(records)
+    requests = requests_of(records)
     rows = [request_row(previous, record) for previous, record in zip([None, *requests], requests)]
     totals: dict[str, Any] = {name: sum(r[name] for r in rows) for name in (*USAGE_FIELDS, "reusable_tokens")}
     totals["hit_rate"] = ratio(totals["cached_tokens"], totals["prompt_tokens"])
     totals["reusable_hit_rate"] = ratio(totals["cached_tokens"], totals["reusable_tokens"])
-    backend = requests[-1].get("backend", "local") if requests else "local"
+    backend = requests[-1].backend if requests else "local"
     return {"session_id": session_id, "requests": rows, "totals": totals, "cost": cost_view(rows, backend, cache_ttl),
             "bad_lines": bad_lines or []}
 

@@ -13,7 +13,7 @@ from agentcache.agent import Agent, Outcome
 from agentcache.backends import Backend, GenSettings, Reply
 from agentcache.config import RunConfig, check_config, load_config
 from agentcache.errors import AgentcacheError
-from agentcache.records import USAGE_FIELDS
+from agentcache.records import USAGE_FIELDS, AgentStart
 from agentcache.script.format import LIMIT_KEYS, AgentSpec, Launch, Script, fill_answers
 from agentcache.session import Session
 from layers import Context, LayersError, ToolSpec
@@ -140,10 +140,10 @@ class ScriptRun:
     def _agent_record(self, spec: AgentSpec, agent: Agent, parent: Agent | None) -> dict[str, Any]:
         """The session's first record; a fork's inherited L3 is in `appended`, so resume and inspect see it."""
         inherited = agent.context.l3 if parent else ()
-        return {"type": "agent", "script": self.script.name, "agent": spec.name, "role": spec.role,
-                "forked_from": {"agent": spec.parent, "session_id": parent.session.id} if parent else None,
-                "context_id": agent.context.context_id,
-                "appended": [{"kind": b.kind, "key": b.key, "text": b.text} for b in inherited]}
+        return AgentStart(self.script.name, spec.name, spec.role,
+                          {"agent": spec.parent, "session_id": parent.session.id} if parent else None,
+                          agent.context.context_id,
+                          [{"kind": b.kind, "key": b.key, "text": b.text} for b in inherited]).to_json()
 
     def _loop(self, agent: Agent, task: str) -> Outcome:
         agent.run_start(task)

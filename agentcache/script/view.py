@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from agentcache.inspect.session_view import ratio
+from agentcache.records import ratio
 from agentcache.script.run import AgentState, ScriptRun
 from agentcache.wiring import turn_line
 
