@@ -19,6 +19,7 @@ from layers.l3 import AssistantMessage, ToolCall
 
 KEEP_RECENT = 4
 OnTurn = Callable[[dict[str, Any]], None]
+TurnCheck = Callable[[], str | None]  # a reason to stop before the next turn, or None to go on
 
 
 @dataclass(slots=True)
@@ -31,14 +32,18 @@ class Outcome:
 
 class Agent:
     def __init__(self, repo: Path, backend: Backend, config: RunConfig, session: Session,
-                 on_turn: OnTurn | None = None, context: Context | None = None) -> None:
-        """An agent on the L1+L2 prefix of its role or, given `context`, on a copy of its exact blocks (a fork)."""
+                 on_turn: OnTurn | None = None, context: Context | None = None,
+                 registry: ToolRegistry | None = None) -> None:
+        """An agent on the L1+L2 prefix of its role or, given `context`, on a copy of its exact blocks (a fork).
+        `registry`: the tool specs the run loaded once (loaded here when None)."""
         self.repo, self.backend, self.config, self.session = repo, backend, config, session
-        self.toolbox = ToolBox(repo, allow_shell=config.allow_shell, enabled=set(config.tools) or None)
-        registry = ToolRegistry.from_dir(PROMPTS_DIR / "tools")
-        self.specs = [registry.get(name) for name in registry.names()]
+        registry = registry if registry is not None else ToolRegistry.from_dir(PROMPTS_DIR / "tools")
+        self.toolbox = ToolBox(repo, allow_shell=config.allow_shell, enabled=set(config.tools) or None,
+                               registry=registry)
+        self.specs = list(registry)
         self.enabled = set(self.toolbox.names())
-        self.context = Context(context.blocks) if context is not None else build_prefix(repo, PROMPTS_DIR, role=config.role)
+        self.context = (Context(context.blocks) if context is not None
+                        else build_prefix(repo, PROMPTS_DIR, role=config.role, tools=registry))
         self.on_turn = on_turn
         self.spent = 0
         self.errors = 0
@@ -63,10 +68,14 @@ class Agent:
     def run_start(self, task: str) -> None:
         self._append([UserInput(task).to_block()], UserTurn().to_json())
 
-    def run(self, task: str) -> Outcome:
+    def run(self, task: str, check: TurnCheck | None = None) -> Outcome:
+        """The loop: `check`, called before each turn, stops it with the reason it returns (a script's limits)."""
         self.run_start(task)
         first = self.turns_done + 1
         for turn in range(first, first + self.config.max_turns):
+            reason = check() if check is not None else None
+            if reason is not None:
+                return Outcome(reason, None, turn - 1)
             outcome = self.step(turn)
             if outcome is not None:
                 return outcome

@@ -1,4 +1,4 @@
-"""Wiring for `agentcache run`: config, model, backend and session into one agent run, summarised."""
+"""The one factory: config -> model -> engine -> backend -> session -> agent, for `run`, `script` and `serve`."""
 
 from __future__ import annotations
 
@@ -6,27 +6,46 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+from agentcache import PROMPTS_DIR
 from agentcache.agent import Agent
 from agentcache.backends import Backend
-from agentcache.config import BACKENDS, RunConfig, check_config, check_text, load_config
+from agentcache.config import BACKENDS, CONFIG_FILE, RunConfig, check_config, check_text, load_config
 from agentcache.errors import AgentcacheError
 from agentcache.records import Request, requests_of
 from agentcache.session import Session
+from layers import ToolRegistry
 from layers.repo import open_repo
+
+if TYPE_CHECKING:
+    from agentcache.script.format import Script
+    from agentcache.script.run import OnEvent, ScriptRun
+    from engine import Engine, LoadedModel
+
+
+def load_registry() -> ToolRegistry:
+    """The tool specs of the shipped prompts: loaded once per run and handed to every agent."""
+    return ToolRegistry.from_dir(PROMPTS_DIR / "tools")
+
+
+def local_engine(config: RunConfig) -> tuple[LoadedModel, Engine]:
+    """The config's model and an engine with its KV pool size and, if `disk_cache`, the shared disk tier (a host
+    tier on CUDA, the engine's default)."""
+    from agentcache.cache_dir import kv_dir, models_dir
+    from engine import Engine, load_model
+
+    model = load_model(config.model, cache_dir=models_dir())
+    disk_dir = kv_dir() if config.disk_cache else None
+    return model, Engine(model, capacity_bytes=config.kv_capacity_mb << 20, disk_dir=disk_dir)
 
 
 def build_backend(config: RunConfig, api_key: str | None, session_id: str) -> Backend:
     """The backend the config names; the openai backend keys the server's prompt cache by session."""
     if config.backend == "local":
         from agentcache.backends.local import LocalBackend
-        from agentcache.cache_dir import kv_dir, models_dir
-        from engine import Engine, load_model
 
-        model = load_model(config.model, cache_dir=models_dir())
-        disk_dir = kv_dir() if config.disk_cache else None
-        return LocalBackend(model, Engine(model, capacity_bytes=config.kv_capacity_mb << 20, disk_dir=disk_dir))
+        return LocalBackend(*local_engine(config))
     if config.backend == "openai":
         from agentcache.backends.openai import OpenAIBackend
 
@@ -68,7 +87,8 @@ def run_task(repo: Path, task: str, overrides: dict[str, Any], resume: str | Non
     if resume:
         check_resumable(session)
     backend = build_backend(config, api_key, session.id)
-    agent = Agent(root, backend, config, session, on_turn=lambda record: on_line(turn_line(record)))
+    agent = Agent(root, backend, config, session, on_turn=lambda record: on_line(turn_line(record)),
+                  registry=load_registry())
     if resume:
         session.end_at_line()
     previous_id = agent.resume() if resume else None
@@ -91,6 +111,33 @@ def run_request(request: Request) -> dict[str, Any]:
     return {"turn": request.turn, "usage": usage.to_json(), "prompt_tokens": usage.prompt_tokens,
             "cached_tokens": usage.cached_tokens, "computed_tokens": usage.computed_tokens,
             "ttft_s": request.ttft_s, "tool": request.tool}
+
+
+def open_script_run(path: Path, repo: Path, model: str | None, on_event: OnEvent) -> ScriptRun:
+    """A run of the script at `path` in `repo`: one backend from the repo's config (its model: the flag, else the
+    script's, else the config's) for all agents, one tool registry for the check and every agent."""
+    from agentcache.script.format import load_script
+    from agentcache.script.run import ScriptRun
+
+    registry = load_registry()
+    script = load_script(path, registry=registry)
+    root = open_repo(repo)
+    base = load_config(root)
+    base.model = model or script.model or base.model
+    check_config(base)
+    check_script_backends(script, base)
+    return ScriptRun(script, root, build_backend(base, None, script.name), base, on_event, registry)
+
+
+def check_script_backends(script: Script, base: RunConfig) -> None:
+    """One backend serves the whole script: an agent that names another one is refused at its line."""
+    from agentcache.script.format import ScriptError
+
+    for spec in script.agents.values():
+        if spec.backend is not None and spec.backend != base.backend:
+            raise ScriptError(f"{script.source} line {spec.line}: agent '{spec.name}' asks for backend "
+                              f"'{spec.backend}' but one backend serves the whole script ('{base.backend}', from "
+                              f"{CONFIG_FILE} or the default): set 'backend' in {CONFIG_FILE} instead")
 
 
 def turn_line(record: dict) -> str:

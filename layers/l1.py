@@ -24,14 +24,15 @@ def _role_path(prompts_dir: Path, role: str) -> Path:
     return path
 
 
-def build_l1(role: str, prompts_dir: Path) -> list[Block]:
-    """The L1 blocks for `role`, read from the caller's `prompts_dir` (the harness ships one as package data)."""
+def build_l1(role: str, prompts_dir: Path, tools: ToolRegistry | None = None) -> list[Block]:
+    """The L1 blocks for `role`, read from the caller's `prompts_dir` (the harness ships one as package data);
+    `tools`: the registry the caller already loaded from `prompts_dir`/tools (loaded here when None)."""
     prompts_dir = Path(prompts_dir)
     if not prompts_dir.is_dir():
         raise PromptError(f"{prompts_dir}: prompts directory not found")
     system = load_prompt(prompts_dir / "system.md")
     role_prompt = load_prompt(_role_path(prompts_dir, role))
-    tools = ToolRegistry.from_dir(prompts_dir / "tools")
+    tools = tools if tools is not None else ToolRegistry.from_dir(prompts_dir / "tools")
     return [
         Block(Layer.L1, "system", "system.md", system.body.encode("utf-8")),
         Block(Layer.L1, "role", f"roles/{role}.md", role_prompt.body.encode("utf-8")),

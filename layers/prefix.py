@@ -7,6 +7,7 @@ from layers.context import Context
 from layers.l1 import build_l1
 from layers.l2 import L2Config, build_l2
 from layers.tokens import TokenCounter
+from layers.tools import ToolRegistry
 
 
 def build_prefix(
@@ -15,5 +16,6 @@ def build_prefix(
     role: str = "coder",
     config: L2Config | None = None,
     counter: TokenCounter | None = None,
+    tools: ToolRegistry | None = None,
 ) -> Context:
-    return Context([*build_l1(role, prompts_dir), *build_l2(repo, config, counter)])
+    return Context([*build_l1(role, prompts_dir, tools), *build_l2(repo, config, counter)])

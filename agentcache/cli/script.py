@@ -23,15 +23,13 @@ def script(
 
     Example: agentcache script examples/scripts/fanout.yaml --repo examples/repo
     """
-    from agentcache.script.format import load_script
     from agentcache.script.report import script_report
-    from agentcache.script.run import open_script_run
     from agentcache.script.view import ScriptView, render_report
+    from agentcache.wiring import open_script_run
 
-    checked = load_script(file)
     console = Console(highlight=False, stderr=as_json)
     view = ScriptView(console)
-    run_ = open_script_run(checked, repo, model, view.on_event)
+    run_ = open_script_run(file, repo, model, view.on_event)
     with view.showing(run_):
         run_.run()
     report = script_report(run_)

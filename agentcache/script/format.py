@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from agentcache import PROMPTS_DIR
+from agentcache.config import BACKENDS
 from agentcache.errors import AgentcacheError
 from layers import ToolRegistry
 from layers.l1 import available_roles
@@ -18,7 +19,6 @@ AGENT_KEYS = ("name", "role", "model", "backend", "tools", "allow_shell", "max_t
 LIMIT_KEYS = ("max_turns", "max_tokens", "token_budget")
 CHILD_KEYS = ("name", "instruction", "tools", *LIMIT_KEYS)
 FORK_KEYS = ("fork", "children", "tools", *LIMIT_KEYS)
-BACKENDS = ("local",)
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 TEMPLATE = re.compile(r"\{\{(.*?)\}\}")
 ANSWER_REF = re.compile(r"\s*([A-Za-z][A-Za-z0-9_-]*)\.answer\s*")
@@ -39,6 +39,7 @@ class AgentSpec:
     max_tokens: int | None = None
     token_budget: int | None = None
     parent: str | None = None  # set for a fork child: it starts from this agent's final context
+    backend: str | None = None  # one backend serves a script: the wiring refuses any other
 
 
 @dataclass(slots=True)
@@ -59,6 +60,7 @@ class Script:
     max_turns: int | None = None
     token_budget: int | None = None
     step_of: dict[str, int] = field(default_factory=dict)
+    source: str = ""  # what its errors name: the file's name
 
 
 def answer_refs(text: str) -> list[str]:
@@ -116,7 +118,7 @@ class _Invalid(Exception):
         self.line = line
 
 
-def load_script(path: Path, prompts_dir: Path = PROMPTS_DIR) -> Script:
+def load_script(path: Path, prompts_dir: Path = PROMPTS_DIR, registry: ToolRegistry | None = None) -> Script:
     """The checked script at `path`; ScriptError `FILE line N: ...` for anything that could not run."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -124,14 +126,17 @@ def load_script(path: Path, prompts_dir: Path = PROMPTS_DIR) -> Script:
         raise ScriptError(f"cannot read script {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ScriptError(f"{path.name}: not UTF-8 text (bad byte at offset {exc.start})") from None
-    return parse_script(text, path.stem, prompts_dir, source=path.name)
+    return parse_script(text, path.stem, prompts_dir, source=path.name, registry=registry)
 
 
-def parse_script(text: str, name: str, prompts_dir: Path = PROMPTS_DIR, source: str | None = None) -> Script:
-    """The checked script `name` in `text`; ScriptError `SOURCE line N: ...` (SOURCE: `name` unless given)."""
+def parse_script(text: str, name: str, prompts_dir: Path = PROMPTS_DIR, source: str | None = None,
+                 registry: ToolRegistry | None = None) -> Script:
+    """The checked script `name` in `text`; ScriptError `SOURCE line N: ...` (SOURCE: `name` unless given).
+    `registry`: the run's tool specs (loaded from `prompts_dir` when None)."""
     source = source or name
     try:
-        return _parse(text, name, prompts_dir)
+        registry = registry if registry is not None else ToolRegistry.from_dir(prompts_dir / "tools")
+        return _parse(text, name, prompts_dir, registry.names(), source)
     except _Invalid as exc:
         raise ScriptError(f"{source} line {exc.line}: {exc}") from None
     except yaml.YAMLError as exc:
@@ -150,16 +155,16 @@ def _yaml_error_where(exc: yaml.YAMLError, text: str) -> str:
     return ""
 
 
-def _parse(text: str, name: str, prompts_dir: Path) -> Script:
+def _parse(text: str, name: str, prompts_dir: Path, tools: list[str], source: str) -> Script:
     data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     if not isinstance(data, _Map):
         raise _Invalid(1, "a script is a mapping with 'agents' and 'steps'")
     _check_keys(data, ("model", "limits", "agents", "steps"), "script")
     limits = _limits(data)
     roles = available_roles(prompts_dir)
-    tools = ToolRegistry.from_dir(prompts_dir / "tools").names()
     agents = {spec.name: spec for spec in _agents(data, roles, tools)}
-    script = Script(name, _optional_str(data, "model"), agents, [], limits.get("max_turns"), limits.get("token_budget"))
+    script = Script(name, _optional_str(data, "model"), agents, [], limits.get("max_turns"), limits.get("token_budget"),
+                    source=source)
     for index, (step, line) in enumerate(zip(_required_seq(data, "steps"), data["steps"].lines)):
         script.steps.append(_step(step, line, script, tools))
         for launch in script.steps[-1]:
@@ -262,7 +267,7 @@ def _agents(data: _Map, roles: list[str], tools: list[str]) -> list[AgentSpec]:
         if shell is not None and not isinstance(shell, bool):
             raise _Invalid(_line(item, "allow_shell"), "'allow_shell' must be true or false")
         specs[name] = AgentSpec(name, role, item.line, _tool_list(item, tools), shell,
-                                *(_optional_int(item, key) for key in LIMIT_KEYS))
+                                *(_optional_int(item, key) for key in LIMIT_KEYS), backend=backend)
     return list(specs.values())
 
 

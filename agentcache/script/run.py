@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from agentcache import PROMPTS_DIR
 from agentcache.agent import Agent, Outcome
 from agentcache.backends import Backend, GenSettings, Reply
-from agentcache.config import RunConfig, check_config, load_config
+from agentcache.config import RunConfig
 from agentcache.errors import AgentcacheError
 from agentcache.records import USAGE_FIELDS, AgentStart
 from agentcache.script.format import LIMIT_KEYS, AgentSpec, Launch, Script, fill_answers
 from agentcache.session import Session
-from layers import Context, LayersError, ToolSpec
-from layers.repo import open_repo
+from layers import Context, LayersError, ToolRegistry, ToolSpec
 
 
 @dataclass(slots=True)
@@ -73,13 +73,14 @@ class ScriptLimits:
         self.turns = self.tokens = 0
         self._lock = threading.Lock()
 
-    def take_turn(self) -> bool:
+    def check(self) -> str | None:
+        """The agent loop's check before a turn: "script_limit" once the script is spent, else the turn is taken."""
         with self._lock:
             over_tokens = self.token_budget is not None and self.tokens >= self.token_budget
             if over_tokens or (self.max_turns is not None and self.turns >= self.max_turns):
-                return False
+                return "script_limit"
             self.turns += 1
-            return True
+            return None
 
     def charge(self, usage: dict[str, int]) -> None:
         with self._lock:
@@ -87,8 +88,11 @@ class ScriptLimits:
 
 
 class ScriptRun:
-    def __init__(self, script: Script, root: Path, backend: Backend, base: RunConfig, on_event: OnEvent) -> None:
+    def __init__(self, script: Script, root: Path, backend: Backend, base: RunConfig, on_event: OnEvent,
+                 registry: ToolRegistry | None = None) -> None:
+        """`registry`: the tool specs every agent shares (loaded once here when None)."""
         self.script, self.root, self.base, self.on_event = script, root, base, on_event
+        self.registry = registry if registry is not None else ToolRegistry.from_dir(PROMPTS_DIR / "tools")
         self.backend = IssueOrder(backend)
         self.limits = ScriptLimits(script.max_turns, script.token_budget)
         self.states = {name: AgentState(name, spec.role, spec.parent) for name, spec in script.agents.items()}
@@ -126,10 +130,10 @@ class ScriptRun:
             if spec.parent and parent is None:
                 raise AgentcacheError(f"cannot fork '{spec.parent}': it stopped with an error before it started")
             agent = Agent(self.root, self.backend, config, session, on_turn=lambda r: self._turn(state, r),
-                          context=parent.context if parent else None)
+                          context=parent.context if parent else None, registry=self.registry)
             self.agents[spec.name] = agent
             session.append(self._agent_record(spec, agent, parent))
-            outcome = self._loop(agent, fill_answers(launch.task, self.answers()))
+            outcome = agent.run(fill_answers(launch.task, self.answers()), check=self.limits.check)
         except (AgentcacheError, LayersError, _engine_error()) as exc:
             outcome = Outcome("error", None, state.turns)
             state.error = " ".join(str(exc).split())
@@ -144,16 +148,6 @@ class ScriptRun:
                           {"agent": spec.parent, "session_id": parent.session.id} if parent else None,
                           agent.context.context_id,
                           [{"kind": b.kind, "key": b.key, "text": b.text} for b in inherited]).to_json()
-
-    def _loop(self, agent: Agent, task: str) -> Outcome:
-        agent.run_start(task)
-        for turn in range(1, agent.config.max_turns + 1):
-            if not self.limits.take_turn():
-                return Outcome("script_limit", None, turn - 1)
-            outcome = agent.step(turn)
-            if outcome is not None:
-                return outcome
-        return Outcome("max_turns", None, agent.config.max_turns)
 
     def _turn(self, state: AgentState, record: dict[str, Any]) -> None:
         usage = record.get("usage")
@@ -172,15 +166,3 @@ def _engine_error() -> type[Exception]:
 
     return EngineError
 
-
-def open_script_run(script: Script, repo: Path, model: str | None, on_event: OnEvent) -> ScriptRun:
-    """A run of `script` in `repo` on one model (flag, else the script's, else the repo config's) for all agents."""
-    from agentcache.backends.local import LocalBackend
-    from agentcache.cache_dir import models_dir
-    from engine import load_model
-
-    root = open_repo(repo)
-    base = load_config(root)
-    base.model = model or script.model or base.model
-    check_config(base)
-    return ScriptRun(script, root, LocalBackend(load_model(base.model, cache_dir=models_dir())), base, on_event)

@@ -323,11 +323,11 @@ def serve(host: str, port: int, model: str, api_key: str | None, log: Any = prin
     """Load the model, then serve until interrupted."""
     import uvicorn
 
-    from agentcache.cache_dir import models_dir
-    from engine import load_model
+    from agentcache.config import RunConfig
+    from agentcache.wiring import local_engine
 
     check_auth(host, api_key, insecure_no_auth, log)
     check_listen(host, port)
-    service = ChatService(load_model(model, cache_dir=models_dir()))
+    service = ChatService(*local_engine(RunConfig(model=model, disk_cache=False)))  # serve keeps no disk tier
     log(f"serving {service.model_id} on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""))
     uvicorn.run(create_app(service, api_key), host=host, port=port, log_level="warning")

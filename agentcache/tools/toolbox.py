@@ -26,9 +26,10 @@ FUNCTIONS: dict[str, ToolFunction] = {
 }
 
 
-def load_tools(tools_dir: Path = PROMPTS_DIR / "tools") -> dict[str, Tool]:
+def load_tools(tools_dir: Path = PROMPTS_DIR / "tools", registry: ToolRegistry | None = None) -> dict[str, Tool]:
+    """The tools whose specs `registry` holds (loaded from `tools_dir` when None), each with its function."""
     try:
-        registry = ToolRegistry.from_dir(tools_dir)
+        registry = registry if registry is not None else ToolRegistry.from_dir(tools_dir)
     except LayersError as exc:
         raise ToolError(str(exc)) from None
     missing = sorted(set(FUNCTIONS) - set(registry.names()))
@@ -39,10 +40,10 @@ def load_tools(tools_dir: Path = PROMPTS_DIR / "tools") -> dict[str, Tool]:
 
 class ToolBox:
     def __init__(self, root: Path | str, allow_shell: bool = False, enabled: set[str] | None = None,
-                 tools_dir: Path = PROMPTS_DIR / "tools") -> None:
+                 tools_dir: Path = PROMPTS_DIR / "tools", registry: ToolRegistry | None = None) -> None:
         self.workspace = Workspace.open(root)
         self.allow_shell = allow_shell
-        self.tools = load_tools(tools_dir)
+        self.tools = load_tools(tools_dir, registry)
         unknown = sorted((enabled or set()) - set(self.tools))
         if unknown:
             raise ToolError(f"unknown tools: {', '.join(unknown)} (known: {', '.join(sorted(self.tools))})")
