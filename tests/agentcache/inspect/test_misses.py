@@ -38,7 +38,7 @@ class RecordingBackend(LocalBackend):
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model(cache_dir=models_dir())
+    return load_model("smollm2-135m", cache_dir=models_dir())
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ SCRIPT = "\n".join([
 def fanout(tmp_path_factory):
     repo = tmp_path_factory.mktemp("fork") / "repo"
     shutil.copytree(ROOT / "examples" / "repo", repo)
-    model = load_model(cache_dir=models_dir())
+    model = load_model("smollm2-135m", cache_dir=models_dir())
     backend = LocalBackend(model, Engine(model, capacity_bytes=256 << 20))
     run = ScriptRun(parse_script(SCRIPT, "fanout"), repo, backend, RunConfig(), lambda state, record: None)
     run.run()

