@@ -3,14 +3,22 @@
 Every backend, serve and inspect render through here. A chat template is used only when it is checked to be
 prefix-stable (rendering messages[:k] is a byte-prefix of rendering messages[:k+1]); otherwise plain ChatML.
 Each segment is tokenized on its own, so stable bytes give stable tokens. Tokenizers are passed in.
+
+Two tool-call formats. "json": the reply is one JSON object (a call or `{"answer": ...}`), stated by
+FORMAT_INSTRUCTIONS beside the tool schemas; it works with any model. "native": the format the model's own chat
+template was trained on, when the template has one the renderer knows (Qwen's and Hermes' `<tool_call>` tags): the
+tools block becomes the template's own tool text, a call is `<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>`
+and an answer is plain text. Block texts (and so layer hashes) are the same in both: only rendering differs.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable
 from typing import Any
 
+from agentcache.errors import AgentcacheError
 from layers import Block, Layer, canonical_json
 
 ROLE_OF_KIND = {"user": "user", "assistant": "assistant", "tool_call": "assistant",
@@ -23,6 +31,13 @@ FORMAT_INSTRUCTIONS = (
     'To give the final answer: {"answer": "<your answer>"}\n'
     "Call one tool at a time; its result comes back in the next message.\n"
 )
+
+
+TOOL_FORMATS = ("auto", "json", "native")
+NATIVE_CALL_OPEN, NATIVE_CALL_CLOSE = "<tool_call>", "</tool_call>"
+RETRY_HINT = {"json": "reply with one valid JSON object",
+              "native": f"reply with one {NATIVE_CALL_OPEN} holding a JSON call, or a plain answer"}
+SENTINEL = "\x00agentcache-system\x00"
 
 
 def format_instructions() -> str:
@@ -48,8 +63,10 @@ def block_message(block: Block) -> dict[str, str]:
     return {"role": "system", "content": block.text}
 
 
-def reply_text(call_or_answer: Any) -> str:
-    """The canonical text of a parsed reply, as it is appended to L3."""
+def reply_text(call_or_answer: Any, tool_format: str = "json") -> str:
+    """The canonical text of a parsed reply, as it is appended to L3 (a native answer is its plain text)."""
+    if tool_format == "native" and not hasattr(call_or_answer, "name"):
+        return call_or_answer.text
     if hasattr(call_or_answer, "name"):
         return canonical_json({"name": call_or_answer.name, "arguments": call_or_answer.arguments})
     return canonical_json({"answer": call_or_answer.text})
@@ -60,15 +77,28 @@ def segment_ids(tokenizer: Any, segments: list[str]) -> list[list[int]]:
     return [tokenizer.encode(segment, add_special_tokens=False) for segment in segments]
 
 
+def native_call_text(call_json: str) -> str:
+    """A tool_call block's canonical JSON as the native template writes a call (its `tojson` separators)."""
+    call = json.loads(call_json)
+    body = json.dumps({"name": call["name"], "arguments": call["arguments"]}, ensure_ascii=False)
+    return f"{NATIVE_CALL_OPEN}\n{body}\n{NATIVE_CALL_CLOSE}"
+
+
 class ChatRenderer:
     """Renders messages one segment each; falls back to plain ChatML if the template is not prefix-stable.
 
+    `tool_format`: "auto" takes "native" when the template is stable and writes `<tool_call>` tags, else "json".
     Thread-safe: the reused renders of the last call are read and replaced under one lock.
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, tool_format: str = "auto") -> None:
         self.tokenizer = tokenizer
         self.template_stable = tokenizer is not None and tokenizer.chat_template is not None and self._stable()
+        native = self.template_stable and NATIVE_CALL_OPEN in tokenizer.chat_template and self._template_tools() is not None
+        if tool_format == "native" and not native:
+            raise AgentcacheError("this model's chat template has no native tool-call format; use tool_format: json")
+        self.tool_format = tool_format if tool_format != "auto" else ("native" if native else "json")
+        self._tools_texts: dict[str, str] = {}
         self._keys: list[tuple[str, str]] = []
         self._renders: list[str] = []
         self._lock = threading.Lock()
@@ -99,7 +129,41 @@ class ChatRenderer:
 
     def block_segments(self, blocks: Iterable[Block]) -> list[str]:
         """The segments of a context's blocks, one per block plus the generation prompt."""
-        return self.segments([block_message(block) for block in blocks])
+        return self.segments([self.message(block) for block in blocks])
+
+    def message(self, block: Block) -> dict[str, str]:
+        """The chat message of a block in this renderer's tool format."""
+        if self.tool_format == "json":
+            return block_message(block)
+        if block.kind == "tools":
+            return {"role": "system", "content": self._native_tools(block.text)}
+        if block.kind == "tool_call":
+            return {"role": "assistant", "content": native_call_text(block.text)}
+        return block_message(block)
+
+    def _native_tools(self, schemas: str) -> str:
+        """The template's own tool text for the tools block (rendered once per distinct block text)."""
+        if schemas not in self._tools_texts:
+            tools = [{"type": "function", "function": spec} for spec in json.loads(schemas)]
+            self._tools_texts[schemas] = self._template_tools(tools)
+        return self._tools_texts[schemas]
+
+    def _template_tools(self, tools: list[dict[str, Any]] | None = None) -> str | None:
+        """What the template adds to the system turn when given `tools` (a probe tool when None), without the
+        blank line it starts with; None when it does not add them to the system turn."""
+        tools = tools if tools is not None else [{"type": "function", "function": {"name": "probe", "parameters": {}}}]
+        system = [{"role": "system", "content": SENTINEL}]
+        try:
+            with_tools = self.tokenizer.apply_chat_template(system, tools=tools, tokenize=False)
+            without = self._render(system)
+        except Exception:
+            return None
+        if with_tools.count(SENTINEL) != 1 or without.count(SENTINEL) != 1:
+            return None
+        after, end = with_tools.split(SENTINEL)[1], without.split(SENTINEL)[1]
+        if with_tools.split(SENTINEL)[0] != without.split(SENTINEL)[0] or not after.endswith(end) or after == end:
+            return None
+        return after[: len(after) - len(end)].lstrip("\n")
 
     def _prefix_renders(self, messages: list[dict[str, str]]) -> list[str]:
         """Renders of messages[:1], messages[:2], ...; the ones shared with the last call are reused."""

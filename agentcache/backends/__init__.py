@@ -31,6 +31,7 @@ class Reply:
 
 class Backend(Protocol):
     name: str
+    tool_format: str  # how replies are written: "json" or "native" (agentcache.render)
 
     def complete(self, context: Context, tools: list[ToolSpec], enabled: set[str], settings: GenSettings) -> Reply: ...
 

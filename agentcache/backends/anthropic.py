@@ -45,6 +45,7 @@ def l3_text(block: Block) -> tuple[str, str]:
 
 class AnthropicBackend:
     name = "anthropic"
+    tool_format = "json"
 
     def __init__(self, model: str, api_key: str | None = None, base_url: str | None = None, ttl: str = "5m",
                  timeout_s: float = 600.0) -> None:

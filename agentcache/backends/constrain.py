@@ -9,7 +9,9 @@ The grammar is a JSON Schema `anyOf` with one alternative per enabled tool (`nam
 that tool's parameter schema) plus the answer alternative, compiled by llguidance with fixed separators
 (`", "` and `": "`), keys in schema order and no free whitespace. Disabling a tool changes only this
 grammar, never the tool list in the prompt. End of sequence is allowed only once the object is complete.
-The prompt states this format (`agentcache.render.format_instructions`). Masks are numpy bools, no torch:
+The prompt states this format (`agentcache.render.format_instructions`). In the "native" tool format (see
+agentcache.render) the reply is instead `<tool_call>` (the template's special token), a newline, the same call
+object, a newline and `</tool_call>`; or a plain-text answer, which may not start with `<` or white space. Masks are numpy bools, no torch:
 the local backend turns them into the tensor the engine takes.
 """
 
@@ -25,6 +27,7 @@ import numpy as np
 from llguidance import LLMatcher, LLTokenizer
 
 from agentcache.errors import AgentcacheError
+from agentcache.render import NATIVE_CALL_CLOSE, NATIVE_CALL_OPEN
 from layers.tokens import DEFAULT_ENCODING
 from layers.tools import ToolSpec
 
@@ -134,12 +137,45 @@ def unpack_bitmask(bitmask: bytes, vocab_size: int) -> np.ndarray:
     return np.unpackbits(packed, count=vocab_size, bitorder="little").view(np.bool_)
 
 
+def native_grammar(tools: Iterable[ToolSpec], allow_answer: bool = True) -> str:
+    """The Lark grammar of a native reply: a tagged call to one enabled tool, or (when allowed) a plain answer."""
+    calls = [tool_schema(spec) for spec in tools]
+    starts = (["call"] if calls else []) + (["answer"] if allow_answer else [])
+    if not starts:
+        raise ToolCallError("no tool is enabled and answers are not allowed: the model could say nothing")
+    rules = [f"start: {' | '.join(starts)}"]
+    if calls:
+        schema = json.dumps({"anyOf": calls, "x-guidance": JSON_OPTIONS})
+        rules.append(f'call: <tool_call> "\\n" %json {schema} "\\n" </tool_call>')
+    if allow_answer:
+        rules.append(r"answer: /[^<\s][^<]*/")
+    return "\n".join(rules) + "\n"
+
+
+def grammar_matcher(tokenizer: Any, lark: str) -> LLMatcher:
+    """A matcher for a Lark grammar; ToolCallError if it does not compile."""
+    try:
+        matcher = LLMatcher(ll_tokenizer(tokenizer), LLMatcher.grammar_from_lark(lark), log_level=0)
+    except (ValueError, TypeError) as exc:
+        raise ToolCallError(f"reply grammar does not compile: {exc}") from None
+    if matcher.is_error():
+        raise ToolCallError(f"reply grammar does not compile: {matcher.get_error()}")
+    return matcher
+
+
 class ToolCallGrammar:
-    def __init__(self, tokenizer: Any, tools: Iterable[ToolSpec], allow_answer: bool = True) -> None:
+    def __init__(self, tokenizer: Any, tools: Iterable[ToolSpec], allow_answer: bool = True,
+                 tool_format: str = "json") -> None:
         self.tools = {spec.name: spec for spec in tools}
         self.allow_answer = allow_answer
+        self.tool_format = tool_format
         self.ll_tokenizer = ll_tokenizer(tokenizer)
-        self._matcher = schema_matcher(self.ll_tokenizer, reply_schema(self.tools.values(), allow_answer))
+        self._calls = schema_matcher(self.ll_tokenizer, reply_schema(self.tools.values(), allow_answer=False)) \
+            if self.tools else None
+        if tool_format == "native":
+            self._matcher = grammar_matcher(self.ll_tokenizer, native_grammar(self.tools.values(), allow_answer))
+        else:
+            self._matcher = schema_matcher(self.ll_tokenizer, reply_schema(self.tools.values(), allow_answer))
 
     def new_matcher(self) -> LLMatcher:
         return self._matcher.deep_copy()
@@ -150,11 +186,17 @@ class ToolCallGrammar:
 
     def parse(self, text: str) -> ToolCall | Answer:
         """The reply as a ToolCall to an enabled tool with valid arguments, or an Answer; else ToolCallError."""
+        if self.tool_format == "native":
+            return self._parse_native(text)
         reply = self._load(text)
         if set(reply) == {"answer"} and isinstance(reply["answer"], str):
             if not self.allow_answer:
                 raise ToolCallError("a plain answer is not allowed here: call one of the enabled tools")
             return Answer(reply["answer"])
+        return self._call(reply)
+
+    def _call(self, reply: dict[str, Any]) -> ToolCall:
+        """A call object checked against the enabled tools and their parameters."""
         if set(reply) != {"name", "arguments"} or not isinstance(reply["arguments"], dict):
             raise ToolCallError('a reply must be {"name": ..., "arguments": {...}} or {"answer": "..."}')
         name, arguments = reply["name"], reply["arguments"]
@@ -162,6 +204,18 @@ class ToolCallGrammar:
             raise ToolCallError(f"unknown or disabled tool {name!r} (enabled: {', '.join(sorted(self.tools))})")
         self._check_arguments(self.tools[name], arguments)
         return ToolCall(name, arguments)
+
+    def _parse_native(self, text: str) -> ToolCall | Answer:
+        stripped = text.strip()
+        if not stripped.startswith(NATIVE_CALL_OPEN):
+            if not self.allow_answer:
+                raise ToolCallError("a plain answer is not allowed here: call one of the enabled tools")
+            if not stripped:
+                raise ToolCallError("the reply is empty")
+            return Answer(stripped)
+        if not stripped.endswith(NATIVE_CALL_CLOSE):
+            raise ToolCallError(f"the {NATIVE_CALL_OPEN} is not closed (was it cut off?)")
+        return self._call(self._load(stripped[len(NATIVE_CALL_OPEN):-len(NATIVE_CALL_CLOSE)].strip()))
 
     def _load(self, text: str) -> dict[str, Any]:
         try:
@@ -178,7 +232,7 @@ class ToolCallGrammar:
         ranked = sorted(arguments, key=lambda k: order.index(k) if k in order else len(order))
         call = {"name": spec.name, "arguments": {key: arguments[key] for key in ranked}}
         canonical = json.dumps(call, ensure_ascii=False, separators=(", ", ": "))
-        matcher = self.new_matcher()
+        matcher = self._calls.deep_copy()
         if not matcher.consume_tokens(self.ll_tokenizer.tokenize_str(canonical)) or not matcher.is_accepting():
             raise ToolCallError(f"arguments of {spec.name} do not match its parameters: "
                                 f"{json.dumps(spec.parameters, sort_keys=True)}")

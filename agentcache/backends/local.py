@@ -26,10 +26,11 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, model: LoadedModel, engine: Engine | None = None) -> None:
+    def __init__(self, model: LoadedModel, engine: Engine | None = None, tool_format: str = "auto") -> None:
         self.model = model
         self.engine = engine or Engine(model)
-        self.renderer = ChatRenderer(model.tokenizer)
+        self.renderer = ChatRenderer(model.tokenizer, tool_format)
+        self.tool_format = self.renderer.tool_format
         self._grammars: dict[tuple[str, ...], ToolCallGrammar] = {}
         self._segment_tokens: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -59,7 +60,8 @@ class LocalBackend:
         with self._lock:
             if key not in self._grammars:
                 chosen = [t for t in tools if t.name in enabled]
-                self._grammars[key] = ToolCallGrammar(self.model.tokenizer, chosen, allow_answer=True)
+                self._grammars[key] = ToolCallGrammar(self.model.tokenizer, chosen, allow_answer=True,
+                                                      tool_format=self.tool_format)
             return self._grammars[key]
 
     def parse(self, text: str, tools: list[ToolSpec], enabled: set[str]) -> Any:

@@ -25,6 +25,7 @@ DEFAULT_WINDOW = 8192
 
 class OpenAIBackend:
     name = "openai"
+    tool_format = "json"
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, cache_key: str | None = None,
                  use_contexts: bool = True, timeout_s: float = 600.0) -> None:
