@@ -13,8 +13,9 @@ from agentcache.config import RunConfig
 from agentcache.records import BlockText, Compaction, Request, Usage, UserTurn, parse_record
 from agentcache.render import reply_text
 from agentcache.session import Session
-from agentcache.tools import ToolBox
-from layers import Block, Context, Layer, ToolRegistry, ToolResult, UserInput, build_prefix
+from agentcache.tools import ToolBox, ToolOutcome
+from agentcache.tools.toolbox import SHELL_TOOL, mode_tools
+from layers import Block, Context, Layer, ToolRegistry, ToolResult, UserInput, build_prefix, canonical_json
 from layers.l3 import AssistantMessage, ToolCall
 
 KEEP_RECENT = 4
@@ -24,7 +25,7 @@ TurnCheck = Callable[[], str | None]  # a reason to stop before the next turn, o
 
 @dataclass(slots=True)
 class Outcome:
-    reason: str  # "finished", "answered", "max_turns", "token_budget", "invalid_output"
+    reason: str  # "finished", "answered", "max_turns", "token_budget", "invalid_output", "stuck"
     answer: str | None
     turns: int
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -38,8 +39,8 @@ class Agent:
         `registry`: the tool specs the run loaded once (loaded here when None)."""
         self.repo, self.backend, self.config, self.session = repo, backend, config, session
         registry = registry if registry is not None else ToolRegistry.from_dir(PROMPTS_DIR / "tools")
-        self.toolbox = ToolBox(repo, allow_shell=config.allow_shell, enabled=set(config.tools) or None,
-                               registry=registry)
+        enabled = mode_tools(config.mode, config.tools)  # the grammar's mask and the ToolBox's refusal
+        self.toolbox = ToolBox(repo, allow_shell=SHELL_TOOL in enabled, enabled=enabled, registry=registry)
         self.specs = list(registry)
         self.enabled = set(self.toolbox.names())
         self.context = (Context(context.blocks) if context is not None
@@ -49,6 +50,7 @@ class Agent:
         self.errors = 0
         self.turns_done = 0
         self.stored_blocks: set[str] = set()
+        self.repeats = RepeatGuard()
 
     def resume(self) -> str | None:
         """Replay the session's L3 entries; returns the context id the session last saw."""
@@ -95,12 +97,18 @@ class Agent:
         if isinstance(parsed, Answer):
             self._append([AssistantMessage(reply_text(parsed)).to_block()], record.to_json())
             return Outcome("answered", parsed.text, turn)
-        outcome = self.toolbox.run(parsed.name, parsed.arguments)
+        try:
+            outcome = self.repeats.checked(parsed.name, parsed.arguments,
+                                           self.toolbox.run(parsed.name, parsed.arguments))
+        except Stuck as stuck:
+            outcome, record.stopped = stuck.outcome, "stuck"
         record.tool_call = {"name": parsed.name, "arguments": parsed.arguments}
         record.tool_result = {"output": outcome.output, "is_error": outcome.is_error}
         blocks = [ToolCall(parsed.name, parsed.arguments).to_block(),
                   ToolResult(parsed.name, outcome.output, outcome.is_error).to_block()]
         self._append(blocks, record.to_json())
+        if record.stopped is not None:
+            return Outcome(record.stopped, None, turn)
         if outcome.finished:
             return Outcome("finished", outcome.answer, turn)
         if self.spent >= self.config.token_budget:
@@ -156,6 +164,35 @@ class Agent:
         self.context = Context([*self.context.prefix, task, summary.to_block(), *recent])
         l3 = [{"kind": b.kind, "key": b.key, "text": b.text} for b in self.context.l3]
         self.session.append(Compaction(l3, len(old), self.context.context_id).to_json())
+
+
+class Stuck(Exception):
+    """The same failing call a third time: the run ends with reason `stuck`; `outcome` is its tool result."""
+
+    def __init__(self, outcome: ToolOutcome) -> None:
+        super().__init__(outcome.output)
+        self.outcome = outcome
+
+
+class RepeatGuard:
+    """Failing calls counted by (tool, canonical arguments): a small model that repeats one is in a loop. The
+    second identical failure says so in its result; the third raises Stuck."""
+
+    def __init__(self) -> None:
+        self.failures: dict[tuple[str, str], int] = {}
+
+    def checked(self, name: str, arguments: dict[str, Any], outcome: ToolOutcome) -> ToolOutcome:
+        if not outcome.is_error:
+            return outcome
+        key = (name, canonical_json(arguments))
+        self.failures[key] = count = self.failures.get(key, 0) + 1
+        if count == 1:
+            return outcome
+        if count == 2:
+            return ToolOutcome(f"{name}: this exact call failed before (same arguments); change the arguments or "
+                               f"try another tool. Error: {outcome.output}", is_error=True)
+        raise Stuck(ToolOutcome(f"{name}: this exact call failed {count} times (same arguments); the run stops "
+                                f"as stuck. Error: {outcome.output}", is_error=True))
 
 
 def _entry_block(entry: dict[str, str]) -> Block:

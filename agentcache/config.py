@@ -11,6 +11,7 @@ from typing import Any, Callable
 import yaml
 
 from agentcache.errors import AgentcacheError
+from agentcache.tools.toolbox import FUNCTIONS, MODES, mode_tools
 
 CONFIG_FILE = "agentcache.yaml"
 BACKENDS = ("local", "openai", "anthropic")
@@ -24,8 +25,8 @@ class RunConfig:
     max_turns: int = 8
     max_tokens: int = 256
     token_budget: int = 200_000
-    allow_shell: bool = False
-    tools: list[str] = field(default_factory=list)  # empty: every tool
+    mode: str = "edit"  # read-only, edit (writes inside the repo) or full (edit and the shell); see MODES
+    tools: list[str] = field(default_factory=list)  # empty: every tool the mode allows
     temperature: float = 0.0
     retries: int = 2
     backend: str = "local"  # local, openai or anthropic
@@ -60,7 +61,7 @@ def config_from(data: Any) -> RunConfig:
         raise AgentcacheError(f"{CONFIG_FILE}: expected a mapping of settings")
     config = RunConfig()
     known = {f.name: f for f in fields(RunConfig)}
-    for key, value in data.items():
+    for key, value in shell_as_mode(data, CONFIG_FILE).items():
         if key not in known:
             raise AgentcacheError(f"{CONFIG_FILE}: unknown setting '{key}' (known: {', '.join(known)})")
         expected = type(getattr(config, key))
@@ -72,10 +73,21 @@ def config_from(data: Any) -> RunConfig:
     return config
 
 
-def _known_tools() -> list[str]:
-    from agentcache.tools.toolbox import FUNCTIONS
-
-    return sorted(FUNCTIONS)
+def shell_as_mode(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """`data` with `allow_shell`, the older spelling of `mode: full`, turned into `mode`; both disagreeing is
+    refused rather than one silently winning."""
+    if "allow_shell" not in data:
+        return data
+    data = dict(data)
+    shell = data.pop("allow_shell")
+    if not isinstance(shell, bool):
+        raise AgentcacheError(f"{source}: 'allow_shell' must be bool, got {type(shell).__name__}")
+    if "mode" in data and shell != (data["mode"] == "full"):
+        raise AgentcacheError(f"{source}: 'allow_shell: {str(shell).lower()}' disagrees with 'mode: {data['mode']}' "
+                              f"(allow_shell: true means mode: full); keep only 'mode'")
+    if shell:
+        data["mode"] = "full"
+    return data
 
 
 def _at_least(low: int) -> tuple[str, Callable[[Any], bool]]:
@@ -96,6 +108,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must b
     "temperature": ("between 0 and 2", lambda value: math.isfinite(value) and 0 <= value <= 2),
     "retries": _at_least(0),
     "backend": _one_of(BACKENDS),
+    "mode": _one_of(tuple(MODES)),
     "cache_ttl": _one_of(CACHE_TTLS),
     "kv_capacity_mb": _at_least(1),
 }
@@ -119,7 +132,8 @@ def check_config(config: RunConfig) -> RunConfig:
         what, test = RULES.get(item.name, ("", lambda _value: True))
         if not test(value):
             raise AgentcacheError(f"{item.name} must be {what}, got {value!r}")
-    known = _known_tools()
+    known = sorted(FUNCTIONS)
     if not all(isinstance(name, str) and name in known for name in config.tools):
         raise AgentcacheError(f"tools must be a list of tool names from {', '.join(known)}, got {config.tools!r}")
+    mode_tools(config.mode, config.tools)
     return config

@@ -83,7 +83,8 @@ BY_TYPE: dict[str, dict[str, Check]] = {  # the checks of the keys a record of e
         "layers": ("an object", lambda value: isinstance(value, dict)),
         "enabled_tools": ("a list of strings", _list_of(_text)),
         "backend": TEXT,
-        **{name: TEXT_OR_NONE for name in ("error", "reply", "model", "salt", "fingerprint", "cache_ttl")},
+        **{name: TEXT_OR_NONE for name in ("error", "reply", "model", "salt", "fingerprint", "cache_ttl",
+                                           "stopped")},
     },
     "block": {"hash": TEXT, "text": TEXT},
     "compaction": {"l3": ENTRIES, "dropped": ("a count", _count)},
@@ -139,6 +140,9 @@ class Usage:
         return ratio(self.cached_tokens, self.prompt_tokens)
 
 
+OPTIONAL_KEYS = ("tool_call", "tool_result", "error", "stopped")  # request keys written only when set
+
+
 @dataclass(slots=True)
 class Request:
     """One model request: what was sent (blocks, layers, tools), what it cost (usage, timings) and what came back."""
@@ -161,9 +165,10 @@ class Request:
     reply: str | None = None
     finish_reason: str | None = None
     appended: list[dict[str, str]] = field(default_factory=list)
-    tool_call: dict[str, Any] | None = None  # the three below are written only when set
+    tool_call: dict[str, Any] | None = None  # the four below are written only when set
     tool_result: dict[str, Any] | None = None
     error: str | None = None
+    stopped: str | None = None  # why the run ended after this request when the loop itself stopped it ("stuck")
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Request:
@@ -175,7 +180,7 @@ class Request:
         out: dict[str, Any] = {"type": "request"}
         for name in self.__slots__:
             value = getattr(self, name)
-            if name not in ("tool_call", "tool_result", "error") or value is not None:
+            if name not in OPTIONAL_KEYS or value is not None:
                 out[name] = value
         out["usage"] = self.usage.to_json()
         return out

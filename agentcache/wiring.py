@@ -148,6 +148,8 @@ def turn_line(record: dict) -> str:
     action = f"{call['name']} {json.dumps(call['arguments'], ensure_ascii=False)}" if call else record.get("reply", "")
     if record.get("error"):
         action = f"invalid reply: {record['error']}"
+    if record.get("stopped"):
+        action = f"[{record['stopped']}] {action}"
     disk = f" (disk {usage['disk_tokens']})" if usage.get("disk_tokens") else ""
     return (f"turn {record['turn']}: prompt {usage['prompt_tokens']}  cached {usage['cached_tokens']}{disk}  "
             f"computed {usage['computed_tokens']}  completion {usage['completion_tokens']}  "

@@ -19,9 +19,12 @@ def run(
     role: Annotated[Optional[str], typer.Option(help="Agent role: a file in prompts/roles/.")] = None,
     max_turns: Annotated[Optional[int], typer.Option(help="Stop after this many requests (at least 1).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per reply (at least 1).")] = None,
-    allow_shell: Annotated[bool, typer.Option("--allow-shell", help="Enable the run_command tool.")] = False,
-    tools: Annotated[Optional[str], typer.Option(help="Comma-separated tools to enable (default: all; an unknown "
-                                                 "name is refused with the list of known ones).")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="Permission mode: read-only (no writes), edit (writes inside "
+                                                "the repo; the default) or full (edit and the shell).")] = None,
+    allow_shell: Annotated[bool, typer.Option("--allow-shell", help="The same as --mode full.")] = False,
+    tools: Annotated[Optional[str], typer.Option(help="Comma-separated tools to enable, within the mode (default: "
+                                                 "all the mode allows; an unknown name is refused with the list "
+                                                 "of known ones).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue a session: its id or 'latest'.")] = None,
     backend: Annotated[Optional[str], typer.Option(help="local (the engine in-process), openai or anthropic.")] = None,
     base_url: Annotated[Optional[str], typer.Option(help="Server for --backend openai, e.g. http://127.0.0.1:8000/v1.")] = None,
@@ -37,10 +40,13 @@ def run(
     Settings come from the repo's agentcache.yaml, then these flags; both are checked the same way.
     Example: agentcache run "Where are words counted?" --repo examples/repo
     """
+    from agentcache.errors import AgentcacheError
     from agentcache.wiring import run_task
 
+    if allow_shell and mode not in (None, "full"):
+        raise AgentcacheError(f"--allow-shell means --mode full; it disagrees with --mode {mode}")
     overrides = {"model": model, "role": role, "max_turns": max_turns, "max_tokens": max_tokens,
-                 "tools": tools.split(",") if tools else None, "allow_shell": allow_shell or None,
+                 "tools": tools.split(",") if tools else None, "mode": "full" if allow_shell else mode,
                  "backend": backend, "base_url": base_url, "disk_cache": False if no_disk_cache else None}
     console = Console(highlight=False, stderr=as_json)
     summary = run_task(repo, task, overrides, resume, api_key=api_key,

@@ -12,10 +12,12 @@ import yaml
 from agentcache import PROMPTS_DIR
 from agentcache.config import BACKENDS
 from agentcache.errors import AgentcacheError
+from agentcache.tools.toolbox import MODES
 from layers import ToolRegistry
 from layers.l1 import available_roles
 
-AGENT_KEYS = ("name", "role", "model", "backend", "tools", "allow_shell", "max_turns", "max_tokens", "token_budget")
+AGENT_KEYS = ("name", "role", "model", "backend", "tools", "mode", "allow_shell", "max_turns", "max_tokens",
+              "token_budget")
 LIMIT_KEYS = ("max_turns", "max_tokens", "token_budget")
 CHILD_KEYS = ("name", "instruction", "tools", *LIMIT_KEYS)
 FORK_KEYS = ("fork", "children", "tools", *LIMIT_KEYS)
@@ -34,7 +36,7 @@ class AgentSpec:
     role: str
     line: int
     tools: list[str] | None = None
-    allow_shell: bool | None = None
+    mode: str | None = None  # None: the run's mode (agentcache.yaml or the default)
     max_turns: int | None = None
     max_tokens: int | None = None
     token_budget: int | None = None
@@ -263,12 +265,26 @@ def _agents(data: _Map, roles: list[str], tools: list[str]) -> list[AgentSpec]:
         backend = _optional_str(item, "backend")
         if backend is not None and backend not in BACKENDS:
             raise _Invalid(_line(item, "backend"), f"unknown backend {_shown(backend)} (known: {', '.join(BACKENDS)})")
-        shell = item.get("allow_shell")
-        if shell is not None and not isinstance(shell, bool):
-            raise _Invalid(_line(item, "allow_shell"), "'allow_shell' must be true or false")
-        specs[name] = AgentSpec(name, role, item.line, _tool_list(item, tools), shell,
+        specs[name] = AgentSpec(name, role, item.line, _tool_list(item, tools), _mode(item),
                                 *(_optional_int(item, key) for key in LIMIT_KEYS), backend=backend)
     return list(specs.values())
+
+
+def _mode(item: _Map) -> str | None:
+    """An agent's permission mode, if it sets one; `allow_shell` is the older spelling of `mode: full`
+    (false: `mode: edit`), and the two disagreeing is refused."""
+    mode, shell = item.get("mode"), item.get("allow_shell")
+    if mode is not None and mode not in MODES:
+        raise _Invalid(_line(item, "mode"), f"unknown mode {_shown(mode)} (known: {', '.join(MODES)})")
+    if shell is not None and not isinstance(shell, bool):
+        raise _Invalid(_line(item, "allow_shell"), "'allow_shell' must be true or false")
+    if shell is None:
+        return mode
+    if mode is not None and shell != (mode == "full"):
+        raise _Invalid(_line(item, "allow_shell"), f"'allow_shell: {str(shell).lower()}' disagrees with "
+                                                   f"'mode: {mode}' (allow_shell: true means mode: full); "
+                                                   f"keep only 'mode'")
+    return "full" if shell else mode or "edit"
 
 
 def _task(data: _Map, key: str) -> str:
@@ -332,7 +348,7 @@ def _fork(step: _Map, script: Script, tools: list[str]) -> list[Launch]:
         name = _name(child, "a fork child", script.agents)
         limits = {key: _optional_int(child, key) or shared_limits[key] or getattr(parent, key) for key in LIMIT_KEYS}
         script.agents[name] = AgentSpec(name, parent.role, child.line, _tool_list(child, tools) or shared_tools or
-                                        parent.tools, parent.allow_shell, parent=parent_name, **limits)
+                                        parent.tools, parent.mode, parent=parent_name, **limits)
         launches.append(Launch(name, _task(child, "instruction"), line))
     return launches
 

@@ -114,7 +114,7 @@ class ScriptRun:
                 for name, s in self.states.items()}
 
     def _config(self, spec: AgentSpec) -> RunConfig:
-        chosen = {key: getattr(spec, key) for key in ("tools", "allow_shell", *LIMIT_KEYS)}
+        chosen = {key: getattr(spec, key) for key in ("tools", "mode", *LIMIT_KEYS)}
         return dataclasses.replace(self.base, role=spec.role, **{k: v for k, v in chosen.items() if v is not None})
 
     def _run_agent(self, launch: Launch) -> None:

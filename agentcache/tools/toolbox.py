@@ -14,6 +14,13 @@ from agentcache.tools.workspace import Workspace
 from layers import LayersError, ToolRegistry
 
 SHELL_TOOL = "run_command"
+WRITE_TOOLS = ("write_file", "edit_file")  # the tools that change files: masked in read-only mode
+READ_TOOLS = ("list_files", "read_file", "search", "finish")
+MODES: dict[str, tuple[str, ...]] = {  # permission mode -> the tools it allows
+    "read-only": READ_TOOLS,
+    "edit": (*READ_TOOLS, *WRITE_TOOLS),
+    "full": (*READ_TOOLS, *WRITE_TOOLS, SHELL_TOOL),
+}
 
 
 def finish(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
@@ -24,6 +31,17 @@ FUNCTIONS: dict[str, ToolFunction] = {
     "list_files": list_files, "read_file": read_file, "search": search, "write_file": write_file,
     "edit_file": edit_file, "run_command": run_command, "finish": finish,
 }
+
+
+def mode_tools(mode: str, tools: list[str] | None = None) -> set[str]:
+    """The tools a run in `mode` may call: the mode's, narrowed to `tools` when given. A named tool the mode
+    leaves out is refused, so `--tools` never looks as if it widened the mode."""
+    allowed = set(MODES[mode])
+    outside = sorted(set(tools or ()) - allowed)
+    if outside:
+        wider = next((name for name, names in MODES.items() if set(outside) <= set(names)), "full")
+        raise ToolError(f"mode {mode} does not allow {', '.join(outside)} (mode {wider} does)")
+    return set(tools) if tools else allowed
 
 
 def load_tools(tools_dir: Path = PROMPTS_DIR / "tools", registry: ToolRegistry | None = None) -> dict[str, Tool]:
@@ -65,9 +83,9 @@ class ToolBox:
     def _run(self, name: str, arguments: Any) -> ToolOutcome:
         if name not in self.tools:
             raise ToolError(f"unknown tool (known: {', '.join(sorted(self.tools))})")
+        if name == SHELL_TOOL and not self.allow_shell:
+            raise ToolError("shell commands are disabled; run with --mode full (or --allow-shell) to enable them")
         if name not in self.enabled:
             raise ToolError(f"tool is disabled (enabled: {', '.join(self.names()) or 'none'})")
-        if name == SHELL_TOOL and not self.allow_shell:
-            raise ToolError("shell commands are disabled; pass --allow-shell to enable run_command")
         tool = self.tools[name]
         return tool.function(self.workspace, check_arguments(arguments, tool.spec.parameters))
