@@ -1,0 +1,51 @@
+"""Each Qwen2.5-Coder model for real: assembled from its parts and checked against its pinned sha256, loaded, and
+asked for one constrained native tool call on the real engine, which must parse into a schema-valid call."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from agentcache import PROMPTS_DIR
+from agentcache.backends.constrain import ToolCall, ToolCallGrammar
+from agentcache.backends.local import tensor_mask
+from agentcache.render import ChatRenderer
+from engine import Engine, Request, load_model, registry
+from layers import ToolRegistry, UserInput, build_prefix
+from tests.agentcache.backends.test_constrain import schema_errors
+
+REPO = Path(__file__).resolve().parents[2] / "examples" / "repo"
+REGISTRY = ToolRegistry.from_dir(PROMPTS_DIR / "tools")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"])
+def test_qwen_assembles_verifies_and_makes_a_constrained_tool_call(name, models_dir):
+    entry = registry.find(name)
+    assert entry.installed(), f"{name} is not installed: make model-{name}"
+    model = load_model(name, cache_dir=models_dir)
+    gguf = models_dir / "gguf" / entry.file
+    assert gguf.stat().st_size == entry.bytes and _sha256(gguf) == entry.sha256  # hashed here, independently
+
+    renderer = ChatRenderer(model.tokenizer)
+    assert renderer.tool_format == "native"
+    l1 = [b for b in build_prefix(REPO, PROMPTS_DIR, role="coder", tools=REGISTRY) if b.layer.name == "L1"]
+    segments = renderer.block_segments([*l1, UserInput("Show me the file README.md.").to_block()])
+    enabled = [spec for spec in REGISTRY if spec.name != "run_command"]
+    grammar = ToolCallGrammar(model.tokenizer, enabled, allow_answer=False, tool_format="native")
+    engine = Engine(model, capacity_bytes=256 << 20)
+    result = engine.generate(Request(segments, max_tokens=48,
+                                     logits_mask=tensor_mask(grammar.new_mask(model.config.vocab_size))))
+
+    assert result.finish_reason == "stop", result.text
+    call = grammar.parse(result.text)
+    assert isinstance(call, ToolCall) and call.name in {spec.name for spec in enabled}
+    assert schema_errors(call.arguments, REGISTRY.get(call.name).parameters) == []
+    assert result.text.strip().startswith("<tool_call>") and result.text.strip().endswith("</tool_call>")
