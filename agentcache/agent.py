@@ -11,7 +11,7 @@ from agentcache.backends import Backend, GenSettings, Reply
 from agentcache.backends.constrain import Answer, ToolCallError
 from agentcache.config import RunConfig
 from agentcache.records import BlockText, Compaction, Request, Usage, UserTurn, parse_record
-from agentcache.render import reply_text
+from agentcache.render import RETRY_HINT, reply_text
 from agentcache.session import Session
 from agentcache.tools import ToolBox, ToolOutcome
 from agentcache.tools.toolbox import SHELL_TOOL, mode_tools
@@ -95,7 +95,7 @@ class Agent:
         except ToolCallError as exc:
             return self._invalid(turn, reply, record, str(exc))
         if isinstance(parsed, Answer):
-            self._append([AssistantMessage(reply_text(parsed)).to_block()], record.to_json())
+            self._append([AssistantMessage(reply_text(parsed, self._tool_format())).to_block()], record.to_json())
             return Outcome("answered", parsed.text, turn)
         try:
             outcome = self.repeats.checked(parsed.name, parsed.arguments,
@@ -119,11 +119,14 @@ class Agent:
         self.errors += 1
         record.error = message
         blocks = [AssistantMessage(reply.text).to_block(),
-                  ToolResult("error", f"{message}; reply with one valid JSON object", True).to_block()]
+                  ToolResult("error", f"{message}; {RETRY_HINT[self._tool_format()]}", True).to_block()]
         self._append(blocks, record.to_json())
         if self.errors > self.config.retries:
             return Outcome("invalid_output", None, turn)
         return None
+
+    def _tool_format(self) -> str:
+        return getattr(self.backend, "tool_format", "json")
 
     def _request_record(self, turn: int, reply: Reply) -> Request:
         self._store_block_texts()

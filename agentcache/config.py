@@ -11,6 +11,7 @@ from typing import Any, Callable
 import yaml
 
 from agentcache.errors import AgentcacheError
+from agentcache.render import TOOL_FORMATS
 from agentcache.tools.toolbox import FUNCTIONS, MODES, mode_tools
 
 CONFIG_FILE = "agentcache.yaml"
@@ -35,6 +36,7 @@ class RunConfig:
     salt: str = ""  # cache salt: requests with different salts never share KV pages
     kv_capacity_mb: int = 1024  # local engine KV pool size
     disk_cache: bool = True  # keep full KV pages on disk so the next run starts warm
+    tool_format: str = "auto"  # local backend: native (the chat template's tool calls), json, or auto (native if any)
 
 
 def load_config(repo: Path) -> RunConfig:
@@ -111,6 +113,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must b
     "mode": _one_of(tuple(MODES)),
     "cache_ttl": _one_of(CACHE_TTLS),
     "kv_capacity_mb": _at_least(1),
+    "tool_format": _one_of(TOOL_FORMATS),
 }
 
 
