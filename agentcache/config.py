@@ -4,6 +4,7 @@ by one function whatever their source."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -15,13 +16,19 @@ from agentcache.render import TOOL_FORMATS
 from agentcache.tools.toolbox import FUNCTIONS, MODES, mode_tools
 
 CONFIG_FILE = "agentcache.yaml"
+DEFAULT_MODEL = "qwen2.5-coder-0.5b"  # the registry's default (engine.registry.DEFAULT_MODEL); README says why
+MODEL_ENV = "AGENTCACHE_MODEL"  # overrides the default model, as agentcache.yaml's `model:` and --model do
+
+
+def default_model() -> str:
+    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
 BACKENDS = ("local", "openai", "anthropic")
 CACHE_TTLS = ("5m", "1h")
 
 
 @dataclass(slots=True)
 class RunConfig:
-    model: str = "smollm2-135m-instruct"
+    model: str = field(default_factory=default_model)
     role: str = "coder"
     max_turns: int = 8
     max_tokens: int = 256

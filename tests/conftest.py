@@ -23,4 +23,5 @@ def own_cache_root(tmp_path_factory, monkeypatch, models_dir):
     root = Path(tmp_path_factory.mktemp("cache-root"))
     os.symlink(models_dir, root / "models", target_is_directory=True)
     monkeypatch.setenv("AGENTCACHE_CACHE_DIR", str(root))
+    monkeypatch.setenv("AGENTCACHE_MODEL", "smollm2-135m")  # the fast tests' model; Qwen tests name theirs
     return root

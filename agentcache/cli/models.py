@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from agentcache.config import RunConfig
+from agentcache.config import default_model
 from agentcache.errors import AgentcacheError
 
 models_app = typer.Typer(help="The models agentcache knows by short name, and how to install them.",
@@ -22,8 +22,8 @@ def registry_report() -> dict[str, Any]:
     """The registry as `agentcache models --json` prints it."""
     from engine import registry  # imports torch
 
-    default = registry.find(RunConfig().model)
-    return {"default": default.name if default else RunConfig().model, "models": [
+    default = registry.find(default_model())
+    return {"default": default.name if default else default_model(), "models": [
         {"name": m.name, "title": m.title, "installed": m.installed(), "bytes": m.bytes, "license": m.license,
          "install": m.install, "sha256": m.sha256, "aliases": list(m.aliases)} for m in registry.MODELS]}
 

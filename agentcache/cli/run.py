@@ -15,7 +15,8 @@ from agentcache.cli.options import Debug
 def run(
     task: Annotated[str, typer.Argument(help="What the agent should do.")],
     repo: Annotated[Path, typer.Option(help="Repository root the agent works in.")] = Path("."),
-    model: Annotated[Optional[str], typer.Option(help="Model: the embedded default, a local HF dir, or a hub id.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model: a name from `agentcache models` (default: "
+                                                 "$AGENTCACHE_MODEL, else the default one), a local HF dir or a hub id.")] = None,
     role: Annotated[Optional[str], typer.Option(help="Agent role: a file in prompts/roles/.")] = None,
     max_turns: Annotated[Optional[int], typer.Option(help="Stop after this many requests (at least 1).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per reply (at least 1).")] = None,

@@ -12,7 +12,8 @@ from agentcache.cli.options import Debug
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
-    model: Annotated[str, typer.Option(help="Model: the embedded default, a local HF dir, or a hub id.")] = "smollm2-135m-instruct",
+    model: Annotated[Optional[str], typer.Option(help="Model: a name from `agentcache models` (default: "
+                                                 "$AGENTCACHE_MODEL, else the default one), a local HF dir or a hub id.")] = None,
     api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY' on every request.",
                                                    envvar="AGENTCACHE_SERVE_API_KEY")] = None,
     insecure_no_auth: Annotated[bool, typer.Option(
@@ -25,7 +26,8 @@ def serve(
     Endpoints: POST /v1/chat/completions, GET /v1/models, POST/GET/DELETE /v1/contexts, GET /health, GET /metrics.
     Example: agentcache serve --port 8000
     """
+    from agentcache.config import default_model
     from agentcache.serve.app import serve as run_server
 
-    run_server(host, port, model, api_key, log=lambda line: print(line, file=sys.stderr),
+    run_server(host, port, model or default_model(), api_key, log=lambda line: print(line, file=sys.stderr),
                insecure_no_auth=insecure_no_auth)

@@ -49,3 +49,13 @@ def test_qwen_assembles_verifies_and_makes_a_constrained_tool_call(name, models_
     assert isinstance(call, ToolCall) and call.name in {spec.name for spec in enabled}
     assert schema_errors(call.arguments, REGISTRY.get(call.name).parameters) == []
     assert result.text.strip().startswith("<tool_call>") and result.text.strip().endswith("</tool_call>")
+
+
+def test_the_harness_default_is_the_registry_default_and_the_env_overrides_it(monkeypatch):
+    from agentcache.config import DEFAULT_MODEL, RunConfig
+
+    assert DEFAULT_MODEL == registry.DEFAULT_MODEL and registry.find(DEFAULT_MODEL) is not None
+    monkeypatch.delenv("AGENTCACHE_MODEL")
+    assert RunConfig().model == DEFAULT_MODEL
+    monkeypatch.setenv("AGENTCACHE_MODEL", "qwen2.5-coder-1.5b")
+    assert RunConfig().model == "qwen2.5-coder-1.5b"
