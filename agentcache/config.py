@@ -43,6 +43,7 @@ class RunConfig:
     salt: str = ""  # cache salt: requests with different salts never share KV pages
     kv_capacity_mb: int = 1024  # local engine KV pool size
     disk_cache: bool = True  # keep full KV pages on disk so the next run starts warm
+    tool_choice: str = "auto"  # local backend: auto (a plain answer allowed) or required (every reply a tool call)
     tool_format: str = "auto"  # local backend: native (the chat template's tool calls), json, or auto (native if any)
 
 
@@ -121,6 +122,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must b
     "cache_ttl": _one_of(CACHE_TTLS),
     "kv_capacity_mb": _at_least(1),
     "tool_format": _one_of(TOOL_FORMATS),
+    "tool_choice": _one_of(("auto", "required")),
 }
 
 

@@ -26,8 +26,12 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, model: LoadedModel, engine: Engine | None = None, tool_format: str = "auto") -> None:
+    def __init__(self, model: LoadedModel, engine: Engine | None = None, tool_format: str = "auto",
+                 tool_choice: str = "auto") -> None:
+        """`tool_choice` as in the OpenAI API: "auto" lets the model answer in plain text, "required" makes every
+        reply a tool call (the answer then comes through the `finish` tool)."""
         self.model = model
+        self.allow_answer = tool_choice != "required"
         self.engine = engine or Engine(model)
         self.renderer = ChatRenderer(model.tokenizer, tool_format)
         self.tool_format = self.renderer.tool_format
@@ -60,7 +64,7 @@ class LocalBackend:
         with self._lock:
             if key not in self._grammars:
                 chosen = [t for t in tools if t.name in enabled]
-                self._grammars[key] = ToolCallGrammar(self.model.tokenizer, chosen, allow_answer=True,
+                self._grammars[key] = ToolCallGrammar(self.model.tokenizer, chosen, allow_answer=self.allow_answer,
                                                       tool_format=self.tool_format)
             return self._grammars[key]
 
