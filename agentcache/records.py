@@ -139,6 +139,11 @@ class Usage:
     def hit_rate(self) -> float | None:
         return ratio(self.cached_tokens, self.prompt_tokens)
 
+    @property
+    def disk_tokens(self) -> int:
+        """Tokens the local engine served from its disk tier (0 for a backend without one)."""
+        return int(self.extra.get("disk_tokens", 0))
+
 
 OPTIONAL_KEYS = ("tool_call", "tool_result", "error", "stopped")  # request keys written only when set
 
@@ -188,6 +193,19 @@ class Request:
     @property
     def ttft_s(self) -> float | None:
         return self.timings.get("ttft_s")
+
+    @property
+    def queue_s(self) -> float | None:
+        return self.timings.get("queue_s")
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the engine's prefix match stopped (absent, evicted, salt, ...); None without an engine trace."""
+        return self.trace.get("stop_reason")
+
+    @property
+    def block_hashes(self) -> list[str]:
+        return [b.get("hash", "") for b in self.blocks]
 
     @property
     def page_size(self) -> int:
@@ -279,6 +297,11 @@ def requests_of(records: list[dict[str, Any]]) -> list[Request]:
     return [Request.from_json(r) for r in records if r.get("type") == "request"]
 
 
+def block_texts(records: list[dict[str, Any]]) -> dict[str, str]:
+    """Block texts by hash, from the content-addressed `block` records the agent writes."""
+    return {b.hash: b.text for b in map(BlockText.from_json, (r for r in records if r.get("type") == "block"))}
+
+
 def reusable_after_previous(previous: Request | None, current: Request) -> int:
     """Inspect's reusable tokens: the tokens of `current`'s prompt the previous request of the same session let it
     reuse. The previous request computed (and cached) its whole prompt; had `current` extended it unchanged, every
@@ -293,8 +316,8 @@ def shared_block_tokens(earlier: Request, current: Request) -> int:
     """Scripts' reusable tokens against one earlier request (of any agent): the tokens of `current`'s leading blocks
     identical (same hash, same place) to `earlier`'s, page-capped."""
     shared = 0
-    for index, (a, b) in enumerate(zip(earlier.blocks, current.blocks)):
-        if a.get("hash") != b.get("hash") or index >= len(current.segment_tokens):
+    for index, (a, b) in enumerate(zip(earlier.block_hashes, current.block_hashes)):
+        if a != b or index >= len(current.segment_tokens):
             break
         shared += current.segment_tokens[index]
     return _page_capped(shared, current.usage.prompt_tokens, current.page_size)

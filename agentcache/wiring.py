@@ -13,7 +13,7 @@ from agentcache.agent import Agent
 from agentcache.backends import Backend
 from agentcache.config import BACKENDS, CONFIG_FILE, RunConfig, check_config, check_text, load_config
 from agentcache.errors import AgentcacheError
-from agentcache.records import Request, requests_of
+from agentcache.records import Request, parse_record, requests_of
 from agentcache.session import Session
 from layers import ToolRegistry
 from layers.repo import open_repo
@@ -45,7 +45,8 @@ def build_backend(config: RunConfig, api_key: str | None, session_id: str) -> Ba
     if config.backend == "local":
         from agentcache.backends.local import LocalBackend
 
-        return LocalBackend(*local_engine(config))
+        return LocalBackend(*local_engine(config), tool_format=config.tool_format,
+                            tool_choice=config.tool_choice)
     if config.backend == "openai":
         from agentcache.backends.openai import OpenAIBackend
 
@@ -141,17 +142,19 @@ def check_script_backends(script: Script, base: RunConfig) -> None:
 
 
 def turn_line(record: dict) -> str:
-    usage, timings = record.get("usage"), record.get("timings")
-    if usage is None:
+    """The progress line of one record the agent's on_turn hands over (a line as written): a request's counts,
+    TTFT and what it did; "" for any other record (the user's task)."""
+    request = parse_record(record)
+    if not isinstance(request, Request):
         return ""
-    call = record.get("tool_call")
-    action = f"{call['name']} {json.dumps(call['arguments'], ensure_ascii=False)}" if call else record.get("reply", "")
-    if record.get("error"):
-        action = f"invalid reply: {record['error']}"
-    if record.get("stopped"):
-        action = f"[{record['stopped']}] {action}"
-    disk = f" (disk {usage['disk_tokens']})" if usage.get("disk_tokens") else ""
-    return (f"turn {record['turn']}: prompt {usage['prompt_tokens']}  cached {usage['cached_tokens']}{disk}  "
-            f"computed {usage['computed_tokens']}  completion {usage['completion_tokens']}  "
-            f"ttft {timings['ttft_s']:.2f}s  -> {action[:160]}")
+    usage, call = request.usage, request.tool_call
+    action = f"{call['name']} {json.dumps(call['arguments'], ensure_ascii=False)}" if call else request.reply or ""
+    if request.error:
+        action = f"invalid reply: {request.error}"
+    if request.stopped:
+        action = f"[{request.stopped}] {action}"
+    disk = f" (disk {usage.disk_tokens})" if usage.disk_tokens else ""
+    return (f"turn {request.turn}: prompt {usage.prompt_tokens}  cached {usage.cached_tokens}{disk}  "
+            f"computed {usage.computed_tokens}  completion {usage.completion_tokens}  "
+            f"ttft {request.ttft_s:.2f}s  -> {action[:160]}")
 

@@ -94,6 +94,7 @@ def _inspect_session(repo: Path, ref: str, as_json: bool, explain: bool, cache_t
     from agentcache.config import load_config
     from agentcache.inspect.misses import explain_view, render_explain
     from agentcache.inspect.session_view import render_session, session_view
+    from agentcache.records import requests_of
 
     session, records, bad = _read_session(repo, ref)
     if explain:
@@ -102,7 +103,7 @@ def _inspect_session(repo: Path, ref: str, as_json: bool, explain: bool, cache_t
         if not as_json:
             render_explain(view, Console(highlight=False))
     else:
-        recorded = next((r["cache_ttl"] for r in reversed(records) if r.get("cache_ttl")), None)
+        recorded = next((r.cache_ttl for r in reversed(requests_of(records)) if r.cache_ttl), None)
         view = session_view(session.id, records, bad, cache_ttl or recorded or load_config(repo).cache_ttl)
         if not as_json:
             render_session(view, records, Console(highlight=False))
@@ -125,7 +126,7 @@ def _inspect_diff(repo: Path, refs: tuple[str, str], as_json: bool) -> None:
 def _add_status(repo: Path, rows: list[dict[str, object]], context: Context) -> list[dict[str, object]]:
     """Rows gain `status` against the last request of the repo's latest session (None without a session)."""
     from agentcache.inspect.explain import block_status
-    from agentcache.inspect.session_view import request_records
+    from agentcache.records import requests_of
     from agentcache.session import Session
 
     try:
@@ -135,10 +136,10 @@ def _add_status(repo: Path, rows: list[dict[str, object]], context: Context) -> 
     records, bad = session.read() if session else ([], [])
     for line in bad:
         print(line.warning(session.id), file=sys.stderr)
-    requests = request_records(records)
+    requests = requests_of(records)
     if not requests:
         return [{**row, "status": None, "cause": None} for row in rows]
-    last = [b for b in requests[-1].get("blocks", []) if b.get("layer") != "L3"]
+    last = [b for b in requests[-1].blocks if b["layer"] != "L3"]
     current = [{"layer": b.layer.name, "kind": b.kind, "key": b.key, "hash": b.hash} for b in context]
     tokens = {(r["layer"], r["kind"], r["key"]): r["tokens"] for r in rows}
     return [{**row, "tokens": tokens.get((row["layer"], row["kind"], row["key"]))}

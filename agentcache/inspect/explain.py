@@ -53,18 +53,17 @@ def block_cause(previous: Prompt, current: Prompt, index: int) -> str:
 STOP_CAUSES = {"evicted": "evicted", "salt": "salt_or_model", "model": "salt_or_model"}
 
 
-def engine_cause(previous: dict[str, Any], current: dict[str, Any]) -> str:
+def engine_cause(before: Request, after: Request) -> str:
     """Cause when the content allowed more than the engine served: the provider's minimum, a salt or model change
     in the records, else the engine trace's stop reason. `evicted` only when the trace says so; a stop the trace
     does not explain (`absent`: the pages were never in this engine, `collision`, or no trace) is content_changed:
     the cache did not hold this content."""
-    before, after = Request.from_json(previous), Request.from_json(current)
     minimum = minimum_cacheable(after.backend)
     if minimum and after.usage.prompt_tokens < minimum:
         return "below_minimum"
     if (before.salt, before.model, before.fingerprint) != (after.salt, after.model, after.fingerprint):
         return "salt_or_model"
-    return STOP_CAUSES.get(after.trace.get("stop_reason"), "content_changed")
+    return STOP_CAUSES.get(after.stop_reason, "content_changed")
 
 
 def token_segment(prompt: Prompt, position: int) -> int:
@@ -91,21 +90,20 @@ def is_tokenization_boundary(before: Prompt, after: Prompt, position: int, offse
     return not edited
 
 
-def block_at_token(record: dict[str, Any], position: int) -> int:
+def block_at_token(request: Request, position: int) -> int:
     total = 0
-    for index, count in enumerate(record.get("segment_tokens") or []):
+    for index, count in enumerate(request.segment_tokens):
         total += count
         if position < total:
             return index
-    return max(len(record.get("segment_tokens") or []) - 1, 0)
+    return max(len(request.segment_tokens) - 1, 0)
 
 
-def prefill_seconds_per_token(record: dict[str, Any]) -> float | None:
-    request = Request.from_json(record)
-    timings, computed = request.timings, request.usage.computed_tokens
+def prefill_seconds_per_token(request: Request) -> float | None:
+    computed = request.usage.computed_tokens
     if not computed or request.ttft_s is None:
         return None
-    return max(float(timings["ttft_s"]) - float(timings.get("queue_s") or 0.0), 0.0) / computed
+    return max(float(request.ttft_s) - float(request.queue_s or 0.0), 0.0) / computed
 
 
 class Explainer:
@@ -114,43 +112,39 @@ class Explainer:
     def __init__(self, tokenizer: Any | None) -> None:
         self.tokenizer = tokenizer
 
-    def entry(self, previous: dict[str, Any] | None, current: dict[str, Any], previous_texts: dict[str, str],
+    def entry(self, previous: Request | None, current: Request, previous_texts: dict[str, str],
               current_texts: dict[str, str]) -> dict[str, Any]:
-        request = Request.from_json(current)
-        cached = request.usage.cached_tokens
-        reusable = reusable_after_previous(previous and Request.from_json(previous), request)
-        out: dict[str, Any] = {"turn": request.turn, "cached_tokens": cached,
+        cached = current.usage.cached_tokens
+        reusable = reusable_after_previous(previous, current)
+        out: dict[str, Any] = {"turn": current.turn, "cached_tokens": cached,
                                "reusable_tokens": reusable, "miss": None}
         if previous is not None and cached < reusable:
             out["miss"] = self.miss(previous, current, previous_texts, current_texts, reusable - cached)
         return out
 
-    def miss(self, previous: dict[str, Any], current: dict[str, Any], previous_texts: dict[str, str],
+    def miss(self, previous: Request, current: Request, previous_texts: dict[str, str],
              current_texts: dict[str, str], missed: int) -> dict[str, Any]:
         before = build_prompt(previous, previous_texts, self.tokenizer)
         after = build_prompt(current, current_texts, self.tokenizer)
-        cached = int(current["usage"]["cached_tokens"])
-        page = max(int((current.get("trace") or {}).get("page_size") or 1), 1)
+        cached, page = current.usage.cached_tokens, current.page_size
         position = self._first_token_difference(before, after, previous, current)
         if position // page * page > cached or position >= cached + missed:
             miss = self._at(after, current, cached, engine_cause(previous, current))
         else:
             miss = self.content_miss(before, after, current, position)
         seconds = prefill_seconds_per_token(current)
-        rebuilt = after.tokens is not None and [len(p) for p in after.tokens] == current.get("segment_tokens")
+        rebuilt = after.tokens is not None and [len(p) for p in after.tokens] == current.segment_tokens
         miss.update(missed_tokens=missed, missed_prefill_s=None if seconds is None else missed * seconds,
-                    stop_reason=(current.get("trace") or {}).get("stop_reason"), prompt_rebuilt=rebuilt)
+                    stop_reason=current.stop_reason, prompt_rebuilt=rebuilt)
         return miss
 
-    def _first_token_difference(self, before: Prompt, after: Prompt, previous: dict[str, Any],
-                                current: dict[str, Any]) -> int:
+    def _first_token_difference(self, before: Prompt, after: Prompt, previous: Request, current: Request) -> int:
         if before.tokens is not None and after.tokens is not None:
             return first_difference(before.ids, after.ids)
-        index = first_difference([b.get("hash") for b in previous.get("blocks", [])],
-                                 [b.get("hash") for b in current.get("blocks", [])])
-        return sum((current.get("segment_tokens") or [])[:index])
+        index = first_difference(previous.block_hashes, current.block_hashes)
+        return sum(current.segment_tokens[:index])
 
-    def content_miss(self, before: Prompt, after: Prompt, current: dict[str, Any], position: int) -> dict[str, Any]:
+    def content_miss(self, before: Prompt, after: Prompt, current: Request, position: int) -> dict[str, Any]:
         """The miss row when the prompts differ at token `position`: the first differing byte and its block's
         cause, or `tokenization` (at the token's first byte) when the same bytes were only split differently."""
         if before.segments is None or after.segments is None:
@@ -164,9 +158,9 @@ class Explainer:
         index = after.segment_at_byte(offset)
         return self._row(after, index, offset, before, position, block_cause(before, after, index))
 
-    def _at(self, prompt: Prompt, record: dict[str, Any], position: int, cause: str) -> dict[str, Any]:
+    def _at(self, prompt: Prompt, request: Request, position: int, cause: str) -> dict[str, Any]:
         span = token_byte_span(prompt, position, self.tokenizer) if self.tokenizer else None
-        return self._row(prompt, block_at_token(record, position), span[0] if span else None, None, position, cause)
+        return self._row(prompt, block_at_token(request, position), span[0] if span else None, None, position, cause)
 
     def _row(self, prompt: Prompt, index: int, offset: int | None, before: Prompt | None, position: int,
              cause: str) -> dict[str, Any]:

@@ -11,27 +11,23 @@ from rich.table import Table
 
 from agentcache.errors import AgentcacheError
 from agentcache.inspect.explain import Explainer, block_status
-from agentcache.inspect.session_view import load_session, request_records
+from agentcache.inspect.session_view import load_session
+from agentcache.records import Request, block_texts, requests_of
 from agentcache.session import BadLine, Session
 
 
-def block_texts(records: list[dict[str, Any]]) -> dict[str, str]:
-    """Block texts by hash, from the content-addressed `block` records the agent writes."""
-    return {r["hash"]: r["text"] for r in records if r.get("type") == "block" and "text" in r}
-
-
-def tokenizer_for(requests: list[dict[str, Any]]) -> Any | None:
+def tokenizer_for(requests: list[Request]) -> Any | None:
     """The tokenizer of the model the requests ran on (tokenizer files only, no weights)."""
     if not requests:
         return None
     from agentcache.cache_dir import models_dir
     from engine.model import load_tokenizer
 
-    return load_tokenizer(requests[-1].get("model"), cache_dir=models_dir())
+    return load_tokenizer(requests[-1].model, cache_dir=models_dir())
 
 
 def explain_view(session: Session, records: list[dict[str, Any]]) -> dict[str, Any]:
-    requests = request_records(records)
+    requests = requests_of(records)
     texts = block_texts(records)
     explainer = Explainer(tokenizer_for(requests))
     entries = [explainer.entry(previous, current, texts, texts)
@@ -63,9 +59,9 @@ def _request_ref(repo: Path, ref: str) -> tuple[Session, int]:
     return load_session(repo, session_id), number
 
 
-def _pick(session: Session, number: int) -> tuple[dict[str, Any], dict[str, str], list[BadLine]]:
+def _pick(session: Session, number: int) -> tuple[Request, dict[str, str], list[BadLine]]:
     records, bad = session.read()
-    requests = request_records(records)
+    requests = requests_of(records)
     if not requests or abs(number) > len(requests) or number == 0:
         raise AgentcacheError(f"session {session.id} has {len(requests)} requests; no request {number}")
     return requests[number - 1 if number > 0 else number], block_texts(records), bad
@@ -78,7 +74,7 @@ def diff_view(repo: Path, first: str, second: str) -> dict[str, Any]:
     b, texts_b, bad_b = _pick(session_b, number_b)
     entry = Explainer(tokenizer_for([b])).entry(a, b, texts_a, texts_b)
     entry.update(a=f"{session_a.id}:{number_a}", b=f"{session_b.id}:{number_b}",
-                 blocks=block_status(b.get("blocks", []), a.get("blocks", []), texts_b, texts_a))
+                 blocks=block_status(b.blocks, a.blocks, texts_b, texts_a))
     bad = [(session_a.id, line) for line in bad_a]
     if session_b.id != session_a.id:
         bad += [(session_b.id, line) for line in bad_b]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from agentcache.records import Request
 from agentcache.render import ChatRenderer, segment_ids
 from layers import Block, Layer
 
@@ -36,9 +37,9 @@ class Prompt:
         return max(i for i in range(len(starts) - 1) if starts[i] <= offset) if len(starts) > 1 else 0
 
 
-def build_prompt(record: dict[str, Any], texts: dict[str, str], tokenizer: Any | None) -> Prompt:
-    blocks = list(record.get("blocks") or [])
-    block_texts = [texts.get(b.get("hash", "")) for b in blocks]
+def build_prompt(request: Request, texts: dict[str, str], tokenizer: Any | None) -> Prompt:
+    blocks = list(request.blocks)
+    block_texts = [texts.get(digest) for digest in request.block_hashes]
     if any(t is None for t in block_texts):
         return Prompt(blocks, block_texts, None, None)
     rebuilt = [Block(Layer[b["layer"]], b["kind"], b["key"], t.encode("utf-8")) for b, t in zip(blocks, block_texts)]

@@ -25,21 +25,15 @@ def load_session(repo: Path, ref: str) -> Session:
     return Session.open(repo, ref)
 
 
-def request_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in records if r.get("type") == "request"]
-
-
 def reusable_tokens(previous: dict[str, Any] | None, current: dict[str, Any]) -> int:
     """Inspect's reusable tokens of `current` after `previous` (see `records.reusable_after_previous`)."""
     return reusable_after_previous(previous and Request.from_json(previous), Request.from_json(current))
 
 
-def action(record: dict[str, Any]) -> str:
-    if record.get("error"):
+def action(request: Request) -> str:
+    if request.error:
         return "error"
-    if record.get("tool_call"):
-        return str(record["tool_call"].get("name", "?"))
-    return "answer"
+    return request.tool if request.tool is not None else "answer"
 
 
 def request_row(previous: Request | None, record: Request) -> dict[str, Any]:
@@ -48,7 +42,7 @@ def request_row(previous: Request | None, record: Request) -> dict[str, Any]:
     row["reusable_tokens"] = reusable_after_previous(previous, record)
     row["hit_rate"] = record.usage.hit_rate
     row["ttft_s"] = record.ttft_s
-    row["stop_reason"] = record.trace.get("stop_reason")
+    row["stop_reason"] = record.stop_reason
     return row
 
 
@@ -87,10 +81,10 @@ def render_session(view: dict[str, Any], records: list[dict[str, Any]], console:
     for column in columns:
         justify = "left" if column in ("stop", "action") else "right"
         table.add_column(column, justify=justify, no_wrap=True, min_width=max(len(column), 5))
-    for row, record in zip(view["requests"], request_records(records)):
+    for row, request in zip(view["requests"], requests_of(records)):
         table.add_row(str(row["turn"]), *(str(row[name]) for name in (*USAGE_FIELDS, "reusable_tokens")),
                       _percent(row["hit_rate"]), _seconds(row["ttft_s"]), str(row["stop_reason"] or "-"),
-                      action(record))
+                      action(request))
     totals = view["totals"]
     table.add_section()
     table.add_row("total", *(str(totals[name]) for name in (*USAGE_FIELDS, "reusable_tokens")),

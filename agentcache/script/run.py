@@ -14,7 +14,7 @@ from agentcache.agent import Agent, Outcome
 from agentcache.backends import Backend, GenSettings, Reply
 from agentcache.config import RunConfig
 from agentcache.errors import AgentcacheError
-from agentcache.records import USAGE_FIELDS, AgentStart
+from agentcache.records import USAGE_FIELDS, AgentStart, Request, Usage, parse_record
 from agentcache.script.format import LIMIT_KEYS, AgentSpec, Launch, Script, fill_answers
 from agentcache.session import Session
 from layers import Context, LayersError, ToolRegistry, ToolSpec
@@ -82,9 +82,9 @@ class ScriptLimits:
             self.turns += 1
             return None
 
-    def charge(self, usage: dict[str, int]) -> None:
+    def charge(self, usage: Usage) -> None:
         with self._lock:
-            self.tokens += usage["computed_tokens"] + usage["completion_tokens"]
+            self.tokens += usage.computed_tokens + usage.completion_tokens
 
 
 class ScriptRun:
@@ -150,14 +150,15 @@ class ScriptRun:
                           [{"kind": b.kind, "key": b.key, "text": b.text} for b in inherited]).to_json()
 
     def _turn(self, state: AgentState, record: dict[str, Any]) -> None:
-        usage = record.get("usage")
-        if usage is None:
+        """The agent's on_turn: a request charges the script's budget and its agent's row; other records pass."""
+        request = parse_record(record)
+        if not isinstance(request, Request):
             return
-        self.limits.charge(usage)
+        self.limits.charge(request.usage)
         with self._lock:
-            state.turns = record["turn"]
+            state.turns = request.turn
             for name in USAGE_FIELDS:
-                state.usage[name] += usage[name]
+                state.usage[name] += getattr(request.usage, name)
         self.on_event(state, record)
 
 

@@ -152,3 +152,44 @@ def test_run_request_names_the_tool_of_each_previous_request():
     tools = [run_request(Request.from_json(r))["tool"] for r in raw]
     assert tools == [r["tool_call"]["name"] if "tool_call" in r else None for r in raw]
     assert tools[0] == "list_files" and tools[2] is None
+
+
+def expected_turn_line(record: dict) -> str:
+    """The on_turn line of a raw line, from its keys: a request's counts, TTFT and tool call, error or reply."""
+    if record["type"] != "request":
+        return ""
+    usage, call = record["usage"], record.get("tool_call")
+    action = f"{call['name']} {json.dumps(call['arguments'], ensure_ascii=False)}" if call else record["reply"]
+    if record.get("error"):
+        action = f"invalid reply: {record['error']}"
+    disk = f" (disk {usage['disk_tokens']})" if usage.get("disk_tokens") else ""
+    return (f"turn {record['turn']}: prompt {usage['prompt_tokens']}  cached {usage['cached_tokens']}{disk}  "
+            f"computed {usage['computed_tokens']}  completion {usage['completion_tokens']}  "
+            f"ttft {record['timings']['ttft_s']:.2f}s  -> {action[:160]}")
+
+
+def test_the_previous_session_reads_through_the_turn_line_the_table_and_the_layers_status(previous_repo, capsys,
+                                                                                         monkeypatch):
+    """The readers `inspect --json` does not reach, each against the raw lines: the on_turn printer, the session
+    table's action column, and --layers' status against the session's last request."""
+    from agentcache.wiring import turn_line
+
+    raw = [json.loads(line) for line in raw_lines(DATA / f"{PREVIOUS_ID}.jsonl")]
+    assert [turn_line(r) for r in raw] == [expected_turn_line(r) for r in raw]
+    requests = [r for r in raw if r["type"] == "request"]
+    monkeypatch.setenv("COLUMNS", "160")
+    code, out, err = cli(capsys, "inspect", "--repo", str(previous_repo))
+    assert code == 0, err
+    for record in requests:
+        action = "error" if record.get("error") else (record.get("tool_call") or {}).get("name", "answer")
+        rows = [cells for cells in map(str.split, out.splitlines()) if cells[:1] == [str(record["turn"])]]
+        assert rows[0][-1] == action and len(rows[0]) == 10  # the table row (turn ... stop action), then its bar
+    code, out, err = cli(capsys, "inspect", "--layers", "--repo", str(previous_repo), "--json")
+    assert code == 0, err
+    last = {(b["layer"], b["kind"], b["key"]): b["hash"] for b in requests[-1]["blocks"] if b["layer"] != "L3"}
+    rows = json.loads(out)["blocks"]
+    for row in rows:
+        was = last.get((row["layer"], row["kind"], row["key"]))
+        assert row["status"] == ("new" if was is None else "same" if was == row["hash"] else "changed")
+    shown = {(r["layer"], r["kind"], r["key"]) for r in rows}
+    assert {r["status"] for r in rows} >= {"same"} and shown >= set(last)

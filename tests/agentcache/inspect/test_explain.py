@@ -8,6 +8,7 @@ import yaml
 from agentcache.cli import main
 from agentcache.inspect.cost import PRICES_FILE
 from agentcache.inspect.explain import engine_cause, text_cause
+from agentcache.records import Request
 
 
 @pytest.mark.parametrize("before, after, cause", [
@@ -23,9 +24,13 @@ def test_text_causes(before, after, cause):
     assert text_cause(before, after) == cause
 
 
-def record(backend="local", prompt=2000, salt="", stop="evicted", model="m"):
+def raw_record(backend="local", prompt=2000, salt="", stop="evicted", model="m") -> dict:
     return {"backend": backend, "salt": salt, "model": model, "fingerprint": "f",
             "usage": {"prompt_tokens": prompt}, "trace": {"stop_reason": stop}}
+
+
+def record(*args, **kwargs) -> Request:
+    return Request.from_json(raw_record(*args, **kwargs))
 
 
 def test_engine_causes_follow_the_record_and_the_provider_minimum():
@@ -43,9 +48,10 @@ def test_engine_causes_follow_the_record_and_the_provider_minimum():
 @pytest.mark.parametrize("trace", [{"stop_reason": "absent"}, {"stop_reason": "collision"}, {}, None])
 def test_evicted_only_when_the_trace_says_so(trace):
     """A shortfall the trace does not explain (pages never in this engine, a remote provider) is not an eviction."""
-    current = {**record(), "trace": trace}
-    assert engine_cause(record(), current) == "content_changed"
-    assert engine_cause(record("anthropic"), {**current, "backend": "anthropic"}) == "content_changed"
+    current = {**raw_record(), "trace": trace}
+    assert engine_cause(record(), Request.from_json(current)) == "content_changed"
+    assert engine_cause(record("anthropic"), Request.from_json({**current, "backend": "anthropic"})) == \
+        "content_changed"
 
 
 @pytest.mark.parametrize("refs, message", [
@@ -61,14 +67,15 @@ def test_bad_diff_references_are_one_line_exit_2(tmp_path, capsys, refs, message
     assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err
 
 
-def request(keys: list[str], texts: dict[str, str], cached: int) -> dict:
+def request(keys: list[str], texts: dict[str, str], cached: int) -> Request:
     from layers import Block, Layer
 
     blocks = [Block(Layer.L2, "doc", key, texts[key].encode()) for key in keys]
-    return {"blocks": [{"layer": "L2", "kind": "doc", "key": b.key, "hash": b.hash} for b in blocks],
-            "segment_tokens": [10] * len(keys) + [2], "usage": {"prompt_tokens": 10 * len(keys) + 2,
-                                                              "cached_tokens": cached, "computed_tokens": 5},
-            "trace": {"page_size": 1, "stop_reason": "absent"}, "timings": {"ttft_s": 1.0, "queue_s": 0.0}}
+    return Request.from_json({
+        "blocks": [{"layer": "L2", "kind": "doc", "key": b.key, "hash": b.hash} for b in blocks],
+        "segment_tokens": [10] * len(keys) + [2],
+        "usage": {"prompt_tokens": 10 * len(keys) + 2, "cached_tokens": cached, "computed_tokens": 5},
+        "trace": {"page_size": 1, "stop_reason": "absent"}, "timings": {"ttft_s": 1.0, "queue_s": 0.0}})
 
 
 def test_swapped_blocks_are_reordered_at_the_first_moved_block_without_a_tokenizer():
@@ -94,7 +101,7 @@ def tokenizer():
     from agentcache.cache_dir import models_dir
     from engine.model import load_tokenizer
 
-    found = load_tokenizer(cache_dir=models_dir())  # the embedded model's tokenizer files, no weights
+    found = load_tokenizer("smollm2-135m", cache_dir=models_dir())  # the embedded model's tokenizer files, no weights
     assert found is not None, "the embedded model's tokenizer is missing"
     return found
 
@@ -139,7 +146,8 @@ def test_a_plain_edit_is_content_changed_at_the_first_differing_byte(tokenizer, 
     ends = [token_spans(tokenizer, old_segments[0])[position][1], token_spans(tokenizer, new_segments[0])[position][1]]
     assert min(ends) <= offset  # planted: the first differing token ends at or before the first differing byte
     assert (max(ends) <= offset) is bytes_agree_over_token
-    miss = Explainer(tokenizer).entry(previous, current, old_texts, new_texts)["miss"]
+    miss = Explainer(tokenizer).entry(Request.from_json(previous), Request.from_json(current), old_texts,
+                                      new_texts)["miss"]
     assert (miss["key"], miss["cause"]) == ("A.md", "content_changed")
     assert miss["byte_offset"] == offset and miss["token_position"] == position
     assert miss["block_byte_offset"] == offset  # the doc is the prompt's first segment
@@ -164,6 +172,6 @@ def test_a_moved_segment_boundary_over_the_same_bytes_is_tokenization(tokenizer,
     position = first_index(before.ids, after.ids)
     start, end = token_spans(tokenizer, new[0])[position][0], token_spans(tokenizer, old[0])[position][1]
     assert "".join(old).encode()[:end] == "".join(new).encode()[:end]  # planted: bytes agree over the token
-    miss = Explainer(tokenizer).content_miss(before, after, {}, position)
+    miss = Explainer(tokenizer).content_miss(before, after, Request(), position)
     assert (miss["key"], miss["cause"], miss["token_position"]) == ("part0", "tokenization", position)
     assert miss["byte_offset"] == start == len("hello")
