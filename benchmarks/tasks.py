@@ -1,0 +1,310 @@
+"""Agent task suite: 15 tasks on examples/repo (questions with one right answer, find-read-answer questions and
+edits checked by the repo's own tests), each on a fresh copy of the repo, all of a model's tasks in one process on
+one engine; per task pass/fail, turns, wall time and tokens, per model the pass rate and medians.
+
+    python -m benchmarks.tasks                                          # every task on smollm2-135m
+    python -m benchmarks.tasks --models smollm2-135m,qwen2.5-coder-0.5b --json out.json
+    python -m benchmarks.tasks --tasks where-split-sentences,fix-syllables-case --max-turns 3 --keep runs/
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from agentcache.agent import Agent, Outcome
+from agentcache.config import RunConfig, check_config
+from agentcache.errors import AgentcacheError
+from agentcache.records import USAGE_FIELDS, Request, requests_of
+from agentcache.session import Session
+from benchmarks.report import write_json
+from benchmarks.task_checks import (Checker, DefinedIn, Edit, Number, Text, Verdict, count_test_functions,
+                                    file_number, python_number, python_value)
+from layers import LayersError
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "repo"
+SHIPPED_TESTS = tuple(sorted(p.relative_to(EXAMPLE).as_posix() for p in EXAMPLE.glob("tests/test_*.py")))
+KINDS = ("question", "multi-step", "edit")
+COPY_IGNORE = shutil.ignore_patterns("__pycache__", ".pytest_cache", ".agentcache")
+ANSWER_CHARS = 200
+NOTES = [
+    "Each task runs on a fresh copy of examples/repo; a model's tasks share one engine, so the L1+L2 prefix stays "
+    "warm in its memory pool from task to task (the disk tier is off).",
+    "Questions are checked against the shipped repo (an agent's edits to its copy cannot move the answer); edits "
+    "pass when the copy's tests pass with the suite's own test for the task written beside them.",
+    "cached/prefix: the lowest cached_tokens / prefix_tokens over a task's requests after its first (none for a "
+    "one-turn task). warm turn s: the engine's total time of each such request (queue, prefill, decode).",
+    "unparseable: requests whose reply was not a valid tool call or answer.",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: str
+    kind: str  # one of KINDS
+    text: str
+    check: Checker
+    max_turns: int
+
+
+def question(id: str, text: str, check: Checker) -> Task:
+    return Task(id, "question", text, check, 6)
+
+
+def multi_step(id: str, text: str, check: Checker) -> Task:
+    return Task(id, "multi-step", text, check, 8)
+
+
+def edit(id: str, text: str, test: str) -> Task:
+    return Task(id, "edit", text, Edit(test, SHIPPED_TESTS), 12)
+
+
+TASKS = [
+    question("where-split-sentences", "In which file is the function `split_sentences` defined? Answer with its "
+             "path.", DefinedIn("split_sentences")),
+    question("where-text-stats", "In which file is the class `TextStats` defined? Answer with its path.",
+             DefinedIn("TextStats")),
+    question("where-syllables", "Which file defines the function `syllables`? Answer with its path.",
+             DefinedIn("syllables")),
+    question("syllables-of-banana", 'What does `syllables("banana")` return? Read the function, then answer with '
+             "the number.", Number(python_number('from textstats.readability import syllables\n'
+                                                  'syllables("banana")'))),
+    question("top-default", "How many frequent words does the command line show when `--top` is not given? Answer "
+             "with the number.", Number(file_number("textstats/cli.py", r'"--top", type=int, default=(\d+)'))),
+    question("count-tests", "How many test functions are there in the files under tests/? Answer with the number.",
+             Number(count_test_functions)),
+    question("count-fields", "How many fields does the `TextStats` dataclass have? Answer with the number.",
+             Number(python_number("import dataclasses\nfrom textstats.stats import TextStats\n"
+                                  "len(dataclasses.fields(TextStats))"))),
+    multi_step("vowel-pattern", "Find the module that counts syllables and give the regular expression it uses to "
+               "find groups of vowels.", Text(python_value("from textstats.readability import VOWEL_GROUP\n"
+                                                           "VOWEL_GROUP.pattern"))),
+    multi_step("rank-helper", "The command line gets its numbers from a function in another module. Which helper "
+               "function does that function call to rank the most frequent words? Answer with its name.",
+               Text(lambda repo: "top_words")),
+    multi_step("rounding-places", "Find where the average word length is computed and say to how many decimal "
+               "places it is rounded.", Number(file_number("textstats/stats.py", r"round\(average, (\d+)\)"))),
+    multi_step("cli-test-words", "One test of the command line writes a small sample text to a file and checks the "
+               "JSON it prints. How many words does that test expect the sample to have?",
+               Number(file_number("tests/test_cli.py", r'data\["words"\] == (\d+)'))),
+    edit("fix-syllables-case", 'Fix a bug in the function `syllables`: case should not matter, but a capitalised '
+         'word such as "Open" gets fewer syllables than "open". Keep the tests passing.',
+         "from textstats.readability import syllables\n\n\n"
+         "def test_case_does_not_matter():\n"
+         '    for word in ("Idea", "Umbrella", "ORANGE", "Cake"):\n'
+         "        assert syllables(word) == syllables(word.lower())\n"
+         '    assert syllables("Idea") == 2\n'),
+    edit("fix-words-per-sentence", "Fix a bug in the function `words_per_sentence`: it returns a whole number even "
+         'when the mean is not one, e.g. 2.0 instead of 2.5 for "One two three. Four five.". Keep the tests passing.',
+         "from textstats.readability import words_per_sentence\n\n\n"
+         "def test_fractional_mean():\n"
+         '    assert words_per_sentence("I am. You are here. We go.") == 2.33\n'
+         '    assert words_per_sentence("One two three. Four five.") == 2.5\n'
+         '    assert words_per_sentence("Red fish. Blue fish.") == 2.0\n'),
+    edit("add-longest-word", "Add a `longest_word` statistic: a new `TextStats` field holding the longest word of "
+         "the text (the first one on a tie, an empty string for a text without words), computed in "
+         "`compute_stats`. Keep the tests passing.",
+         "from textstats.stats import compute_stats\n\n\n"
+         "def test_longest_word():\n"
+         '    assert compute_stats("A tiny elephant sat down").longest_word == "elephant"\n'
+         '    assert compute_stats("cat dog").longest_word == "cat"\n'
+         '    assert compute_stats("").longest_word == ""\n'),
+    edit("add-syllables-per-word", "Add a function `syllables_per_word(text)` to the readability module: the mean "
+         "number of syllables of the text's words, rounded to 2 places, 0.0 for a text without words. Keep the "
+         "tests passing.",
+         "from textstats.readability import syllables_per_word\n\n\n"
+         "def test_syllables_per_word():\n"
+         '    assert syllables_per_word("cat banana sea") == 1.67\n'
+         '    assert syllables_per_word("") == 0.0\n'),
+]
+
+
+def select(ids: str | None, max_turns: int | None) -> list[Task]:
+    """The tasks `--tasks` names (all when None), in suite order, each capped at `max_turns`."""
+    by_id = {task.id: task for task in TASKS}
+    wanted = [name.strip() for name in ids.split(",") if name.strip()] if ids else list(by_id)
+    unknown = [name for name in wanted if name not in by_id]
+    if unknown or not wanted:
+        raise AgentcacheError(f"unknown task {', '.join(map(repr, unknown)) or '(none named)'} "
+                              f"(known: {', '.join(by_id)})")
+    if max_turns is not None and max_turns < 1:
+        raise AgentcacheError(f"--max-turns must be at least 1, got {max_turns}")
+    chosen = [task for task in TASKS if task.id in wanted]
+    cap = max_turns or max(task.max_turns for task in TASKS)
+    return [Task(t.id, t.kind, t.text, t.check, min(t.max_turns, cap)) for t in chosen]
+
+
+def task_config(model: str, task: Task) -> RunConfig:
+    """The run settings of one task: the defaults, its turns, no disk tier; where the config has a `mode`,
+    questions run read-only and edits in edit mode."""
+    config = RunConfig(model=model, max_turns=task.max_turns, disk_cache=False)
+    if "mode" in {item.name for item in fields(RunConfig)}:
+        setattr(config, "mode", "edit" if task.kind == "edit" else "read-only")
+    return check_config(config)
+
+
+def copy_example(target: Path) -> Path:
+    if target.exists():
+        raise AgentcacheError(f"{target} already exists: give --keep an empty folder")
+    shutil.copytree(EXAMPLE, target, ignore=COPY_IGNORE)
+    return target
+
+
+def slug(name: str) -> str:
+    """A model name as one folder name (a hub id holds a slash)."""
+    return re.sub(r"[^\w.-]+", "_", name)
+
+
+def cached_over_prefix_min(requests: list[Request]) -> float | None:
+    """The lowest share of the L1+L2 prefix served from cache on the task's turns after its first."""
+    ratios = [r.usage.cached_tokens / r.prefix_tokens for r in requests[1:] if r.prefix_tokens]
+    return round(min(ratios), 3) if ratios else None
+
+
+def task_record(task: Task, outcome: Outcome, verdict: Verdict, requests: list[Request], wall_s: float,
+                session: Session) -> dict[str, Any]:
+    sums = {name: sum(getattr(r.usage, name) for r in requests) for name in USAGE_FIELDS}
+    warm = [r.timings["total_s"] for r in requests[1:] if r.timings.get("total_s") is not None]
+    return {
+        "id": task.id, "kind": task.kind, "passed": verdict.passed, "check": verdict.detail,
+        "reason": outcome.reason, "turns": outcome.turns, "wall_s": round(wall_s, 3), **sums,
+        "cached_over_prefix_min": cached_over_prefix_min(requests), "warm_turn_s": [round(s, 3) for s in warm],
+        "unparseable": sum(1 for r in requests if r.error), "tools": [r.tool for r in requests if r.tool],
+        "answer": (outcome.answer or "")[:ANSWER_CHARS] or None, "session_id": session.id,
+    }
+
+
+def run_one(task: Task, backend: Any, registry: Any, model: str, work: Path) -> dict[str, Any]:
+    """One task on its own copy of the example repo; the checker reads the shipped repo for a question."""
+    repo = copy_example(work / task.id)
+    session = Session.create(repo)
+    agent = Agent(repo, backend, task_config(model, task), session, registry=registry)
+    start = time.perf_counter()
+    outcome = agent.run(task.text)
+    wall_s = time.perf_counter() - start
+    verdict = task.check(outcome.answer, repo if task.kind == "edit" else EXAMPLE)
+    return task_record(task, outcome, verdict, requests_of(session.records()), wall_s, session)
+
+
+def median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def model_report(name: str, records: list[dict[str, Any]], load_s: float) -> dict[str, Any]:
+    return {
+        "name": name, "pass_rate": round(sum(r["passed"] for r in records) / len(records), 3),
+        "passed": sum(r["passed"] for r in records), "tasks_run": len(records),
+        "median_turns": median([r["turns"] for r in records]),
+        "median_wall_s": median([r["wall_s"] for r in records]),
+        "median_warm_turn_s": median([s for r in records for s in r["warm_turn_s"]]),
+        "unparseable": sum(r["unparseable"] for r in records), "load_s": round(load_s, 3), "tasks": records,
+    }
+
+
+def run_model(name: str, tasks: list[Task], work: Path, console: Console, tool_format: str = "auto",
+              tool_choice: str = "auto") -> dict[str, Any]:
+    """Every task on one model and one engine, loaded once; the backend replies in `tool_format`, `tool_choice`."""
+    from agentcache.backends.local import LocalBackend
+    from agentcache.wiring import load_registry, local_engine
+
+    start = time.perf_counter()
+    model, engine = local_engine(check_config(RunConfig(model=name, disk_cache=False)))
+    load_s = time.perf_counter() - start
+    backend, registry = LocalBackend(model, engine, tool_format, tool_choice), load_registry()
+    (work / slug(name)).mkdir(parents=True, exist_ok=True)
+    records = []
+    for task in tasks:
+        record = run_one(task, backend, registry, name, work / slug(name))
+        console.print(f"{name} {task.id}: {'pass' if record['passed'] else 'FAIL'} ({record['reason']}, "
+                      f"{record['turns']} turns, {record['wall_s']:.1f}s) {record['check']}", markup=False)
+        records.append(record)
+    return model_report(name, records, load_s)
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def model_table(report: dict[str, Any]) -> Table:
+    t = Table(title=f"tasks, {report['name']}: {report['passed']}/{report['tasks_run']} passed")
+    columns = ("id", "kind", "pass", "reason", "turns", "wall s", "prompt", "cached", "computed", "completion",
+               "cached/prefix")
+    for name in columns:
+        t.add_column(name, justify="left" if name in ("id", "kind", "reason") else "right")
+    for r in report["tasks"]:
+        t.add_row(r["id"], r["kind"], "yes" if r["passed"] else "no", r["reason"], str(r["turns"]),
+                  f"{r['wall_s']:.1f}", *(str(r[name]) for name in USAGE_FIELDS), cell(r["cached_over_prefix_min"]))
+    return t
+
+
+def summary_table(reports: list[dict[str, Any]]) -> Table:
+    t = Table(title="tasks, per model")
+    for name in ("model", "pass rate", "median turns", "median wall s", "median warm turn s", "unparseable",
+                 "load s"):
+        t.add_column(name, justify="left" if name == "model" else "right")
+    for r in reports:
+        t.add_row(r["name"], f"{r['pass_rate']:.2f}", cell(r["median_turns"]), cell(r["median_wall_s"]),
+                  cell(r["median_warm_turn_s"]), str(r["unparseable"]), f"{r['load_s']:.1f}")
+    return t
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=RunConfig().model, help="comma-separated model names, run one after another")
+    p.add_argument("--tasks", help=f"comma-separated task ids (default: all {len(TASKS)})")
+    p.add_argument("--max-turns", type=int, help="cap every task's turns at this")
+    p.add_argument("--json", type=Path, help="write the report here")
+    p.add_argument("--tool-format", default="auto", choices=("auto", "native", "json"),
+                   help="how replies are written (auto: the template's native format when it has one)")
+    p.add_argument("--tool-choice", default="auto", choices=("auto", "required"),
+                   help="required: every reply is a tool call, the answer comes through finish")
+    p.add_argument("--keep", type=Path, help="keep each task's repo copy and session under this folder")
+    return p.parse_args(argv)
+
+
+def run_suite(args: argparse.Namespace, work: Path, console: Console) -> dict[str, Any]:
+    tasks = select(args.tasks, args.max_turns)
+    names = [name.strip() for name in args.models.split(",") if name.strip()]
+    if not names:
+        raise AgentcacheError("--models names no model")
+    reports = [run_model(name, tasks, work, console, args.tool_format, args.tool_choice) for name in names]
+    return {"models": reports, "settings": {"tasks": [t.id for t in tasks], "max_turns": args.max_turns,
+                                            "tool_format": args.tool_format, "tool_choice": args.tool_choice},
+            "notes": NOTES}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engine import EngineError
+
+    args = parse_args(argv)
+    console = Console(width=140)
+    try:
+        with tempfile.TemporaryDirectory(prefix="agentcache-tasks-") as tmp:
+            report = run_suite(args, args.keep or Path(tmp), console)
+    except (AgentcacheError, EngineError, LayersError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    for model in report["models"]:
+        console.print(model_table(model))
+    console.print(summary_table(report["models"]))
+    for note in NOTES:
+        console.print(note, markup=False)
+    write_json(args.json, report, console)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""benchmarks.tasks: every checker against hand-written right and wrong answers and the echoed question, the edit
+checkers on unmodified and hand-fixed copies, and a smoke run on the real embedded model."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+
+from benchmarks import tasks
+from benchmarks.task_checks import NUMBER, names_module, whole
+from benchmarks.tasks import EXAMPLE, TASKS
+
+BY_ID = {task.id: task for task in TASKS}
+QUESTIONS = [task for task in TASKS if task.kind != "edit"]
+EDITS = [task for task in TASKS if task.kind == "edit"]
+
+
+def source(path: str) -> str:
+    return (EXAMPLE / path).read_text(encoding="utf-8")
+
+
+def test_tests_in_the_example_repo_by_a_plain_text_count():
+    count = sum(len(re.findall(r"^def test_", source(p), re.MULTILINE)) for p in tasks.SHIPPED_TESTS)
+    assert count == 11  # 2 in test_cli, 2 in test_readability, 3 in test_stats, 4 in test_words
+
+
+# Right answers written by hand from the repo; each is checked against the files by the grep beside it.
+RIGHT = {
+    "where-split-sentences": ("It is defined in textstats/words.py.", "textstats/words.py", "def split_sentences("),
+    "where-text-stats": ("`textstats/stats.py`", "textstats/stats.py", "class TextStats:"),
+    "where-syllables": ("readability.py", "textstats/readability.py", "def syllables("),
+    "syllables-of-banana": ("It returns 3.", "textstats/readability.py", 'VOWEL_GROUP = re.compile(r"[aeiouy]+")'),
+    "top-default": ("5 words by default", "textstats/cli.py", '"--top", type=int, default=5,'),
+    "count-tests": ("There are 11 test functions in 4 files.", "tests/test_words.py", "def test_split_sentences"),
+    "count-fields": ("TextStats has 5 fields.", "textstats/stats.py", "    top_words: list[tuple[str, int]]\n\n"),
+    "vowel-pattern": ("textstats/readability.py uses `[aeiouy]+`", "textstats/readability.py", 'r"[aeiouy]+"'),
+    "rank-helper": ("compute_stats calls top_words", "textstats/stats.py", "top_words=top_words(tokens, top)"),
+    "rounding-places": ("to 2 decimal places", "textstats/stats.py", "round(average, 2)"),
+    "cli-test-words": ("The test expects 4 words.", "tests/test_cli.py", 'assert data["words"] == 4'),
+}
+WRONG = {
+    "where-split-sentences": ["textstats/stats.py", "textstats/words.py or textstats/stats.py", "test_words.py",
+                              None],
+    "where-text-stats": ["textstats/cli.py", "stats.py, cli.py"],
+    "where-syllables": ["textstats/words.py", "tests/test_readability.py"],
+    "syllables-of-banana": ["2", "33", "3.5", "1, 2, 3, 4 or 5"],
+    "top-default": ["10", "15", "5.5"],
+    "count-tests": ["9", "111", "1 2 3 4 5 6 7 8 9 10 11 12"],
+    "count-fields": ["4", "1, 2, 3, 4, 5", "50"],
+    "vowel-pattern": ["[aeiou]+", "aeiouy"],
+    "rank-helper": ["Counter", "compute_top_words", "top"],
+    "rounding-places": ["to 3 places", "12", "2.5"],
+    "cli-test-words": ["3", "44", ""],
+}
+
+
+def test_every_question_has_a_right_and_a_wrong_answer():
+    assert set(RIGHT) == set(WRONG) == {task.id for task in QUESTIONS}
+    assert len(TASKS) >= 15 and {task.kind for task in TASKS} == set(tasks.KINDS)
+    assert len(QUESTIONS) - sum(t.kind == "multi-step" for t in QUESTIONS) >= 7 and len(EDITS) >= 4
+
+
+@pytest.mark.parametrize("task_id", sorted(RIGHT))
+def test_a_question_checker_accepts_the_right_answer(task_id):
+    answer, path, evidence = RIGHT[task_id]
+    assert evidence in source(path)
+    assert BY_ID[task_id].check(answer, EXAMPLE).passed
+
+
+@pytest.mark.parametrize("task_id", sorted(WRONG))
+def test_a_question_checker_rejects_wrong_answers(task_id):
+    for answer in WRONG[task_id]:
+        assert not BY_ID[task_id].check(answer, EXAMPLE).passed, answer
+
+
+@pytest.mark.parametrize("task", QUESTIONS, ids=lambda t: t.id)
+def test_the_expected_answer_is_not_in_the_question(task):
+    expected = task.check.expected(EXAMPLE)
+    assert expected not in NUMBER.findall(task.text)
+    assert not whole(task.text, expected)
+    assert not names_module(task.text, expected)
+    assert not task.check(task.text, EXAMPLE).passed
+
+
+@pytest.fixture()
+def copy(tmp_path) -> Path:
+    return tasks.copy_example(tmp_path / "repo")
+
+
+def replace(repo: Path, path: str, old: str, new: str) -> None:
+    text = (repo / path).read_text(encoding="utf-8")
+    assert text.count(old) == 1
+    (repo / path).write_text(text.replace(old, new), encoding="utf-8")
+
+
+FIXES = {  # path, old, new: a right fix of each edit task, by hand
+    "fix-syllables-case": ("textstats/readability.py", "    count = len(VOWEL_GROUP.findall(word))",
+                           "    word = word.lower()\n    count = len(VOWEL_GROUP.findall(word))"),
+    "fix-words-per-sentence": ("textstats/readability.py", "len(words(text)) // len(sentences)",
+                               "len(words(text)) / len(sentences)"),
+    "add-longest-word": ("textstats/stats.py", "        top_words=top_words(tokens, top),\n",
+                         "        top_words=top_words(tokens, top),\n"
+                         "        longest_word=max(tokens, key=len, default=''),\n"),
+    "add-syllables-per-word": ("textstats/readability.py", "\n\ndef words_per_sentence",
+                               "\n\ndef syllables_per_word(text: str) -> float:\n"
+                               "    found = words(text)\n"
+                               "    return round(sum(map(syllables, found)) / len(found), 2) if found else 0.0\n"
+                               "\n\ndef words_per_sentence"),
+}
+
+
+def fix(repo: Path, task_id: str) -> None:
+    replace(repo, *FIXES[task_id])
+    if task_id == "add-longest-word":
+        replace(repo, "textstats/stats.py", "    top_words: list[tuple[str, int]]\n",
+                "    top_words: list[tuple[str, int]]\n    longest_word: str\n")
+
+
+def test_every_edit_task_has_a_fix():
+    assert set(FIXES) == {task.id for task in EDITS}
+
+
+@pytest.mark.parametrize("task", EDITS, ids=lambda t: t.id)
+def test_an_edit_checker_fails_on_the_unmodified_copy_and_passes_on_a_fixed_one(task, copy):
+    assert not task.check(task.text, copy).passed
+    fix(copy, task.id)
+    verdict = task.check(None, copy)
+    assert verdict.passed, verdict.detail
+
+
+def test_an_edit_checker_fails_when_a_shipped_test_fails_or_is_gone(copy):
+    task = BY_ID["fix-words-per-sentence"]
+    fix(copy, task.id)
+    replace(copy, "tests/test_stats.py", "assert stats.words == 8", "assert stats.words == 9")
+    assert not task.check(None, copy).passed
+    (copy / "tests" / "test_stats.py").unlink()
+    assert "tests/test_stats.py" in task.check(None, copy).detail
+
+
+def test_the_copy_is_fresh_and_the_source_untouched(copy):
+    before = sorted(p.relative_to(EXAMPLE) for p in EXAMPLE.rglob("*") if "__pycache__" not in p.parts)
+    BY_ID["fix-syllables-case"].check(None, copy)
+    assert (copy / "tests" / "test_task_check.py").is_file()
+    assert sorted(p.relative_to(EXAMPLE) for p in EXAMPLE.rglob("*") if "__pycache__" not in p.parts) == before
+
+
+def test_select_caps_turns_and_refuses_unknown_ids(capsys):
+    chosen = tasks.select("count-tests,fix-syllables-case", 3)
+    assert [(t.id, t.max_turns) for t in chosen] == [("count-tests", 3), ("fix-syllables-case", 3)]
+    assert tasks.main(["--tasks", "count-tests,no-such-task"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown task 'no-such-task'") and len(err.strip().splitlines()) == 1
+    assert tasks.main(["--max-turns", "0"]) == 2
+
+
+def session_requests(path: Path) -> list[dict]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [record for record in map(json.loads, lines) if record["type"] == "request"]
+
+
+@pytest.mark.slow
+def test_a_two_task_run_on_the_real_model(tmp_path):
+    out, keep = tmp_path / "tasks.json", tmp_path / "runs"
+    ids = ["where-syllables", "fix-syllables-case"]
+    assert tasks.main(["--tasks", ",".join(ids), "--max-turns", "2", "--json", str(out), "--keep", str(keep)]) == 0
+    report = json.loads(out.read_text())
+    [model] = report["models"]
+    assert model["name"] == "smollm2-135m" and [t["id"] for t in model["tasks"]] == ids
+    assert model["pass_rate"] == sum(t["passed"] for t in model["tasks"]) / 2
+    for record in model["tasks"]:
+        assert {"id", "passed", "turns", "wall_s", "cached_over_prefix_min"} <= set(record)
+        assert isinstance(record["passed"], bool) and record["wall_s"] > 0
+        session = keep / "smollm2-135m" / record["id"] / ".agentcache" / "sessions"
+        requests = session_requests(session / f"{record['session_id']}.jsonl")
+        assert record["turns"] == len(requests)
+        for name in ("prompt_tokens", "cached_tokens", "computed_tokens", "completion_tokens"):
+            assert record[name] == sum(r["usage"][name] for r in requests)
+        ratios = [r["usage"]["cached_tokens"] / r["prefix_tokens"] for r in requests[1:]]
+        assert record["cached_over_prefix_min"] == (round(min(ratios), 3) if ratios else None)
+        assert record["tools"] == [r["tool_call"]["name"] for r in requests if r.get("tool_call")]
+    edited = keep / "smollm2-135m" / "fix-syllables-case"
+    assert BY_ID["fix-syllables-case"].check(None, edited).passed == model["tasks"][1]["passed"]
+    warm = [r["timings"]["total_s"] for t in model["tasks"] for r in session_requests(
+        next((keep / "smollm2-135m" / t["id"] / ".agentcache" / "sessions").glob("*.jsonl")))[1:]]
+    assert model["median_warm_turn_s"] == (round(statistics.median(warm), 3) if warm else None)
