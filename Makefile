@@ -26,7 +26,7 @@ $(MODEL_TARGETS): model-%: $(VENV)/.installed
 	$(VENV)/bin/agentcache models install $*
 
 demo: install
-	$(VENV)/bin/agentcache run "What does this project do? Look at its files first." --repo examples/repo --max-turns 3
+	$(VENV)/bin/agentcache run "In which file is the function split_sentences defined? Answer with its path." --repo examples/repo --mode read-only --max-turns 4
 
 # The suite has a real-model test for every registry model.
 test: install $(MODEL_TARGETS)
