@@ -21,7 +21,7 @@ from tests.agentcache.http_helpers import free_port, http, uvicorn_running
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "examples" / "repo"
-MODEL = "smollm2-135m-instruct"
+MODEL = "smollm2-135m"
 PAGE = 16
 TASK = "List the Python files of this project, then read the main module."
 pytestmark = pytest.mark.slow
