@@ -16,14 +16,15 @@ from agentcache.render import TOOL_FORMATS
 from agentcache.tools.toolbox import FUNCTIONS, MODES, mode_tools
 
 CONFIG_FILE = "agentcache.yaml"
-DEFAULT_MODEL = "qwen2.5-coder-0.5b"  # the registry's default (engine.registry.DEFAULT_MODEL); README says why
+DEFAULT_MODEL = "qwen2.5-coder-0.5b"  # the registry's default (engine.registry.DEFAULT_MODEL); docs/models.md says why
 MODEL_ENV = "AGENTCACHE_MODEL"  # overrides the default model, as agentcache.yaml's `model:` and --model do
+BACKENDS = ("local", "openai", "anthropic")
+CACHE_TTLS = ("5m", "1h")
+TOOL_CHOICES = ("auto", "required")
 
 
 def default_model() -> str:
     return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
-BACKENDS = ("local", "openai", "anthropic")
-CACHE_TTLS = ("5m", "1h")
 
 
 @dataclass(slots=True)
@@ -122,7 +123,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must b
     "cache_ttl": _one_of(CACHE_TTLS),
     "kv_capacity_mb": _at_least(1),
     "tool_format": _one_of(TOOL_FORMATS),
-    "tool_choice": _one_of(("auto", "required")),
+    "tool_choice": _one_of(TOOL_CHOICES),
 }
 
 

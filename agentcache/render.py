@@ -65,11 +65,9 @@ def block_message(block: Block) -> dict[str, str]:
 
 def reply_text(call_or_answer: Any, tool_format: str = "json") -> str:
     """The canonical text of a parsed reply, as it is appended to L3 (a native answer is its plain text)."""
-    if tool_format == "native" and not hasattr(call_or_answer, "name"):
-        return call_or_answer.text
     if hasattr(call_or_answer, "name"):
         return canonical_json({"name": call_or_answer.name, "arguments": call_or_answer.arguments})
-    return canonical_json({"answer": call_or_answer.text})
+    return call_or_answer.text if tool_format == "native" else canonical_json({"answer": call_or_answer.text})
 
 
 def segment_ids(tokenizer: Any, segments: list[str]) -> list[list[int]]:
@@ -94,7 +92,8 @@ class ChatRenderer:
     def __init__(self, tokenizer: Any, tool_format: str = "auto") -> None:
         self.tokenizer = tokenizer
         self.template_stable = tokenizer is not None and tokenizer.chat_template is not None and self._stable()
-        native = self.template_stable and NATIVE_CALL_OPEN in tokenizer.chat_template and self._template_tools() is not None
+        native = (self.template_stable and NATIVE_CALL_OPEN in tokenizer.chat_template
+                  and self._template_tools() is not None)
         if tool_format == "native" and not native:
             raise AgentcacheError("this model's chat template has no native tool-call format; use tool_format: json")
         self.tool_format = tool_format if tool_format != "auto" else ("native" if native else "json")

@@ -4,7 +4,6 @@ a tiny random model."""
 from __future__ import annotations
 
 import functools
-import importlib.util
 import inspect
 import json
 import os

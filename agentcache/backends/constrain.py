@@ -11,8 +11,8 @@ that tool's parameter schema) plus the answer alternative, compiled by llguidanc
 grammar, never the tool list in the prompt. End of sequence is allowed only once the object is complete.
 The prompt states this format (`agentcache.render.format_instructions`). In the "native" tool format (see
 agentcache.render) the reply is instead `<tool_call>` (the template's special token), a newline, the same call
-object, a newline and `</tool_call>`; or a plain-text answer, which may not start with `<` or white space. Masks are numpy bools, no torch:
-the local backend turns them into the tensor the engine takes.
+object, a newline and `</tool_call>`; or a plain-text answer, which may not start with `<` or white space.
+Masks are numpy bools, no torch: the local backend turns them into the tensor the engine takes.
 """
 
 from __future__ import annotations
@@ -170,12 +170,14 @@ class ToolCallGrammar:
         self.allow_answer = allow_answer
         self.tool_format = tool_format
         self.ll_tokenizer = ll_tokenizer(tokenizer)
-        self._calls = schema_matcher(self.ll_tokenizer, reply_schema(self.tools.values(), allow_answer=False)) \
-            if self.tools else None
         if tool_format == "native":
             self._matcher = grammar_matcher(self.ll_tokenizer, native_grammar(self.tools.values(), allow_answer))
+            # a tagged call's JSON is checked by a JSON-only matcher (the tags are special tokens, not text)
+            self._calls = schema_matcher(self.ll_tokenizer, reply_schema(self.tools.values(), allow_answer=False)) \
+                if self.tools else None
         else:
             self._matcher = schema_matcher(self.ll_tokenizer, reply_schema(self.tools.values(), allow_answer))
+            self._calls = self._matcher
 
     def new_matcher(self) -> LLMatcher:
         return self._matcher.deep_copy()
