@@ -21,6 +21,7 @@ MODEL_ENV = "AGENTCACHE_MODEL"  # overrides the default model, as agentcache.yam
 BACKENDS = ("local", "openai", "anthropic")
 CACHE_TTLS = ("5m", "1h")
 TOOL_CHOICES = ("auto", "required")
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # engine.hardware.DTYPE_CHOICES, without importing torch
 
 
 def default_model() -> str:
@@ -46,6 +47,7 @@ class RunConfig:
     disk_cache: bool = True  # keep full KV pages on disk so the next run starts warm
     tool_choice: str = "auto"  # local backend: auto (a plain answer allowed) or required (every reply a tool call)
     tool_format: str = "auto"  # local backend: native (the chat template's tool calls), json, or auto (native if any)
+    dtype: str = "auto"  # local backend: auto (the fastest for the hardware: engine.hardware), or a dtype's name
 
 
 def load_config(repo: Path) -> RunConfig:
@@ -124,6 +126,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must b
     "kv_capacity_mb": _at_least(1),
     "tool_format": _one_of(TOOL_FORMATS),
     "tool_choice": _one_of(TOOL_CHOICES),
+    "dtype": _one_of(DTYPES),
 }
 
 

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from engine import registry
 from engine.errors import EngineError, ModelNotInstalledError, UnknownModelError
+from engine.hardware import choose_dtype, default_device
 from engine.registry import ModelEntry
 
 TOKENIZER_MODEL = "smollm2-135m"  # whose tokenizer 'random-tiny-chat' borrows
@@ -34,6 +35,7 @@ class LoadedModel:
     fingerprint: str
     device: torch.device
     dtype: torch.dtype
+    dtype_reason: str = "asked for"  # why this dtype (engine.hardware.choose_dtype), for `agentcache models`
 
     @property
     def config(self) -> Any:
@@ -80,17 +82,18 @@ def output_cache(output: Any) -> Any:
     return output.cache if hasattr(output, "cache") else output.past_key_values
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def load_model(spec: str | None = None, device: str | None = None, dtype: torch.dtype = torch.float32,
+def load_model(spec: str | None = None, device: str | None = None, dtype: torch.dtype | str = torch.float32,
                cache_dir: Path | None = None) -> LoadedModel:
     """Load a model by name: a registry model ('default' when None), 'random-tiny', a local HF directory or a hub
-    id. `cache_dir`: where registry models are assembled and kept once converted (needed by them and by
-    'random-tiny-chat', which uses SmolLM2's tokenizer)."""
+    id. `dtype`: a torch dtype, or a name ('auto': the fastest for the device, engine.hardware). `cache_dir`: where
+    registry models are assembled and kept once converted (needed by them and by 'random-tiny-chat', which uses
+    SmolLM2's tokenizer)."""
     spec = spec or "default"
     dev = torch.device(device) if device else default_device()
+    reason = "asked for"
+    if isinstance(dtype, str):
+        choice = choose_dtype(dtype, dev)
+        dtype, reason = choice.dtype, choice.reason
     entry = registry.find(spec)
     if entry is not None:
         model, tokenizer, weights_digest = _load_registry(entry, dtype, cache_dir)
@@ -110,7 +113,7 @@ def load_model(spec: str | None = None, device: str | None = None, dtype: torch.
         weights_digest, name = weights_digest_of(model), spec
     model = model.to(dev).eval()
     fingerprint = model_fingerprint(weights_digest, dtype, tokenizer)
-    return LoadedModel(name, model, tokenizer, fingerprint, dev, dtype)
+    return LoadedModel(name, model, tokenizer, fingerprint, dev, dtype, reason)
 
 
 def load_tokenizer(spec: str | None = None, dtype: torch.dtype = torch.float32,

@@ -21,9 +21,12 @@ models_app = typer.Typer(help="The models agentcache knows by short name, and ho
 def registry_report() -> dict[str, Any]:
     """The registry as `agentcache models --json` prints it."""
     from engine import registry  # imports torch
+    from engine.hardware import choose_dtype
 
     default = registry.find(default_model())
-    return {"default": default.name if default else default_model(), "models": [
+    dtype = choose_dtype("auto")
+    return {"default": default.name if default else default_model(),
+            "dtype": {"auto": dtype.name, "reason": dtype.reason}, "models": [
         {"name": m.name, "title": m.title, "installed": m.installed(), "bytes": m.bytes, "license": m.license,
          "install": m.install, "sha256": m.sha256, "aliases": list(m.aliases)} for m in registry.MODELS]}
 
@@ -44,7 +47,10 @@ def models(ctx: typer.Context,
         name = m["name"] + (" (default)" if m["name"] == report["default"] else "")
         table.add_row(name, f"{m['bytes'] / 1e6:,.0f} MB", "yes" if m["installed"] else "no", m["license"],
                       m["install"])
-    Console(highlight=False).print(table)
+    console = Console(highlight=False)
+    console.print(table)
+    console.print(f"dtype auto: {report['dtype']['auto']} here ({report['dtype']['reason']}); --dtype or `dtype:` in "
+                  "agentcache.yaml picks another")
 
 
 @models_app.command()

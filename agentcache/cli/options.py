@@ -1,6 +1,9 @@
 """Options every `agentcache` command shares."""
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show a full traceback on errors.")]
+DtypeOption = Annotated[Optional[str], typer.Option(
+    "--dtype", help="Local engine dtype: auto (bfloat16 on CUDA or a CPU with AMX/AVX-512 BF16, else float32), "
+    "float32, bfloat16 or float16.")]

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from agentcache.cli.options import Debug
+from agentcache.cli.options import Debug, DtypeOption
 
 
 def run(
@@ -34,6 +34,7 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end.")] = False,
     no_disk_cache: Annotated[bool, typer.Option("--no-disk-cache", help="Neither read nor write KV pages on disk.")]
     = False,
+    dtype: DtypeOption = None,
     debug: Debug = False,
 ) -> None:
     """Run the agent on TASK in a repo, turn after turn, on a warm prefix.
@@ -48,7 +49,8 @@ def run(
         raise AgentcacheError(f"--allow-shell means --mode full; it disagrees with --mode {mode}")
     overrides = {"model": model, "role": role, "max_turns": max_turns, "max_tokens": max_tokens,
                  "tools": tools.split(",") if tools else None, "mode": "full" if allow_shell else mode,
-                 "backend": backend, "base_url": base_url, "disk_cache": False if no_disk_cache else None}
+                 "backend": backend, "base_url": base_url, "disk_cache": False if no_disk_cache else None,
+                 "dtype": dtype}
     console = Console(highlight=False, stderr=as_json)
     summary = run_task(repo, task, overrides, resume, api_key=api_key,
                        on_line=lambda line: line and console.print(line, soft_wrap=True, markup=False))

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from agentcache.cli.options import Debug
+from agentcache.cli.options import Debug, DtypeOption
 
 
 def serve(
@@ -19,6 +19,7 @@ def serve(
     insecure_no_auth: Annotated[bool, typer.Option(
         "--insecure-no-auth", help="Serve a non-loopback --host without --api-key: anyone who can reach it may use "
         "it. Without this flag such a bind is refused.")] = False,
+    dtype: DtypeOption = None,
     debug: Debug = False,
 ) -> None:
     """Serve the engine over an OpenAI-compatible HTTP API with explicit context caching.
@@ -30,4 +31,4 @@ def serve(
     from agentcache.serve.app import serve as run_server
 
     run_server(host, port, model or default_model(), api_key, log=lambda line: print(line, file=sys.stderr),
-               insecure_no_auth=insecure_no_auth)
+               insecure_no_auth=insecure_no_auth, dtype=dtype or "auto")
