@@ -35,7 +35,7 @@ class LoadedModel:
     fingerprint: str
     device: torch.device
     dtype: torch.dtype
-    dtype_reason: str = "asked for"  # why this dtype (engine.hardware.choose_dtype), for `agentcache models`
+    dtype_reason: str = "asked for"  # why this dtype (engine.hardware.choose_dtype)
 
     @property
     def config(self) -> Any:
@@ -170,6 +170,10 @@ def model_fingerprint(weights_digest: str, dtype: torch.dtype, tokenizer: Any | 
     return xxhash.xxh3_128_hexdigest("\n".join(parts).encode())
 
 
+def _converted_stem(entry: ModelEntry) -> str:
+    return f"{entry.name}-{entry.sha256[:16]}"
+
+
 def _converted_dir(entry: ModelEntry, dtype: torch.dtype, cache_dir: Path | None) -> Path:
     """A registry model as safetensors under cache_dir, converted from its verified GGUF on first use (its packages
     must still be installed: `agentcache models` and loading agree on what is there)."""
@@ -177,7 +181,7 @@ def _converted_dir(entry: ModelEntry, dtype: torch.dtype, cache_dir: Path | None
         raise ModelNotInstalledError(f"model '{entry.name}' is not installed; run: {entry.install}")
     if cache_dir is None:
         raise EngineError(f"model '{entry.name}' needs a cache_dir to keep its converted weights in")
-    key = f"{entry.name}-{entry.sha256[:16]}-{str(dtype).removeprefix('torch.')}-v{CONVERSION_VERSION}"
+    key = f"{_converted_stem(entry)}-{str(dtype).removeprefix('torch.')}-v{CONVERSION_VERSION}"
     converted = cache_dir / key
     if not (converted / "agentcache.json").is_file():
         _convert_gguf(registry.gguf_path(entry, cache_dir), converted, dtype)
@@ -185,9 +189,13 @@ def _converted_dir(entry: ModelEntry, dtype: torch.dtype, cache_dir: Path | None
 
 
 def _registry_tokenizer(entry: ModelEntry, dtype: torch.dtype, cache_dir: Path | None) -> Any:
+    """The tokenizer of any dtype's converted folder already there (it is the same in all), else of `dtype`'s."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(_converted_dir(entry, dtype, cache_dir)))
+    pattern = f"{_converted_stem(entry)}-*-v{CONVERSION_VERSION}/agentcache.json"
+    done = sorted(cache_dir.glob(pattern)) if cache_dir else []
+    folder = done[0].parent if done and entry.installed() else _converted_dir(entry, dtype, cache_dir)
+    return AutoTokenizer.from_pretrained(str(folder))
 
 
 def _load_registry(entry: ModelEntry, dtype: torch.dtype, cache_dir: Path | None) -> tuple[Any, Any, str]:

@@ -44,7 +44,6 @@ def test_cpu_flags_read_the_flags_line(tmp_path):
     assert cpu_flags(tmp_path / "missing") == frozenset()
 
 
-@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="no /proc/cpuinfo (not Linux)")
 def test_auto_on_this_machine_matches_its_cpuinfo():
     text = Path("/proc/cpuinfo").read_text()
     native = " amx_bf16" in text or " avx512_bf16" in text
@@ -71,3 +70,19 @@ def test_load_model_takes_a_dtype_name_and_keeps_why():
     half = load_model("random-tiny", dtype="bfloat16")
     assert next(half.model.parameters()).dtype == torch.bfloat16 and half.dtype_reason == "asked for"
     assert half.fingerprint != load_model("random-tiny", dtype="float32").fingerprint  # pages never mix dtypes
+
+
+def test_a_tokenizer_reuses_a_converted_folder_of_another_dtype(tmp_path):
+    """inspect loads only a tokenizer: it must not convert a second copy of the weights for it."""
+    import shutil
+
+    from agentcache.cache_dir import models_dir
+    from engine import load_model
+    from engine.model import load_tokenizer
+
+    source = load_model("smollm2-135m", dtype="float32", cache_dir=models_dir())
+    converted = next(models_dir().glob("smollm2-135m-*-float32-v*"))
+    shutil.copytree(converted, tmp_path / converted.name)
+    tokenizer = load_tokenizer("smollm2-135m", dtype=torch.bfloat16, cache_dir=tmp_path)
+    assert tokenizer.encode("def split_sentences") == source.tokenizer.encode("def split_sentences")
+    assert [p.name for p in tmp_path.iterdir()] == [converted.name]  # no bfloat16 copy was made
