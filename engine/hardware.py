@@ -1,4 +1,4 @@
-"""The dtype that runs fastest where the engine runs, and why: read off the device and the CPU's flags, never assumed."""
+"""The dtype that runs fastest where the engine runs, and why: read off the device and the CPU's flags."""
 
 from __future__ import annotations
 

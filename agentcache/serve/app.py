@@ -328,6 +328,7 @@ def serve(host: str, port: int, model: str, api_key: str | None, log: Any = prin
 
     check_auth(host, api_key, insecure_no_auth, log)
     check_listen(host, port)
-    service = ChatService(*local_engine(RunConfig(model=model, dtype=dtype, disk_cache=False)))  # serve keeps no disk tier
+    # serve keeps no disk tier
+    service = ChatService(*local_engine(RunConfig(model=model, dtype=dtype, disk_cache=False)))
     log(f"serving {service.model_id} on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""))
     uvicorn.run(create_app(service, api_key), host=host, port=port, log_level="warning")
