@@ -178,24 +178,30 @@ class Stuck(Exception):
 
 
 class RepeatGuard:
-    """Failing calls counted by (tool, canonical arguments): a small model that repeats one is in a loop. The
-    second identical failure says so in its result; the third raises Stuck."""
+    """Calls counted by (tool, canonical arguments, result): a small model that repeats a call that fails, or that
+    gives the same result again, is in a loop. The second identical one says so in its result; the third raises
+    Stuck. A call whose result changed (a test run after an edit, a file read after a write) is not a repeat."""
 
     def __init__(self) -> None:
-        self.failures: dict[tuple[str, str], int] = {}
+        self.seen: dict[tuple[str, str, bool, str], int] = {}
 
     def checked(self, name: str, arguments: dict[str, Any], outcome: ToolOutcome) -> ToolOutcome:
-        if not outcome.is_error:
+        if outcome.finished:
             return outcome
-        key = (name, canonical_json(arguments))
-        self.failures[key] = count = self.failures.get(key, 0) + 1
+        key = (name, canonical_json(arguments), outcome.is_error, outcome.output)
+        self.seen[key] = count = self.seen.get(key, 0) + 1
         if count == 1:
             return outcome
-        if count == 2:
+        if count == 2 and outcome.is_error:
             return ToolOutcome(f"{name}: this exact call failed before (same arguments); change the arguments or "
                                f"try another tool. Error: {outcome.output}", is_error=True)
-        raise Stuck(ToolOutcome(f"{name}: this exact call failed {count} times (same arguments); the run stops "
-                                f"as stuck. Error: {outcome.output}", is_error=True))
+        if count == 2:
+            return ToolOutcome(f"{name}: this exact call was made before and gave the same result, shown above; "
+                               "use that result, change the arguments, try another tool, or give the answer.",
+                               is_error=True)
+        what = "failed" if outcome.is_error else "gave the same result"
+        raise Stuck(ToolOutcome(f"{name}: this exact call {what} {count} times (same arguments); the run stops "
+                                f"as stuck. Result: {outcome.output}", is_error=True))
 
 
 def _entry_block(entry: dict[str, str]) -> Block:

@@ -22,6 +22,7 @@ MAX_MATCHES = 200
 MAX_MATCH_CHARS = 300
 FILE_BUDGET_S = 2.0
 TOTAL_BUDGET_S = 10.0
+NO_MATCH_HINT = " for this pattern; read_file shows a whole file"
 GLOB_PART = re.compile(r"\*\*/|\*\*|\*|\?|\[[^\]]*\]|[^*?\[]+|\[")
 
 
@@ -108,8 +109,8 @@ def search(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
     if total > len(found):
         found.append(f"[truncated: {total - len(found)} more matches]")
     if not found and not stopped:
-        return ToolOutcome(f"(no matches in {len(files)} files)")
-    lines = found or [f"(no matches in {searched} searched files)"]
+        return ToolOutcome(f"(no matches in {len(files)} files){NO_MATCH_HINT}")
+    lines = found or [f"(no matches in {searched} searched files){NO_MATCH_HINT}"]
     lines += stopped
     if searched < len(files):
         lines.append(f"[search stopped at its {TOTAL_BUDGET_S:g} s budget: {len(files) - searched} of "

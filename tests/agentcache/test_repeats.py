@@ -59,3 +59,29 @@ def test_a_different_failing_call_is_not_a_repeat(repo):
     assert summary["reason"] == "answered" and summary["turns"] == 5
     assert ["failed before" in output for output in outputs] == [False, False, True, True]
     assert all(r.get("stopped") is None for r in requests)
+
+
+def read(path):
+    return completion({"name": "read_file", "arguments": {"path": path}})
+
+
+def test_the_same_call_with_the_same_result_is_told_it_repeats_then_ends_the_run_as_stuck(repo):
+    summary, _, requests = run_against(repo, [read("README.md")])
+    outputs = [r["tool_result"]["output"] for r in requests]
+    assert summary["reason"] == "stuck" and summary["turns"] == 3
+    first_line = (repo / "README.md").read_text().splitlines()[0]
+    assert not requests[0]["tool_result"]["is_error"] and first_line in outputs[0]
+    assert outputs[1].startswith("read_file: this exact call was made before and gave the same result")
+    assert requests[1]["tool_result"]["is_error"]
+    assert [r.get("stopped") for r in requests] == [None, None, "stuck"]
+
+
+def test_the_same_call_whose_result_changed_is_not_a_repeat(repo):
+    write = completion({"name": "write_file", "arguments": {"path": "notes.md", "content": "second"}})
+    first = completion({"name": "write_file", "arguments": {"path": "notes.md", "content": "first"}})
+    answer = completion({"answer": "done"})
+    summary, _, requests = run_against(repo, [first, read("notes.md"), write, read("notes.md"), answer])
+    outputs = [r["tool_result"]["output"] for r in requests[:4]]
+    assert summary["reason"] == "answered" and summary["turns"] == 5
+    assert not any("made before" in output for output in outputs)
+    assert "first" in outputs[1] and "second" in outputs[3]

@@ -56,7 +56,7 @@ def repo(tmp_path: Path) -> Path:
 
 def test_the_issue_pattern_on_a_35_char_line_returns_at_once(repo: Path) -> None:
     result = run_search(repo, {"pattern": r"(a+)+$"})
-    assert result["output"] == "(no matches in 2 files)"
+    assert result["output"].startswith("(no matches in 2 files)")
     assert result["cpu_s"] < SLACK_S
 
 
@@ -77,7 +77,7 @@ def test_many_slow_files_stop_at_the_overall_budget(repo: Path) -> None:
         (repo / f"slow{i}.txt").write_text(f"{EVIL_LINE}\n")
     result = run_search(repo, {"pattern": r"(a|aa)+$"}, file_budget=0.4, total_budget=1.0)
     lines = result["output"].splitlines()
-    assert re.fullmatch(r"\(no matches in \d searched files\)", lines[0])
+    assert re.match(r"\(no matches in \d searched files\)", lines[0])
     assert all(line.startswith("[search stopped in slow") for line in lines[1:-1])
     assert re.fullmatch(r"\[search stopped at its 1 s budget: \d+ of 10 files not searched\]", lines[-1])
     assert 0.3 <= result["cpu_s"] < 1.0 + SLACK_S

@@ -98,7 +98,7 @@ def test_each_planted_path_is_refused_with_its_reason_and_shown_nowhere(hostile,
     outcome = box.run("read_file", {"path": path})
     assert outcome.is_error and reason in outcome.output
     assert path not in box.run("list_files", {}).output.splitlines()
-    assert box.run("search", {"pattern": ".", "path": path}).output == "(no matches in 0 files)"
+    assert box.run("search", {"pattern": ".", "path": path}).output.startswith("(no matches in 0 files)")
     assert path not in build_prefix(hostile.root, PROMPTS_DIR).layer(Layer.L2)[0].text.splitlines()
 
 

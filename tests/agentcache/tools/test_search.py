@@ -17,7 +17,7 @@ def test_search_finds_matches_in_order(box: ToolBox) -> None:
 
 def test_search_no_matches(box: ToolBox) -> None:
     outcome = box.run("search", {"pattern": "zebra"})
-    assert not outcome.is_error and outcome.output == "(no matches in 4 files)"
+    assert not outcome.is_error and outcome.output.startswith("(no matches in 4 files)")
 
 
 @pytest.mark.parametrize(("glob", "expected"), [
