@@ -86,7 +86,7 @@ class Agent:
     def step(self, turn: int) -> Outcome | None:
         self._compact_if_needed()
         settings = GenSettings(max_tokens=self.config.max_tokens, temperature=self.config.temperature,
-                               salt=self.config.salt or None)
+                               salt=self.config.salt or None, tool_required=self._look_first())
         reply = self.backend.complete(self.context, self.specs, self.enabled, settings)
         self.spent += reply.usage["computed_tokens"] + reply.usage["completion_tokens"]
         record = self._request_record(turn, reply)
@@ -124,6 +124,10 @@ class Agent:
         if self.errors > self.config.retries:
             return Outcome("invalid_output", None, turn)
         return None
+
+    def _look_first(self) -> bool:
+        """tool_choice "first": until the task has made a tool call, the reply must be one (look, then answer)."""
+        return self.config.tool_choice == "first" and not any(b.kind == "tool_call" for b in self.context.l3)
 
     def _tool_format(self) -> str:
         return getattr(self.backend, "tool_format", "json")

@@ -20,7 +20,7 @@ DEFAULT_MODEL = "qwen2.5-coder-0.5b"  # the registry's default (engine.registry.
 MODEL_ENV = "AGENTCACHE_MODEL"  # overrides the default model, as agentcache.yaml's `model:` and --model do
 BACKENDS = ("local", "openai", "anthropic")
 CACHE_TTLS = ("5m", "1h")
-TOOL_CHOICES = ("auto", "required")
+TOOL_CHOICES = ("auto", "required", "first")
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # engine.hardware.DTYPE_CHOICES, without importing torch
 
 
@@ -45,7 +45,8 @@ class RunConfig:
     salt: str = ""  # cache salt: requests with different salts never share KV pages
     kv_capacity_mb: int = 1024  # local engine KV pool size
     disk_cache: bool = True  # keep full KV pages on disk so the next run starts warm
-    tool_choice: str = "auto"  # local backend: auto (a plain answer allowed) or required (every reply a tool call)
+    tool_choice: str = "first"  # local backend: first (a task's first reply is a tool call, later ones may answer),
+    # auto (a plain answer allowed) or required (every reply a tool call)
     tool_format: str = "auto"  # local backend: native (the chat template's tool calls), json, or auto (native if any)
     dtype: str = "auto"  # local backend: auto (the fastest for the hardware: engine.hardware), or a dtype's name
 

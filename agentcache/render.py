@@ -38,6 +38,7 @@ NATIVE_CALL_OPEN, NATIVE_CALL_CLOSE = "<tool_call>", "</tool_call>"
 RETRY_HINT = {"json": "reply with one valid JSON object",
               "native": f"reply with one {NATIVE_CALL_OPEN} holding a JSON call, or a plain answer"}
 SENTINEL = "\x00agentcache-system\x00"
+SYSTEM_JOIN = "\n"
 
 
 def format_instructions() -> str:
@@ -68,6 +69,16 @@ def reply_text(call_or_answer: Any, tool_format: str = "json") -> str:
     if hasattr(call_or_answer, "name"):
         return canonical_json({"name": call_or_answer.name, "arguments": call_or_answer.arguments})
     return call_or_answer.text if tool_format == "native" else canonical_json({"answer": call_or_answer.text})
+
+
+def split_system(rendered: str, contents: list[str]) -> list[str]:
+    """A rendered system message whose content is `contents` joined by SYSTEM_JOIN, cut where each content ends."""
+    pieces, start = [], rendered.index(SYSTEM_JOIN.join(contents))
+    for content in contents[:-1]:
+        end = rendered.index(content, start) + len(content) + len(SYSTEM_JOIN)
+        pieces.append(rendered[:end] if not pieces else rendered[start:end])
+        start = end
+    return pieces + [rendered[start:]] if pieces else [rendered]
 
 
 def segment_ids(tokenizer: Any, segments: list[str]) -> list[list[int]]:
@@ -127,8 +138,16 @@ class ChatRenderer:
         return out
 
     def block_segments(self, blocks: Iterable[Block]) -> list[str]:
-        """The segments of a context's blocks, one per block plus the generation prompt."""
-        return self.segments([self.message(block) for block in blocks])
+        """The segments of a context's blocks, one per block plus the generation prompt. The L1 and L2 blocks are
+        one system message (the one system turn chat models are trained on), cut into one segment per block."""
+        blocks = list(blocks)
+        prefix = [b for b in blocks if b.layer != Layer.L3]
+        if len(prefix) < 2 or not self.template_stable:
+            return self.segments([self.message(block) for block in blocks])
+        contents = [self.message(block)["content"] for block in prefix]
+        system = {"role": "system", "content": SYSTEM_JOIN.join(contents)}
+        segments = self.segments([system, *(self.message(block) for block in blocks[len(prefix):])])
+        return split_system(segments[0], contents) + segments[1:]
 
     def message(self, block: Block) -> dict[str, str]:
         """The chat message of a block in this renderer's tool format."""

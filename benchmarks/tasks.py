@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentcache.agent import Agent, Outcome
-from agentcache.config import RunConfig, check_config
+from agentcache.config import TOOL_CHOICES, RunConfig, check_config
 from agentcache.errors import AgentcacheError
 from agentcache.records import USAGE_FIELDS, Request, requests_of
 from agentcache.session import Session
@@ -145,10 +145,10 @@ def select(ids: str | None, max_turns: int | None) -> list[Task]:
     return [Task(t.id, t.kind, t.text, t.check, min(t.max_turns, cap)) for t in chosen]
 
 
-def task_config(model: str, task: Task) -> RunConfig:
+def task_config(model: str, task: Task, tool_choice: str) -> RunConfig:
     """The run settings of one task: the defaults, its turns, no disk tier; where the config has a `mode`,
     questions run read-only and edits in edit mode."""
-    config = RunConfig(model=model, max_turns=task.max_turns, disk_cache=False)
+    config = RunConfig(model=model, max_turns=task.max_turns, disk_cache=False, tool_choice=tool_choice)
     if "mode" in {item.name for item in fields(RunConfig)}:
         setattr(config, "mode", "edit" if task.kind == "edit" else "read-only")
     return check_config(config)
@@ -185,11 +185,11 @@ def task_record(task: Task, outcome: Outcome, verdict: Verdict, requests: list[R
     }
 
 
-def run_one(task: Task, backend: Any, registry: Any, model: str, work: Path) -> dict[str, Any]:
+def run_one(task: Task, backend: Any, registry: Any, model: str, work: Path, tool_choice: str) -> dict[str, Any]:
     """One task on its own copy of the example repo; the checker reads the shipped repo for a question."""
     repo = copy_example(work / task.id)
     session = Session.create(repo)
-    agent = Agent(repo, backend, task_config(model, task), session, registry=registry)
+    agent = Agent(repo, backend, task_config(model, task, tool_choice), session, registry=registry)
     start = time.perf_counter()
     outcome = agent.run(task.text)
     wall_s = time.perf_counter() - start
@@ -213,7 +213,7 @@ def model_report(name: str, records: list[dict[str, Any]], load_s: float) -> dic
 
 
 def run_model(name: str, tasks: list[Task], work: Path, console: Console, tool_format: str = "auto",
-              tool_choice: str = "auto") -> dict[str, Any]:
+              tool_choice: str = RunConfig().tool_choice) -> dict[str, Any]:
     """Every task on one model and one engine, loaded once; the backend replies in `tool_format`, `tool_choice`."""
     from agentcache.backends.local import LocalBackend
     from agentcache.wiring import load_registry, local_engine
@@ -225,7 +225,7 @@ def run_model(name: str, tasks: list[Task], work: Path, console: Console, tool_f
     (work / slug(name)).mkdir(parents=True, exist_ok=True)
     records = []
     for task in tasks:
-        record = run_one(task, backend, registry, name, work / slug(name))
+        record = run_one(task, backend, registry, name, work / slug(name), tool_choice)
         console.print(f"{name} {task.id}: {'pass' if record['passed'] else 'FAIL'} ({record['reason']}, "
                       f"{record['turns']} turns, {record['wall_s']:.1f}s) {record['check']}", markup=False)
         records.append(record)
@@ -269,8 +269,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--tool-format", default="auto", choices=("auto", "native", "json"),
                    help="how replies are written (auto: the template's native format when it has one)")
-    p.add_argument("--tool-choice", default="auto", choices=("auto", "required"),
-                   help="required: every reply is a tool call, the answer comes through finish")
+    p.add_argument("--tool-choice", default=RunConfig().tool_choice, choices=TOOL_CHOICES,
+                   help="first: a task's first reply is a tool call; required: every reply is a tool call, the "
+                        "answer comes through finish; auto: any reply may answer")
     p.add_argument("--keep", type=Path, help="keep each task's repo copy and session under this folder")
     return p.parse_args(argv)
 

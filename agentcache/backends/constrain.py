@@ -41,6 +41,10 @@ _text_tokenizer: LLTokenizer | None = None
 
 
 MAX_ANSWER_CHARS = 600
+# Small models often write the call object bare or in a markdown fence instead of inside <tool_call> tags: the
+# native grammar takes those as calls too (an answer cannot start with `{` or a backtick), and L3 keeps the tagged form.
+FENCE_OPEN, FENCE_CLOSE = "```json\n", "\n```"
+FENCE_OPEN_LARK, FENCE_CLOSE_LARK = "```json\\n", "\\n```"
 
 
 class ToolCallError(AgentcacheError):
@@ -146,9 +150,11 @@ def native_grammar(tools: Iterable[ToolSpec], allow_answer: bool = True) -> str:
     rules = [f"start: {' | '.join(starts)}"]
     if calls:
         schema = json.dumps({"anyOf": calls, "x-guidance": JSON_OPTIONS})
-        rules.append(f'call: <tool_call> "\\n" %json {schema} "\\n" </tool_call>')
+        rules.append(f'call: <tool_call> "\\n" %json {schema} "\\n" </tool_call> | bare | fenced')
+        rules.append(f"bare: %json {schema}")
+        rules.append(f'fenced: "{FENCE_OPEN_LARK}" %json {schema} "{FENCE_CLOSE_LARK}"')
     if allow_answer:
-        rules.append(r"answer: /[^<\s][^<]*/")
+        rules.append(r"answer: /[^<\s{`][^<]*/")
     return "\n".join(rules) + "\n"
 
 
@@ -209,6 +215,10 @@ class ToolCallGrammar:
 
     def _parse_native(self, text: str) -> ToolCall | Answer:
         stripped = text.strip()
+        if stripped.startswith("{"):
+            return self._call(self._load(stripped))
+        if stripped.startswith(FENCE_OPEN.strip()) and stripped.endswith(FENCE_CLOSE.strip()):
+            return self._call(self._load(stripped[len(FENCE_OPEN.strip()):-len(FENCE_CLOSE.strip())].strip()))
         if not stripped.startswith(NATIVE_CALL_OPEN):
             if not self.allow_answer:
                 raise ToolCallError("a plain answer is not allowed here: call one of the enabled tools")

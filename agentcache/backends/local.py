@@ -29,7 +29,8 @@ class LocalBackend:
     def __init__(self, model: LoadedModel, engine: Engine | None = None, tool_format: str = "auto",
                  tool_choice: str = "auto") -> None:
         """`tool_choice` as in the OpenAI API: "auto" lets the model answer in plain text, "required" makes every
-        reply a tool call (the answer then comes through the `finish` tool)."""
+        reply a tool call (the answer then comes through the `finish` tool); "first" is "auto" here, the agent
+        asking for a tool call per request (GenSettings.tool_required) on a task's first turn."""
         self.model = model
         self.allow_answer = tool_choice != "required"
         self.engine = engine or Engine(model)
@@ -59,12 +60,13 @@ class LocalBackend:
                     self._segment_tokens[segment] = len(self.engine.tokenize([segment])[0])
             return sum(self._segment_tokens[segment] for segment in segments)
 
-    def grammar(self, tools: list[ToolSpec], enabled: set[str]) -> ToolCallGrammar:
-        key = tuple(sorted(enabled))
+    def grammar(self, tools: list[ToolSpec], enabled: set[str], tool_required: bool = False) -> ToolCallGrammar:
+        allow_answer = self.allow_answer and not tool_required
+        key = (tuple(sorted(enabled)), allow_answer)
         with self._lock:
             if key not in self._grammars:
                 chosen = [t for t in tools if t.name in enabled]
-                self._grammars[key] = ToolCallGrammar(self.model.tokenizer, chosen, allow_answer=self.allow_answer,
+                self._grammars[key] = ToolCallGrammar(self.model.tokenizer, chosen, allow_answer=allow_answer,
                                                       tool_format=self.tool_format)
             return self._grammars[key]
 
@@ -75,7 +77,7 @@ class LocalBackend:
 
     def complete(self, context: Context, tools: list[ToolSpec], enabled: set[str], settings: GenSettings) -> Reply:
         segments = self.renderer.block_segments(context)
-        grammar = self.grammar(tools, enabled)
+        grammar = self.grammar(tools, enabled, settings.tool_required)
         with self._lock:
             mask = tensor_mask(grammar.new_mask(self.model.config.vocab_size))
         sampling = SamplingParams(settings.temperature, settings.top_p, settings.seed)

@@ -45,3 +45,15 @@ def test_garbage_replies_end_with_a_clear_reason(backend, repo):
     assert outcome.reason == "invalid_output" and outcome.turns == 2
     errors = [r["error"] for r in session.records() if r.get("error")]
     assert len(errors) == 2 and all("cut off" in e for e in errors)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_look_first_makes_the_first_reply_a_tool_call(backend, repo, seed):
+    """tool_choice "first": the first reply of a task is a call whatever the model would rather say; after a call,
+    an answer is allowed again (the grammar, checked on the reply it let through)."""
+    session = Session.create(repo)
+    config = RunConfig(max_turns=1, max_tokens=200, retries=0, tool_choice="first", temperature=1.0)
+    Agent(repo, backend, config, session).run(f"Do it {seed}.")
+    first = next(r for r in session.records() if r["type"] == "request")
+    assert first.get("tool_call") or (first.get("error") and "cut off" in first["error"])
+    assert "answer" not in json.loads(first["reply"]) if not first.get("error") else True

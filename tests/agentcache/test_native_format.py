@@ -9,7 +9,7 @@ import pytest
 from agentcache import PROMPTS_DIR
 from agentcache.backends.constrain import Answer, ToolCall, ToolCallError, ToolCallGrammar
 from agentcache.errors import AgentcacheError
-from agentcache.render import ChatRenderer, reply_text
+from agentcache.render import SYSTEM_JOIN, ChatRenderer, reply_text
 from engine.model import load_tokenizer
 from layers import Context, ToolRegistry, ToolResult, UserInput, build_prefix
 from layers.l3 import AssistantMessage
@@ -59,7 +59,7 @@ def test_native_l3_renders_as_the_template_renders_structured_tool_calls(qwen_to
                        AssistantMessage("It counts words."))
     renderer = ChatRenderer(qwen_tokenizer)
     ours = "".join(renderer.block_segments(context))
-    head = [renderer.message(b) for b in context.prefix]
+    head = [{"role": "system", "content": SYSTEM_JOIN.join(renderer.message(b)["content"] for b in context.prefix)}]
     structured = head + [
         {"role": "user", "content": "Read README.md"},
         {"role": "assistant", "content": "", "tool_calls": [
@@ -68,6 +68,17 @@ def test_native_l3_renders_as_the_template_renders_structured_tool_calls(qwen_to
         {"role": "assistant", "content": "It counts words."},
     ]
     assert ours == qwen_tokenizer.apply_chat_template(structured, tokenize=False, add_generation_prompt=True)
+
+
+def test_the_prefix_is_one_system_turn_cut_into_one_segment_per_block(qwen_tokenizer):
+    context = _context(UserInput("Read README.md"))
+    renderer = ChatRenderer(qwen_tokenizer)
+    segments = renderer.block_segments(context)
+    assert len(segments) == len(context) + 1
+    prefix_text = "".join(segments[: len(context.prefix)])
+    assert prefix_text.count("<|im_start|>system") == 1 and prefix_text.endswith("<|im_end|>\n")
+    for block, segment in zip(context.prefix, segments):
+        assert renderer.message(block)["content"] in segment
 
 
 def test_formats_differ_only_in_rendering_never_in_blocks(qwen_tokenizer):
@@ -99,3 +110,25 @@ def test_native_grammar_allows_a_tagged_call_or_plain_text_and_parses_both(qwen_
         grammar.parse('<tool_call>\n{"name": "read_file", "arguments": {"path": 3}}\n</tool_call>')
     write = qwen_tokenizer.encode('<tool_call>\n{"name": "write', add_special_tokens=False)
     assert not grammar.new_matcher().consume_tokens(write)  # a disabled tool cannot even be started
+
+
+def test_a_bare_or_fenced_call_object_is_a_call_and_an_answer_cannot_start_like_one(qwen_tokenizer):
+    enabled = [s for s in REGISTRY if s.name in {"read_file", "finish"}]
+    grammar = ToolCallGrammar(qwen_tokenizer, enabled, tool_format="native")
+    call = '{"name": "read_file", "arguments": {"path": "README.md"}}'
+    for text in (call, f"```json\n{call}\n```"):
+        matcher = grammar.new_matcher()
+        assert matcher.consume_tokens(qwen_tokenizer.encode(text, add_special_tokens=False)) and matcher.is_accepting()
+        assert grammar.parse(text) == ToolCall("read_file", {"path": "README.md"})
+    for text in ('{"answer": 3}', '```python\nprint(3)\n```'):
+        assert not grammar.new_matcher().consume_tokens(qwen_tokenizer.encode(text, add_special_tokens=False))
+    with pytest.raises(ToolCallError, match="disabled tool 'search'"):
+        grammar.parse('{"name": "search", "arguments": {"pattern": "x"}}')
+
+
+def test_a_grammar_without_answers_masks_plain_text(qwen_tokenizer):
+    enabled = [s for s in REGISTRY if s.name in {"read_file", "finish"}]
+    grammar = ToolCallGrammar(qwen_tokenizer, enabled, allow_answer=False, tool_format="native")
+    first = grammar.new_mask(len(qwen_tokenizer))([])
+    assert first[qwen_tokenizer.convert_tokens_to_ids("<tool_call>")]
+    assert not first[qwen_tokenizer.encode("The", add_special_tokens=False)[0]]
