@@ -1,4 +1,4 @@
-"""The local backend: each block rendered as one chat message, each message one segment, on the engine."""
+"""The local backend: L1+L2 as one system message and each L3 block as one chat message, one segment per block."""
 
 from __future__ import annotations
 
