@@ -142,7 +142,7 @@ class Agent:
             blocks=[{"layer": b.layer.name, "kind": b.kind, "key": b.key, "hash": b.hash} for b in self.context],
             segment_tokens=reply.trace.get("segment_tokens", []), prefix_tokens=reply.prefix_tokens,
             timings=reply.timings, trace=reply.trace, enabled_tools=sorted(self.enabled), reply=reply.text,
-            finish_reason=reply.finish_reason,
+            finish_reason=reply.finish_reason, layout=getattr(self.backend, "layout", None),
         )
 
     def _store_block_texts(self) -> None:

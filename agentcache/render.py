@@ -39,6 +39,7 @@ RETRY_HINT = {"json": "reply with one valid JSON object",
               "native": f"reply with one {NATIVE_CALL_OPEN} holding a JSON call, or a plain answer"}
 SENTINEL = "\x00agentcache-system\x00"
 SYSTEM_JOIN = "\n"
+SYSTEM_TURN = "system-turn"  # the layout of a request whose leading system messages are one system turn
 
 
 def format_instructions() -> str:
@@ -137,17 +138,25 @@ class ChatRenderer:
         out.append(self._render(messages, True)[len(previous):])
         return out
 
-    def block_segments(self, blocks: Iterable[Block]) -> list[str]:
-        """The segments of a context's blocks, one per block plus the generation prompt. The L1 and L2 blocks are
-        one system message (the one system turn chat models are trained on), cut into one segment per block."""
-        blocks = list(blocks)
-        prefix = [b for b in blocks if b.layer != Layer.L3]
-        if len(prefix) < 2 or not self.template_stable:
-            return self.segments([self.message(block) for block in blocks])
-        contents = [self.message(block)["content"] for block in prefix]
-        system = {"role": "system", "content": SYSTEM_JOIN.join(contents)}
-        segments = self.segments([system, *(self.message(block) for block in blocks[len(prefix):])])
-        return split_system(segments[0], contents) + segments[1:]
+    def block_segments(self, blocks: Iterable[Block], layout: str | None = SYSTEM_TURN) -> list[str]:
+        """The segments of a context's blocks, one per block plus the generation prompt. With SYSTEM_TURN the L1 and
+        L2 blocks are one system message (the one system turn chat models are trained on), cut per block; with None
+        each block is its own message (the layout of sessions written before the system turn)."""
+        messages = [self.message(block) for block in blocks]
+        return self.message_segments(messages) if layout == SYSTEM_TURN else self.segments(messages)
+
+    def message_segments(self, messages: list[dict[str, str]]) -> list[str]:
+        """Like `segments`, but the leading run of system messages is rendered as one system turn (contents joined
+        by SYSTEM_JOIN) and cut where each message's content ends, so there is still one segment per message."""
+        count = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+        if count < 2 or not self.template_stable:
+            return self.segments(messages)
+        contents = [m["content"] for m in messages[:count]]
+        segments = self.segments([{"role": "system", "content": SYSTEM_JOIN.join(contents)}, *messages[count:]])
+        try:
+            return split_system(segments[0], contents) + segments[1:]
+        except ValueError:  # the template rewrote a content: keep one message per system message
+            return self.segments(messages)
 
     def message(self, block: Block) -> dict[str, str]:
         """The chat message of a block in this renderer's tool format."""

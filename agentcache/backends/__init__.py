@@ -15,7 +15,7 @@ class GenSettings:
     top_p: float = 1.0
     seed: int | None = None
     salt: str | None = None
-    tool_required: bool = False  # this reply must be a tool call (the local backend masks plain answers)
+    tool_required: bool = False  # this reply must be a tool call (local: masked; OpenAI: the reply schema)
 
 
 @dataclass(slots=True)

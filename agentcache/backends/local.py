@@ -9,7 +9,7 @@ import torch
 
 from agentcache.backends import GenSettings, Reply
 from agentcache.backends.constrain import AllowedIds, ToolCallGrammar
-from agentcache.render import ChatRenderer
+from agentcache.render import SYSTEM_TURN, ChatRenderer
 from engine import Engine, Request, SamplingParams
 from engine.model import LoadedModel
 from engine.request import LogitsMask
@@ -25,6 +25,7 @@ class LocalBackend:
     """Safe to share between agent threads: its caches are guarded by locks; the engine serializes or batches."""
 
     name = "local"
+    layout = SYSTEM_TURN  # L1+L2 go to the engine as one system turn (recorded so inspect rebuilds the same prompt)
 
     def __init__(self, model: LoadedModel, engine: Engine | None = None, tool_format: str = "auto",
                  tool_choice: str = "auto") -> None:

@@ -54,7 +54,7 @@ class OpenAIBackend:
         return self._checker.parse(text, tools, enabled)
 
     def complete(self, context: Context, tools: list[ToolSpec], enabled: set[str], settings: GenSettings) -> Reply:
-        schema = reply_schema([t for t in tools if t.name in enabled])
+        schema = reply_schema([t for t in tools if t.name in enabled], allow_answer=not settings.tool_required)
         body: dict[str, Any] = {
             "model": self.model, "max_tokens": settings.max_tokens, "temperature": settings.temperature,
             "top_p": settings.top_p,

@@ -43,7 +43,7 @@ def build_prompt(request: Request, texts: dict[str, str], tokenizer: Any | None)
     if any(t is None for t in block_texts):
         return Prompt(blocks, block_texts, None, None)
     rebuilt = [Block(Layer[b["layer"]], b["kind"], b["key"], t.encode("utf-8")) for b, t in zip(blocks, block_texts)]
-    segments = ChatRenderer(tokenizer).block_segments(rebuilt)
+    segments = ChatRenderer(tokenizer).block_segments(rebuilt, request.layout)
     tokens = segment_ids(tokenizer, segments) if tokenizer is not None else None
     return Prompt(blocks, block_texts, segments, tokens)
 

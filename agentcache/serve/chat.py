@@ -331,7 +331,7 @@ class ChatService:
     def segments(self, messages: list[dict[str, str]]) -> list[list[int]]:
         """Token ids per message (plus the generation prompt), each segment tokenized on its own."""
         with self._render_lock:
-            texts = self._renderer.segments(messages)
+            texts = self._renderer.message_segments(messages)
         for text in texts:
             try:
                 text.encode("utf-8")

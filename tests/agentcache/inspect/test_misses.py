@@ -14,7 +14,6 @@ from agentcache.backends.local import LocalBackend
 from agentcache.cache_dir import models_dir
 from agentcache.cli import main
 from agentcache.config import RunConfig
-from agentcache.render import block_message
 from agentcache.session import Session
 from engine import Engine, Request, load_model
 from layers import Block, Context, Layer
@@ -25,15 +24,24 @@ POOL = 128 << 20
 
 
 class RecordingBackend(LocalBackend):
-    """The real local backend; also keeps the segments of every prompt it sends."""
+    """The real local backend; also keeps the segments of every prompt it hands the engine."""
 
     def __init__(self, model, engine=None):
         super().__init__(model, engine or Engine(model, capacity_bytes=POOL))
         self.sent: list[list[str]] = []
 
     def complete(self, context, tools, enabled, settings):
-        self.sent.append(self.renderer.segments([block_message(b) for b in context]))
-        return super().complete(context, tools, enabled, settings)
+        generate = self.engine.generate
+
+        def recording(request, *args, **kwargs):
+            self.sent.append(list(request.segments))
+            return generate(request, *args, **kwargs)
+
+        self.engine.generate = recording
+        try:
+            return super().complete(context, tools, enabled, settings)
+        finally:
+            del self.engine.generate
 
 
 @pytest.fixture(scope="module")

@@ -53,8 +53,11 @@ def entries(repo: Path, session_id: str, inherited: bool) -> list[Block]:
 
 
 def tokens(tokenizer, blocks: list[Block]) -> int:
-    """Our own count: the whole conversation rendered by the chat template and tokenized in one piece."""
-    text = tokenizer.apply_chat_template([block_message(b) for b in blocks], tokenize=False)
+    """Our own count: the whole conversation rendered by the chat template (L1+L2 joined into its one system
+    turn) and tokenized in one piece."""
+    system = "\n".join(block_message(b)["content"] for b in blocks if b.layer != Layer.L3)
+    messages = [{"role": "system", "content": system}] + [block_message(b) for b in blocks if b.layer == Layer.L3]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
     return len(tokenizer.encode(text, add_special_tokens=False))
 
 

@@ -66,8 +66,9 @@ def session_records(repo: Path, session_id: str) -> list[dict]:
 
 def test_run_against_serve_caches_like_the_local_backend(tmp_path):
     local_repo, remote_repo = tmp_path / "local", tmp_path / "remote"
-    shutil.copytree(EXAMPLE, local_repo)
-    shutil.copytree(EXAMPLE, remote_repo)
+    for repo in (local_repo, remote_repo):  # the OpenAI backend sends JSON-format messages: the local run does too
+        shutil.copytree(EXAMPLE, repo)
+        (repo / "agentcache.yaml").write_text("tool_format: json\n")
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     server = subprocess.Popen([sys.executable, "-m", "agentcache.cli", "serve", "--port", str(port),
