@@ -22,6 +22,7 @@ BACKENDS = ("local", "openai", "anthropic")
 CACHE_TTLS = ("5m", "1h")
 TOOL_CHOICES = ("auto", "required", "first")
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # engine.hardware.DTYPE_CHOICES, without importing torch
+QUANTS = ("none", "int8", "int4")  # engine.quant.QUANT_CHOICES, without importing torch
 
 
 def default_model() -> str:
@@ -49,6 +50,7 @@ class RunConfig:
     # auto (a plain answer allowed) or required (every reply a tool call)
     tool_format: str = "auto"  # local backend: native (the chat template's tool calls), json, or auto (native if any)
     dtype: str = "auto"  # local backend: auto (the fastest for the hardware: engine.hardware), or a dtype's name
+    quant: str = "none"  # local backend: weight-only quantization, none, int8 or int4 (engine.quant)
 
 
 def load_config(repo: Path) -> RunConfig:
@@ -128,6 +130,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must b
     "tool_format": _one_of(TOOL_FORMATS),
     "tool_choice": _one_of(TOOL_CHOICES),
     "dtype": _one_of(DTYPES),
+    "quant": _one_of(QUANTS),
 }
 
 

@@ -35,7 +35,7 @@ def local_engine(config: RunConfig) -> tuple[LoadedModel, Engine]:
     from agentcache.cache_dir import kv_dir, models_dir
     from engine import Engine, load_model
 
-    model = load_model(config.model, dtype=config.dtype, cache_dir=models_dir())
+    model = load_model(config.model, dtype=config.dtype, cache_dir=models_dir(), quant=config.quant)
     disk_dir = kv_dir() if config.disk_cache else None
     return model, Engine(model, capacity_bytes=config.kv_capacity_mb << 20, disk_dir=disk_dir)
 

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from engine import registry
 from engine.errors import EngineError, ModelNotInstalledError, UnknownModelError
 from engine.hardware import choose_dtype, default_device
+from engine.quant import quantize
 from engine.registry import ModelEntry
 
 TOKENIZER_MODEL = "smollm2-135m"  # whose tokenizer 'random-tiny-chat' borrows
@@ -36,6 +37,8 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     dtype_reason: str = "asked for"  # why this dtype (engine.hardware.choose_dtype)
+    quant: str = "none"  # weight-only quantization (engine.quant)
+    quant_reason: str = "unquantized weights"  # which kernel runs it here
 
     @property
     def config(self) -> Any:
@@ -83,11 +86,12 @@ def output_cache(output: Any) -> Any:
 
 
 def load_model(spec: str | None = None, device: str | None = None, dtype: torch.dtype | str = torch.float32,
-               cache_dir: Path | None = None) -> LoadedModel:
+               cache_dir: Path | None = None, quant: str = "none") -> LoadedModel:
     """Load a model by name: a registry model ('default' when None), 'random-tiny', a local HF directory or a hub
     id. `dtype`: a torch dtype, or a name ('auto': the fastest for the device, engine.hardware). `cache_dir`: where
     registry models are assembled and kept once converted (needed by them and by 'random-tiny-chat', which uses
-    SmolLM2's tokenizer)."""
+    SmolLM2's tokenizer). `quant`: none, int8 or int4 weights (engine.quant); a registry model keeps its int8
+    weights beside its converted ones."""
     spec = spec or "default"
     dev = torch.device(device) if device else default_device()
     reason = "asked for"
@@ -112,8 +116,10 @@ def load_model(spec: str | None = None, device: str | None = None, dtype: torch.
         model, tokenizer = _load_hub(spec, dtype)
         weights_digest, name = weights_digest_of(model), spec
     model = model.to(dev).eval()
-    fingerprint = model_fingerprint(weights_digest, dtype, tokenizer)
-    return LoadedModel(name, model, tokenizer, fingerprint, dev, dtype, reason)
+    store = _converted_dir(entry, dtype, cache_dir) if entry is not None else None
+    choice = quantize(model, quant, dev, dtype, store)
+    fingerprint = model_fingerprint(weights_digest, dtype, tokenizer, choice.scheme)
+    return LoadedModel(name, model, tokenizer, fingerprint, dev, dtype, reason, choice.scheme, choice.reason)
 
 
 def load_tokenizer(spec: str | None = None, dtype: torch.dtype = torch.float32,
@@ -158,15 +164,15 @@ def weights_digest_of(model: Any) -> str:
     return h.hexdigest()
 
 
-def model_fingerprint(weights_digest: str, dtype: torch.dtype, tokenizer: Any | None) -> str:
-    """Digest of weights, dtype, tokenizer and chat template: it roots every KV page hash."""
+def model_fingerprint(weights_digest: str, dtype: torch.dtype, tokenizer: Any | None, quant: str = "none") -> str:
+    """Digest of weights, dtype, quantization, tokenizer and chat template: it roots every KV page hash."""
     tokenizer_digest = chat_template_digest = "none"
     if tokenizer is not None:
         backend = getattr(tokenizer, "backend_tokenizer", None)
         vocab = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
         tokenizer_digest = xxhash.xxh3_128_hexdigest(vocab.encode())
         chat_template_digest = xxhash.xxh3_128_hexdigest((tokenizer.chat_template or "").encode())
-    parts = [weights_digest, str(dtype), tokenizer_digest, chat_template_digest]
+    parts = [weights_digest, str(dtype), tokenizer_digest, chat_template_digest] + ([quant] if quant != "none" else [])
     return xxhash.xxh3_128_hexdigest("\n".join(parts).encode())
 
 

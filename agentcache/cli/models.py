@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from agentcache.config import default_model
+from agentcache.config import QUANTS, RunConfig, default_model
 from agentcache.errors import AgentcacheError
 
 models_app = typer.Typer(help="The models agentcache knows by short name, and how to install them.",
@@ -26,7 +26,8 @@ def registry_report() -> dict[str, Any]:
     default = registry.find(default_model())
     dtype = choose_dtype("auto")
     return {"default": default.name if default else default_model(),
-            "dtype": {"auto": dtype.name, "reason": dtype.reason}, "models": [
+            "dtype": {"auto": dtype.name, "reason": dtype.reason},
+            "quant": {"default": RunConfig().quant, "choices": list(QUANTS)}, "models": [
         {"name": m.name, "title": m.title, "installed": m.installed(), "bytes": m.bytes, "license": m.license,
          "install": m.install, "sha256": m.sha256, "aliases": list(m.aliases)} for m in registry.MODELS]}
 
@@ -51,6 +52,8 @@ def models(ctx: typer.Context,
     console.print(table)
     console.print(f"dtype auto: {report['dtype']['auto']} here ({report['dtype']['reason']}); --dtype or `dtype:` in "
                   "agentcache.yaml picks another")
+    console.print(f"quant: {report['quant']['default']} by default; --quant or `quant:` picks "
+                  f"{', '.join(report['quant']['choices'])} (weight-only, torchao)")
 
 
 @models_app.command()

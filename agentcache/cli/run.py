@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from agentcache.cli.options import Debug, DtypeOption
+from agentcache.cli.options import Debug, DtypeOption, QuantOption
 
 
 def run(
@@ -35,6 +35,7 @@ def run(
     no_disk_cache: Annotated[bool, typer.Option("--no-disk-cache", help="Neither read nor write KV pages on disk.")]
     = False,
     dtype: DtypeOption = None,
+    quant: QuantOption = None,
     debug: Debug = False,
 ) -> None:
     """Run the agent on TASK in a repo, turn after turn, on a warm prefix.
@@ -50,7 +51,7 @@ def run(
     overrides = {"model": model, "role": role, "max_turns": max_turns, "max_tokens": max_tokens,
                  "tools": tools.split(",") if tools else None, "mode": "full" if allow_shell else mode,
                  "backend": backend, "base_url": base_url, "disk_cache": False if no_disk_cache else None,
-                 "dtype": dtype}
+                 "dtype": dtype, "quant": quant}
     console = Console(highlight=False, stderr=as_json)
     summary = run_task(repo, task, overrides, resume, api_key=api_key,
                        on_line=lambda line: line and console.print(line, soft_wrap=True, markup=False))

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from agentcache.cli.options import Debug, DtypeOption
+from agentcache.cli.options import Debug, DtypeOption, QuantOption
 
 
 def serve(
@@ -20,6 +20,7 @@ def serve(
         "--insecure-no-auth", help="Serve a non-loopback --host without --api-key: anyone who can reach it may use "
         "it. Without this flag such a bind is refused.")] = False,
     dtype: DtypeOption = None,
+    quant: QuantOption = None,
     debug: Debug = False,
 ) -> None:
     """Serve the engine over an OpenAI-compatible HTTP API with explicit context caching.
@@ -31,4 +32,4 @@ def serve(
     from agentcache.serve.app import serve as run_server
 
     run_server(host, port, model or default_model(), api_key, log=lambda line: print(line, file=sys.stderr),
-               insecure_no_auth=insecure_no_auth, dtype=dtype or "auto")
+               insecure_no_auth=insecure_no_auth, dtype=dtype or "auto", quant=quant or "none")

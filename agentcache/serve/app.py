@@ -319,7 +319,7 @@ def check_auth(host: str, api_key: str | None, insecure_no_auth: bool, log: Any)
 
 
 def serve(host: str, port: int, model: str, api_key: str | None, log: Any = print,
-          insecure_no_auth: bool = False, dtype: str = "auto") -> None:
+          insecure_no_auth: bool = False, dtype: str = "auto", quant: str = "none") -> None:
     """Load the model, then serve until interrupted."""
     import uvicorn
 
@@ -329,6 +329,6 @@ def serve(host: str, port: int, model: str, api_key: str | None, log: Any = prin
     check_auth(host, api_key, insecure_no_auth, log)
     check_listen(host, port)
     # serve keeps no disk tier
-    service = ChatService(*local_engine(RunConfig(model=model, dtype=dtype, disk_cache=False)))
+    service = ChatService(*local_engine(RunConfig(model=model, dtype=dtype, quant=quant, disk_cache=False)))
     log(f"serving {service.model_id} on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""))
     uvicorn.run(create_app(service, api_key), host=host, port=port, log_level="warning")
