@@ -7,7 +7,7 @@ MODELS := smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b
 DEFAULT_MODEL := qwen2.5-coder-0.5b
 MODEL_TARGETS := $(addprefix model-,$(MODELS))
 
-.PHONY: install demo test clean-venv $(MODEL_TARGETS)
+.PHONY: install demo test peers clean-venv $(MODEL_TARGETS)
 
 # The project, the default model, and SmolLM2 (the fast tests' model).
 install: $(VENV)/.installed model-$(DEFAULT_MODEL) model-smollm2-135m
@@ -31,6 +31,11 @@ demo: install
 # The suite has a real-model test for every registry model.
 test: install $(MODEL_TARGETS)
 	$(PY) -m pytest -q
+
+# Peers the speed benchmark compares against (not part of `make test`): llama.cpp through llama-cpp-python, built
+# from source for this CPU (several minutes on 2 cores).
+peers: $(VENV)/.installed
+	$(PIP) install --quiet llama-cpp-python==0.3.36
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,259 @@
+"""Engine speed: prefill, time per output token and a warm agent turn, for plain transformers, agentcache with each
+quantization, and llama.cpp on the same GGUF when llama-cpp-python is installed; and each quantization's greedy
+agreement with the unquantized model.
+
+One process, one model at a time, measured one after another (never two at once):
+  prefill_tok_s      a cold prompt of 512 and of 2,048 tokens, to the first token
+  tpot_ms_1k         mean time per output token of a 32-token greedy reply after 1,024 tokens of context
+  warm_turn_s        2,000 tokens already cached, then 200 new ones and a 50-token reply (end-of-text masked)
+  greedy_agreement   50 prompts (chat turns on examples/repo's files), 16 greedy tokens each: the share of tokens
+                     the quantized model produces before its first disagreement with the unquantized one
+
+    python -m benchmarks.speed                                   # the default model and SmolLM2
+    python -m benchmarks.speed --models smollm2-135m --quants none,int8 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from agentcache.cache_dir import models_dir
+from agentcache.config import DEFAULT_MODEL
+from benchmarks.prefix_reuse import token_stream
+from benchmarks.report import write_json
+from engine import Engine, Request, load_model, registry
+from engine.hardware import BF16_CPU_FLAGS, choose_dtype, cpu_flags
+from engine.model import LoadedModel
+from engine.quant import QUANT_CHOICES
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "repo"
+PREFILLS = (512, 2048)
+CONTEXT, REPLY = 1024, 32
+CACHED, NEW, WARM_REPLY = 2000, 200, 50
+PROMPTS, AGREE_TOKENS = 50, 16
+FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni")
+
+
+def no_eos(lm: LoadedModel) -> Any:
+    """A logits mask that forbids end-of-text, so a reply has exactly the tokens asked for."""
+    allowed = torch.ones(lm.config.vocab_size, dtype=torch.bool)
+    allowed[sorted(lm.eos_token_ids)] = False
+    return lambda ids: allowed
+
+
+def engine_row(lm: LoadedModel) -> dict[str, Any]:
+    """agentcache: each measurement on a fresh engine, so nothing is cached that the row does not say."""
+    stream, mask = token_stream(lm, CACHED + NEW + 2048), no_eos(lm)
+    Engine(lm, capacity_bytes=256 << 20).generate(Request([stream[:32]], max_tokens=2))  # warm torch up
+    prefill = {}
+    for n in PREFILLS:
+        result = Engine(lm, capacity_bytes=512 << 20).generate(Request([stream[:n]], max_tokens=1))
+        prefill[str(n)] = n / result.timings.ttft_s
+    result = Engine(lm, capacity_bytes=512 << 20).generate(
+        Request([stream[:CONTEXT]], max_tokens=REPLY + 1, logits_mask=mask))
+    tpot = result.timings.tpot_s
+    engine = Engine(lm, capacity_bytes=512 << 20)
+    engine.generate(Request([stream[:CACHED]], max_tokens=1))
+    start = time.perf_counter()
+    turn = engine.generate(Request([stream[:CACHED], stream[CACHED:CACHED + NEW]], max_tokens=WARM_REPLY,
+                                   logits_mask=mask))
+    warm = time.perf_counter() - start
+    assert turn.usage.cached_tokens >= CACHED - 16 and turn.usage.completion_tokens == WARM_REPLY
+    return {"prefill_tok_s": prefill, "tpot_ms_1k": tpot * 1000, "warm_turn_s": warm}
+
+
+def transformers_row(lm: LoadedModel) -> dict[str, Any]:
+    """Plain transformers on the same weights: one forward per prefill, its own cache for decode and the warm turn."""
+    from transformers import DynamicCache
+
+    model, stream = lm.model, token_stream(lm, CACHED + NEW + 2048)
+    eos = sorted(lm.eos_token_ids)
+
+    def forward(ids: list[int], cache: Any) -> torch.Tensor:
+        out = model(input_ids=torch.tensor([ids], device=lm.device), past_key_values=cache, use_cache=True,
+                    logits_to_keep=1)
+        logits = out.logits[0, -1].float()
+        logits[eos] = float("-inf")
+        return logits
+
+    def reply(cache: Any, logits: torch.Tensor, tokens: int) -> None:
+        for _ in range(tokens - 1):
+            logits = forward([int(logits.argmax())], cache)
+
+    with torch.inference_mode():
+        forward(stream[:32], DynamicCache(config=model.config))
+        prefill = {}
+        for n in PREFILLS:
+            start = time.perf_counter()
+            forward(stream[:n], DynamicCache(config=model.config))
+            prefill[str(n)] = n / (time.perf_counter() - start)
+        cache = DynamicCache(config=model.config)
+        logits = forward(stream[:CONTEXT], cache)
+        start = time.perf_counter()
+        reply(cache, logits, REPLY + 1)
+        tpot = (time.perf_counter() - start) / REPLY
+        cache = DynamicCache(config=model.config)
+        forward(stream[:CACHED], cache)
+        start = time.perf_counter()
+        reply(cache, forward(stream[CACHED:CACHED + NEW], cache), WARM_REPLY)
+        warm = time.perf_counter() - start
+    return {"prefill_tok_s": prefill, "tpot_ms_1k": tpot * 1000, "warm_turn_s": warm}
+
+
+def llama_cpp_row(lm: LoadedModel, gguf: Path) -> dict[str, Any] | None:
+    """llama.cpp on the model's own GGUF, through llama-cpp-python; its KV cache keeps the prefix for the warm turn."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    llm = Llama(model_path=str(gguf), n_ctx=4096, n_threads=torch.get_num_threads(), n_batch=512, verbose=False)
+    stream = token_stream(lm, CACHED + NEW + 2048)
+    eos = set(lm.eos_token_ids)
+
+    def greedy(tokens: int) -> None:
+        for _ in range(tokens):
+            logits = llm.scores[llm.n_tokens - 1]
+            order = logits.argsort()[::-1]
+            llm.eval([int(next(t for t in order if int(t) not in eos))])
+
+    llm.reset()
+    llm.eval(stream[:32])
+    prefill = {}
+    for n in PREFILLS:
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(stream[:n])
+        prefill[str(n)] = n / (time.perf_counter() - start)
+    llm.reset()
+    llm.eval(stream[:CONTEXT])
+    start = time.perf_counter()
+    greedy(REPLY)
+    tpot = (time.perf_counter() - start) / REPLY
+    llm.reset()
+    llm.eval(stream[:CACHED])
+    start = time.perf_counter()
+    llm.eval(stream[CACHED:CACHED + NEW])
+    greedy(WARM_REPLY - 1)
+    warm = time.perf_counter() - start
+    return {"prefill_tok_s": prefill, "tpot_ms_1k": tpot * 1000, "warm_turn_s": warm}
+
+
+def agreement_prompts(lm: LoadedModel) -> list[str]:
+    """PROMPTS chat turns: a question about each of 50 windows of examples/repo's Python files."""
+    lines = [line for path in sorted(EXAMPLE.rglob("*.py")) for line in path.read_text().splitlines()]
+    step = max(1, (len(lines) - 12) // PROMPTS)
+    prompts = []
+    for i in range(PROMPTS):
+        window = "\n".join(lines[i * step: i * step + 12])
+        messages = [{"role": "user", "content": f"What does this code do?\n```python\n{window}\n```"}]
+        prompts.append(lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return prompts
+
+
+def greedy_tokens(lm: LoadedModel, prompts: list[str]) -> list[list[int]]:
+    engine, mask = Engine(lm, capacity_bytes=512 << 20), no_eos(lm)
+    return [engine.generate(Request([p], max_tokens=AGREE_TOKENS, logits_mask=mask)).token_ids for p in prompts]
+
+
+def agreement(reference: list[list[int]], other: list[list[int]]) -> float:
+    """Mean share of each reply produced before the first token that differs from the reference's."""
+    shares = []
+    for a, b in zip(reference, other):
+        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        shares.append(same / len(a))
+    return sum(shares) / len(shares)
+
+
+def measure_model(name: str, quants: list[str], console: Console) -> dict[str, Any]:
+    dtype = choose_dtype("auto").name
+    rows, reference, prompts = [], None, None
+    for quant in quants:
+        if quant == "int4" and dtype != "bfloat16":
+            console.print(f"{name}: int4 skipped (it needs bfloat16; dtype auto is {dtype} here)")
+            continue
+        lm = load_model(name, dtype="auto", cache_dir=models_dir(), quant=quant)
+        if quant == "none":
+            console.print(f"{name}: transformers ...")
+            rows.append({"method": "transformers", "dtype": dtype, "quant": "none", **transformers_row(lm)})
+        console.print(f"{name}: agentcache {dtype} {quant} ...")
+        row = {"method": "agentcache", "dtype": dtype, "quant": quant, **engine_row(lm)}
+        prompts = prompts or agreement_prompts(lm)
+        tokens = greedy_tokens(lm, prompts)
+        reference = reference or tokens
+        row["greedy_agreement"] = agreement(reference, tokens)
+        rows.append(row)
+        del lm
+        gc.collect()
+    entry = registry.find(name)
+    gguf = registry.gguf_path(entry, models_dir()) if entry is not None else None
+    if gguf is not None:
+        lm = load_model(name, dtype="auto", cache_dir=models_dir())
+        console.print(f"{name}: llama.cpp ...")
+        row = llama_cpp_row(lm, gguf)
+        if row is None:
+            console.print("llama.cpp: llama-cpp-python is not installed (make peers), no llama.cpp row")
+        else:
+            rows.append({"method": "llama.cpp", "dtype": "gguf", "quant": gguf.stem.rsplit("-", 1)[-1], **row})
+    return {"name": name, "rows": rows}
+
+
+def ratios(model: dict[str, Any]) -> dict[str, Any]:
+    """The fastest agentcache row against transformers and llama.cpp: <1 is faster for times, >1 for throughput."""
+    rows = {r["method"]: r for r in model["rows"] if r["method"] != "agentcache"}
+    ours = [r for r in model["rows"] if r["method"] == "agentcache"]
+    best = min(ours, key=lambda r: r["warm_turn_s"])
+    out: dict[str, Any] = {"agentcache": f"{best['dtype']} {best['quant']}"}
+    long = str(max(PREFILLS))
+    for method, row in rows.items():
+        out[method] = {"tpot": best["tpot_ms_1k"] / row["tpot_ms_1k"],
+                       "prefill_long": best["prefill_tok_s"][long] / row["prefill_tok_s"][long],
+                       "warm_turn": best["warm_turn_s"] / row["warm_turn_s"]}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=f"{DEFAULT_MODEL},smollm2-135m")
+    parser.add_argument("--quants", default=",".join(QUANT_CHOICES))
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    console = Console(highlight=False)
+    flags = cpu_flags()
+    report: dict[str, Any] = {
+        "machine": {"cpu_flags": sorted(flags & set(FLAGS_SHOWN)), "cuda": torch.cuda.is_available(),
+                    "threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
+                    "bf16_native": bool(flags & set(BF16_CPU_FLAGS))},
+        "models": [measure_model(name, args.quants.split(","), console) for name in args.models.split(",")],
+    }
+    for model in report["models"]:
+        model["ratios"] = ratios(model)
+        short, long = (str(n) for n in PREFILLS)
+        table = Table("method", "dtype", "quant", f"prefill {short} tok/s", f"prefill {long} tok/s", "ms/token @1k",
+                      "warm turn s", "greedy agreement", title=model["name"])
+        for r in model["rows"]:
+            agree = r.get("greedy_agreement")
+            table.add_row(r["method"], r["dtype"], r["quant"], f"{r['prefill_tok_s'][short]:.0f}",
+                          f"{r['prefill_tok_s'][long]:.0f}", f"{r['tpot_ms_1k']:.1f}", f"{r['warm_turn_s']:.2f}",
+                          "" if agree is None else f"{agree:.3f}")
+        console.print(table)
+        for method, ratio in model["ratios"].items():
+            if method != "agentcache":
+                console.print(f"agentcache ({model['ratios']['agentcache']}) / {method}: time per token "
+                              f"{ratio['tpot']:.2f}x, prefill {long} {ratio['prefill_long']:.2f}x, "
+                              f"warm turn {ratio['warm_turn']:.2f}x")
+    write_json(args.json, report, console)
+    return report
+
+
+if __name__ == "__main__":
+    main()

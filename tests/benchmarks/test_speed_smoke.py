@@ -1,0 +1,44 @@
+"""benchmarks.speed end to end on the random tiny chat model, at small sizes: the JSON names other tools read, a row
+per method and quantization, agreement of the unquantized model with itself, ratios recomputed from the rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import speed
+from engine.hardware import choose_dtype
+
+
+@pytest.fixture()
+def small(monkeypatch):
+    for name, value in {"PREFILLS": (64, 256), "CONTEXT": 128, "REPLY": 4, "CACHED": 200, "NEW": 40,
+                        "WARM_REPLY": 5, "PROMPTS": 6, "AGREE_TOKENS": 4}.items():
+        monkeypatch.setattr(speed, name, value)
+
+
+def test_speed_report(small, tmp_path):
+    path = tmp_path / "speed.json"
+    speed.main(["--models", "random-tiny-chat", "--quants", "none,int8", "--json", str(path)])
+    report = json.loads(path.read_text())
+    assert set(report["machine"]) >= {"cpu_flags", "cuda"} and isinstance(report["machine"]["cuda"], bool)
+    (model,) = report["models"]
+    assert model["name"] == "random-tiny-chat"
+    methods = [(r["method"], r["quant"]) for r in model["rows"]]
+    assert methods == [("transformers", "none"), ("agentcache", "none"), ("agentcache", "int8")]
+    for row in model["rows"]:
+        assert row["dtype"] == choose_dtype("auto").name
+        assert set(row["prefill_tok_s"]) == {"64", "256"} and all(v > 0 for v in row["prefill_tok_s"].values())
+        assert row["tpot_ms_1k"] > 0 and row["warm_turn_s"] > 0
+    ours = [r for r in model["rows"] if r["method"] == "agentcache"]
+    assert ours[0]["greedy_agreement"] == 1.0 and 0 <= ours[1]["greedy_agreement"] <= 1
+    best = min(ours, key=lambda r: r["warm_turn_s"])
+    plain = model["rows"][0]
+    assert model["ratios"]["transformers"]["warm_turn"] == pytest.approx(best["warm_turn_s"] / plain["warm_turn_s"])
+    assert model["ratios"]["transformers"]["tpot"] == pytest.approx(best["tpot_ms_1k"] / plain["tpot_ms_1k"])
+
+
+def test_agreement_counts_tokens_before_the_first_difference():
+    assert speed.agreement([[1, 2, 3, 4]], [[1, 2, 9, 4]]) == 0.5
+    assert speed.agreement([[1, 2], [5, 6]], [[1, 2], [7, 6]]) == 0.5
