@@ -34,7 +34,7 @@ class RunConfig:
     model: str = field(default_factory=default_model)
     role: str = "coder"
     max_turns: int = 8
-    max_tokens: int = 256
+    max_tokens: int = 512  # per reply: room for an edit_file call with its old and new text
     token_budget: int = 200_000
     mode: str = "edit"  # read-only, edit (writes inside the repo) or full (edit and the shell); see MODES
     tools: list[str] = field(default_factory=list)  # empty: every tool the mode allows

@@ -7,7 +7,9 @@ One process, one model at a time, measured one after another (never two at once)
   tpot_ms_1k         mean time per output token of a 32-token greedy reply after 1,024 tokens of context
   warm_turn_s        2,000 tokens already cached, then 200 new ones and a 50-token reply (end-of-text masked)
   greedy_agreement   50 prompts (chat turns on examples/repo's files), 16 greedy tokens each: the share of tokens
-                     the quantized model produces before its first disagreement with the unquantized one
+                     the quantized model produces before its first disagreement with the unquantized one; where
+                     the dtype is not float32, float32_agreement is the same measure for float32 weights against
+                     the unquantized run (how much the dtype alone moves greedy output)
 
     python -m benchmarks.speed                                   # the default model and SmolLM2
     python -m benchmarks.speed --models smollm2-135m --quants none,int8 --json out.json
@@ -194,6 +196,13 @@ def measure_model(name: str, quants: list[str], console: Console) -> dict[str, A
         rows.append(row)
         del lm
         gc.collect()
+    result: dict[str, Any] = {"name": name, "rows": rows}
+    if dtype != "float32" and reference is not None:  # how far the dtype alone moves greedy output: the noise floor
+        console.print(f"{name}: float32 agreement ...")
+        lm = load_model(name, dtype="float32", cache_dir=models_dir())
+        result["float32_agreement"] = agreement(reference, greedy_tokens(lm, prompts))
+        del lm
+        gc.collect()
     entry = registry.find(name)
     gguf = registry.gguf_path(entry, models_dir()) if entry is not None else None
     if gguf is not None:
@@ -204,7 +213,7 @@ def measure_model(name: str, quants: list[str], console: Console) -> dict[str, A
             console.print("llama.cpp: llama-cpp-python is not installed (make peers), no llama.cpp row")
         else:
             rows.append({"method": "llama.cpp", "dtype": "gguf", "quant": gguf.stem.rsplit("-", 1)[-1], **row})
-    return {"name": name, "rows": rows}
+    return result
 
 
 def ratios(model: dict[str, Any]) -> dict[str, Any]:
@@ -246,6 +255,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           f"{r['prefill_tok_s'][long]:.0f}", f"{r['tpot_ms_1k']:.1f}", f"{r['warm_turn_s']:.2f}",
                           "" if agree is None else f"{agree:.3f}")
         console.print(table)
+        if "float32_agreement" in model:
+            console.print(f"float32 unquantized vs {model['rows'][0]['dtype']}: greedy agreement "
+                          f"{model['float32_agreement']:.3f}")
         for method, ratio in model["ratios"].items():
             if method != "agentcache":
                 console.print(f"agentcache ({model['ratios']['agentcache']}) / {method}: time per token "

@@ -217,7 +217,9 @@ class ToolCallGrammar:
         stripped = text.strip()
         if stripped.startswith("{"):
             return self._call(self._load(stripped))
-        if stripped.startswith(FENCE_OPEN.strip()) and stripped.endswith(FENCE_CLOSE.strip()):
+        if stripped.startswith(FENCE_OPEN.strip()):
+            if not stripped.endswith(FENCE_CLOSE.strip()):
+                raise ToolCallError(f"the {FENCE_OPEN.strip()} block is not closed (was it cut off?)")
             return self._call(self._load(stripped[len(FENCE_OPEN.strip()):-len(FENCE_CLOSE.strip())].strip()))
         if not stripped.startswith(NATIVE_CALL_OPEN):
             if not self.allow_answer:

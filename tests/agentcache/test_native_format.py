@@ -124,6 +124,8 @@ def test_a_bare_or_fenced_call_object_is_a_call_and_an_answer_cannot_start_like_
         assert not grammar.new_matcher().consume_tokens(qwen_tokenizer.encode(text, add_special_tokens=False))
     with pytest.raises(ToolCallError, match="disabled tool 'search'"):
         grammar.parse('{"name": "search", "arguments": {"pattern": "x"}}')
+    with pytest.raises(ToolCallError, match="block is not closed"):  # cut off by max_tokens: never an answer
+        grammar.parse(f"```json\n{call[:30]}")
 
 
 def test_a_grammar_without_answers_masks_plain_text(qwen_tokenizer):
