@@ -2,7 +2,7 @@
 quantization, and llama.cpp on the same GGUF when llama-cpp-python is installed; and each quantization's greedy
 agreement with the unquantized model.
 
-One process, one model at a time, measured one after another (never two at once):
+Each measurement runs in its own process, one after another (never two at once):
   prefill_tok_s      a cold prompt of 512 and of 2,048 tokens, to the first token
   tpot_ms_1k         mean time per output token of a 32-token greedy reply after 1,024 tokens of context
   warm_turn_s        2,000 tokens already cached, then 200 new ones and a 50-token reply (end-of-text masked)
@@ -18,8 +18,10 @@ One process, one model at a time, measured one after another (never two at once)
 from __future__ import annotations
 
 import argparse
-import gc
+import json
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,9 @@ PREFILLS = (512, 2048)
 CONTEXT, REPLY = 1024, 32
 CACHED, NEW, WARM_REPLY = 2000, 200, 50
 PROMPTS, AGREE_TOKENS = 50, 16
+QUICK = {"PREFILLS": (64, 256), "CONTEXT": 128, "REPLY": 4, "CACHED": 200, "NEW": 40, "WARM_REPLY": 5, "PROMPTS": 6,
+         "AGREE_TOKENS": 4}  # --quick: sizes for a smoke run (the test's), not for numbers
+child_flags: list[str] = []  # flags every measuring process gets (--quick)
 FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni")
 
 
@@ -176,43 +181,57 @@ def agreement(reference: list[list[int]], other: list[list[int]]) -> float:
     return sum(shares) / len(shares)
 
 
+def child(spec: str) -> dict[str, Any]:
+    """One measurement in this process: `spec` is MODEL,METHOD,QUANT,DTYPE (METHOD "greedy": agreement tokens only)."""
+    name, method, quant, dtype = spec.split(",")
+    lm = load_model(name, dtype=dtype, cache_dir=models_dir(), quant=quant)
+    if method == "transformers":
+        return {"row": transformers_row(lm)}
+    if method == "llama.cpp":
+        entry = registry.find(name)
+        return {"row": llama_cpp_row(lm, registry.gguf_path(entry, models_dir())) if entry is not None else None}
+    tokens = greedy_tokens(lm, agreement_prompts(lm))
+    return {"row": engine_row(lm) if method == "agentcache" else None, "tokens": tokens}
+
+
+def in_process(spec: str) -> dict[str, Any]:
+    """`child(spec)` in a fresh Python process, so no measurement shares memory or caches with another."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.speed", *child_flags, "--child", spec], capture_output=True,
+                          text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{spec}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'failed'}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def measure_model(name: str, quants: list[str], console: Console) -> dict[str, Any]:
     dtype = choose_dtype("auto").name
-    rows, reference, prompts = [], None, None
+    console.print(f"{name}: transformers ...")
+    rows = [{"method": "transformers", "dtype": dtype, "quant": "none",
+             **in_process(f"{name},transformers,none,{dtype}")["row"]}]
+    reference = None
     for quant in quants:
         if quant == "int4" and dtype != "bfloat16":
             console.print(f"{name}: int4 skipped (it needs bfloat16; dtype auto is {dtype} here)")
             continue
-        lm = load_model(name, dtype="auto", cache_dir=models_dir(), quant=quant)
-        if quant == "none":
-            console.print(f"{name}: transformers ...")
-            rows.append({"method": "transformers", "dtype": dtype, "quant": "none", **transformers_row(lm)})
         console.print(f"{name}: agentcache {dtype} {quant} ...")
-        row = {"method": "agentcache", "dtype": dtype, "quant": quant, **engine_row(lm)}
-        prompts = prompts or agreement_prompts(lm)
-        tokens = greedy_tokens(lm, prompts)
-        reference = reference or tokens
-        row["greedy_agreement"] = agreement(reference, tokens)
+        got = in_process(f"{name},agentcache,{quant},{dtype}")
+        reference = reference if reference is not None or quant != "none" else got["tokens"]
+        row = {"method": "agentcache", "dtype": dtype, "quant": quant, **got["row"]}
+        if reference is not None:
+            row["greedy_agreement"] = agreement(reference, got["tokens"])
         rows.append(row)
-        del lm
-        gc.collect()
     result: dict[str, Any] = {"name": name, "rows": rows}
     if dtype != "float32" and reference is not None:  # how far the dtype alone moves greedy output: the noise floor
         console.print(f"{name}: float32 agreement ...")
-        lm = load_model(name, dtype="float32", cache_dir=models_dir())
-        result["float32_agreement"] = agreement(reference, greedy_tokens(lm, prompts))
-        del lm
-        gc.collect()
-    entry = registry.find(name)
-    gguf = registry.gguf_path(entry, models_dir()) if entry is not None else None
-    if gguf is not None:
-        lm = load_model(name, dtype="auto", cache_dir=models_dir())
+        result["float32_agreement"] = agreement(reference, in_process(f"{name},greedy,none,float32")["tokens"])
+    if registry.find(name) is not None:
         console.print(f"{name}: llama.cpp ...")
-        row = llama_cpp_row(lm, gguf)
+        row = in_process(f"{name},llama.cpp,none,{dtype}")["row"]
         if row is None:
             console.print("llama.cpp: llama-cpp-python is not installed (make peers), no llama.cpp row")
         else:
-            rows.append({"method": "llama.cpp", "dtype": "gguf", "quant": gguf.stem.rsplit("-", 1)[-1], **row})
+            quant = registry.find(name).file.rsplit("-", 1)[-1].removesuffix(".gguf")
+            rows.append({"method": "llama.cpp", "dtype": "gguf", "quant": quant, **row})
     return result
 
 
@@ -235,7 +254,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--models", default=f"{DEFAULT_MODEL},smollm2-135m")
     parser.add_argument("--quants", default=",".join(QUANT_CHOICES))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not numbers")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.quick:
+        globals().update(QUICK)
+        child_flags[:] = ["--quick"]
+    if args.child:
+        print(json.dumps(child(args.child)))
+        return {}
     console = Console(highlight=False)
     flags = cpu_flags()
     report: dict[str, Any] = {

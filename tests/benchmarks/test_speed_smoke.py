@@ -1,4 +1,4 @@
-"""benchmarks.speed end to end on the random tiny chat model, at small sizes: the JSON names other tools read, a row
+"""benchmarks.speed end to end on the random tiny chat model, at its --quick sizes (each row in its own process): the JSON names other tools read, a row
 per method and quantization, agreement of the unquantized model with itself, ratios recomputed from the rows."""
 
 from __future__ import annotations
@@ -11,16 +11,9 @@ from benchmarks import speed
 from engine.hardware import choose_dtype
 
 
-@pytest.fixture()
-def small(monkeypatch):
-    for name, value in {"PREFILLS": (64, 256), "CONTEXT": 128, "REPLY": 4, "CACHED": 200, "NEW": 40,
-                        "WARM_REPLY": 5, "PROMPTS": 6, "AGREE_TOKENS": 4}.items():
-        monkeypatch.setattr(speed, name, value)
-
-
-def test_speed_report(small, tmp_path):
+def test_speed_report(tmp_path):
     path = tmp_path / "speed.json"
-    speed.main(["--models", "random-tiny-chat", "--quants", "none,int8", "--json", str(path)])
+    speed.main(["--quick", "--models", "random-tiny-chat", "--quants", "none,int8", "--json", str(path)])
     report = json.loads(path.read_text())
     assert set(report["machine"]) >= {"cpu_flags", "cuda"} and isinstance(report["machine"]["cuda"], bool)
     (model,) = report["models"]
