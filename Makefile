@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # The models agentcache knows by short name (`agentcache models`); run, script and serve use the default one.
 MODELS := smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b
-DEFAULT_MODEL := qwen2.5-coder-0.5b
+DEFAULT_MODEL := qwen2.5-coder-1.5b
 MODEL_TARGETS := $(addprefix model-,$(MODELS))
 
 .PHONY: install demo test peers clean-venv $(MODEL_TARGETS)

@@ -16,13 +16,13 @@ from agentcache.render import TOOL_FORMATS
 from agentcache.tools.toolbox import FUNCTIONS, MODES, mode_tools
 
 CONFIG_FILE = "agentcache.yaml"
-DEFAULT_MODEL = "qwen2.5-coder-0.5b"  # the registry's default (engine.registry.DEFAULT_MODEL); docs/models.md says why
+DEFAULT_MODEL = "qwen2.5-coder-1.5b"  # the registry's default (engine.registry.DEFAULT_MODEL); docs/models.md says why
 MODEL_ENV = "AGENTCACHE_MODEL"  # overrides the default model, as agentcache.yaml's `model:` and --model do
 BACKENDS = ("local", "openai", "anthropic")
 CACHE_TTLS = ("5m", "1h")
 TOOL_CHOICES = ("auto", "required", "first")
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # engine.hardware.DTYPE_CHOICES, without importing torch
-QUANTS = ("none", "int8", "int4")  # engine.quant.QUANT_CHOICES, without importing torch
+QUANTS = ("auto", "none", "int8", "int4")  # engine.quant.QUANT_CHOICES, without importing torch
 
 
 def default_model() -> str:
@@ -50,7 +50,8 @@ class RunConfig:
     # auto (a plain answer allowed) or required (every reply a tool call)
     tool_format: str = "auto"  # local backend: native (the chat template's tool calls), json, or auto (native if any)
     dtype: str = "auto"  # local backend: auto (the fastest for the hardware: engine.hardware), or a dtype's name
-    quant: str = "none"  # local backend: weight-only quantization, none, int8 or int4 (engine.quant)
+    quant: str = "auto"  # local backend: weight-only quantization: auto (int8 on a CPU with the int8 kernel), none,
+    # int8 or int4 (engine.quant)
 
 
 def load_config(repo: Path) -> RunConfig:

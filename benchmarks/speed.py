@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -120,18 +121,21 @@ def transformers_row(lm: LoadedModel) -> dict[str, Any]:
 def llama_cpp_row(lm: LoadedModel, gguf: Path) -> dict[str, Any] | None:
     """llama.cpp on the model's own GGUF, through llama-cpp-python; its KV cache keeps the prefix for the warm turn."""
     try:
-        from llama_cpp import Llama
+        import llama_cpp
     except ImportError:
         return None
-    llm = Llama(model_path=str(gguf), n_ctx=4096, n_threads=torch.get_num_threads(), n_batch=512, verbose=False)
+    import numpy as np
+
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=4096, n_threads=torch.get_num_threads(), n_batch=512,
+                          verbose=False)
     stream = token_stream(lm, CACHED + NEW + 2048)
-    eos = set(lm.eos_token_ids)
+    eos = sorted(lm.eos_token_ids)
 
     def greedy(tokens: int) -> None:
-        for _ in range(tokens):
-            logits = llm.scores[llm.n_tokens - 1]
-            order = logits.argsort()[::-1]
-            llm.eval([int(next(t for t in order if int(t) not in eos))])
+        for _ in range(tokens):  # the last evaluated token's logits, end-of-text masked, as the engine's rows do
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(llm.n_vocab(),)).copy()
+            logits[eos] = -np.inf
+            llm.eval([int(logits.argmax())])
 
     llm.reset()
     llm.eval(stream[:32])
@@ -230,7 +234,8 @@ def measure_model(name: str, quants: list[str], console: Console) -> dict[str, A
         if row is None:
             console.print("llama.cpp: llama-cpp-python is not installed (make peers), no llama.cpp row")
         else:
-            quant = registry.find(name).file.rsplit("-", 1)[-1].removesuffix(".gguf")
+            found = re.search(r"(q\d\w*)\.gguf$", registry.find(name).file, re.IGNORECASE)
+            quant = found.group(1).upper() if found else "gguf"
             rows.append({"method": "llama.cpp", "dtype": "gguf", "quant": quant, **row})
     return result
 

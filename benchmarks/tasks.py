@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentcache.agent import Agent, Outcome
-from agentcache.config import TOOL_CHOICES, RunConfig, check_config
+from agentcache.config import QUANTS, TOOL_CHOICES, RunConfig, check_config
 from agentcache.errors import AgentcacheError
 from agentcache.records import USAGE_FIELDS, Request, requests_of
 from agentcache.session import Session
@@ -213,13 +213,14 @@ def model_report(name: str, records: list[dict[str, Any]], load_s: float) -> dic
 
 
 def run_model(name: str, tasks: list[Task], work: Path, console: Console, tool_format: str = "auto",
-              tool_choice: str = RunConfig().tool_choice) -> dict[str, Any]:
-    """Every task on one model and one engine, loaded once; the backend replies in `tool_format`, `tool_choice`."""
+              tool_choice: str = RunConfig().tool_choice, quant: str = RunConfig().quant) -> dict[str, Any]:
+    """Every task on one model and one engine, loaded once (weights quantized by `quant`); the backend replies in
+    `tool_format`, `tool_choice`."""
     from agentcache.backends.local import LocalBackend
     from agentcache.wiring import load_registry, local_engine
 
     start = time.perf_counter()
-    model, engine = local_engine(check_config(RunConfig(model=name, disk_cache=False)))
+    model, engine = local_engine(check_config(RunConfig(model=name, disk_cache=False, quant=quant)))
     load_s = time.perf_counter() - start
     backend, registry = LocalBackend(model, engine, tool_format, tool_choice), load_registry()
     (work / slug(name)).mkdir(parents=True, exist_ok=True)
@@ -272,6 +273,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tool-choice", default=RunConfig().tool_choice, choices=TOOL_CHOICES,
                    help="first: a task's first reply is a tool call; required: every reply is a tool call, the "
                         "answer comes through finish; auto: any reply may answer")
+    p.add_argument("--quant", default=RunConfig().quant, choices=QUANTS, help="weight-only quantization")
     p.add_argument("--keep", type=Path, help="keep each task's repo copy and session under this folder")
     return p.parse_args(argv)
 
@@ -281,9 +283,11 @@ def run_suite(args: argparse.Namespace, work: Path, console: Console) -> dict[st
     names = [name.strip() for name in args.models.split(",") if name.strip()]
     if not names:
         raise AgentcacheError("--models names no model")
-    reports = [run_model(name, tasks, work, console, args.tool_format, args.tool_choice) for name in names]
+    reports = [run_model(name, tasks, work, console, args.tool_format, args.tool_choice, args.quant)
+               for name in names]
     return {"models": reports, "settings": {"tasks": [t.id for t in tasks], "max_turns": args.max_turns,
-                                            "tool_format": args.tool_format, "tool_choice": args.tool_choice},
+                                            "tool_format": args.tool_format, "tool_choice": args.tool_choice,
+                                            "quant": args.quant, "max_tokens": RunConfig().max_tokens},
             "notes": NOTES}
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from engine.errors import EngineError
 
-QUANT_CHOICES = ("none", "int8", "int4")
+QUANT_CHOICES = ("auto", "none", "int8", "int4")
 TORCHAO_INSTALL = "pip install torchao==0.18.0"
 PACK_MAX_ROWS = 16  # rows up to which the int8 kernel beats widening the weights (measured on a 2-core AVX-512 CPU)
 INT4_GROUPS = (128, 64, 32)  # group sizes tried for int4, largest first: the first that divides every input width
@@ -57,10 +57,14 @@ class Int8Linear(nn.Module):
 
 def quantize(model: nn.Module, scheme: str, device: torch.device, dtype: torch.dtype,
              store: Path | None = None) -> QuantChoice:
-    """Replace the model's Linear layers by `scheme`'s in place; 'none' leaves the model as it is. With `store` (the
-    model's converted folder) int8 weights are kept there once computed and, verified by sha256, reused."""
+    """Replace the model's Linear layers by `scheme`'s in place; 'none' leaves the model as it is, 'auto' takes int8
+    on a CPU where PyTorch's int8 kernel runs (decode there is bound by reading the weights) and none elsewhere.
+    With `store` (the model's converted folder) int8 weights are kept there once computed and, verified by sha256,
+    reused."""
     if scheme not in QUANT_CHOICES:
         raise EngineError(f"unknown quant '{scheme}' (known: {', '.join(QUANT_CHOICES)})")
+    if scheme == "auto":
+        scheme = "int8" if device.type == "cpu" and int8_kernel_runs(device, dtype) else "none"
     if scheme == "none":
         return QuantChoice("none", "unquantized weights")
     try:

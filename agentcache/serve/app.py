@@ -319,7 +319,7 @@ def check_auth(host: str, api_key: str | None, insecure_no_auth: bool, log: Any)
 
 
 def serve(host: str, port: int, model: str, api_key: str | None, log: Any = print,
-          insecure_no_auth: bool = False, dtype: str = "auto", quant: str = "none") -> None:
+          insecure_no_auth: bool = False, dtype: str = "auto", quant: str = "auto") -> None:
     """Load the model, then serve until interrupted."""
     import uvicorn
 

@@ -90,5 +90,12 @@ def test_int4_needs_bfloat16_and_an_unknown_scheme_is_refused():
 def test_the_config_knows_the_engine_quants():
     assert QUANTS == QUANT_CHOICES
     assert check_config(config_from({"quant": "int8"})).quant == "int8"
-    with pytest.raises(AgentcacheError, match="quant must be one of none, int8, int4, got 'int3'"):
+    with pytest.raises(AgentcacheError, match="quant must be one of auto, none, int8, int4, got 'int3'"):
         check_config(config_from({"quant": "int3"}))
+
+
+def test_auto_is_int8_on_a_cpu_where_the_kernel_runs_else_unquantized():
+    model = nn.Sequential(nn.Linear(32, 8))
+    choice = quantize(model, "auto", torch.device("cpu"), torch.float32)
+    runs = int8_kernel_runs(torch.device("cpu"), torch.float32)
+    assert choice.scheme == ("int8" if runs else "none") and isinstance(model[0], Int8Linear) == runs
