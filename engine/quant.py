@@ -10,7 +10,6 @@ int4: torchao's grouped int4 weight-only tensors: on a CPU its tinygemm CPU layo
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from engine.errors import EngineError
+from engine.registry import sha256_of
 
 QUANT_CHOICES = ("auto", "none", "int8", "int4")
 TORCHAO_INSTALL = "pip install torchao==0.18.0"
@@ -90,7 +90,7 @@ def int8_tensors(linears: list[tuple[str, nn.Linear]], store: Path | None) -> di
     recorded sha256, else computed by torchao (and kept in `store`)."""
     path = store / "int8.safetensors" if store is not None else None
     digest = path.with_suffix(".sha256") if path is not None else None
-    if path is not None and path.is_file() and digest.is_file() and _sha256(path) == digest.read_text().strip():
+    if path is not None and path.is_file() and digest.is_file() and sha256_of(path) == digest.read_text().strip():
         return load_file(str(path))
     from torchao.quantization import PerRow
     from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
@@ -103,17 +103,9 @@ def int8_tensors(linears: list[tuple[str, nn.Linear]], store: Path | None) -> di
     if path is not None:
         tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
         save_file(tensors, str(tmp))
-        digest.write_text(_sha256(tmp) + "\n")
+        digest.write_text(sha256_of(tmp) + "\n")
         tmp.replace(path)
     return tensors
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def int8_kernel_runs(device: torch.device, dtype: torch.dtype) -> bool:

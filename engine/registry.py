@@ -122,6 +122,11 @@ def verify(path: Path, entry: ModelEntry) -> None:
     _check(entry, path, *_stream([path]))
 
 
+def sha256_of(path: Path) -> str:
+    """The sha256 of one file, read in chunks."""
+    return _stream([path])[1]
+
+
 def _stream(paths: Iterable[Path], out: BinaryIO | None = None) -> tuple[int, str]:
     """Size and sha256 of the files read in order, in chunks, copied to `out` when given."""
     digest, size = hashlib.sha256(), 0
