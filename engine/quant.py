@@ -63,8 +63,9 @@ def quantize(model: nn.Module, scheme: str, device: torch.device, dtype: torch.d
     reused."""
     if scheme not in QUANT_CHOICES:
         raise EngineError(f"unknown quant '{scheme}' (known: {', '.join(QUANT_CHOICES)})")
+    packed = int8_kernel_runs(device, dtype) if scheme in ("auto", "int8") else False
     if scheme == "auto":
-        scheme = "int8" if device.type == "cpu" and int8_kernel_runs(device, dtype) else "none"
+        scheme = "int8" if device.type == "cpu" and packed else "none"
     if scheme == "none":
         return QuantChoice("none", "unquantized weights")
     try:
@@ -73,7 +74,6 @@ def quantize(model: nn.Module, scheme: str, device: torch.device, dtype: torch.d
         raise EngineError(f"--quant {scheme} needs torchao: {TORCHAO_INSTALL}") from None
     linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if scheme == "int8":
-        packed = int8_kernel_runs(device, dtype)
         tensors = int8_tensors(linears, store)
         for name, module in linears:
             weight, scale = tensors[f"{name}.weight"].to(device), tensors[f"{name}.scale"].to(device, dtype)
