@@ -47,11 +47,11 @@ class ModelRunner:
         return logits
 
     def decode_batch(self, seqs: list[Sequence]) -> DecodeBatch:
-        return DecodeBatch(seqs, self.store)
+        return DecodeBatch(seqs, self.store, self.model.model)
 
     def decode(self, batch: DecodeBatch) -> torch.Tensor:
         """One decode step for every row of the batch: next-token logits, one row per sequence."""
-        return batch.forward(self.model.model)
+        return batch.forward()
 
     def _forward(self, token_ids: list[int], cache: DynamicCache) -> torch.Tensor:
         ids = torch.tensor([token_ids], dtype=torch.long, device=self.model.device)

@@ -195,6 +195,7 @@ class Scheduler:
 
     def _decode_step(self) -> None:
         if self.batch is None or self.batch.seqs != self.running:
+            self.batch = None  # its buffer goes before the next one is allocated
             self.batch = self.runner.decode_batch(list(self.running))
         logits = self.runner.decode(self.batch)
         self.steps, self.rows = self.steps + 1, self.rows + len(self.running)
