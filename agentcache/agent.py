@@ -34,9 +34,11 @@ class Outcome:
 class Agent:
     def __init__(self, repo: Path, backend: Backend, config: RunConfig, session: Session,
                  on_turn: OnTurn | None = None, context: Context | None = None,
-                 registry: ToolRegistry | None = None) -> None:
+                 registry: ToolRegistry | None = None, lineage: str | None = None) -> None:
         """An agent on the L1+L2 prefix of its role or, given `context`, on a copy of its exact blocks (a fork).
-        `registry`: the tool specs the run loaded once (loaded here when None)."""
+        `registry`: the tool specs the run loaded once (loaded here when None). `lineage`: the session id its
+        requests are routed by under `routing: session` (a fork gets its parent's; by default its own session's,
+        which a resumed session keeps)."""
         self.repo, self.backend, self.config, self.session = repo, backend, config, session
         registry = registry if registry is not None else ToolRegistry.from_dir(PROMPTS_DIR / "tools")
         enabled = mode_tools(config.mode, config.tools)  # the grammar's mask and the ToolBox's refusal
@@ -46,6 +48,7 @@ class Agent:
         self.context = (Context(context.blocks) if context is not None
                         else build_prefix(repo, PROMPTS_DIR, role=config.role, tools=registry))
         self.on_turn = on_turn
+        self.lineage = lineage or session.id
         self.spent = 0
         self.errors = 0
         self.turns_done = 0
@@ -53,7 +56,9 @@ class Agent:
         self.repeats = RepeatGuard()
 
     def resume(self) -> str | None:
-        """Replay the session's L3 entries; returns the context id the session last saw."""
+        """Replay the session's L3 entries; returns the context id the session last saw. A resumed fork keeps its
+        parent's routing lineage."""
+        self.lineage = self.session.lineage()
         last_id = None
         for record in self.session.records():
             typed = parse_record(record)
@@ -86,7 +91,8 @@ class Agent:
     def step(self, turn: int) -> Outcome | None:
         self._compact_if_needed()
         settings = GenSettings(max_tokens=self.config.max_tokens, temperature=self.config.temperature,
-                               salt=self.config.salt or None, tool_required=self._look_first())
+                               salt=self.config.salt or None, tool_required=self._look_first(),
+                               routing_key=self._routing_key())
         reply = self.backend.complete(self.context, self.specs, self.enabled, settings)
         self.spent += reply.usage["computed_tokens"] + reply.usage["completion_tokens"]
         record = self._request_record(turn, reply)
@@ -129,6 +135,10 @@ class Agent:
         """tool_choice "first": until the task has made a tool call, the reply must be one (look, then answer)."""
         return self.config.tool_choice == "first" and not any(b.kind == "tool_call" for b in self.context.l3)
 
+    def _routing_key(self) -> str | None:
+        """The key that keeps this request on the replica that holds its prefix (config `routing`)."""
+        return {"session": self.lineage, "prefix": self.context.context_id, "none": None}[self.config.routing]
+
     def _tool_format(self) -> str:
         return getattr(self.backend, "tool_format", "json")
 
@@ -143,6 +153,7 @@ class Agent:
             segment_tokens=reply.trace.get("segment_tokens", []), prefix_tokens=reply.prefix_tokens,
             timings=reply.timings, trace=reply.trace, enabled_tools=sorted(self.enabled), reply=reply.text,
             finish_reason=reply.finish_reason, layout=getattr(self.backend, "layout", None),
+            routing_key=reply.routing_key, replica=reply.replica,
         )
 
     def _store_block_texts(self) -> None:

@@ -23,6 +23,7 @@ CACHE_TTLS = ("5m", "1h")
 TOOL_CHOICES = ("auto", "required", "first")
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # engine.hardware.DTYPE_CHOICES, without importing torch
 QUANTS = ("auto", "none", "int8", "int4")  # engine.quant.QUANT_CHOICES, without importing torch
+ROUTINGS = ("session", "prefix", "none")  # what an OpenAI-compatible request's routing key is (docs/fleet.md)
 
 
 def default_model() -> str:
@@ -52,6 +53,8 @@ class RunConfig:
     dtype: str = "auto"  # local backend: auto (the fastest for the hardware: engine.hardware), or a dtype's name
     quant: str = "auto"  # local backend: weight-only quantization: auto (int8 on a CPU with the int8 kernel), none,
     # int8 or int4 (engine.quant)
+    routing: str = "session"  # openai backend: the routing key each request carries: session (the session lineage:
+    # forks and resumes keep their parent's), prefix (the L1+L2 context id) or none
 
 
 def load_config(repo: Path) -> RunConfig:
@@ -132,6 +135,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must b
     "tool_choice": _one_of(TOOL_CHOICES),
     "dtype": _one_of(DTYPES),
     "quant": _one_of(QUANTS),
+    "routing": _one_of(ROUTINGS),
 }
 
 

@@ -84,7 +84,7 @@ BY_TYPE: dict[str, dict[str, Check]] = {  # the checks of the keys a record of e
         "enabled_tools": ("a list of strings", _list_of(_text)),
         "backend": TEXT,
         **{name: TEXT_OR_NONE for name in ("error", "reply", "model", "salt", "fingerprint", "cache_ttl",
-                                           "stopped", "layout")},
+                                           "stopped", "layout", "routing_key", "replica")},
     },
     "block": {"hash": TEXT, "text": TEXT},
     "compaction": {"l3": ENTRIES, "dropped": ("a count", _count)},
@@ -145,7 +145,7 @@ class Usage:
         return int(self.extra.get("disk_tokens", 0))
 
 
-OPTIONAL_KEYS = ("tool_call", "tool_result", "error", "stopped", "layout")  # request keys written only when set
+OPTIONAL_KEYS = ("tool_call", "tool_result", "error", "stopped", "layout", "routing_key", "replica")  # request keys written only when set
 
 
 @dataclass(slots=True)
@@ -170,11 +170,13 @@ class Request:
     reply: str | None = None
     finish_reason: str | None = None
     appended: list[dict[str, str]] = field(default_factory=list)
-    tool_call: dict[str, Any] | None = None  # the five below are written only when set
+    tool_call: dict[str, Any] | None = None  # the seven below are written only when set
     tool_result: dict[str, Any] | None = None
     error: str | None = None
     stopped: str | None = None  # why the run ended after this request when the loop itself stopped it ("stuck")
     layout: str | None = None  # render.SYSTEM_TURN: L1+L2 sent as one system turn; absent: one message per block
+    routing_key: str | None = None  # the key a router was given to keep the request with its own (openai backend)
+    replica: str | None = None  # which replica served it, where the server says so
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Request:

@@ -58,6 +58,23 @@ class Session:
             raise AgentcacheError(f"no session '{ref}' in {SESSIONS_DIR} of this repo")
         return cls(path)
 
+    def lineage(self) -> str:
+        """The id of the session this one descends from by forks (its own id when it is not a fork): the routing key
+        of `routing: session`. A fork's first record names its parent (`forked_from`)."""
+        session, seen = self, {self.id}
+        while True:
+            records = session.read()[0] if session.path.is_file() else []
+            first = records[0] if records else {}
+            parent = first.get("forked_from") if first.get("type") == "agent" else None
+            parent_id = parent.get("session_id") if isinstance(parent, dict) else None
+            if not isinstance(parent_id, str) or Path(parent_id).name != parent_id or parent_id in seen:
+                return session.id
+            path = session.path.with_name(f"{parent_id}.jsonl")
+            if not path.is_file():
+                return session.id
+            seen.add(parent_id)
+            session = Session(path)
+
     def append(self, record: dict[str, Any]) -> None:
         """One whole line per write, flushed and synced, so a killed run leaves only complete records."""
         line = (json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")

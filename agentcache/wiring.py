@@ -40,8 +40,8 @@ def local_engine(config: RunConfig) -> tuple[LoadedModel, Engine]:
     return model, Engine(model, capacity_bytes=config.kv_capacity_mb << 20, disk_dir=disk_dir)
 
 
-def build_backend(config: RunConfig, api_key: str | None, session_id: str) -> Backend:
-    """The backend the config names; the openai backend keys the server's prompt cache by session."""
+def build_backend(config: RunConfig, api_key: str | None) -> Backend:
+    """The backend the config names (the openai backend's routing key comes with each request: Agent)."""
     if config.backend == "local":
         from agentcache.backends.local import LocalBackend
 
@@ -51,7 +51,7 @@ def build_backend(config: RunConfig, api_key: str | None, session_id: str) -> Ba
         from agentcache.backends.openai import OpenAIBackend
 
         key = api_key or os.environ.get("OPENAI_API_KEY")
-        return OpenAIBackend(config.base_url, config.model, key, cache_key=session_id)
+        return OpenAIBackend(config.base_url, config.model, key)
     if config.backend == "anthropic":
         from agentcache.backends.anthropic import AnthropicBackend
 
@@ -87,7 +87,7 @@ def run_task(repo: Path, task: str, overrides: dict[str, Any], resume: str | Non
     session = Session.open(root, resume) if resume else Session.create(root)
     if resume:
         check_resumable(session)
-    backend = build_backend(config, api_key, session.id)
+    backend = build_backend(config, api_key)
     agent = Agent(root, backend, config, session, on_turn=lambda record: on_line(turn_line(record)),
                   registry=load_registry())
     if resume:
@@ -127,7 +127,7 @@ def open_script_run(path: Path, repo: Path, model: str | None, on_event: OnEvent
     base.model = model or script.model or base.model
     check_config(base)
     check_script_backends(script, base)
-    return ScriptRun(script, root, build_backend(base, None, script.name), base, on_event, registry)
+    return ScriptRun(script, root, build_backend(base, None), base, on_event, registry)
 
 
 def check_script_backends(script: Script, base: RunConfig) -> None:

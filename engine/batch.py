@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from engine.decode_step import LeanStep, lean_step
+from engine.decode_step import LeanStep
 from engine.kv_store import KVStore
 from engine.model import with_cache
 from engine.sequence import Sequence
@@ -50,9 +50,9 @@ class PoolView:
 class DecodeBatch:
     """Built once per membership; one forward per step for all rows."""
 
-    def __init__(self, seqs: list[Sequence], store: KVStore, model: Any) -> None:
-        self.seqs, self.store, self.model = seqs, store, model
-        self.lean: LeanStep | None = lean_step(model)
+    def __init__(self, seqs: list[Sequence], store: KVStore, model: Any, lean: LeanStep | None) -> None:
+        """`lean`: the model's lean step (engine.decode_step), or None to decode through transformers' forward."""
+        self.seqs, self.store, self.model, self.lean = seqs, store, model, lean
         device = store.k.device
         width = max(len(s.table) for s in seqs)
         tables = [s.table + [s.table[0]] * (width - len(s.table)) for s in seqs]

@@ -176,6 +176,15 @@ def model_fingerprint(weights_digest: str, dtype: torch.dtype, tokenizer: Any | 
     return xxhash.xxh3_128_hexdigest("\n".join(parts).encode())
 
 
+def converted_model_dir(name: str, dtype: torch.dtype, cache_dir: Path) -> Path:
+    """A registry model's converted HF folder for `dtype` (converted now if it is not there yet): what other
+    engines (vLLM) load unchanged."""
+    entry = registry.find(name)
+    if entry is None:
+        raise _unknown(name, "it is not a registry model")
+    return _converted_dir(entry, dtype, cache_dir)
+
+
 def _converted_stem(entry: ModelEntry) -> str:
     return f"{entry.name}-{entry.sha256[:16]}"
 

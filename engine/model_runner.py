@@ -9,6 +9,7 @@ import torch
 from transformers import DynamicCache
 
 from engine.batch import DecodeBatch
+from engine.decode_step import LeanStep, lean_step
 from engine.kv_store import KVStore
 from engine.model import LoadedModel, with_cache
 from engine.sequence import Sequence
@@ -21,6 +22,7 @@ class ModelRunner:
     def __init__(self, model: LoadedModel, store: KVStore) -> None:
         self.model, self.store = model, store
         self.workspace = PrefillWorkspace(store)
+        self.lean: LeanStep | None = lean_step(model.model)  # None: decode through transformers' forward
 
     @property
     def tokenizer(self) -> Any | None:
@@ -47,7 +49,7 @@ class ModelRunner:
         return logits
 
     def decode_batch(self, seqs: list[Sequence]) -> DecodeBatch:
-        return DecodeBatch(seqs, self.store, self.model.model)
+        return DecodeBatch(seqs, self.store, self.model.model, self.lean)
 
     def decode(self, batch: DecodeBatch) -> torch.Tensor:
         """One decode step for every row of the batch: next-token logits, one row per sequence."""

@@ -16,6 +16,7 @@ class GenSettings:
     seed: int | None = None
     salt: str | None = None
     tool_required: bool = False  # this reply must be a tool call (local: masked; OpenAI: the reply schema)
+    routing_key: str | None = None  # which requests belong together, for a router in front of replicas (OpenAI)
 
 
 @dataclass(slots=True)
@@ -28,6 +29,8 @@ class Reply:
     timings: dict[str, float]
     trace: dict[str, Any] = field(default_factory=dict)
     prefix_tokens: int = 0
+    routing_key: str | None = None  # the routing key the request carried (openai backend)
+    replica: str | None = None  # the replica that served it, where the server says so
 
 
 class Backend(Protocol):

@@ -21,17 +21,18 @@ from agentcache.render import block_message
 from layers import Context, TiktokenCounter, ToolSpec
 
 DEFAULT_WINDOW = 8192
+ROUTING_HEADERS = ("X-Session-ID", "X-SMG-Routing-Key")  # vllm-router's and SGLang's router's affinity headers
 
 
 class OpenAIBackend:
     name = "openai"
     tool_format = "json"
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, cache_key: str | None = None,
-                 use_contexts: bool = True, timeout_s: float = 600.0) -> None:
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, use_contexts: bool = True,
+                 timeout_s: float = 600.0) -> None:
         if not base_url:
             raise AgentcacheError("the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-        self.base_url, self.model, self.cache_key = base_url, model, cache_key
+        self.base_url, self.model = base_url, model
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0, timeout=timeout_s)
         self.use_contexts = use_contexts
         self._context: tuple[str, str, int] | None = None  # (prefix id, server context id, its tokens)
@@ -62,11 +63,18 @@ class OpenAIBackend:
         }
         if settings.seed is not None:
             body["seed"] = settings.seed
-        if self.cache_key:
-            body["prompt_cache_key"] = self.cache_key
+        if settings.salt:  # vLLM's and agentcache serve's: requests with different salts share no cached KV
+            body["cache_salt"] = settings.salt
+        key = settings.routing_key
+        if key:  # the routing-key contract (docs/fleet.md): the same key as headers a router reads and as the
+            # OpenAI field a hosted API reads
+            body["prompt_cache_key"] = key
+            body["extra_headers"] = {header: key for header in ROUTING_HEADERS}
         started = time.perf_counter()
         response, context_tokens = self._chat(context, body)
-        return self._reply(response, context_tokens, time.perf_counter() - started)
+        reply = self._reply(response, context_tokens, time.perf_counter() - started)
+        reply.routing_key = key
+        return reply
 
     def _chat(self, context: Context, body: dict[str, Any]) -> tuple[Any, int]:
         """Send with the context id when the server has contexts; recreate an expired context once."""
@@ -119,8 +127,9 @@ class OpenAIBackend:
         timings, source = request_timings(response, elapsed_s)
         choice = response.choices[0]
         trace = {"context_tokens": context_tokens, "response_id": response.id, "timings_from": source}
+        replica = (getattr(response, "model_extra", None) or {}).get("replica")
         return Reply(choice.message.content or "", choice.finish_reason or "stop", counts, timings, trace,
-                     context_tokens)
+                     context_tokens, replica=replica if isinstance(replica, str) else None)
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return call_with_retries(openai, self.base_url, fn, *args, **kwargs)

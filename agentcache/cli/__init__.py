@@ -7,6 +7,7 @@ import typer
 
 from agentcache.cli import inspect, run, script, serve
 from agentcache.cli.cache import cache_app
+from agentcache.cli.fleet import fleet_app
 from agentcache.cli.models import models_app
 from agentcache.cli.options import Debug
 from agentcache.errors import AgentcacheError
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 
 app.add_typer(cache_app, name="cache")
+app.add_typer(fleet_app, name="fleet")
 app.add_typer(models_app, name="models")
 for command in (inspect.inspect, run.run, serve.serve, script.script):
     app.command()(command)

@@ -31,6 +31,8 @@ def run(
     base_url: Annotated[Optional[str], typer.Option(help="Server for --backend openai, e.g. http://127.0.0.1:8000/v1.")] = None,
     api_key: Annotated[Optional[str], typer.Option(help="API key for --backend openai/anthropic "
                                                    "(default: OPENAI_API_KEY / ANTHROPIC_API_KEY).")] = None,
+    routing: Annotated[Optional[str], typer.Option(help="--backend openai: each request's routing key: session "
+                       "(the session lineage), prefix (the L1+L2 context id) or none; docs/fleet.md.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end.")] = False,
     no_disk_cache: Annotated[bool, typer.Option("--no-disk-cache", help="Neither read nor write KV pages on disk.")]
     = False,
@@ -51,7 +53,7 @@ def run(
     overrides = {"model": model, "role": role, "max_turns": max_turns, "max_tokens": max_tokens,
                  "tools": tools.split(",") if tools else None, "mode": "full" if allow_shell else mode,
                  "backend": backend, "base_url": base_url, "disk_cache": False if no_disk_cache else None,
-                 "dtype": dtype, "quant": quant}
+                 "dtype": dtype, "quant": quant, "routing": routing}
     console = Console(highlight=False, stderr=as_json)
     summary = run_task(repo, task, overrides, resume, api_key=api_key,
                        on_line=lambda line: line and console.print(line, soft_wrap=True, markup=False))

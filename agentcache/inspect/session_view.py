@@ -15,6 +15,7 @@ from agentcache.records import USAGE_FIELDS, Request, ratio, requests_of, reusab
 from agentcache.session import Session
 
 BAR_WIDTH = 40
+ROUTING_COLUMNS = {"routing_key": "routing key", "replica": "replica"}  # shown when a request has one
 
 
 def load_session(repo: Path, ref: str) -> Session:
@@ -43,6 +44,7 @@ def request_row(previous: Request | None, record: Request) -> dict[str, Any]:
     row["hit_rate"] = record.usage.hit_rate
     row["ttft_s"] = record.ttft_s
     row["stop_reason"] = record.stop_reason
+    row["routing_key"], row["replica"] = record.routing_key, record.replica
     return row
 
 
@@ -77,18 +79,20 @@ def _bar(cached: int, computed: int, scale: int) -> str:
 def render_session(view: dict[str, Any], records: list[dict[str, Any]], console: Console) -> None:
     """The table for people: one row per request, a totals row, both hit rates and a cached-vs-computed bar chart."""
     table = Table(title=f"session {view['session_id']}", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
-    columns = ("turn", "prompt", "cached", "computed", "output", "reuse", "hit", "ttft s", "stop", "action")
+    routed = [name for name in ("routing_key", "replica") if any(r[name] for r in view["requests"])]
+    columns = ("turn", "prompt", "cached", "computed", "output", "reuse", "hit", "ttft s", "stop", "action",
+               *(ROUTING_COLUMNS[name] for name in routed))
     for column in columns:
-        justify = "left" if column in ("stop", "action") else "right"
+        justify = "right" if column in columns[:8] else "left"
         table.add_column(column, justify=justify, no_wrap=True, min_width=max(len(column), 5))
     for row, request in zip(view["requests"], requests_of(records)):
         table.add_row(str(row["turn"]), *(str(row[name]) for name in (*USAGE_FIELDS, "reusable_tokens")),
                       _percent(row["hit_rate"]), _seconds(row["ttft_s"]), str(row["stop_reason"] or "-"),
-                      action(request))
+                      action(request), *(str(row[name] or "-") for name in routed))
     totals = view["totals"]
     table.add_section()
     table.add_row("total", *(str(totals[name]) for name in (*USAGE_FIELDS, "reusable_tokens")),
-                  _percent(totals["hit_rate"]), "", "", "", style="bold")
+                  _percent(totals["hit_rate"]), "", "", "", *("" for _ in routed), style="bold")
     console.print(table)
     console.print(f"hit rate (cached / prompt tokens)    {_percent(totals['hit_rate'])}")
     console.print(f"hit rate (cached / reusable tokens)  {_percent(totals['reusable_hit_rate'])}")

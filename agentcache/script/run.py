@@ -130,7 +130,8 @@ class ScriptRun:
             if spec.parent and parent is None:
                 raise AgentcacheError(f"cannot fork '{spec.parent}': it stopped with an error before it started")
             agent = Agent(self.root, self.backend, config, session, on_turn=lambda r: self._turn(state, r),
-                          context=parent.context if parent else None, registry=self.registry)
+                          context=parent.context if parent else None, registry=self.registry,
+                          lineage=parent.lineage if parent else None)
             self.agents[spec.name] = agent
             session.append(self._agent_record(spec, agent, parent))
             outcome = agent.run(fill_answers(launch.task, self.answers()), check=self.limits.check)

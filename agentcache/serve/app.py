@@ -202,12 +202,14 @@ def is_unicode(text: str) -> bool:
 
 
 def completion(service: ChatService, prepared: Prepared, result: Result) -> dict[str, Any]:
-    """The chat.completion body; `timings` (seconds, as llama.cpp's server reports them) is an extension."""
+    """The chat.completion body; `timings` (seconds, as llama.cpp's server reports them) and `replica` (the URL this
+    server listens on, so a client behind a router knows who answered) are extensions."""
     answer = reply(prepared, result)
     choice = {"index": 0, "message": answer.message(), "finish_reason": answer.finish_reason, "logprobs": None}
     return {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion", "created": int(time.time()),
             "model": service.model_id, "usage": service.usage(result, prepared.context),
-            "timings": result.timings.to_dict(), "choices": [choice]}
+            "timings": result.timings.to_dict(), "choices": [choice],
+            **({"replica": service.replica} if service.replica else {})}
 
 
 async def stream_chat(service: ChatService, prepared: Prepared) -> AsyncIterator[str]:
@@ -329,6 +331,7 @@ def serve(host: str, port: int, model: str, api_key: str | None, log: Any = prin
     check_auth(host, api_key, insecure_no_auth, log)
     check_listen(host, port)
     # serve keeps no disk tier
-    service = ChatService(*local_engine(RunConfig(model=model, dtype=dtype, quant=quant, disk_cache=False)))
+    service = ChatService(*local_engine(RunConfig(model=model, dtype=dtype, quant=quant, disk_cache=False)),
+                          replica=f"http://{host}:{port}")
     log(f"serving {service.model_id} on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""))
     uvicorn.run(create_app(service, api_key), host=host, port=port, log_level="warning")

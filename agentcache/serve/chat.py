@@ -307,10 +307,12 @@ def max_tokens_of(body: dict[str, Any]) -> int | None:
 class ChatService:
     """The engine behind the HTTP routes: rendering, validation, contexts, metrics. Thread-safe."""
 
-    def __init__(self, model: LoadedModel, engine: Engine | None = None, contexts: ContextStore | None = None) -> None:
+    def __init__(self, model: LoadedModel, engine: Engine | None = None, contexts: ContextStore | None = None,
+                 replica: str | None = None) -> None:
+        """`replica`: this server's own URL, reported with each completion (None: not reported)."""
         if model.tokenizer is None:
             raise AgentcacheError(f"model '{model.name}' has no tokenizer: it cannot serve chat messages")
-        self.model = model
+        self.model, self.replica = model, replica
         self.engine = engine or Engine(model)
         self.contexts = contexts if contexts is not None else ContextStore()
         self.metrics = ServeMetrics()

@@ -55,11 +55,13 @@ def http(method: str, url: str, body: Any = None, raw: bytes | None = None,
 
 
 class RecordingServer:
-    """Answers each request with the next scripted (status, JSON body) and records (path, parsed body)."""
+    """Answers each request with the next scripted (status, JSON body) and records (method, path, parsed body),
+    and each request's headers in `headers`."""
 
     def __init__(self, script: list[tuple[int, Any]], repeat_last: bool = True) -> None:
         self.script, self.repeat_last = list(script), repeat_last
         self.requests: list[tuple[str, str, Any]] = []
+        self.headers: list[dict[str, str]] = []
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -67,6 +69,7 @@ class RecordingServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 owner.requests.append((self.command, self.path, json.loads(raw) if raw else None))
+                owner.headers.append({name.lower(): value for name, value in self.headers.items()})
                 status, body = owner.script.pop(0) if len(owner.script) > 1 or not owner.repeat_last \
                     else owner.script[0]
                 payload = json.dumps(body).encode()

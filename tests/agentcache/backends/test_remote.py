@@ -46,13 +46,15 @@ def chat_bodies(server: RecordingServer) -> list[dict]:
 
 def test_openai_retries_429_then_succeeds_with_full_messages_when_server_has_no_contexts():
     with RecordingServer([(404, {"error": {"message": "Not Found"}}), (429, ERROR), (200, COMPLETION)]) as server:
-        backend = OpenAIBackend(server.url + "/v1", "m", "key", cache_key="session-1")
+        backend = OpenAIBackend(server.url + "/v1", "m", "key")
         context = context_with_turns(1)
-        reply = backend.complete(context, SPECS, ENABLED, GenSettings(max_tokens=32))
+        reply = backend.complete(context, SPECS, ENABLED, GenSettings(max_tokens=32, routing_key="session-1"))
     bodies = chat_bodies(server)
     assert len(bodies) == 2 and bodies[0] == bodies[1]
     assert bodies[1]["messages"] == [block_message(b) for b in context]
-    assert bodies[1]["prompt_cache_key"] == "session-1"
+    assert bodies[1]["prompt_cache_key"] == "session-1" and reply.routing_key == "session-1"
+    chat_headers = [h for h, (_, path, _) in zip(server.headers, server.requests) if path.endswith("/completions")]
+    assert all(h["x-session-id"] == h["x-smg-routing-key"] == "session-1" for h in chat_headers)
     assert bodies[1]["response_format"]["json_schema"]["schema"] == json.loads(json.dumps(reply_schema(SPECS)))
     assert reply.usage == {"prompt_tokens": 100, "cached_tokens": 64, "computed_tokens": 36, "completion_tokens": 5}
     assert isinstance(backend.parse(reply.text, SPECS, ENABLED), Answer)
@@ -75,6 +77,7 @@ def test_openai_sends_context_id_and_only_l3_and_recreates_an_expired_context():
     assert [b["context_id"] for b in bodies] == ["ctx_1", "ctx_1", "ctx_2"]
     assert bodies[2]["messages"] == [block_message(b) for b in context.l3]
     assert first.prefix_tokens == 900
+    assert "prompt_cache_key" not in bodies[0] and "x-session-id" not in server.headers[1]  # no key, no routing
 
 
 def test_openai_bad_key_and_connection_refused_are_one_clear_line():

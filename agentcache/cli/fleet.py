@@ -1,0 +1,116 @@
+"""`agentcache fleet status`: prefix-cache hits per replica and fleet-wide, from the replicas' own counters."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Any, Optional
+from urllib.parse import urlparse
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agentcache.errors import AgentcacheError
+from agentcache.fleet.status import fleet_status
+
+fleet_app = typer.Typer(help="Look at a fleet of replicas behind a router.", no_args_is_help=True)
+ROUTER_METRICS_PORT = 29000  # vllm-router's default --prometheus-port
+
+
+def router_workers(router: str) -> list[str]:
+    """The worker URLs a vllm-router (or SGLang router) sends requests to."""
+    target = router.rstrip("/") + "/list_workers"
+    try:
+        with urllib.request.urlopen(target, timeout=10) as response:
+            data = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise AgentcacheError(f"cannot list the router's workers at {target} ({getattr(exc, 'reason', exc)})") \
+            from None
+    urls = data.get("urls") if isinstance(data, dict) else None
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise AgentcacheError(f"{target} did not answer a list of worker URLs")
+    return urls
+
+
+@fleet_app.command()
+def status(
+    router: Annotated[Optional[str], typer.Option(help="The router's URL: its workers are the replicas.")] = None,
+    router_metrics: Annotated[Optional[str], typer.Option(
+        help=f"The router's Prometheus URL (default: the router's host, port {ROUTER_METRICS_PORT}).")] = None,
+    metrics: Annotated[Optional[list[str]], typer.Option(
+        "--metrics", help="A replica's base URL (repeat per replica), with or instead of --router.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+) -> None:
+    """Prefix-cache queries, hits and hit rate per replica and for the fleet, and the requests the router sent each.
+
+    Example: agentcache fleet status --router http://127.0.0.1:8100
+    """
+    replicas = list(metrics or [])
+    if router is not None:
+        replicas += [url for url in router_workers(router) if url.rstrip("/") not in {r.rstrip("/") for r in replicas}]
+        if router_metrics is None:
+            host = urlparse(router).hostname or "127.0.0.1"
+            router_metrics = f"http://{host}:{ROUTER_METRICS_PORT}"
+    report = fleet_status(replicas, router_metrics)
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return
+    render(report)
+
+
+def render(report: dict[str, Any]) -> None:
+    table = Table("replica", "kind", "queries", "hits", "hit rate", "requests", "routed", title="fleet")
+    rows = [*report["replicas"], {"url": "fleet", "kind": "", **report["fleet"]}]
+    for i, row in enumerate(rows):
+        if i == len(rows) - 1:
+            table.add_section()
+        rate = "-" if row["hit_rate"] is None else f"{100 * row['hit_rate']:.1f}%"
+        table.add_row(row["url"], row["kind"], str(row["queries"]), str(row["hits"]), rate, str(row["requests"]),
+                      "-" if row["routed"] is None else str(row["routed"]))
+    Console(highlight=False).print(table)
+
+
+State = Annotated[Path, typer.Option("--state", help="The fleet's folder: PID files, logs, fleet.json.")]
+
+
+@fleet_app.command()
+def up(
+    vllm: Annotated[Path, typer.Option(help="The vllm executable of the fleet's venv.")] = Path(".venv-vllm/bin/vllm"),
+    router: Annotated[Path, typer.Option(help="The vllm-router executable.")] = Path(".venv-router/bin/vllm-router"),
+    model: Annotated[Optional[str], typer.Option(help="A registry model (default: the default model).")] = None,
+    replicas: Annotated[int, typer.Option(min=1, help="Replicas, one per CPU core from core 0.")] = 2,
+    policy: Annotated[str, typer.Option(help="The router's policy.")] = "consistent_hash",
+    state: State = Path(".fleet"),
+) -> None:
+    """Start vLLM replicas of a registry model (its converted folder, in the dtype this CPU runs fastest) behind
+    vllm-router, and wait until all answer. Stop them with `agentcache fleet down`.
+
+    Example: agentcache fleet up --model smollm2-135m
+    """
+    from agentcache.cache_dir import models_dir
+    from agentcache.config import default_model
+    from agentcache.fleet.launch import FleetSpec, up as start_fleet
+    from engine.hardware import choose_dtype
+    from engine.model import converted_model_dir
+
+    name = model or default_model()
+    dtype = choose_dtype("auto").dtype
+    folder = converted_model_dir(name, dtype, models_dir())
+    spec = FleetSpec(vllm.resolve(), router.resolve(), folder, name, str(dtype).removeprefix("torch."),
+                     state.resolve(), cores=list(range(replicas)), policy=policy)
+    started = start_fleet(spec)
+    print(f"fleet up: {name} on {', '.join(started['replicas'])} behind {started['router_url']} ({policy}); "
+          f"use --backend openai --base-url {started['router_url']}/v1 --model {name}")
+
+
+@fleet_app.command()
+def down(state: State = Path(".fleet")) -> None:
+    """Stop exactly the processes `agentcache fleet up` started (its PID files)."""
+    from agentcache.fleet.launch import down as stop_fleet
+
+    stopped = stop_fleet(state.resolve())
+    print(f"fleet down: stopped {len(stopped)} process(es)")
