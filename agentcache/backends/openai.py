@@ -35,7 +35,8 @@ class OpenAIBackend:
         self.base_url, self.model = base_url, model
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0, timeout=timeout_s)
         self.use_contexts = use_contexts
-        self._context: tuple[str, str, int] | None = None  # (prefix id, server context id, its tokens)
+        self._contexts: dict[str | None, tuple[str, str, int]] = {}  # per routing key: (prefix id, server context
+        # id, its tokens); a router sends a key's requests to one replica, and a context lives on one
         self._checker = ReplyChecker()
         self._counter = TiktokenCounter()
         self._window: int | None = None
@@ -69,18 +70,20 @@ class OpenAIBackend:
         if key:  # the routing-key contract (docs/fleet.md): the same key as headers a router reads and as the
             # OpenAI field a hosted API reads
             body["prompt_cache_key"] = key
-            body["extra_headers"] = {header: key for header in ROUTING_HEADERS}
+            body["extra_headers"] = routing_headers(key)
         started = time.perf_counter()
-        response, context_tokens = self._chat(context, body)
+        response, context_tokens = self._chat(context, body, key)
         reply = self._reply(response, context_tokens, time.perf_counter() - started)
         reply.routing_key = key
         return reply
 
-    def _chat(self, context: Context, body: dict[str, Any]) -> tuple[Any, int]:
-        """Send with the context id when the server has contexts; recreate an expired context once."""
+    def _chat(self, context: Context, body: dict[str, Any], key: str | None) -> tuple[Any, int]:
+        """Send with the context id when the server has contexts; recreate an expired context once. A context the
+        server still does not know right after creating it (a router sent the two to different replicas) turns
+        contexts off: whole messages from then on."""
         messages = [block_message(b) for b in context]
-        for attempt in range(2):
-            server_context = self._server_context(context) if self.use_contexts else None
+        for attempt in range(3):
+            server_context = self._server_context(context, key) if self.use_contexts else None
             if server_context is None:
                 return self._call(self.client.chat.completions.create, messages=messages, **body), 0
             context_id, tokens = server_context
@@ -88,32 +91,37 @@ class OpenAIBackend:
                 return self._call(self.client.chat.completions.create, messages=messages[len(context.prefix):],
                                   extra_body={"context_id": context_id}, **body), tokens
             except RemoteError as exc:
-                if attempt or exc.status != 404:
+                if exc.status != 404:
                     raise
-                self._context = None  # expired or evicted on the server: create it again
+                self._contexts.pop(key, None)  # expired or evicted on the server: create it again
+                self.use_contexts = attempt == 0
         raise AssertionError("unreachable")
 
-    def _server_context(self, context: Context) -> tuple[str, int] | None:
-        if self._context is not None and self._context[0] == context.context_id:
-            return self._context[1], self._context[2]
+    def _server_context(self, context: Context, key: str | None) -> tuple[str, int] | None:
+        """The server context of `context`'s L1+L2 for routing key `key` (created on the replica the key routes to,
+        once per prefix and key)."""
+        known = self._contexts.get(key)
+        if known is not None and known[0] == context.context_id:
+            return known[1], known[2]
         prefix = [block_message(b) for b in context.prefix]
         try:
             created = self._call(self.client.post, "/contexts", body={"model": self.model, "messages": prefix},
-                                 cast_to=object)
+                                 cast_to=object, options={"headers": routing_headers(key)})
         except RemoteError as exc:
             if exc.status not in (404, 405):
                 raise
             self.use_contexts = False  # the server has no /v1/contexts
             return None
-        if self._context is not None:
-            self._forget(self._context[1])
-        self._context = (context.context_id, created["context_id"], int(created["tokens"]))
-        return self._context[1], self._context[2]
+        if known is not None:
+            self._forget(known[1], key)
+        self._contexts[key] = (context.context_id, created["context_id"], int(created["tokens"]))
+        return self._contexts[key][1], self._contexts[key][2]
 
-    def _forget(self, context_id: str) -> None:
+    def _forget(self, context_id: str, key: str | None) -> None:
         """Delete a context the session no longer uses (the prefix changed); gone already is fine."""
         try:
-            self._call(self.client.delete, f"/contexts/{context_id}", cast_to=object)
+            self._call(self.client.delete, f"/contexts/{context_id}", cast_to=object,
+                       options={"headers": routing_headers(key)})
         except RemoteError as exc:
             if exc.status != 404:
                 raise
@@ -133,6 +141,10 @@ class OpenAIBackend:
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return call_with_retries(openai, self.base_url, fn, *args, **kwargs)
+
+
+def routing_headers(key: str | None) -> dict[str, str]:
+    return {header: key for header in ROUTING_HEADERS} if key else {}
 
 
 def request_timings(response: Any, elapsed_s: float) -> tuple[dict[str, float], str]:

@@ -103,13 +103,15 @@ def test_a_key_sticks_to_one_replica_and_different_keys_use_both(fleet):
     placed = {f"session-{i}": {ask(client, f"session-{i}", f"question {turn}") for turn in range(3)}
               for i in range(12)}
     assert all(len(served) == 1 for served in placed.values()), placed  # every key: one replica, three times
-    used = {served.pop() for served in placed.values()}
-    assert used == set(replicas)  # 12 keys on one replica alone: odds 1 in 2,048
+    placed_on = {key: served.pop() for key, served in placed.items()}
+    assert set(placed_on.values()) == set(replicas)  # 12 keys on one replica alone: odds 1 in 2,048
     report = fleet_status(list(replicas), router_metrics)
     routed = {r["url"]: r["routed"] for r in report["replicas"]}
-    assert sum(routed.values()) == 36 and report["fleet"]["requests"] == 36
+    # the router forwarded 36 chat requests and, per key, the creation of its L1+L2 context on its replica
+    assert sum(routed.values()) == 36 + 12 and report["fleet"]["requests"] == 36
     for row in report["replicas"]:
-        assert row["requests"] == row["routed"] > 0  # the router's count and the replica's own agree
+        keys_here = sum(1 for served in placed_on.values() if served == row["url"])
+        assert row["routed"] == row["requests"] + keys_here and row["requests"] == 3 * keys_here
         assert 0 < row["hits"] <= row["queries"]  # turns 2 and 3 of a key hit the replica that served turn 1
 
 
@@ -138,7 +140,7 @@ def session_requests(repo: Path) -> dict[str, list[dict]]:
 def test_forks_follow_their_parent_to_its_replica(fleet, tmp_path):
     router, _, replicas = fleet
     repo = tmp_path / "repo"
-    shutil.copytree(EXAMPLE, repo)
+    shutil.copytree(EXAMPLE, repo, ignore=shutil.ignore_patterns(".agentcache"))
     run_script(repo, router)
     sessions = session_requests(repo)
     starts = {sid: next(r for r in records if r["type"] == "agent") for sid, records in sessions.items()}
@@ -154,7 +156,7 @@ def test_forks_follow_their_parent_to_its_replica(fleet, tmp_path):
 def test_a_replica_that_dies_mid_run_loses_no_session_record(fleet, tmp_path):
     router, _, replicas = fleet
     repo = tmp_path / "repo"
-    shutil.copytree(EXAMPLE, repo)
+    shutil.copytree(EXAMPLE, repo, ignore=shutil.ignore_patterns(".agentcache"))
     (repo / "agentcache.yaml").write_text(f"backend: openai\nbase_url: {router}/v1\nmodel: {MODEL}\n"
                                           "tool_format: json\nmax_tokens: 16\ntool_choice: required\n")
     run = [sys.executable, "-m", "agentcache.cli", "run", "Read README.md.", "--repo", str(repo), "--json"]

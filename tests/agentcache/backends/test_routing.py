@@ -17,6 +17,13 @@ from tests.agentcache.http_helpers import RecordingServer
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "repo"
 NO_CONTEXTS = (404, {"error": {"message": "Not Found"}})
+MODELS = (200, {"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "test",
+                                            "max_model_len": 8192}]})
+
+
+def one_run(answer: tuple[int, dict]) -> list[tuple[int, dict]]:
+    """What one `run` of one answered request asks, in order: the models (its window), contexts (none), the chat."""
+    return [MODELS, NO_CONTEXTS, answer]
 
 
 def completion(replica: str | None = None) -> dict:
@@ -49,17 +56,19 @@ def sent_keys(server: RecordingServer) -> list[tuple[str | None, str | None, str
 
 def test_the_key_is_the_session_and_a_resumed_session_keeps_it(repo):
     answer = (200, completion("http://replica-a"))
-    with RecordingServer([NO_CONTEXTS, answer, NO_CONTEXTS, answer]) as server:
+    with RecordingServer(one_run(answer) * 2) as server:
         first = run(repo, server)
         again = run(repo, server, resume=first["session_id"])
     assert again["session_id"] == first["session_id"]
     assert sent_keys(server) == [(first["session_id"],) * 3] * 2
+    creates = [h for h, (_, path, _) in zip(server.headers, server.requests) if path.endswith("/contexts")]
+    assert [h.get("x-session-id") for h in creates] == [first["session_id"]] * 2  # a context goes where its key does
     records = requests_of(Session.open(repo, first["session_id"]).records())
     assert [(r.routing_key, r.replica) for r in records] == [(first["session_id"], "http://replica-a")] * 2
 
 
 def test_prefix_routing_keys_by_the_context_id_and_none_sends_no_key(repo):
-    with RecordingServer([NO_CONTEXTS, (200, completion()), NO_CONTEXTS, (200, completion())]) as server:
+    with RecordingServer(one_run((200, completion())) * 2) as server:
         by_prefix = run(repo, server, routing="prefix")
         unrouted = run(repo, server, routing="none")
     assert sent_keys(server) == [(by_prefix["context_id"],) * 3, (None, None, None)]
@@ -78,6 +87,6 @@ def test_a_fork_resumed_on_its_own_keeps_its_root_parents_key(repo):
     grandchild.append({"type": "agent", "script": "s", "agent": "c", "role": "coder",
                        "forked_from": {"agent": "b", "session_id": child.id}})
     assert grandchild.lineage() == child.lineage() == root.lineage() == root.id
-    with RecordingServer([NO_CONTEXTS, (200, completion())]) as server:
+    with RecordingServer(one_run((200, completion()))) as server:
         run(repo, server, resume=grandchild.id)
     assert sent_keys(server) == [(root.id,) * 3]
