@@ -65,7 +65,7 @@ def quantize(model: nn.Module, scheme: str, device: torch.device, dtype: torch.d
         raise EngineError(f"unknown quant '{scheme}' (known: {', '.join(QUANT_CHOICES)})")
     packed = int8_kernel_runs(device, dtype) if scheme in ("auto", "int8") else False
     if scheme == "auto":
-        scheme = "int8" if device.type == "cpu" and packed else "none"
+        scheme = auto_scheme(device, packed)
     if scheme == "none":
         return QuantChoice("none", "unquantized weights")
     try:
@@ -83,6 +83,12 @@ def quantize(model: nn.Module, scheme: str, device: torch.device, dtype: torch.d
             f"widened weights (PyTorch's int8 kernel does not run on {device.type} with {_name(dtype)})"
         return QuantChoice("int8", f"int8 per-row weights, {kernel}")
     return _int4(model, linears, device, dtype)
+
+
+def auto_scheme(device: torch.device, int8_kernel: bool) -> str:
+    """What `auto` means: int8 on a CPU where PyTorch's int8 kernel runs (decode there is bound by reading the
+    weights), none elsewhere."""
+    return "int8" if device.type == "cpu" and int8_kernel else "none"
 
 
 def int8_tensors(linears: list[tuple[str, nn.Linear]], store: Path | None) -> dict[str, torch.Tensor]:
