@@ -116,7 +116,7 @@ def load_model(spec: str | None = None, device: str | None = None, dtype: torch.
         model, tokenizer = _load_hub(spec, dtype)
         weights_digest, name = weights_digest_of(model), spec
     model = model.to(dev).eval()
-    store = _converted_dir(entry, dtype, cache_dir) if entry is not None else None
+    store = _quant_dir(_converted_dir(entry, dtype, cache_dir)) if entry is not None and quant != "none" else None
     choice = quantize(model, quant, dev, dtype, store)
     fingerprint = model_fingerprint(weights_digest, dtype, tokenizer, choice.scheme)
     return LoadedModel(name, model, tokenizer, fingerprint, dev, dtype, reason, choice.scheme, choice.reason)
@@ -185,6 +185,14 @@ def converted_model_dir(name: str, dtype: torch.dtype, cache_dir: Path) -> Path:
     return _converted_dir(entry, dtype, cache_dir)
 
 
+def _quant_dir(converted: Path) -> Path:
+    """Where a converted model's quantized weights are kept: beside its folder, never in it (vLLM loads every
+    safetensors file of a model folder)."""
+    store = converted.with_name(converted.name + ".quant")
+    store.mkdir(exist_ok=True)
+    return store
+
+
 def _converted_stem(entry: ModelEntry) -> str:
     return f"{entry.name}-{entry.sha256[:16]}"
 
@@ -200,6 +208,9 @@ def _converted_dir(entry: ModelEntry, dtype: torch.dtype, cache_dir: Path | None
     converted = cache_dir / key
     if not (converted / "agentcache.json").is_file():
         _convert_gguf(registry.gguf_path(entry, cache_dir), converted, dtype)
+    for name in ("int8.safetensors", "int8.sha256"):  # where an earlier version kept the int8 weights
+        if (converted / name).is_file():
+            (converted / name).replace(_quant_dir(converted) / name)
     return converted
 
 

@@ -59,8 +59,8 @@ def quantize(model: nn.Module, scheme: str, device: torch.device, dtype: torch.d
              store: Path | None = None) -> QuantChoice:
     """Replace the model's Linear layers by `scheme`'s in place; 'none' leaves the model as it is, 'auto' takes int8
     on a CPU where PyTorch's int8 kernel runs (decode there is bound by reading the weights) and none elsewhere.
-    With `store` (the model's converted folder) int8 weights are kept there once computed and, verified by sha256,
-    reused."""
+    With `store` (a folder kept for the model's quantized weights) int8 weights are kept there once computed and,
+    verified by sha256, reused."""
     if scheme not in QUANT_CHOICES:
         raise EngineError(f"unknown quant '{scheme}' (known: {', '.join(QUANT_CHOICES)})")
     packed = int8_kernel_runs(device, dtype) if scheme in ("auto", "int8") else False

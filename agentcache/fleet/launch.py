@@ -29,7 +29,7 @@ class FleetSpec:
     cores: list[int] = field(default_factory=lambda: [0, 1])  # one replica per core
     first_port: int = 8101  # replicas on first_port, first_port + 1, ...
     router_port: int = 8100
-    router_metrics_port: int = 29100
+    router_metrics_port: int = 29000  # vllm-router's default, where `fleet status --router` looks
     policy: str = "consistent_hash"
     max_model_len: int = 4096
     start_timeout_s: float = 900.0
@@ -57,16 +57,20 @@ def up(spec: FleetSpec) -> dict[str, object]:
     replicas = {}
     for index, core in enumerate(spec.cores):
         port = spec.first_port + index
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1",
                "VLLM_CPU_OMP_THREADS_BIND": str(core)}
         replicas[f"http://127.0.0.1:{port}"] = start(replica_command(spec, port), spec.state_dir, f"replica-{port}",
                                                      env)
     state = {"replicas": replicas, "router": None, "router_url": f"http://127.0.0.1:{spec.router_port}",
              "router_metrics": f"http://127.0.0.1:{spec.router_metrics_port}", "spec": _jsonable(spec)}
     save(spec.state_dir, state)
-    for url, pid in replicas.items():
-        wait_healthy(url, pid, spec.start_timeout_s, spec.state_dir / f"replica-{url.rsplit(':', 1)[1]}.log")
-    state["router"] = start_router(spec, list(replicas))
+    try:
+        for url, pid in replicas.items():
+            wait_healthy(url, pid, spec.start_timeout_s, spec.state_dir / f"replica-{url.rsplit(':', 1)[1]}.log")
+        state["router"] = start_router(spec, list(replicas))
+    except AgentcacheError:
+        down(spec.state_dir)  # nothing half-started stays behind
+        raise
     save(spec.state_dir, state)
     return state
 

@@ -15,7 +15,6 @@ from agentcache.records import USAGE_FIELDS, Request, ratio, requests_of, reusab
 from agentcache.session import Session
 
 BAR_WIDTH = 40
-ROUTING_COLUMNS = {"routing_key": "routing key", "replica": "replica"}  # shown when a request has one
 
 
 def load_session(repo: Path, ref: str) -> Session:
@@ -70,6 +69,16 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def render_routing(rows: list[dict[str, Any]], console: Console) -> None:
+    """Each request's routing key and the replica that answered, when any request had one (openai backend)."""
+    if not any(row["routing_key"] or row["replica"] for row in rows):
+        return
+    table = Table("turn", "routing key", "replica", title="routing", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
+    for row in rows:
+        table.add_row(str(row["turn"]), row["routing_key"] or "-", row["replica"] or "-")
+    console.print(table)
+
+
 def _bar(cached: int, computed: int, scale: int) -> str:
     cached_cells = round(BAR_WIDTH * cached / scale) if scale else 0
     computed_cells = round(BAR_WIDTH * (cached + computed) / scale) - cached_cells if scale else 0
@@ -79,21 +88,20 @@ def _bar(cached: int, computed: int, scale: int) -> str:
 def render_session(view: dict[str, Any], records: list[dict[str, Any]], console: Console) -> None:
     """The table for people: one row per request, a totals row, both hit rates and a cached-vs-computed bar chart."""
     table = Table(title=f"session {view['session_id']}", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
-    routed = [name for name in ("routing_key", "replica") if any(r[name] for r in view["requests"])]
-    columns = ("turn", "prompt", "cached", "computed", "output", "reuse", "hit", "ttft s", "stop", "action",
-               *(ROUTING_COLUMNS[name] for name in routed))
+    columns = ("turn", "prompt", "cached", "computed", "output", "reuse", "hit", "ttft s", "stop", "action")
     for column in columns:
-        justify = "right" if column in columns[:8] else "left"
+        justify = "left" if column in ("stop", "action") else "right"
         table.add_column(column, justify=justify, no_wrap=True, min_width=max(len(column), 5))
     for row, request in zip(view["requests"], requests_of(records)):
         table.add_row(str(row["turn"]), *(str(row[name]) for name in (*USAGE_FIELDS, "reusable_tokens")),
                       _percent(row["hit_rate"]), _seconds(row["ttft_s"]), str(row["stop_reason"] or "-"),
-                      action(request), *(str(row[name] or "-") for name in routed))
+                      action(request))
     totals = view["totals"]
     table.add_section()
     table.add_row("total", *(str(totals[name]) for name in (*USAGE_FIELDS, "reusable_tokens")),
-                  _percent(totals["hit_rate"]), "", "", "", *("" for _ in routed), style="bold")
+                  _percent(totals["hit_rate"]), "", "", "", style="bold")
     console.print(table)
+    render_routing(view["requests"], console)
     console.print(f"hit rate (cached / prompt tokens)    {_percent(totals['hit_rate'])}")
     console.print(f"hit rate (cached / reusable tokens)  {_percent(totals['reusable_hit_rate'])}")
     render_cost(view["cost"], console)

@@ -1,5 +1,5 @@
 """Weight-only quantization: int8 layers against a dequantization done here, warm == cold with quantized weights, the
-int8 file kept beside the converted weights (and not trusted when it changed), int4 with torchao, clear refusals."""
+int8 file kept in a folder beside the converted model's (and not trusted when it changed), int4 with torchao, clear refusals."""
 
 import pytest
 import torch
@@ -66,7 +66,9 @@ def test_pages_never_mix_quantizations():
 
 def test_int8_weights_are_kept_and_a_changed_file_is_not_used(smol, models_dir):
     first = load_model("smollm2-135m", cache_dir=models_dir, quant="int8")
-    stores = list(models_dir.glob("smollm2-135m-*-float32-v*/int8.safetensors"))
+    stores = list(models_dir.glob("smollm2-135m-*-float32-v[0-9].quant/int8.safetensors"))
+    # the converted folder holds the model alone: other engines (vLLM) load every safetensors file in it
+    assert [p.name for p in models_dir.glob("smollm2-135m-*-float32-v[0-9]/*.safetensors")] == ["model.safetensors"]
     assert len(stores) == 1 and stores[0].with_suffix(".sha256").is_file()
     again = load_model("smollm2-135m", cache_dir=models_dir, quant="int8")
     head = lambda m: m.model.lm_head  # noqa: E731

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agentcache.cli import main
 from agentcache.records import requests_of
 from agentcache.session import Session
 from agentcache.wiring import run_task
@@ -54,7 +55,7 @@ def sent_keys(server: RecordingServer) -> list[tuple[str | None, str | None, str
             for headers, (_, path, body) in zip(server.headers, server.requests) if path.endswith("/completions")]
 
 
-def test_the_key_is_the_session_and_a_resumed_session_keeps_it(repo):
+def test_the_key_is_the_session_and_a_resumed_session_keeps_it(repo, capsys):
     answer = (200, completion("http://replica-a"))
     with RecordingServer(one_run(answer) * 2) as server:
         first = run(repo, server)
@@ -65,6 +66,11 @@ def test_the_key_is_the_session_and_a_resumed_session_keeps_it(repo):
     assert [h.get("x-session-id") for h in creates] == [first["session_id"]] * 2  # a context goes where its key does
     records = requests_of(Session.open(repo, first["session_id"]).records())
     assert [(r.routing_key, r.replica) for r in records] == [(first["session_id"], "http://replica-a")] * 2
+    with pytest.raises(SystemExit) as done:
+        main(["inspect", first["session_id"], "--repo", str(repo)])
+    assert done.value.code == 0
+    routing = capsys.readouterr().out.split("routing", 1)[1]  # the table after the usage table
+    assert routing.count(first["session_id"]) == 2 and routing.count("http://replica-a") == 2
 
 
 def test_prefix_routing_keys_by_the_context_id_and_none_sends_no_key(repo):
