@@ -8,6 +8,7 @@ once. Each run has its own cache salt, so no run reuses another's KV.
   round_robin   router policy round_robin, requests carry no routing key
   session       consistent_hash, routing key = the session lineage (a fork keeps its parent's)
   prefix        consistent_hash, routing key = the L1+L2 context id
+  session_sticky  sticky_least_loaded (a new key goes to the least loaded replica, then stays), session keys
 
     make fleet FLEET_MODEL=smollm2-135m
     python -m benchmarks.fleet --json benchmarks/results/fleet.json
@@ -40,7 +41,7 @@ FORKS = ("Answer in one line.", "Name the file first.", "Be brief.", "Quote one 
 FOLLOW_UPS = ("Say more about that.", "Now summarise your answer in five words.")
 TURNS = 3
 MODES = {"round_robin": ("round_robin", "none"), "session": ("consistent_hash", "session"),
-         "prefix": ("consistent_hash", "prefix")}
+         "prefix": ("consistent_hash", "prefix"), "session_sticky": ("sticky_least_loaded", "session")}
 
 
 def counters(url: str) -> dict[str, int]:

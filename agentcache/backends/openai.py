@@ -65,7 +65,7 @@ class OpenAIBackend:
         if settings.seed is not None:
             body["seed"] = settings.seed
         if settings.salt:  # vLLM's and agentcache serve's: requests with different salts share no cached KV
-            body["cache_salt"] = settings.salt
+            body["extra_body"] = {"cache_salt": settings.salt}
         key = settings.routing_key
         if key:  # the routing-key contract (docs/fleet.md): the same key as headers a router reads and as the
             # OpenAI field a hosted API reads
@@ -87,9 +87,10 @@ class OpenAIBackend:
             if server_context is None:
                 return self._call(self.client.chat.completions.create, messages=messages, **body), 0
             context_id, tokens = server_context
+            extra = {**body.get("extra_body", {}), "context_id": context_id}
             try:
                 return self._call(self.client.chat.completions.create, messages=messages[len(context.prefix):],
-                                  extra_body={"context_id": context_id}, **body), tokens
+                                  **{**body, "extra_body": extra}), tokens
             except RemoteError as exc:
                 if exc.status != 404:
                     raise

@@ -83,7 +83,8 @@ def up(
     router: Annotated[Path, typer.Option(help="The vllm-router executable.")] = Path(".venv-router/bin/vllm-router"),
     model: Annotated[Optional[str], typer.Option(help="A registry model (default: the default model).")] = None,
     replicas: Annotated[int, typer.Option(min=1, help="Replicas, one per CPU core from core 0.")] = 2,
-    policy: Annotated[str, typer.Option(help="The router's policy.")] = "consistent_hash",
+    policy: Annotated[str, typer.Option(help="The router's policy (consistent_hash: stateless; "
+                      "sticky_least_loaded: also balanced; docs/fleet.md).")] = "sticky_least_loaded",
     state: State = Path(".fleet"),
 ) -> None:
     """Start vLLM replicas of a registry model (its converted folder, in the dtype this CPU runs fastest) behind

@@ -30,7 +30,7 @@ class FleetSpec:
     first_port: int = 8101  # replicas on first_port, first_port + 1, ...
     router_port: int = 8100
     router_metrics_port: int = 29000  # vllm-router's default, where `fleet status --router` looks
-    policy: str = "consistent_hash"
+    policy: str = "sticky_least_loaded"  # a new key to the least loaded replica, then it stays (docs/fleet.md)
     max_model_len: int = 4096
     start_timeout_s: float = 900.0
 

@@ -53,6 +53,7 @@ def test_openai_retries_429_then_succeeds_with_full_messages_when_server_has_no_
     assert len(bodies) == 2 and bodies[0] == bodies[1]
     assert bodies[1]["messages"] == [block_message(b) for b in context]
     assert bodies[1]["prompt_cache_key"] == "session-1" and reply.routing_key == "session-1"
+    assert "cache_salt" not in bodies[1]
     chat_headers = [h for h, (_, path, _) in zip(server.headers, server.requests) if path.endswith("/completions")]
     assert all(h["x-session-id"] == h["x-smg-routing-key"] == "session-1" for h in chat_headers)
     assert bodies[1]["response_format"]["json_schema"]["schema"] == json.loads(json.dumps(reply_schema(SPECS)))
@@ -66,15 +67,16 @@ def test_openai_sends_context_id_and_only_l3_and_recreates_an_expired_context():
     with RecordingServer([created[0], (200, COMPLETION), gone, created[1], (200, COMPLETION)]) as server:
         backend = OpenAIBackend(server.url + "/v1", "m", "key")
         context = context_with_turns(0)
-        first = backend.complete(context, SPECS, ENABLED, GenSettings())
+        first = backend.complete(context, SPECS, ENABLED, GenSettings(salt="tenant-a"))
         context.extend([ToolCall("list_files", {}).to_block(), ToolResult("list_files", "a.py", False).to_block()])
-        backend.complete(context, SPECS, ENABLED, GenSettings())
+        backend.complete(context, SPECS, ENABLED, GenSettings(salt="tenant-a"))
     paths = [(method, path) for method, path, _ in server.requests]
     assert paths == [("POST", "/v1/contexts"), ("POST", "/v1/chat/completions"), ("POST", "/v1/chat/completions"),
                      ("POST", "/v1/contexts"), ("POST", "/v1/chat/completions")]
     assert server.requests[0][2]["messages"] == [block_message(b) for b in context.prefix]
     bodies = chat_bodies(server)
     assert [b["context_id"] for b in bodies] == ["ctx_1", "ctx_1", "ctx_2"]
+    assert {b["cache_salt"] for b in bodies} == {"tenant-a"}
     assert bodies[2]["messages"] == [block_message(b) for b in context.l3]
     assert first.prefix_tokens == 900
     assert "prompt_cache_key" not in bodies[0] and "x-session-id" not in server.headers[1]  # no key, no routing
