@@ -43,7 +43,8 @@ def request_row(previous: Request | None, record: Request) -> dict[str, Any]:
     row["hit_rate"] = record.usage.hit_rate
     row["ttft_s"] = record.ttft_s
     row["stop_reason"] = record.stop_reason
-    row["routing_key"], row["replica"] = record.routing_key, record.replica
+    if record.routing_key or record.replica:  # openai backend only: other sessions' rows stay as they were
+        row["routing_key"], row["replica"] = record.routing_key, record.replica
     return row
 
 
@@ -71,11 +72,11 @@ def _seconds(value: float | None) -> str:
 
 def render_routing(rows: list[dict[str, Any]], console: Console) -> None:
     """Each request's routing key and the replica that answered, when any request had one (openai backend)."""
-    if not any(row["routing_key"] or row["replica"] for row in rows):
+    if not any(row.get("routing_key") or row.get("replica") for row in rows):
         return
     table = Table("turn", "routing key", "replica", title="routing", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
     for row in rows:
-        table.add_row(str(row["turn"]), row["routing_key"] or "-", row["replica"] or "-")
+        table.add_row(str(row["turn"]), row.get("routing_key") or "-", row.get("replica") or "-")
     console.print(table)
 
 
