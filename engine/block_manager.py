@@ -1,7 +1,9 @@
-"""Page bookkeeping for the KV pool: chained page hashes, refcounts, a lazy LRU free queue, counters."""
+"""Page bookkeeping for the KV pool: chained page hashes, refcounts, a lazy LRU free queue with retention classes,
+counters."""
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +14,11 @@ import xxhash
 from engine.errors import EngineCapacityError
 
 EVICTED_POOLS = 4  # the eviction history holds the hashes of this many pools' worth of evicted pages
+# Retention classes, in eviction order: a cached page of a lower class goes before any of a higher one, least
+# recently used first within a class. A page not hit for its class's TTL counts as `turn` again, so nothing is kept
+# forever and a full pool always admits new work. Requests without classes are all `turn`: plain LRU.
+RETENTION = ("turn", "project", "pinned-soft")
+RETENTION_TTL_S = {"turn": 0.0, "project": 600.0, "pinned-soft": 3600.0}
 
 
 @dataclass(slots=True)
@@ -21,6 +28,8 @@ class Page:
     hash: int = -1
     token_ids: tuple[int, ...] = ()
     origin: Origin | None = None  # set on a request's first page
+    retention: int = 0  # index into RETENTION: the highest class a request using it gave it
+    last_hit: float = 0.0  # when a request last used it (the clock of its BlockManager)
 
 
 Origin = tuple[str, int]  # (model fingerprint, root hash): what a request's page chain is rooted in
@@ -77,6 +86,7 @@ class BlockManager:
     evicted: OrderedDict[int, None] = field(default_factory=OrderedDict)
     first_page_roots: dict[tuple[int, ...], set[Origin]] = field(default_factory=dict)
     on_evict: Callable[[int, int, tuple[int, ...]], None] | None = None  # (page id, hash, tokens) before reuse
+    clock: Callable[[], float] = time.monotonic  # what retention TTLs are measured with
 
     def __post_init__(self) -> None:
         self.pages = [Page(i) for i in range(self.num_pages)]
@@ -165,8 +175,10 @@ class BlockManager:
         page.ref_count += 1
 
     def take_fresh(self) -> int:
-        """One pinned empty page, evicting the least recently used cached page; the caller checks `free_pages`."""
-        page_id, _ = self.free.popitem(last=False)
+        """One pinned empty page: an empty one, else the cached page of the lowest retention class, least recently
+        used first; the caller checks `free_pages`."""
+        page_id = self._victim()
+        del self.free[page_id]
         page = self.pages[page_id]
         if page.hash != -1:
             if self.on_evict is not None:
@@ -174,8 +186,23 @@ class BlockManager:
             self._remember_evicted(page.hash)
             self._forget(page)
             self.counters.evictions += 1
-        page.ref_count = 1
+        page.ref_count, page.retention = 1, 0
         return page_id
+
+    def _victim(self) -> int:
+        """The first free page in LRU order of the lowest effective class (a class decays to `turn` once its page
+        was not hit for its TTL); empty pages are at the front."""
+        now, best, best_class = self.clock(), -1, len(RETENTION)
+        for page_id in self.free:
+            page = self.pages[page_id]
+            cls = page.retention if page.hash != -1 else 0
+            if cls and now - page.last_hit > RETENTION_TTL_S[RETENTION[cls]]:
+                cls = 0
+            if cls < best_class:
+                best, best_class = page_id, cls
+                if cls == 0:
+                    break
+        return best
 
     def _forget(self, page: Page) -> None:
         """Drop the page's hash and first-page origin from the indexes, leaving it empty."""
@@ -206,10 +233,16 @@ class BlockManager:
         if first is not None:
             self.first_page_roots.setdefault(token_ids, set()).add(first)
 
-    def release(self, page_ids: list[int]) -> None:
-        """Unpin; cached pages join the LRU tail, tails of a chain first so they are evicted first."""
-        for page_id in reversed(page_ids):
+    def release(self, page_ids: list[int], retention: list[int] | None = None) -> None:
+        """Unpin; cached pages join the LRU tail, tails of a chain first so they are evicted first. `retention`: each
+        page's class index for the request that used it (a page keeps the highest it was given); it was hit now."""
+        now = self.clock()
+        for i in reversed(range(len(page_ids))):
+            page_id = page_ids[i]
             page = self.pages[page_id]
+            page.last_hit = now
+            if retention is not None:
+                page.retention = max(page.retention, retention[i])
             page.ref_count -= 1
             if page.ref_count > 0:
                 continue

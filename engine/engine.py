@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from engine.block_manager import chain_hashes, root_hash
+from engine.block_manager import RETENTION, chain_hashes, root_hash
 from engine.errors import EngineError
 from engine.kv_cache import KVCacheManager
 from engine.kv_dir import DEFAULT_DISK_BYTES
@@ -77,3 +77,10 @@ class Engine:
             raise EngineError(f"prompt of {len(prompt)} tokens exceeds the model window of {self.model.max_len}")
         if request.max_tokens < 1:
             raise EngineError("max_tokens must be at least 1")
+        if request.retention is not None:
+            if len(request.retention) != len(request.segments):
+                raise EngineError(f"retention names {len(request.retention)} classes for {len(request.segments)} "
+                                  "segments: give one per segment")
+            unknown = sorted(set(request.retention) - set(RETENTION))
+            if unknown:
+                raise EngineError(f"unknown retention class {unknown[0]!r} (known: {', '.join(RETENTION)})")

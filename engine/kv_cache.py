@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.block_manager import BlockManager, Origin, chain_hashes
+from engine.block_manager import RETENTION, BlockManager, Origin, chain_hashes
 from engine.errors import EngineError
 from engine.kv_store import KVStore
 from engine.model import LoadedModel
@@ -56,8 +56,24 @@ class KVCacheManager:
         """Publish the full pages the generated tokens filled, then unpin the sequence's pages."""
         if seq.table and seq.out:
             self._publish(seq, (len(seq.prompt) // self.page_size) * self.page_size, seq.kv_len)
-        self.blocks.release(seq.table)
+        self.blocks.release(seq.table, self._page_retention(seq))
         seq.table = []
+
+    def _page_retention(self, seq: Sequence) -> list[int] | None:
+        """Each page's retention class: its last token's segment's (generated tokens: the last segment's)."""
+        classes = seq.request.retention
+        if classes is None:
+            return None
+        ends, total = [], 0
+        for count in seq.segment_tokens:
+            total += count
+            ends.append(total)
+        out = []
+        for page in range(len(seq.table)):
+            last = (page + 1) * self.page_size - 1
+            segment = next((i for i, end in enumerate(ends) if last < end), len(ends) - 1)
+            out.append(RETENTION.index(classes[segment]))
+        return out
 
     def stats(self) -> dict[str, int]:
         return self.blocks.stats()

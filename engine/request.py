@@ -35,6 +35,7 @@ class Request:
     salt: str | None = None
     logits_mask: LogitsMask | None = None
     return_logits: bool = False
+    retention: list[str] | None = None  # per segment, a class of block_manager.RETENTION; None: all "turn" (LRU)
 
 
 @dataclass(slots=True)

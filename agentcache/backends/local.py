@@ -13,7 +13,10 @@ from agentcache.render import SYSTEM_TURN, ChatRenderer
 from engine import Engine, Request, SamplingParams
 from engine.model import LoadedModel
 from engine.request import LogitsMask
-from layers import Context, ToolSpec
+from layers import Context, Layer, ToolSpec
+
+# the pool keeps a block's pages by its layer: the system prompt and tools longest, the repo next, a turn's least
+RETENTION_OF = {Layer.L1: "pinned-soft", Layer.L2: "project", Layer.L3: "turn"}
 
 
 def tensor_mask(allowed: AllowedIds) -> LogitsMask:
@@ -82,8 +85,10 @@ class LocalBackend:
         with self._lock:
             mask = tensor_mask(grammar.new_mask(self.model.config.vocab_size))
         sampling = SamplingParams(settings.temperature, settings.top_p, settings.seed)
+        retention = [RETENTION_OF[block.layer] for block in context]
+        retention += ["turn"] * (len(segments) - len(retention))  # the generation prompt
         request = Request(segments, max_tokens=settings.max_tokens, sampling=sampling, salt=settings.salt,
-                          logits_mask=mask)
+                          logits_mask=mask, retention=retention)
         result = self.engine.generate(request)
         prefix = sum(result.trace.segment_tokens[: len(context.prefix)])
         return Reply(result.text, result.finish_reason, result.usage.to_dict(), result.timings.to_dict(),

@@ -13,6 +13,8 @@ from agentcache.backends.local import tensor_mask
 from agentcache.errors import AgentcacheError
 from agentcache.render import ChatRenderer, segment_ids, tools_message
 from agentcache.serve.contexts import DEFAULT_TTL_S, MAX_TTL_S, ContextStore, StoredContext
+
+CACHE_TTLS = ("5m", "1h")  # Anthropic's cache_control TTLs, read as retention classes (retention_of)
 from agentcache.serve.metrics import ServeMetrics
 from engine import Engine, Request, Result, SamplingParams
 from engine.model import LoadedModel
@@ -128,6 +130,28 @@ def chat_message(raw: Any) -> dict[str, str]:
         raise BadRequest("tool_calls must be a list")
     lines = ([content] if content else []) + [incoming_call_text(call) for call in calls or []]
     return {"role": ROLES[role], "content": "\n".join(lines)}
+
+
+def retention_of(raw: list[Any], ahead: int, segments: int) -> list[str] | None:
+    """Anthropic-style `cache_control` on messages as the pool's retention classes, one per segment: everything up to
+    the last breakpoint with `ttl: "1h"` is pinned-soft, up to the last breakpoint of any TTL project, the rest (and
+    the generation prompt) turn. `ahead`: the messages rendered before the request's own (tools, a context's), kept
+    like its first message. None when no message has cache_control: the pool's plain LRU."""
+    marks = [(i, message.get("cache_control")) for i, message in enumerate(raw)
+             if isinstance(message, dict) and message.get("cache_control") is not None]
+    if not marks:
+        return None
+    for i, mark in marks:
+        if not isinstance(mark, dict) or mark.get("type") != "ephemeral" or mark.get("ttl", "5m") not in CACHE_TTLS:
+            raise BadRequest(f'messages[{i}]: cache_control must be {{"type": "ephemeral"}} with an optional ttl of '
+                             f"{' or '.join(repr(t) for t in CACHE_TTLS)}")
+    long_until = max((i for i, mark in marks if mark.get("ttl") == "1h"), default=-1) + ahead
+    until = max(i for i, _ in marks) + ahead
+    classes = ["pinned-soft" if max(p, ahead) <= long_until else "project" if max(p, ahead) <= until else "turn"
+               for p in range(ahead + len(raw))]
+    if len(classes) > segments:  # the template merged messages: no segment per message to give a class to
+        return None
+    return classes + ["turn"] * (segments - len(classes))  # the generation prompt
 
 
 def chat_messages(messages: Any, tools: Any) -> list[dict[str, str]]:
@@ -362,8 +386,9 @@ class ChatService:
         segments = self.segments(messages)
         max_tokens = self._max_tokens(asked, sum(map(len, segments)))
         mask = tensor_mask(grammar.new_mask(self.model.config.vocab_size)) if forced and grammar else self._mask(schema)
+        retention = retention_of(body.get("messages"), len(messages) - len(body.get("messages")), len(segments))
         request = Request(segments, max_tokens=max_tokens, sampling=sampling, stop=stop,
-                          salt=salt or (context.salt if context else None), logits_mask=mask)
+                          salt=salt or (context.salt if context else None), logits_mask=mask, retention=retention)
         return Prepared(request, context, grammar, forced, stream, include_usage)
 
     def _max_tokens(self, asked: int | None, prompt_tokens: int) -> int:
