@@ -3,7 +3,8 @@
 Messages are rendered from the layers exactly as the local backend renders them (`render.block_message`),
 the reply is constrained with `response_format` json_schema (the tool grammar's schema), and cached tokens
 are read from `usage.prompt_tokens_details.cached_tokens`. When the server offers `/v1/contexts`, L1+L2 are
-sent once as a context and each request carries the context id plus the L3 messages only.
+sent once as a context and each request carries the context id plus the L3 messages only. Every request, and
+every context, carries the request's routing key (docs/fleet.md), so a router keeps them on one replica.
 """
 
 from __future__ import annotations
