@@ -148,7 +148,7 @@ class Agent:
             turn=turn, usage=Usage.from_json(reply.usage), context_id=self.context.context_id,
             backend=self.backend.name, model=getattr(self.backend, "model_name", self.config.model),
             fingerprint=getattr(self.backend, "fingerprint", None), salt=self.config.salt,
-            cache_ttl=self.config.cache_ttl, layers=self.context.layer_hashes(),
+            cache_ttl=reply.trace.get("cache_ttl", self.config.cache_ttl), layers=self.context.layer_hashes(),
             blocks=[{"layer": b.layer.name, "kind": b.kind, "key": b.key, "hash": b.hash} for b in self.context],
             segment_tokens=reply.trace.get("segment_tokens", []), prefix_tokens=reply.prefix_tokens,
             timings=reply.timings, trace=reply.trace, enabled_tools=sorted(self.enabled), reply=reply.text,

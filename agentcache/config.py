@@ -19,7 +19,7 @@ CONFIG_FILE = "agentcache.yaml"
 DEFAULT_MODEL = "qwen2.5-coder-1.5b"  # the registry's default (engine.registry.DEFAULT_MODEL); docs/models.md says why
 MODEL_ENV = "AGENTCACHE_MODEL"  # overrides the default model, as agentcache.yaml's `model:` and --model do
 BACKENDS = ("local", "openai", "anthropic")
-CACHE_TTLS = ("5m", "1h")
+CACHE_TTLS = ("5m", "1h", "auto")
 TOOL_CHOICES = ("auto", "required", "first")
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # engine.hardware.DTYPE_CHOICES, without importing torch
 QUANTS = ("auto", "none", "int8", "int4")  # engine.quant.QUANT_CHOICES, without importing torch
@@ -43,7 +43,8 @@ class RunConfig:
     retries: int = 2
     backend: str = "local"  # local, openai or anthropic
     base_url: str = ""  # the openai backend's server, e.g. http://127.0.0.1:8000/v1
-    cache_ttl: str = "5m"  # the anthropic backend's L1/L2 cache TTL: 5m or 1h
+    cache_ttl: str = "5m"  # the anthropic backend's L1/L2 cache TTL: 5m, 1h, or auto (per request, the cheaper for
+    # the expected gap to the next one: backends/anthropic.py break_even_ttl)
     salt: str = ""  # cache salt: requests with different salts never share KV pages
     kv_capacity_mb: int = 1024  # local engine KV pool size
     disk_cache: bool = True  # keep full KV pages on disk so the next run starts warm

@@ -9,7 +9,7 @@ import pytest
 
 from agentcache import PROMPTS_DIR
 from agentcache.backends import GenSettings, remote
-from agentcache.backends.anthropic import AnthropicBackend, min_cacheable_tokens
+from agentcache.backends.anthropic import AnthropicBackend, break_even_ttl, min_cacheable_tokens
 from agentcache.backends.constrain import Answer, reply_schema
 from agentcache.backends.openai import OpenAIBackend
 from agentcache.backends.remote import RemoteError
@@ -243,3 +243,40 @@ def test_openai_time_to_first_token_comes_from_server_timings_when_reported():
     assert t["ttft_s"] == pytest.approx(0.2 + max(0.0, t["total_s"] - 0.4))
     assert t["total_s"] <= between - started
     assert without.timings["ttft_s"] == without.timings["total_s"] <= ended - between
+
+
+def two_request_cost(ttl: str, gap_s: float) -> float:
+    """A prefix written now and needed again after `gap_s`, in units of its base input price, computed here from
+    the published multipliers: 5m writes 1.25, 1h writes 2, reads 0.1."""
+    write, lives = {"5m": (1.25, 300), "1h": (2.0, 3600)}[ttl]
+    return write + (0.1 if gap_s <= lives else write)
+
+
+@pytest.mark.parametrize("gap_s", [1, 60, 300, 301, 900, 3600, 3601, 86400])
+def test_auto_ttl_is_the_cheaper_one_for_the_gap(gap_s):
+    cheaper = min(("5m", "1h"), key=lambda ttl: two_request_cost(ttl, gap_s))
+    assert break_even_ttl(gap_s) == cheaper
+    assert break_even_ttl(None) == "5m"  # no gap seen yet
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("gap_s, expected", [(30, "5m"), (600, "1h"), (7200, "5m")])
+def test_auto_ttl_follows_the_gaps_between_requests(gap_s, expected):
+    clock = Clock()
+    with RecordingServer([(200, anthropic_message())]) as server:
+        backend = AnthropicBackend("claude-opus-5", "key", server.url, ttl="auto", clock=clock)
+        chosen = []
+        for turns in range(3):
+            chosen.append(backend.complete(context_with_turns(turns), SPECS, ENABLED, GenSettings()).trace["cache_ttl"])
+            clock.now += gap_s
+    bodies = [body for _, _, body in server.requests]
+    assert chosen == ["5m", expected, expected]  # the first request has no gap to go by
+    want = {"type": "ephemeral", **({"ttl": "1h"} if expected == "1h" else {})}
+    assert {json.dumps(mark) for _, _, mark in marks(bodies[2])} == {json.dumps(want)}  # every breakpoint
