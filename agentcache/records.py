@@ -145,7 +145,8 @@ class Usage:
         return int(self.extra.get("disk_tokens", 0))
 
 
-OPTIONAL_KEYS = ("tool_call", "tool_result", "error", "stopped", "layout", "routing_key", "replica")  # request keys written only when set
+# request keys written only when set
+OPTIONAL_KEYS = ("tool_call", "tool_result", "error", "stopped", "layout", "routing_key", "replica")
 
 
 @dataclass(slots=True)

@@ -1,6 +1,6 @@
-"""Fleet: the fan-out script through a router in front of the replicas `make fleet` started, in three modes, and
-on one replica alone as the reference. Cached and prompt tokens come from the replicas' own Prometheus counters
-(the difference across each run), requests per replica from the router's.
+"""Fleet: the fan-out script through a router in front of the replicas `make fleet` started, in four modes, and
+on one replica alone as the reference. Cached and prompt tokens and requests per replica come from the replicas'
+own Prometheus counters (the difference across each run).
 
 The script: 8 agents in 2 groups of 4 forks, each group on its own L1+L2 prefix (the coder's and the reviewer's
 role over examples/repo), 3 turns each (the task, then two follow-ups after the model's own reply), all 8 at
@@ -134,8 +134,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     console.print(table)
     base = next(r for r in runs if r["mode"] == "round_robin")["cached_tokens"]
     for r in runs[1:]:
+        gain = (r["cached_tokens"] - base) / (single["cached_tokens"] - base) if single["cached_tokens"] > base else 1.0
         console.print(f"{r['mode']}: {r['cached_tokens'] / max(base, 1):.2f}x round_robin's cached tokens, "
-                      f"{r['cached_tokens'] / max(single['cached_tokens'], 1):.2f} of one replica's; busiest replica "
+                      f"{r['cached_tokens'] / max(single['cached_tokens'], 1):.2f} of one replica's, "
+                      f"{gain:.2f} of the gain over round_robin one replica shows; busiest replica "
                       f"{max(r['requests_per_replica'].values()) / max(sum(r['requests_per_replica'].values()), 1):.0%}"
                       " of requests")
     write_json(args.json, report, console)

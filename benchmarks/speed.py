@@ -228,8 +228,8 @@ def child(spec: str) -> dict[str, Any]:
 
 def in_process(spec: str) -> dict[str, Any]:
     """`child(spec)` in a fresh Python process, so no measurement shares memory or caches with another."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.speed", *child_flags, "--child", spec], capture_output=True,
-                          text=True, cwd=REPO)
+    command = [sys.executable, "-m", "benchmarks.speed", *child_flags, "--child", spec]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"{spec}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'failed'}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -294,7 +294,7 @@ def ratios(model: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=f"{DEFAULT_MODEL},smollm2-135m")
-    parser.add_argument("--quants", default=",".join(QUANT_CHOICES))
+    parser.add_argument("--quants", default=",".join(q for q in QUANT_CHOICES if q != "auto"))
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not numbers")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -4,6 +4,8 @@ releases them, always with the page hashes the sequence was created with."""
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from itertools import accumulate
 from pathlib import Path
 
 from engine.block_manager import RETENTION, BlockManager, Origin, chain_hashes
@@ -64,16 +66,10 @@ class KVCacheManager:
         classes = seq.request.retention
         if classes is None:
             return None
-        ends, total = [], 0
-        for count in seq.segment_tokens:
-            total += count
-            ends.append(total)
-        out = []
-        for page in range(len(seq.table)):
-            last = (page + 1) * self.page_size - 1
-            segment = next((i for i, end in enumerate(ends) if last < end), len(ends) - 1)
-            out.append(RETENTION.index(classes[segment]))
-        return out
+        ends = list(accumulate(seq.segment_tokens))
+        last = len(ends) - 1
+        return [RETENTION.index(classes[min(bisect_right(ends, (page + 1) * self.page_size - 1), last)])
+                for page in range(len(seq.table))]
 
     def stats(self) -> dict[str, int]:
         return self.blocks.stats()

@@ -96,7 +96,8 @@ class OpenAIBackend:
                 if exc.status != 404:
                     raise
                 self._contexts.pop(key, None)  # expired or evicted on the server: create it again
-                self.use_contexts = attempt == 0
+                if attempt == 1:  # created just now and still unknown: not where the chat request went
+                    self.use_contexts = False
         raise AssertionError("unreachable")
 
     def _server_context(self, context: Context, key: str | None) -> tuple[str, int] | None:

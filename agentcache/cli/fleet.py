@@ -1,11 +1,10 @@
-"""`agentcache fleet status`: prefix-cache hits per replica and fleet-wide, from the replicas' own counters."""
+"""`agentcache fleet status|up|down`: prefix-cache hits per replica and fleet-wide from the replicas' own counters;
+a local vLLM fleet behind vllm-router, started and stopped."""
 
 from __future__ import annotations
 
 import json
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Annotated, Any, Optional
 from urllib.parse import urlparse
@@ -14,26 +13,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from agentcache.errors import AgentcacheError
-from agentcache.fleet.status import fleet_status
+from agentcache.fleet.status import fleet_status, router_workers
 
 fleet_app = typer.Typer(help="Look at a fleet of replicas behind a router.", no_args_is_help=True)
 ROUTER_METRICS_PORT = 29000  # vllm-router's default --prometheus-port
-
-
-def router_workers(router: str) -> list[str]:
-    """The worker URLs a vllm-router (or SGLang router) sends requests to."""
-    target = router.rstrip("/") + "/list_workers"
-    try:
-        with urllib.request.urlopen(target, timeout=10) as response:
-            data = json.loads(response.read())
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise AgentcacheError(f"cannot list the router's workers at {target} ({getattr(exc, 'reason', exc)})") \
-            from None
-    urls = data.get("urls") if isinstance(data, dict) else None
-    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
-        raise AgentcacheError(f"{target} did not answer a list of worker URLs")
-    return urls
 
 
 @fleet_app.command()
@@ -114,4 +97,4 @@ def down(state: State = Path(".fleet")) -> None:
     from agentcache.fleet.launch import down as stop_fleet
 
     stopped = stop_fleet(state.resolve())
-    print(f"fleet down: stopped {len(stopped)} process(es)")
+    print(f"fleet down: stopped {len(stopped)} of the processes it started")

@@ -138,7 +138,7 @@ def wait_healthy(url: str, pid: int, timeout_s: float, log: Path) -> None:
                 if response.status == 200:
                     return
         except OSError:
-            pass
+            pass  # not listening yet
         time.sleep(1.0)
     raise AgentcacheError(f"{url} did not answer /health within {timeout_s:.0f} s; see {log}")
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.error
 import urllib.request
@@ -10,7 +11,6 @@ from dataclasses import asdict, dataclass
 
 from agentcache.errors import AgentcacheError
 from agentcache.records import ratio
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +74,29 @@ def total(samples: list[tuple[str, dict[str, str], float]], name: str) -> float 
     return sum(values) if values else None
 
 
-def fetch_metrics(url: str, timeout_s: float = 10.0) -> str:
-    """`url`/metrics as text; an unreachable server is one clear line."""
-    target = url.rstrip("/") + "/metrics"
+def fetch(url: str, path: str, timeout_s: float = 10.0) -> str:
+    """`url` + `path` as text; an unreachable server is one clear line."""
+    target = url.rstrip("/") + path
     try:
         with urllib.request.urlopen(target, timeout=timeout_s) as response:
             return response.read().decode("utf-8", "replace")
     except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise AgentcacheError(f"cannot read {target} ({reason})") from None
+        raise AgentcacheError(f"cannot read {target} ({getattr(exc, 'reason', exc)})") from None
+
+
+def fetch_metrics(url: str) -> str:
+    return fetch(url, "/metrics")
+
+
+def router_workers(router: str) -> list[str]:
+    """The worker URLs a vllm-router (or SGLang router) sends requests to."""
+    try:
+        urls = json.loads(fetch(router, "/list_workers")).get("urls")
+    except (ValueError, AttributeError):
+        urls = None
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise AgentcacheError(f"{router.rstrip('/')}/list_workers did not answer a list of worker URLs")
+    return urls
 
 
 def replica_stats(url: str) -> ReplicaStats:
@@ -101,7 +115,8 @@ def routed_per_worker(router_metrics_url: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     for name, labels, value in parse_metrics(fetch_metrics(router_metrics_url)):
         if name == ROUTED and "worker" in labels:
-            counts[labels["worker"].rstrip("/")] = counts.get(labels["worker"].rstrip("/"), 0) + int(value)
+            worker = labels["worker"].rstrip("/")
+            counts[worker] = counts.get(worker, 0) + int(value)
     return counts
 
 

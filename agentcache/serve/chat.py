@@ -13,8 +13,6 @@ from agentcache.backends.local import tensor_mask
 from agentcache.errors import AgentcacheError
 from agentcache.render import ChatRenderer, segment_ids, tools_message
 from agentcache.serve.contexts import DEFAULT_TTL_S, MAX_TTL_S, ContextStore, StoredContext
-
-CACHE_TTLS = ("5m", "1h")  # Anthropic's cache_control TTLs, read as retention classes (retention_of)
 from agentcache.serve.metrics import ServeMetrics
 from engine import Engine, Request, Result, SamplingParams
 from engine.model import LoadedModel
@@ -34,6 +32,8 @@ CALL_USAGE = 'each tool call needs {"type": "function", "function": {"name": ...
 SEED_RANGE = (-(1 << 63), (1 << 63) - 1)  # a signed 64-bit integer, as vLLM takes it
 GREEDY_BELOW = 1e-5  # a temperature under this decodes greedily (as in vLLM): dividing by less overflows
 UNSUPPORTED = ("logprobs", "top_logprobs", "logit_bias", "presence_penalty", "frequency_penalty")
+
+CACHE_TTLS = ("5m", "1h")  # Anthropic's cache_control TTLs, read as retention classes (retention_of)
 
 
 class BadRequest(AgentcacheError):

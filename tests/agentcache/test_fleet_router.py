@@ -40,7 +40,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, what: str, seconds: float = 3
             if http("GET", url + "/health")[0] == 200:
                 return
         except OSError:
-            pass
+            pass  # not listening yet
         assert proc.poll() is None, f"{what} exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
         assert time.monotonic() < deadline, f"{what} did not become healthy"
         time.sleep(0.3)
