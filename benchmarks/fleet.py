@@ -99,8 +99,8 @@ def measured(replicas: list[str], run: Any) -> dict[str, Any]:
     wall = run()
     after = {url: counters(url) for url in replicas}
     delta = {url: {k: after[url][k] - before[url][k] for k in after[url]} for url in replicas}
-    return {"cached_tokens": sum(d["cached_tokens"] for d in delta.values()),
-            "prompt_tokens": sum(d["prompt_tokens"] for d in delta.values()),
+    cached, prompt = (sum(d[name] for d in delta.values()) for name in ("cached_tokens", "prompt_tokens"))
+    return {"cached_tokens": cached, "prompt_tokens": prompt, "prefill_tokens": prompt - cached,
             "requests_per_replica": {url: d["requests"] for url, d in delta.items()}, "wall_s": wall}
 
 
@@ -123,12 +123,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs.append({"mode": mode, **result})
     report = {"model": model, "replicas": replicas, "single": single, "runs": runs,
               "agents": len(GROUPS) * len(FORKS), "turns": TURNS}
-    table = Table("run", "cached tokens", "prompt tokens", "hit rate", "of single", "requests per replica", "wall s",
-                  title=f"fleet: {len(replicas)} replicas of {model}")
+    table = Table("run", "cached tokens", "prompt tokens", "prefill tokens", "hit rate", "of single",
+                  "requests per replica", "wall s", title=f"fleet: {len(replicas)} replicas of {model}")
     for name, row in [("single", single), *((r["mode"], r) for r in runs)]:
         share = row["cached_tokens"] / single["cached_tokens"] if single["cached_tokens"] else 0.0
         rate = row["cached_tokens"] / row["prompt_tokens"] if row["prompt_tokens"] else 0.0
-        table.add_row(name, str(row["cached_tokens"]), str(row["prompt_tokens"]), f"{100 * rate:.1f}%",
+        table.add_row(name, str(row["cached_tokens"]), str(row["prompt_tokens"]), str(row["prefill_tokens"]),
+                      f"{100 * rate:.1f}%",
                       f"{share:.2f}", " / ".join(str(n) for n in row["requests_per_replica"].values()),
                       f"{row['wall_s']:.1f}")
     console.print(table)
