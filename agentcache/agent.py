@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -10,7 +11,9 @@ from agentcache import PROMPTS_DIR
 from agentcache.backends import Backend, GenSettings, Reply
 from agentcache.backends.constrain import Answer, ToolCallError
 from agentcache.config import RunConfig
-from agentcache.records import BlockText, Compaction, Request, Usage, UserTurn, parse_record
+from agentcache.inspect.explain import divergence, identity, prefix_change
+from agentcache.records import (BlockText, Compaction, Request, ResumeCheck, Usage, UserTurn, block_texts,
+                                parse_record, requests_of)
 from agentcache.render import RETRY_HINT, reply_text
 from agentcache.session import Session
 from agentcache.tools import ToolBox, ToolOutcome
@@ -54,13 +57,16 @@ class Agent:
         self.turns_done = 0
         self.stored_blocks: set[str] = set()
         self.repeats = RepeatGuard()
+        self.resume_check: ResumeCheck | None = None
 
     def resume(self) -> str | None:
-        """Replay the session's L3 entries; returns the context id the session last saw. A resumed fork keeps its
-        parent's routing lineage."""
+        """Replay the session's L3 entries, then check the rebuilt request against the session's last one and
+        record what was found (`resume_check`); returns the context id the session last saw. A resumed fork keeps
+        its parent's routing lineage."""
         self.lineage = self.session.lineage()
         last_id = None
-        for record in self.session.records():
+        records = self.session.records()
+        for record in records:
             typed = parse_record(record)
             if isinstance(typed, BlockText):
                 self.stored_blocks.add(typed.hash)
@@ -70,6 +76,8 @@ class Agent:
                 self.context.append(_entry_block(entry))
             last_id = record.get("context_id", last_id)
             self.turns_done = max(self.turns_done, record.get("turn", 0))
+        self.resume_check = verify_resume(self, records)
+        self.session.append(self.resume_check.to_json())
         return last_id
 
     def run_start(self, task: str) -> None:
@@ -93,9 +101,10 @@ class Agent:
         settings = GenSettings(max_tokens=self.config.max_tokens, temperature=self.config.temperature,
                                salt=self.config.salt or None, tool_required=self._look_first(),
                                routing_key=self._routing_key())
+        sent_at = time.time()
         reply = self.backend.complete(self.context, self.specs, self.enabled, settings)
         self.spent += reply.usage["computed_tokens"] + reply.usage["completion_tokens"]
-        record = self._request_record(turn, reply)
+        record = self._request_record(turn, reply, sent_at)
         try:
             parsed = self.backend.parse(reply.text, self.specs, self.enabled)
         except ToolCallError as exc:
@@ -142,18 +151,18 @@ class Agent:
     def _tool_format(self) -> str:
         return getattr(self.backend, "tool_format", "json")
 
-    def _request_record(self, turn: int, reply: Reply) -> Request:
+    def _request_record(self, turn: int, reply: Reply, sent_at: float) -> Request:
         self._store_block_texts()
         return Request(
             turn=turn, usage=Usage.from_json(reply.usage), context_id=self.context.context_id,
             backend=self.backend.name, model=getattr(self.backend, "model_name", self.config.model),
             fingerprint=getattr(self.backend, "fingerprint", None), salt=self.config.salt,
             cache_ttl=reply.trace.get("cache_ttl", self.config.cache_ttl), layers=self.context.layer_hashes(),
-            blocks=[{"layer": b.layer.name, "kind": b.kind, "key": b.key, "hash": b.hash} for b in self.context],
+            blocks=block_refs(self.context),
             segment_tokens=reply.trace.get("segment_tokens", []), prefix_tokens=reply.prefix_tokens,
             timings=reply.timings, trace=reply.trace, enabled_tools=sorted(self.enabled), reply=reply.text,
             finish_reason=reply.finish_reason, layout=getattr(self.backend, "layout", None),
-            routing_key=reply.routing_key, replica=reply.replica,
+            routing_key=reply.routing_key, replica=reply.replica, at=sent_at,
         )
 
     def _store_block_texts(self) -> None:
@@ -217,6 +226,49 @@ class RepeatGuard:
         what = "failed" if outcome.is_error else "gave the same result"
         raise Stuck(ToolOutcome(f"{name}: this exact call {what} {count} times (same arguments); the run stops "
                                 f"as stuck. Result: {outcome.output}", is_error=True))
+
+
+def block_refs(context: Context) -> list[dict[str, str]]:
+    """A context's blocks as a request records them."""
+    return [{"layer": b.layer.name, "kind": b.kind, "key": b.key, "hash": b.hash} for b in context]
+
+
+def verify_resume(agent: Agent, records: list[dict[str, Any]]) -> ResumeCheck:
+    """The rebuilt request against the session's last one: the same model, fingerprint and salt, the same blocks
+    (hashes) in the same places, and, where the backend counts tokens per segment, the same count per block. Each
+    difference is named (which block, why); the tokens of the last prompt before the first one can be reused."""
+    requests = [r for r in requests_of(records) if r.purpose is None]
+    if not requests:
+        return ResumeCheck([])
+    last, backend, problems = requests[-1], agent.backend, []
+    model, fingerprint = getattr(backend, "model_name", agent.config.model), getattr(backend, "fingerprint", None)
+    if (last.model, last.fingerprint) != (model, fingerprint):
+        problems.append(f"the model changed ({last.model} -> {model}): no page of the last request can be reused")
+    if (last.salt or "") != (agent.config.salt or ""):
+        problems.append("the cache salt changed: no page of the last request can be reused")
+    current = block_refs(agent.context)
+    texts = {b.hash: b.text for b in agent.context}
+    change = prefix_change(last.blocks, current, block_texts(records), texts)
+    matched = divergence(last.blocks, current)
+    matched = len(last.blocks) if matched is None else matched
+    if change is not None:
+        problems.append(change)
+    counts = backend.segment_counts(agent.context) if hasattr(backend, "segment_counts") else None
+    if counts is not None and last.segment_tokens and last.layout == getattr(backend, "layout", None):
+        for index in range(min(matched, len(last.segment_tokens))):
+            if counts[index] != last.segment_tokens[index]:
+                problems.append(f"block {index + 1} ({' '.join(p for p in identity(last.blocks[index]) if p)}) is "
+                                f"{counts[index]} tokens now, {last.segment_tokens[index]} in the last request (the "
+                                "tokenizer or the chat template changed); the prefix diverges there")
+                matched = index
+                break
+    if problems[:1] and problems[0].startswith(("the model", "the cache salt")):
+        matched = 0
+    reusable = sum(last.segment_tokens[:matched]) if last.segment_tokens else 0
+    if not last.segment_tokens and matched == len(last.blocks):
+        reusable = last.usage.prompt_tokens  # a remote backend records no segments: all of it, if unchanged
+    reusable = min(reusable, last.usage.prompt_tokens)
+    return ResumeCheck(problems, matched, len(last.blocks), reusable, last.usage.prompt_tokens - reusable)
 
 
 def _entry_block(entry: dict[str, str]) -> Block:

@@ -70,7 +70,7 @@ TEXT: Check = ("a string", _text)
 TEXT_OR_NONE: Check = ("a string or null", _text_or_none)
 ENTRIES: Check = ("a list of {kind, key, text} strings", _list_of(_entry))
 COMMON: dict[str, Check] = {"turn": ("a count", _count), "context_id": TEXT_OR_NONE, "appended": ENTRIES}
-REQUIRED = {"request": ("turn", "usage"), "block": ("hash", "text"), "compaction": ("l3",)}
+REQUIRED = {"request": ("turn", "usage"), "block": ("hash", "text"), "compaction": ("l3",), "resume": ("problems",)}
 BY_TYPE: dict[str, dict[str, Check]] = {  # the checks of the keys a record of each type has
     "request": {
         "usage": (f"an object of token counts ({', '.join(USAGE_FIELDS)})", _usage),
@@ -83,11 +83,16 @@ BY_TYPE: dict[str, dict[str, Check]] = {  # the checks of the keys a record of e
         "layers": ("an object", lambda value: isinstance(value, dict)),
         "enabled_tools": ("a list of strings", _list_of(_text)),
         "backend": TEXT,
+        "at": ("a number of seconds or null", _seconds),
         **{name: TEXT_OR_NONE for name in ("error", "reply", "model", "salt", "fingerprint", "cache_ttl",
-                                           "stopped", "layout", "routing_key", "replica")},
+                                           "stopped", "layout", "routing_key", "replica", "purpose")},
     },
     "block": {"hash": TEXT, "text": TEXT},
-    "compaction": {"l3": ENTRIES, "dropped": ("a count", _count)},
+    "compaction": {"l3": ENTRIES, "dropped": ("a count", _count), "trigger": TEXT_OR_NONE,
+                   **{name: ("a count", _count) for name in ("tokens_before", "tokens_after", "kept_tokens")}},
+    "resume": {"problems": ("a list of strings", _list_of(_text)),
+               **{name: ("a count", _count) for name in ("matched_blocks", "blocks", "reusable_tokens",
+                                                        "recompute_tokens")}},
     "agent": {"forked_from": ("null or an object", lambda value: value is None or isinstance(value, dict)),
               **{name: TEXT_OR_NONE for name in ("script", "agent", "role")}},
 }
@@ -146,7 +151,7 @@ class Usage:
 
 
 # request keys written only when set
-OPTIONAL_KEYS = ("tool_call", "tool_result", "error", "stopped", "layout", "routing_key", "replica")
+OPTIONAL_KEYS = ("tool_call", "tool_result", "error", "stopped", "layout", "routing_key", "replica", "at", "purpose")
 
 
 @dataclass(slots=True)
@@ -171,13 +176,15 @@ class Request:
     reply: str | None = None
     finish_reason: str | None = None
     appended: list[dict[str, str]] = field(default_factory=list)
-    tool_call: dict[str, Any] | None = None  # the seven below are written only when set
+    tool_call: dict[str, Any] | None = None  # the nine below are written only when set
     tool_result: dict[str, Any] | None = None
     error: str | None = None
     stopped: str | None = None  # why the run ended after this request when the loop itself stopped it ("stuck")
     layout: str | None = None  # render.SYSTEM_TURN: L1+L2 sent as one system turn; absent: one message per block
     routing_key: str | None = None  # the key a router was given to keep the request with its own (openai backend)
     replica: str | None = None  # which replica served it, where the server says so
+    at: float | None = None  # when it was sent, Unix seconds: the gap between requests (a provider's cache TTL)
+    purpose: str | None = None  # "compaction": the request that wrote a summary, not an agent turn
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Request:
@@ -237,18 +244,50 @@ class BlockText:
 
 @dataclass(slots=True)
 class Compaction:
-    """The L3 entries that replace the whole L3 after the oldest `dropped` were folded into a summary."""
+    """The L3 entries that replace the whole L3 after the oldest `dropped` were folded into a summary, and the
+    prompt tokens around it: every later request is `tokens_before - tokens_after` shorter; the tokens after
+    `kept_tokens` (the prefix and the task) are prefilled again once."""
 
     l3: list[dict[str, str]]
     dropped: int = 0
     context_id: str | None = None
+    trigger: str | None = None  # "window": the next request would not have fit
+    tokens_before: int | None = None
+    tokens_after: int | None = None
+    kept_tokens: int | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Compaction:
-        return cls(data["l3"], data.get("dropped", 0), data.get("context_id"))
+        return cls(data["l3"], data.get("dropped", 0), data.get("context_id"), data.get("trigger"),
+                   data.get("tokens_before"), data.get("tokens_after"), data.get("kept_tokens"))
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": "compaction", "dropped": self.dropped, "context_id": self.context_id, "l3": self.l3}
+        counts = {"trigger": self.trigger, "tokens_before": self.tokens_before, "tokens_after": self.tokens_after,
+                  "kept_tokens": self.kept_tokens}  # written when known (older compactions have none)
+        return {"type": "compaction", "dropped": self.dropped, "context_id": self.context_id, "l3": self.l3,
+                **{name: value for name, value in counts.items() if value is not None}}
+
+
+@dataclass(slots=True)
+class ResumeCheck:
+    """What `--resume` found before sending anything: the request rebuilt from the session against the session's
+    last request (block hashes, per-segment tokens, model and salt). `problems` empty: verified."""
+
+    problems: list[str]
+    matched_blocks: int = 0
+    blocks: int = 0
+    reusable_tokens: int = 0  # of the last request's prompt, what the rebuilt one can still reuse
+    recompute_tokens: int = 0  # of the last request's prompt, what will be prefilled again
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ResumeCheck:
+        return cls(data["problems"], *(int(data.get(name) or 0) for name in
+                                       ("matched_blocks", "blocks", "reusable_tokens", "recompute_tokens")))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "resume", "problems": self.problems, "matched_blocks": self.matched_blocks,
+                "blocks": self.blocks, "reusable_tokens": self.reusable_tokens,
+                "recompute_tokens": self.recompute_tokens}
 
 
 @dataclass(slots=True)
@@ -286,9 +325,9 @@ class AgentStart:
                 "forked_from": self.forked_from, "context_id": self.context_id, "appended": self.appended}
 
 
-Record = Request | BlockText | Compaction | UserTurn | AgentStart
+Record = Request | BlockText | Compaction | UserTurn | AgentStart | ResumeCheck
 TYPES: dict[str, Any] = {"request": Request, "block": BlockText, "compaction": Compaction, "user": UserTurn,
-                         "agent": AgentStart}
+                         "agent": AgentStart, "resume": ResumeCheck}
 
 
 def parse_record(data: dict[str, Any]) -> Record | None:

@@ -92,10 +92,9 @@ def run_task(repo: Path, task: str, overrides: dict[str, Any], resume: str | Non
                   registry=load_registry())
     if resume:
         session.end_at_line()
-    previous_id = agent.resume() if resume else None
-    if previous_id is not None and previous_id != agent.context.context_id:
-        on_line(f"note: the prefix changed since session {session.id} (context id {previous_id[:12]} -> "
-                f"{agent.context.context_id[:12]}); it will be recomputed")
+    if resume:
+        agent.resume()
+        on_line(resume_line(agent, session))
     outcome = agent.run(task)
     requests = requests_of(session.records())
     return {
@@ -104,6 +103,27 @@ def run_task(repo: Path, task: str, overrides: dict[str, Any], resume: str | Non
         "prefix_tokens": requests[-1].prefix_tokens if requests else None,
         "requests": [run_request(r) for r in requests],
     }
+
+
+def resume_line(agent: Agent, session: Session) -> str:
+    """The line `run --resume` prints before sending: the rebuilt request verified against the session's last one,
+    or a warning naming what changed, with the tokens that will be prefilled again and what they cost."""
+    from agentcache.inspect.cost import refill_cost
+    from agentcache.inspect.explain import prefill_seconds_per_token
+
+    check = agent.resume_check
+    if check is None or check.blocks == 0:
+        return f"resume: session {session.id} has no request yet"
+    prompt = check.reusable_tokens + check.recompute_tokens
+    if not check.problems:
+        return (f"resume: verified against the last request of session {session.id}: {check.matched_blocks} of "
+                f"{check.blocks} blocks and their tokens match; {check.reusable_tokens} of its {prompt} prompt "
+                "tokens can be reused")
+    requests = [r for r in requests_of(session.records()) if r.usage.computed_tokens]
+    rate = next((s for s in map(prefill_seconds_per_token, reversed(requests)) if s), None)
+    cost = refill_cost(check.recompute_tokens, agent.backend.name, agent.config.cache_ttl, rate)
+    return (f"warning: resume: {'; '.join(check.problems)}: {check.recompute_tokens} of the last request's {prompt} "
+            f"prompt tokens will be prefilled again ({cost})")
 
 
 def run_request(request: Request) -> dict[str, Any]:

@@ -56,13 +56,18 @@ class LocalBackend:
         return self.model.max_len
 
     def count_tokens(self, context: Context) -> int:
-        """Prompt tokens of a context; each message's count is computed once per backend."""
+        """Prompt tokens of a context."""
+        return sum(self.segment_counts(context))
+
+    def segment_counts(self, context: Context) -> list[int]:
+        """Tokens per segment of the prompt the engine would get (one per block, then the generation prompt), as
+        the engine tokenizes them; each message's count is computed once per backend."""
         segments = self.renderer.block_segments(context)
         with self._lock:
             for segment in segments:
                 if segment not in self._segment_tokens:
                     self._segment_tokens[segment] = len(self.engine.tokenize([segment])[0])
-            return sum(self._segment_tokens[segment] for segment in segments)
+            return [self._segment_tokens[segment] for segment in segments]
 
     def grammar(self, tools: list[ToolSpec], enabled: set[str], tool_required: bool = False) -> ToolCallGrammar:
         allow_answer = self.allow_answer and not tool_required

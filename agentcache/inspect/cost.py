@@ -55,3 +55,16 @@ def cost_view(requests: list[dict[str, Any]], backend: str, cache_ttl: str = "5m
                       "attended_tokens": usage["cached_tokens"] + usage["computed_tokens"],
                       "completion_tokens": usage["completion_tokens"]},
     }
+
+
+def refill_cost(tokens: int, backend: str, cache_ttl: str, seconds_per_token: float | None) -> str:
+    """What prefilling `tokens` again costs, in words: USD at the backend's prices (as cache writes), or, for the
+    local engine, seconds at the measured prefill rate."""
+    table = price_tables()["providers"].get(backend)
+    if table is not None and table["input"]:
+        ttl = cache_ttl if cache_ttl in (table["cache_write"] if isinstance(table["cache_write"], dict) else {}) \
+            else "5m"
+        return f"${tokens * cache_write_price(table, ttl) / PER_TOKENS:.4f} at {table['model']} prices"
+    if seconds_per_token is None:
+        return "no prefill rate measured yet"
+    return f"about {tokens * seconds_per_token:.1f} s of prefill at this session's rate"

@@ -130,8 +130,11 @@ class Explainer:
         position = self._first_token_difference(before, after, previous, current)
         if position // page * page > cached or position >= cached + missed:
             miss = self._at(after, current, cached, engine_cause(previous, current))
+            miss["source"] = "engine"  # the content allowed more than was served
         else:
             miss = self.content_miss(before, after, current, position)
+            miss.update(source="content", change=prefix_change(previous.blocks, current.blocks, previous_texts,
+                                                               current_texts))
         seconds = prefill_seconds_per_token(current)
         rebuilt = after.tokens is not None and [len(p) for p in after.tokens] == current.segment_tokens
         miss.update(missed_tokens=missed, missed_prefill_s=None if seconds is None else missed * seconds,
@@ -213,3 +216,82 @@ def block_status(current: list[dict[str, Any]], previous: list[dict[str, Any]],
             rows.append({"layer": block["layer"], "kind": block["kind"], "key": block["key"],
                          "hash": block["hash"], "status": "gone", "cause": "content_changed"})
     return rows
+
+
+def _name(block: dict[str, Any]) -> str:
+    return " ".join(part for part in identity(block) if part)
+
+
+Key = tuple[str, str, str, str, int]
+
+
+def _keys(blocks: list[dict[str, Any]]) -> list[Key]:
+    """Each block's identity and its occurrence among blocks of that identity. L3 entries repeat kinds and keys and
+    are never edited, only added or dropped: theirs includes the hash, so another entry is added, not changed."""
+    seen: dict[tuple[str, ...], int] = {}
+    keys = []
+    for block in blocks:
+        name = (*identity(block), block.get("hash", "") if block.get("layer") == "L3" else "")
+        seen[name] = seen.get(name, -1) + 1
+        keys.append((*name, seen[name]))
+    return keys
+
+
+def change_causes(previous: list[dict[str, Any]], current: list[dict[str, Any]],
+                  previous_texts: dict[str, str] | None = None,
+                  current_texts: dict[str, str] | None = None) -> list[str]:
+    """What changed between two block lists, named by the blocks that caused it rather than by the first place the
+    lists differ: a block whose text changed (and whether it also moved: the repo layer puts files with uncommitted
+    changes after clean ones), added, removed, or, when no text changed, the blocks that moved."""
+    previous_texts, current_texts = previous_texts or {}, current_texts or {}
+    old_keys, new_keys = _keys(previous), _keys(current)
+    old = {key: (i, b) for i, (key, b) in enumerate(zip(old_keys, previous))}
+    new = {key: i for i, key in enumerate(new_keys)}
+    old_rank = {key: i for i, key in enumerate(k for k in old_keys if k in new)}
+    new_rank = {key: i for i, key in enumerate(k for k in new_keys if k in old)}
+    last_common = max((i for i, key in enumerate(new_keys) if key in old), default=-1)
+    causes = []
+    for index_now, (key, block) in enumerate(zip(new_keys, current)):
+        if key not in old and index_now > last_common:
+            continue  # appended after everything the previous blocks had: an extension, not a change
+        if key not in old:
+            causes.append(f"{_name(block)} added at block {new[key] + 1}")
+            continue
+        index, before = old[key]
+        if before["hash"] == block["hash"]:
+            continue
+        why = text_cause(previous_texts.get(before["hash"]), current_texts.get(block["hash"]))
+        what = {"bytes_only": "changed bytes only (same value)", "reordered": "reordered its items"}.get(why, "changed")
+        if old_rank[key] != new_rank[key]:
+            hint = " (files with uncommitted changes go after clean ones)" if block.get("layer") == "L2" else ""
+            what += f" and moved from block {index + 1} to block {new[key] + 1}{hint}"
+        causes.append(f"{_name(block)} {what}")
+    causes += [f"{_name(b)} removed from block {i + 1}" for i, (key, b) in enumerate(zip(old_keys, previous))
+               if key not in new]
+    if not causes:
+        moved = [b for key, b in zip(new_keys, current) if key in old and old_rank[key] != new_rank[key]]
+        if moved:
+            causes.append(f"blocks reordered: {', '.join(map(_name, moved[:4]))}")
+    return causes
+
+
+def divergence(previous: list[dict[str, Any]], current: list[dict[str, Any]]) -> int | None:
+    """Index of the first block of `current` that is not the block at the same place in `previous` (the prefix
+    diverges there), or None when `current` starts with all of `previous`."""
+    for index, (a, b) in enumerate(zip(previous, current)):
+        if a.get("hash") != b.get("hash"):
+            return index
+    return None if len(current) >= len(previous) else len(current)
+
+
+def prefix_change(previous: list[dict[str, Any]], current: list[dict[str, Any]],
+                  previous_texts: dict[str, str] | None = None,
+                  current_texts: dict[str, str] | None = None) -> str | None:
+    """One sentence: what changed in the prefix and where it diverged because of it; None when `current` extends
+    `previous` unchanged."""
+    index = divergence(previous, current)
+    if index is None:
+        return None
+    where = f"block {index + 1} ({_name(current[index])})" if index < len(current) else "its end"
+    causes = change_causes(previous, current, previous_texts, current_texts) or ["the blocks differ"]
+    return f"{'; '.join(causes)}; the prefix diverges at {where}"

@@ -26,15 +26,67 @@ def tokenizer_for(requests: list[Request]) -> Any | None:
     return load_tokenizer(requests[-1].model, cache_dir=models_dir())
 
 
+LEDGER = ("prefix_edit", "compaction", "eviction", "ttl_expiry", "routing", "model_or_salt", "below_minimum",
+          "restart", "unexplained")
+ENGINE_TAGS = {"evicted": "eviction", "salt_or_model": "model_or_salt", "below_minimum": "below_minimum"}
+TTL_SECONDS = {"5m": 300, "1h": 3600}  # a provider cache entry's lifetime without a read
+
+
+def events_before(records: list[dict[str, Any]]) -> list[set[str]]:
+    """Per request, the types of the records written since the request before it (a compaction, a resume)."""
+    out, since = [], set()
+    for record in records:
+        if record.get("type") == "request":
+            out.append(since)
+            since = set()
+        elif record.get("type") not in ("block", "user"):
+            since.add(record["type"])
+    return out
+
+
+def ledger_tag(miss: dict[str, Any], previous: Request, current: Request, events: set[str]) -> str:
+    """The miss's cause in the ledger. A prefix that changed is an edit (or the harness's compaction); where the
+    content allowed more, the engine's trace or the records must say why: eviction, a model or salt change, the
+    provider's minimum, a provider TTL that ran out between the two requests, another replica, or a resumed
+    session in a process whose pool and disk tier did not hold the pages. Anything else is unexplained."""
+    if miss["source"] == "content":
+        return "compaction" if "compaction" in events else "prefix_edit"
+    if miss["cause"] in ENGINE_TAGS:
+        return ENGINE_TAGS[miss["cause"]]
+    if previous.replica and current.replica and previous.replica != current.replica:
+        return "routing"
+    ttl = TTL_SECONDS.get(previous.cache_ttl or "") if previous.backend == "anthropic" else None
+    if ttl is not None and previous.at is not None and current.at is not None and current.at - previous.at > ttl:
+        return "ttl_expiry"
+    if "resume" in events and current.stop_reason == "absent":
+        return "restart"
+    return "unexplained"
+
+
+def ledger(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Misses and missed tokens per cause, and the count of unexplained misses."""
+    causes = {tag: {"misses": 0, "tokens": 0} for tag in LEDGER}
+    for entry in entries:
+        if entry["miss"] is not None:
+            causes[entry["miss"]["ledger"]]["misses"] += 1
+            causes[entry["miss"]["ledger"]]["tokens"] += entry["miss"]["missed_tokens"]
+    return {"causes": causes, "misses": sum(c["misses"] for c in causes.values()),
+            "missed_tokens": sum(c["tokens"] for c in causes.values()),
+            "unexplained": causes["unexplained"]["misses"]}
+
+
 def explain_view(session: Session, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every request's miss (if any) with its cause and ledger tag, and the session's miss ledger."""
     requests = requests_of(records)
     texts = block_texts(records)
     explainer = Explainer(tokenizer_for(requests))
-    entries = [explainer.entry(previous, current, texts, texts)
-               for previous, current in zip([None, *requests], requests)]
-    for index, entry in enumerate(entries, 1):
-        entry["index"] = index
-    return {"session_id": session.id, "requests": entries}
+    entries = []
+    for index, (previous, current, events) in enumerate(zip([None, *requests], requests, events_before(records)), 1):
+        entry = explainer.entry(previous, current, texts, texts)
+        if entry["miss"] is not None:
+            entry["miss"]["ledger"] = ledger_tag(entry["miss"], previous, current, events)
+        entries.append({**entry, "index": index})
+    return {"session_id": session.id, "requests": entries, "ledger": ledger(entries)}
 
 
 def resolve_refs(repo: Path, first: str, second: str) -> tuple[tuple[Session, int], tuple[Session, int]]:
@@ -87,7 +139,8 @@ def _miss_text(miss: dict[str, Any] | None) -> str:
         return "-"
     where = f"{miss['layer']} {miss['kind']} {miss['key']}".strip()
     byte = "-" if miss["byte_offset"] is None else str(miss["byte_offset"])
-    return f"{miss['cause']} at {where} (byte {byte}, token {miss['token_position']})"
+    tag = f"{miss['ledger']}: " if "ledger" in miss else ""
+    return f"{tag}{miss['cause']} at {where} (byte {byte}, token {miss['token_position']})"
 
 
 def _cost_text(miss: dict[str, Any]) -> str:
@@ -110,9 +163,24 @@ def render_explain(view: dict[str, Any], console: Console) -> None:
             console.print(f"request {entry['index']}: ...{''.join(miss['tokens_before'])!r} | "
                           f"now {''.join(miss['tokens_after'])!r}, before "
                           f"{''.join(miss.get('previous_tokens_after', []))!r}", markup=False)
+        if miss and miss.get("change"):
+            console.print(f"request {entry['index']}: {miss['change']}", markup=False)
     misses = [e["miss"] for e in view["requests"] if e["miss"]]
     console.print(f"{len(misses)} of {len(view['requests'])} requests reused less than the previous prompt allowed; "
                   f"{sum(m['missed_tokens'] for m in misses)} tokens recomputed")
+    render_ledger(view["ledger"], console)
+
+
+def render_ledger(book: dict[str, Any], console: Console) -> None:
+    table = Table(title="miss ledger", box=box.SIMPLE_HEAD)
+    for column in ("cause", "misses", "tokens"):
+        table.add_column(column, justify="left" if column == "cause" else "right")
+    for tag, row in book["causes"].items():
+        if row["misses"]:
+            table.add_row(tag, str(row["misses"]), str(row["tokens"]))
+    table.add_row("total", str(book["misses"]), str(book["missed_tokens"]))
+    console.print(table)
+    console.print(f"unexplained misses: {book['unexplained']}")
 
 
 def render_diff(view: dict[str, Any], console: Console) -> None:

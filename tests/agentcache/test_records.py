@@ -59,7 +59,7 @@ def test_the_agent_writes_the_keys_the_previous_code_wrote(repo):
     session = Session.create(repo)
     Agent(repo, random_chat_backend(), RunConfig(max_turns=2, max_tokens=16, retries=5), session).run("Do it.")
     old = [json.loads(line) for line in raw_lines(DATA / f"{PREVIOUS_ID}.jsonl")]
-    optional = {"tool_call", "tool_result", "error", "layout"}
+    optional = {"tool_call", "tool_result", "error", "layout", "at"}  # "at": new, and older readers ignore it
     keys = {(r["type"], frozenset(set(r) - optional)) for r in old}
     for line in raw_lines(session.path):
         record = json.loads(line)
@@ -71,10 +71,18 @@ def test_the_previous_session_inspects_as_it_did(previous_repo, capsys):
     code, out, _ = cli(capsys, "inspect", "--repo", str(previous_repo), "--json")
     assert code == 0 and json.loads(out) == json.loads((DATA / "previous_inspect.json").read_text())
     code, out, _ = cli(capsys, "inspect", "--repo", str(previous_repo), "--explain", "--json")
-    assert code == 0 and json.loads(out) == json.loads((DATA / "previous_explain.json").read_text())
+    view = json.loads(out)
+    ledger = view.pop("ledger")  # new since: the miss ledger, and each miss's source, change and ledger tag
+    added = [entry["miss"].pop(key) for entry in view["requests"] if entry["miss"]
+             for key in ("source", "change", "ledger")]
+    assert code == 0 and view == json.loads((DATA / "previous_explain.json").read_text())
+    assert added[0] == "content" and added[1].startswith("L3 user user added at block 9") and added[2] == "compaction"
+    assert ledger["causes"]["compaction"] == {"misses": 1, "tokens": 240} and ledger["unexplained"] == 0
     code, out, _ = cli(capsys, "inspect", "--repo", str(previous_repo), "--diff", f"{PREVIOUS_ID}:5",
                        f"{PREVIOUS_ID}:6", "--json")
-    assert code == 0 and json.loads(out) == json.loads((DATA / "previous_diff.json").read_text())
+    view = json.loads(out)
+    assert {view["diff"][0]["miss"].pop(key) for key in ("source", "change")} >= {"content"}  # new since
+    assert code == 0 and view == json.loads((DATA / "previous_diff.json").read_text())
 
 
 def test_the_previous_session_resumes_after_its_compaction(previous_repo):
