@@ -21,7 +21,11 @@ from agentcache.tools.toolbox import SHELL_TOOL, mode_tools
 from layers import Block, Context, Layer, ToolRegistry, ToolResult, UserInput, build_prefix, canonical_json
 from layers.l3 import AssistantMessage, ToolCall
 
-KEEP_RECENT = 4
+KEEP_RECENT = 2  # L3 entries kept after a compaction besides the task: the last call and its result
+SUMMARY_TOKENS = 256  # the longest summary the model may write
+SUMMARY_PROMPT_TOKENS = 128  # room for the instruction that asks for it
+PAYBACK_TURNS = 3  # a compaction keeps the last entries only if it still pays for itself within this many requests
+COMPACT_PROMPT = PROMPTS_DIR / "compact.md"
 OnTurn = Callable[[dict[str, Any]], None]
 TurnCheck = Callable[[], str | None]  # a reason to stop before the next turn, or None to go on
 
@@ -97,7 +101,7 @@ class Agent:
         return Outcome("max_turns", None, self.config.max_turns)
 
     def step(self, turn: int) -> Outcome | None:
-        self._compact_if_needed()
+        self._compact_if_needed(turn)
         settings = GenSettings(max_tokens=self.config.max_tokens, temperature=self.config.temperature,
                                salt=self.config.salt or None, tool_required=self._look_first(),
                                routing_key=self._routing_key())
@@ -151,23 +155,25 @@ class Agent:
     def _tool_format(self) -> str:
         return getattr(self.backend, "tool_format", "json")
 
-    def _request_record(self, turn: int, reply: Reply, sent_at: float) -> Request:
-        self._store_block_texts()
+    def _request_record(self, turn: int, reply: Reply, sent_at: float, context: Context | None = None) -> Request:
+        """The record of a request on `context` (the agent's own by default)."""
+        context = context if context is not None else self.context
+        self._store_block_texts(context)
         return Request(
-            turn=turn, usage=Usage.from_json(reply.usage), context_id=self.context.context_id,
+            turn=turn, usage=Usage.from_json(reply.usage), context_id=context.context_id,
             backend=self.backend.name, model=getattr(self.backend, "model_name", self.config.model),
             fingerprint=getattr(self.backend, "fingerprint", None), salt=self.config.salt,
-            cache_ttl=reply.trace.get("cache_ttl", self.config.cache_ttl), layers=self.context.layer_hashes(),
-            blocks=block_refs(self.context),
+            cache_ttl=reply.trace.get("cache_ttl", self.config.cache_ttl), layers=context.layer_hashes(),
+            blocks=block_refs(context),
             segment_tokens=reply.trace.get("segment_tokens", []), prefix_tokens=reply.prefix_tokens,
             timings=reply.timings, trace=reply.trace, enabled_tools=sorted(self.enabled), reply=reply.text,
             finish_reason=reply.finish_reason, layout=getattr(self.backend, "layout", None),
             routing_key=reply.routing_key, replica=reply.replica, at=sent_at,
         )
 
-    def _store_block_texts(self) -> None:
+    def _store_block_texts(self, context: Context) -> None:
         """One content-addressed `block` record per block text, the first time its hash appears in the session."""
-        for block in self.context:
+        for block in context:
             if block.hash not in self.stored_blocks:
                 self.session.append(BlockText(block.hash, block.text).to_json())
                 self.stored_blocks.add(block.hash)
@@ -179,18 +185,71 @@ class Agent:
         if self.on_turn is not None:
             self.on_turn(record)
 
-    def _compact_if_needed(self) -> None:
-        """Fold the oldest L3 entries into one summary entry; L1 and L2 stay byte-identical."""
-        limit = self.backend.window() - self.config.max_tokens
-        l3 = list(self.context.l3)
-        if len(l3) <= KEEP_RECENT + 1 or self.backend.count_tokens(self.context) <= limit:
+    def _compact_if_needed(self, turn: int) -> None:
+        """Compact when the next request would not fit the window (or `compact_at` tokens): the model summarizes
+        the oldest L3 entries; L1 and L2 stay byte-identical."""
+        if len(self.context.l3) <= KEEP_RECENT + 1:
             return
-        task, old, recent = l3[0], l3[1:-KEEP_RECENT], l3[-KEEP_RECENT:]
-        calls = [f"{b.key}" for b in old if b.kind == "tool_call"]
-        summary = UserInput(f"[{len(old)} earlier entries compacted; tools called: {', '.join(calls) or 'none'}]")
-        self.context = Context([*self.context.prefix, task, summary.to_block(), *recent])
+        tokens = self.backend.count_tokens(self.context)
+        if tokens > self.compact_limit():
+            self.compact(turn, "window", tokens)
+
+    def compact_limit(self) -> int:
+        """The prompt tokens past which the agent compacts: `compact_at`, else the window less room for a reply
+        and for the summary request's instruction and reply."""
+        room = self.backend.window() - self.config.max_tokens - SUMMARY_TOKENS - SUMMARY_PROMPT_TOKENS
+        return min(self.config.compact_at, room) if self.config.compact_at else room
+
+    def entries_to_keep(self) -> int:
+        """How many of the last L3 entries a compaction keeps: KEEP_RECENT if that pays for itself within
+        PAYBACK_TURNS requests, else none. Every later request is shorter by the removed entries less the summary;
+        the compaction costs the summary request (its instruction and reply; the rest is a cache hit) and the
+        prefill again of what comes after the task (the summary and the kept entries)."""
+        prefix = len(self.context.prefix)
+        if hasattr(self.backend, "segment_counts"):
+            tokens = self.backend.segment_counts(self.context)[prefix + 1:len(self.context)]
+        else:
+            tokens = [self.backend.count_tokens(Context([block])) for block in self.context.l3[1:]]
+        for keep in (KEEP_RECENT, 0):
+            kept = sum(tokens[len(tokens) - keep:]) if keep else 0
+            saved = sum(tokens) - kept - SUMMARY_TOKENS
+            cost = SUMMARY_PROMPT_TOKENS + 2 * SUMMARY_TOKENS + kept
+            if PAYBACK_TURNS * saved > cost:
+                return keep
+        return 0
+
+    def compact(self, turn: int, trigger: str, tokens_before: int) -> None:
+        """The summary is a fork on the live prefix: the whole context as it is (a cache hit), the same L1 and
+        tools (none enabled: the reply is plain text), then one instruction. Its text replaces the oldest L3
+        entries; the task and the last entries `entries_to_keep` chooses stay. The session records the summary request and a
+        compaction record with the prompt tokens before and after, for the accounting inspect shows."""
+        keep = self.entries_to_keep()
+        l3 = self.context.l3
+        task, old, recent = l3[0], l3[1:len(l3) - keep], l3[len(l3) - keep:]
+        fork = Context([*self.context, UserInput(COMPACT_PROMPT.read_text(encoding="utf-8")).to_block()])
+        settings = GenSettings(max_tokens=SUMMARY_TOKENS, temperature=self.config.temperature,
+                               salt=self.config.salt or None, routing_key=self._routing_key())
+        sent_at = time.time()
+        reply = self.backend.complete(fork, self.specs, set(), settings)
+        self.spent += reply.usage["computed_tokens"] + reply.usage["completion_tokens"]
+        record = self._request_record(turn, reply, sent_at, fork)
+        record.purpose = "compaction"
+        try:
+            summary = self.backend.parse(reply.text, self.specs, set()).text
+        except ToolCallError as exc:  # the model's text is unusable: the names of the calls stand in for it
+            record.error = str(exc)
+            summary = f"tools called: {', '.join(b.key for b in old if b.kind == 'tool_call') or 'none'}"
+        self.session.append(record.to_json())
+        if self.on_turn is not None:
+            self.on_turn(record.to_json())
+        text = f"[Summary of {len(old)} earlier entries, written before they were removed]\n{summary}"
+        self.context = Context([*self.context.prefix, task, UserInput(text).to_block(), *recent])
+        counts = self.backend.count_tokens(self.context), self.backend.count_tokens(Context([*self.context.prefix, task]))
         l3 = [{"kind": b.kind, "key": b.key, "text": b.text} for b in self.context.l3]
-        self.session.append(Compaction(l3, len(old), self.context.context_id).to_json())
+        compaction = Compaction(l3, len(old), self.context.context_id, trigger, tokens_before, *counts)
+        self.session.append(compaction.to_json())
+        if self.on_turn is not None:
+            self.on_turn(compaction.to_json())
 
 
 class Stuck(Exception):

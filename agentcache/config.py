@@ -54,6 +54,8 @@ class RunConfig:
     dtype: str = "auto"  # local backend: auto (the fastest for the hardware: engine.hardware), or a dtype's name
     quant: str = "auto"  # local backend: weight-only quantization: auto (int8 on a CPU with the int8 kernel), none,
     # int8 or int4 (engine.quant)
+    compact_at: int = 0  # compact L3 when a request's prompt would pass this many tokens; 0: only when the next
+    # request would not fit the model's window (the window less room for a reply and the summary)
     routing: str = "session"  # openai backend: the routing key each request carries: session (the session lineage:
     # forks and resumes keep their parent's), prefix (the L1+L2 context id) or none
 
@@ -137,6 +139,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must b
     "dtype": _one_of(DTYPES),
     "quant": _one_of(QUANTS),
     "routing": _one_of(ROUTINGS),
+    "compact_at": _at_least(0),
 }
 
 

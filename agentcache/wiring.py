@@ -13,7 +13,7 @@ from agentcache.agent import Agent
 from agentcache.backends import Backend
 from agentcache.config import BACKENDS, CONFIG_FILE, RunConfig, check_config, check_text, load_config
 from agentcache.errors import AgentcacheError
-from agentcache.records import Request, parse_record, requests_of
+from agentcache.records import Compaction, Request, parse_record, requests_of
 from agentcache.session import Session
 from layers import ToolRegistry
 from layers.repo import open_repo
@@ -88,8 +88,8 @@ def run_task(repo: Path, task: str, overrides: dict[str, Any], resume: str | Non
     if resume:
         check_resumable(session)
     backend = build_backend(config, api_key)
-    agent = Agent(root, backend, config, session, on_turn=lambda record: on_line(turn_line(record)),
-                  registry=load_registry())
+    agent = Agent(root, backend, config, session, registry=load_registry())
+    agent.on_turn = lambda record: on_line(turn_line(record, lambda tokens: refill_cost_text(agent, tokens)))
     if resume:
         session.end_at_line()
     if resume:
@@ -108,9 +108,6 @@ def run_task(repo: Path, task: str, overrides: dict[str, Any], resume: str | Non
 def resume_line(agent: Agent, session: Session) -> str:
     """The line `run --resume` prints before sending: the rebuilt request verified against the session's last one,
     or a warning naming what changed, with the tokens that will be prefilled again and what they cost."""
-    from agentcache.inspect.cost import refill_cost
-    from agentcache.inspect.explain import prefill_seconds_per_token
-
     check = agent.resume_check
     if check is None or check.blocks == 0:
         return f"resume: session {session.id} has no request yet"
@@ -119,11 +116,19 @@ def resume_line(agent: Agent, session: Session) -> str:
         return (f"resume: verified against the last request of session {session.id}: {check.matched_blocks} of "
                 f"{check.blocks} blocks and their tokens match; {check.reusable_tokens} of its {prompt} prompt "
                 "tokens can be reused")
-    requests = [r for r in requests_of(session.records()) if r.usage.computed_tokens]
-    rate = next((s for s in map(prefill_seconds_per_token, reversed(requests)) if s), None)
-    cost = refill_cost(check.recompute_tokens, agent.backend.name, agent.config.cache_ttl, rate)
     return (f"warning: resume: {'; '.join(check.problems)}: {check.recompute_tokens} of the last request's {prompt} "
-            f"prompt tokens will be prefilled again ({cost})")
+            f"prompt tokens will be prefilled again ({refill_cost_text(agent, check.recompute_tokens)})")
+
+
+def refill_cost_text(agent: Agent, tokens: int) -> str:
+    """What prefilling `tokens` again costs the agent's backend: USD at its prices, or seconds at the prefill
+    rate its session measured last."""
+    from agentcache.inspect.cost import refill_cost
+    from agentcache.inspect.explain import prefill_seconds_per_token
+
+    requests = [r for r in requests_of(agent.session.records()) if r.usage.computed_tokens]
+    rate = next((s for s in map(prefill_seconds_per_token, reversed(requests)) if s), None)
+    return refill_cost(tokens, agent.backend.name, agent.config.cache_ttl, rate)
 
 
 def run_request(request: Request) -> dict[str, Any]:
@@ -161,10 +166,17 @@ def check_script_backends(script: Script, base: RunConfig) -> None:
                               f"{CONFIG_FILE} or the default): set 'backend' in {CONFIG_FILE} instead")
 
 
-def turn_line(record: dict) -> str:
+def turn_line(record: dict, refill_cost: Callable[[int], str] | None = None) -> str:
     """The progress line of one record the agent's on_turn hands over (a line as written): a request's counts,
-    TTFT and what it did; "" for any other record (the user's task)."""
+    TTFT and what it did; for a compaction, the warning of the tokens it makes the next request prefill again
+    (what that costs, by `refill_cost`); "" for any other record (the user's task)."""
     request = parse_record(record)
+    if isinstance(request, Compaction):
+        again = (request.tokens_after or 0) - (request.kept_tokens or 0)
+        cost = f" ({refill_cost(again)})" if refill_cost is not None else ""
+        return (f"warning: compaction: {request.dropped} earlier entries replaced by the model's summary; the next "
+                f"request prefills {again} tokens after the task again{cost}, and every later one is "
+                f"{(request.tokens_before or 0) - (request.tokens_after or 0)} tokens shorter")
     if not isinstance(request, Request):
         return ""
     usage, call = request.usage, request.tool_call
@@ -173,6 +185,8 @@ def turn_line(record: dict) -> str:
         action = f"invalid reply: {request.error}"
     if request.stopped:
         action = f"[{request.stopped}] {action}"
+    if request.purpose:
+        action = f"[{request.purpose}] {action}"
     disk = f" (disk {usage.disk_tokens})" if usage.disk_tokens else ""
     return (f"turn {request.turn}: prompt {usage.prompt_tokens}  cached {usage.cached_tokens}{disk}  "
             f"computed {usage.computed_tokens}  completion {usage.completion_tokens}  "

@@ -146,7 +146,7 @@ def random_tiny_model(dtype: torch.dtype = torch.float32, seed: int = 0, vocab_s
 
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,  # room for agent prompts
         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
     )
     with torch.random.fork_rng(devices=[]):

@@ -70,7 +70,9 @@ class LocalBackend:
             return [self._segment_tokens[segment] for segment in segments]
 
     def grammar(self, tools: list[ToolSpec], enabled: set[str], tool_required: bool = False) -> ToolCallGrammar:
-        allow_answer = self.allow_answer and not tool_required
+        """The reply grammar: a call to an enabled tool or, where allowed, an answer; with no tool enabled (a
+        summary), an answer only."""
+        allow_answer = not enabled or (self.allow_answer and not tool_required)
         key = (tuple(sorted(enabled)), allow_answer)
         with self._lock:
             if key not in self._grammars:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentcache.errors import AgentcacheError
+from agentcache.inspect.compactions import compaction_rows
 from agentcache.inspect.cost import cost_view
 from agentcache.records import USAGE_FIELDS, Request, ratio, requests_of, reusable_after_previous
 from agentcache.session import Session
@@ -31,6 +32,8 @@ def reusable_tokens(previous: dict[str, Any] | None, current: dict[str, Any]) ->
 
 
 def action(request: Request) -> str:
+    if request.purpose:
+        return request.purpose
     if request.error:
         return "error"
     return request.tool if request.tool is not None else "answer"
@@ -59,7 +62,7 @@ def session_view(session_id: str, records: list[dict[str, Any]], bad_lines: list
     totals["reusable_hit_rate"] = ratio(totals["cached_tokens"], totals["reusable_tokens"])
     backend = requests[-1].backend if requests else "local"
     return {"session_id": session_id, "requests": rows, "totals": totals, "cost": cost_view(rows, backend, cache_ttl),
-            "bad_lines": bad_lines or []}
+            "compactions": compaction_rows(records, cache_ttl), "bad_lines": bad_lines or []}
 
 
 def _percent(value: float | None) -> str:
@@ -106,6 +109,7 @@ def render_session(view: dict[str, Any], records: list[dict[str, Any]], console:
     console.print(f"hit rate (cached / prompt tokens)    {_percent(totals['hit_rate'])}")
     console.print(f"hit rate (cached / reusable tokens)  {_percent(totals['reusable_hit_rate'])}")
     render_cost(view["cost"], console)
+    render_compactions(view["compactions"], console)
     if not view["requests"]:
         console.print("no requests in this session yet")
         return
@@ -114,6 +118,23 @@ def render_session(view: dict[str, Any], records: list[dict[str, Any]], console:
     for row in view["requests"]:
         console.print(f"{row['turn']!s:>4} {_bar(row['cached_tokens'], row['computed_tokens'], scale)} "
                       f"{row['cached_tokens']}/{row['prompt_tokens']}")
+
+
+def render_compactions(rows: list[dict[str, Any]], console: Console) -> None:
+    """Each compaction's cost and the prompt tokens it saved over the requests after it (at most PAYBACK_TURNS)."""
+    if not rows:
+        return
+    table = Table(title="compactions: cost and savings (tokens)", box=box.SIMPLE_HEAD)
+    for column in ("turn", "dropped", "summary in", "summary out", "extra prefill", "cost", "after", "saved", "net"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*(str(row[name]) for name in ("turn", "dropped", "summary_computed_tokens",
+                                                      "summary_completion_tokens", "extra_prefill_tokens",
+                                                      "cost_tokens", "requests_after", "saved_tokens", "net_tokens")))
+    console.print(table)
+    net = sum(row["net_tokens"] for row in rows)
+    usd = ", ".join(f"{name} ${sum(row['net_usd'][name] for row in rows):+.4f}" for name in rows[0]["net_usd"])
+    console.print(f"compaction net savings: {net:+d} tokens; at prices: {usd}")
 
 
 def render_cost(cost: dict[str, Any], console: Console) -> None:

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from agentcache.agent import Agent
+from agentcache.agent import COMPACT_PROMPT, Agent
 from agentcache.backends.local import LocalBackend
 from agentcache.cache_dir import models_dir
 from agentcache.config import RunConfig
 from agentcache.render import ChatRenderer
 from agentcache.session import Session
 from engine import load_model
+from layers import Context, Layer
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "repo"
 
@@ -162,26 +163,65 @@ def test_bad_input_is_one_line_exit_2(repo, case):
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in proc.stderr
 
 
-def test_compaction_rewrites_only_l3(backend, repo):
+def test_compaction_is_a_summary_fork_on_the_live_prefix_and_rewrites_only_l3(backend, repo, capsys):
     session = Session.create(repo)
     agent = Agent(repo, backend, RunConfig(max_turns=1, max_tokens=16, retries=50), session)
     agent.run_start("Read files.")
-    agent.step(0)
+    agent.step(1)
     for i in range(8):
         agent.toolbox.run("list_files", {})
         agent._append([b for b in agent.context.l3[-1:]], {"type": "filler", "i": i})
-    prefix_before = [b.hash for b in agent.context.prefix]
-    l3_before = len(agent.context.l3)
-    prompt_tokens = backend.count_tokens(agent.context)
+    before = list(agent.context)
+    tokenizer = backend.model.tokenizer
+    tokens_before = sum(len(tokenizer.encode(s, add_special_tokens=False))
+                        for s in backend.renderer.block_segments(agent.context))
 
     class SmallWindow(LocalBackend):
         def window(self) -> int:
-            return prompt_tokens - 1 + 16
+            return tokens_before + 16 + 256 + 128 - 1  # the next request and the summary request would not fit
 
     agent.backend = SmallWindow(backend.model, backend.engine)
-    agent.step(1)
-    assert [b.hash for b in agent.context.prefix] == prefix_before
-    compaction = [r for r in session.records() if r["type"] == "compaction"]
-    assert len(compaction) == 1 and compaction[0]["dropped"] == l3_before - 5
-    assert [b.hash for b in agent.context.prefix] == prefix_before
-    assert requests_of(session)[-1]["usage"]["cached_tokens"] >= requests_of(session)[-1]["prefix_tokens"] // 16 * 16
+    agent.step(2)
+    rows = session.records()
+    summary, compaction, after = (next(r for r in rows if r["type"] == "request" and r.get("purpose") == "compaction"),
+                                  next(r for r in rows if r["type"] == "compaction"), requests_of(session)[-1])
+    first = requests_of(session)[0]
+    # the summary request: every block of the live context, then the instruction; the same tools listed
+    assert [b["hash"] for b in summary["blocks"][:-1]] == [b.hash for b in before]
+    texts = {r["hash"]: r["text"] for r in rows if r["type"] == "block"}
+    assert texts[summary["blocks"][-1]["hash"]] == COMPACT_PROMPT.read_text()
+    assert summary["usage"]["cached_tokens"] >= (first["usage"]["prompt_tokens"] - 1) // 16 * 16  # a cache hit
+    assert summary["usage"]["prompt_tokens"] > tokens_before
+    # the compaction: L1 and L2 untouched; task, summary, then what the payback rule kept
+    assert [b.hash for b in agent.context.prefix] == [b.hash for b in before if b.layer != Layer.L3]
+    assert compaction["tokens_before"] == tokens_before and compaction["trigger"] == "window"
+    assert after["usage"]["prompt_tokens"] == compaction["tokens_after"] < tokens_before  # the engine's own count
+    l3 = compaction["l3"]
+    assert l3[0]["text"] == "Read files." and l3[1]["text"].startswith(f"[Summary of {compaction['dropped']} earlier")
+    assert l3[1]["text"].endswith(json.loads(summary["reply"])["answer"])  # the model's own words
+    assert len(l3) == 2 + (len(before) - len(agent.context.prefix) - 1 - compaction["dropped"])
+    task = agent.context.l3[0]
+    kept_prompt = sum(len(tokenizer.encode(s, add_special_tokens=False))
+                      for s in backend.renderer.block_segments(Context([*agent.context.prefix, task])))
+    assert compaction["kept_tokens"] == kept_prompt
+    assert after["usage"]["cached_tokens"] >= (kept_prompt - 4) // 16 * 16  # up to the task, less its turn's end
+    # inspect's accounting, from the usage the engine reported
+    view = json.loads(inspect_json(capsys, repo))
+    row = view["compactions"][0]
+    anyway = tokens_before - first["usage"]["prompt_tokens"]
+    cost = (summary["usage"]["computed_tokens"] + summary["usage"]["completion_tokens"]
+            + after["usage"]["computed_tokens"] - anyway)
+    assert row["cost_tokens"] == cost and row["requests_after"] == 1
+    assert row["saved_tokens"] == tokens_before - after["usage"]["prompt_tokens"]
+    assert row["net_tokens"] == row["saved_tokens"] - cost
+
+
+def inspect_json(capsys, repo: Path) -> str:
+    from agentcache.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["inspect", "--json", "--repo", str(repo)])
+    return capsys.readouterr().out
+
+

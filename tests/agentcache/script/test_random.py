@@ -184,7 +184,7 @@ def test_cli_json_report_has_agents_and_totals_and_each_session_inspects(repo, t
 
 
 def test_an_agent_that_fails_stops_with_an_error_and_the_script_goes_on(backend, repo):
-    text = SCRIPT.replace("task: Plan it.", "task: '" + "overflow " * 2500 + "'")
+    text = SCRIPT.replace("task: Plan it.", "task: '" + "overflow " * 9000 + "'")  # past the 8k window
     run = run_script(text, repo, backend)
     planner = run.states["planner"]
     assert planner.outcome == "error" and "exceeds the model window" in planner.error
