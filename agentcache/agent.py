@@ -186,13 +186,19 @@ class Agent:
             self.on_turn(record)
 
     def _compact_if_needed(self, turn: int) -> None:
-        """Compact when the next request would not fit the window (or `compact_at` tokens): the model summarizes
-        the oldest L3 entries; L1 and L2 stay byte-identical."""
+        """Compact when the next request would not fit the window (or `compact_at` tokens), or when the provider's
+        cache of the prefix has expired (the whole prompt is written again anyway) and compacting pays for itself:
+        the model summarizes the oldest L3 entries; L1 and L2 stay byte-identical."""
+        limit = self.compact_limit()  # first: a remote backend asks its server for the window once
         if len(self.context.l3) <= KEEP_RECENT + 1:
             return
         tokens = self.backend.count_tokens(self.context)
-        if tokens > self.compact_limit():
-            self.compact(turn, "window", tokens)
+        if tokens > limit:
+            self.compact(turn, "window", tokens, self.entries_to_keep() or 0)
+        elif getattr(self.backend, "prefix_expired", lambda: False)():
+            keep = self.entries_to_keep()  # the provider's cache expired: L3 is written again anyway
+            if keep is not None:
+                self.compact(turn, "expired", tokens, keep)
 
     def compact_limit(self) -> int:
         """The prompt tokens past which the agent compacts: `compact_at`, else the window less room for a reply
@@ -200,11 +206,12 @@ class Agent:
         room = self.backend.window() - self.config.max_tokens - SUMMARY_TOKENS - SUMMARY_PROMPT_TOKENS
         return min(self.config.compact_at, room) if self.config.compact_at else room
 
-    def entries_to_keep(self) -> int:
+    def entries_to_keep(self) -> int | None:
         """How many of the last L3 entries a compaction keeps: KEEP_RECENT if that pays for itself within
-        PAYBACK_TURNS requests, else none. Every later request is shorter by the removed entries less the summary;
-        the compaction costs the summary request (its instruction and reply; the rest is a cache hit) and the
-        prefill again of what comes after the task (the summary and the kept entries)."""
+        PAYBACK_TURNS requests, else none if that does, else None (no compaction pays). Every later request is
+        shorter by the removed entries less the summary; the compaction costs the summary request (its instruction
+        and reply; the rest is a cache hit) and the prefill again of what comes after the task (the summary and the
+        kept entries)."""
         prefix = len(self.context.prefix)
         if hasattr(self.backend, "segment_counts"):
             tokens = self.backend.segment_counts(self.context)[prefix + 1:len(self.context)]
@@ -216,14 +223,13 @@ class Agent:
             cost = SUMMARY_PROMPT_TOKENS + 2 * SUMMARY_TOKENS + kept
             if PAYBACK_TURNS * saved > cost:
                 return keep
-        return 0
+        return None
 
-    def compact(self, turn: int, trigger: str, tokens_before: int) -> None:
+    def compact(self, turn: int, trigger: str, tokens_before: int, keep: int) -> None:
         """The summary is a fork on the live prefix: the whole context as it is (a cache hit), the same L1 and
         tools (none enabled: the reply is plain text), then one instruction. Its text replaces the oldest L3
-        entries; the task and the last entries `entries_to_keep` chooses stay. The session records the summary request and a
+        entries; the task and the last `keep` entries stay. The session records the summary request and a
         compaction record with the prompt tokens before and after, for the accounting inspect shows."""
-        keep = self.entries_to_keep()
         l3 = self.context.l3
         task, old, recent = l3[0], l3[1:len(l3) - keep], l3[len(l3) - keep:]
         fork = Context([*self.context, UserInput(COMPACT_PROMPT.read_text(encoding="utf-8")).to_block()])

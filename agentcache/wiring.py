@@ -171,14 +171,14 @@ def turn_line(record: dict, refill_cost: Callable[[int], str] | None = None) -> 
     TTFT and what it did; for a compaction, the warning of the tokens it makes the next request prefill again
     (what that costs, by `refill_cost`); "" for any other record (the user's task)."""
     request = parse_record(record)
-    if isinstance(request, Compaction):
+    if isinstance(request, Compaction) and request.tokens_before is not None:
         again = (request.tokens_after or 0) - (request.kept_tokens or 0)
         cost = f" ({refill_cost(again)})" if refill_cost is not None else ""
         return (f"warning: compaction: {request.dropped} earlier entries replaced by the model's summary; the next "
                 f"request prefills {again} tokens after the task again{cost}, and every later one is "
                 f"{(request.tokens_before or 0) - (request.tokens_after or 0)} tokens shorter")
     if not isinstance(request, Request):
-        return ""
+        return ""  # the user's task, an older compaction
     usage, call = request.usage, request.tool_call
     action = f"{call['name']} {json.dumps(call['arguments'], ensure_ascii=False)}" if call else request.reply or ""
     if request.error:

@@ -26,6 +26,8 @@ from rich.table import Table
 from agentcache.agent import Agent, Outcome
 from agentcache.config import QUANTS, TOOL_CHOICES, RunConfig, check_config
 from agentcache.errors import AgentcacheError
+from agentcache.inspect.compactions import compaction_rows
+from agentcache.inspect.misses import explain_view
 from agentcache.records import USAGE_FIELDS, Request, requests_of
 from agentcache.session import Session
 from benchmarks.report import write_json
@@ -46,6 +48,9 @@ NOTES = [
     "cached/prefix: the lowest cached_tokens / prefix_tokens over a task's requests after its first (none for a "
     "one-turn task). warm turn s: the engine's total time of each such request (queue, prefill, decode).",
     "unparseable: requests whose reply was not a valid tool call or answer.",
+    "misses: each request that reused less than the previous prompt allowed, by cause (inspect --explain's miss "
+    "ledger); unexpl.: those no record explains. compactions: each one's net tokens over the requests after it (at "
+    "most 3): the prompt tokens it removed from each, less the summary request and the prefill it added.",
 ]
 
 
@@ -145,10 +150,11 @@ def select(ids: str | None, max_turns: int | None) -> list[Task]:
     return [Task(t.id, t.kind, t.text, t.check, min(t.max_turns, cap)) for t in chosen]
 
 
-def task_config(model: str, task: Task, tool_choice: str) -> RunConfig:
-    """The run settings of one task: the defaults, its turns, no disk tier; where the config has a `mode`,
-    questions run read-only and edits in edit mode."""
-    config = RunConfig(model=model, max_turns=task.max_turns, disk_cache=False, tool_choice=tool_choice)
+def task_config(model: str, task: Task, tool_choice: str, compact_at: int = 0) -> RunConfig:
+    """The run settings of one task: the defaults, its turns, no disk tier, compaction past `compact_at` tokens
+    (0: at the window); where the config has a `mode`, questions run read-only and edits in edit mode."""
+    config = RunConfig(model=model, max_turns=task.max_turns, disk_cache=False, tool_choice=tool_choice,
+                       compact_at=compact_at)
     if "mode" in {item.name for item in fields(RunConfig)}:
         setattr(config, "mode", "edit" if task.kind == "edit" else "read-only")
     return check_config(config)
@@ -172,9 +178,21 @@ def cached_over_prefix_min(requests: list[Request]) -> float | None:
     return round(min(ratios), 3) if ratios else None
 
 
+def cache_accounts(session: Session) -> dict[str, Any]:
+    """The session's miss ledger (misses per cause, unexplained ones) and its compactions' cost and savings."""
+    records = session.records()
+    ledger = explain_view(session, records)["ledger"]
+    return {"misses": {tag: row["misses"] for tag, row in ledger["causes"].items() if row["misses"]},
+            "unexplained_misses": ledger["unexplained"],
+            "compactions": [{name: row[name] for name in ("turn", "dropped", "cost_tokens", "requests_after",
+                                                          "saved_tokens", "net_tokens")}
+                            for row in compaction_rows(records)]}
+
+
 def task_record(task: Task, outcome: Outcome, verdict: Verdict, requests: list[Request], wall_s: float,
                 session: Session) -> dict[str, Any]:
     sums = {name: sum(getattr(r.usage, name) for r in requests) for name in USAGE_FIELDS}
+    requests = [r for r in requests if r.purpose is None]  # the agent's turns (not its summary requests)
     warm = [r.timings["total_s"] for r in requests[1:] if r.timings.get("total_s") is not None]
     return {
         "id": task.id, "kind": task.kind, "passed": verdict.passed, "check": verdict.detail,
@@ -182,14 +200,16 @@ def task_record(task: Task, outcome: Outcome, verdict: Verdict, requests: list[R
         "cached_over_prefix_min": cached_over_prefix_min(requests), "warm_turn_s": [round(s, 3) for s in warm],
         "unparseable": sum(1 for r in requests if r.error), "tools": [r.tool for r in requests if r.tool],
         "answer": (outcome.answer or "")[:ANSWER_CHARS] or None, "session_id": session.id,
+        **cache_accounts(session),
     }
 
 
-def run_one(task: Task, backend: Any, registry: Any, model: str, work: Path, tool_choice: str) -> dict[str, Any]:
+def run_one(task: Task, backend: Any, registry: Any, model: str, work: Path, tool_choice: str,
+            compact_at: int = 0) -> dict[str, Any]:
     """One task on its own copy of the example repo; the checker reads the shipped repo for a question."""
     repo = copy_example(work / task.id)
     session = Session.create(repo)
-    agent = Agent(repo, backend, task_config(model, task, tool_choice), session, registry=registry)
+    agent = Agent(repo, backend, task_config(model, task, tool_choice, compact_at), session, registry=registry)
     start = time.perf_counter()
     outcome = agent.run(task.text)
     wall_s = time.perf_counter() - start
@@ -208,12 +228,17 @@ def model_report(name: str, records: list[dict[str, Any]], load_s: float) -> dic
         "median_turns": median([r["turns"] for r in records]),
         "median_wall_s": median([r["wall_s"] for r in records]),
         "median_warm_turn_s": median([s for r in records for s in r["warm_turn_s"]]),
-        "unparseable": sum(r["unparseable"] for r in records), "load_s": round(load_s, 3), "tasks": records,
+        "unparseable": sum(r["unparseable"] for r in records), "load_s": round(load_s, 3),
+        "unexplained_misses": sum(r["unexplained_misses"] for r in records),
+        "compactions": sum(len(r["compactions"]) for r in records),
+        "compaction_net_tokens": sum(c["net_tokens"] for r in records for c in r["compactions"]),
+        "tasks": records,
     }
 
 
 def run_model(name: str, tasks: list[Task], work: Path, console: Console, tool_format: str = "auto",
-              tool_choice: str = RunConfig().tool_choice, quant: str = RunConfig().quant) -> dict[str, Any]:
+              tool_choice: str = RunConfig().tool_choice, quant: str = RunConfig().quant,
+              compact_at: int = 0) -> dict[str, Any]:
     """Every task on one model and one engine, loaded once (weights quantized by `quant`); the backend replies in
     `tool_format`, `tool_choice`."""
     from agentcache.backends.local import LocalBackend
@@ -226,7 +251,7 @@ def run_model(name: str, tasks: list[Task], work: Path, console: Console, tool_f
     (work / slug(name)).mkdir(parents=True, exist_ok=True)
     records = []
     for task in tasks:
-        record = run_one(task, backend, registry, name, work / slug(name), tool_choice)
+        record = run_one(task, backend, registry, name, work / slug(name), tool_choice, compact_at)
         console.print(f"{name} {task.id}: {'pass' if record['passed'] else 'FAIL'} ({record['reason']}, "
                       f"{record['turns']} turns, {record['wall_s']:.1f}s) {record['check']}", markup=False)
         records.append(record)
@@ -242,23 +267,27 @@ def cell(value: Any) -> str:
 def model_table(report: dict[str, Any]) -> Table:
     t = Table(title=f"tasks, {report['name']}: {report['passed']}/{report['tasks_run']} passed")
     columns = ("id", "kind", "pass", "reason", "turns", "wall s", "prompt", "cached", "computed", "completion",
-               "cached/prefix")
+               "cached/prefix", "misses", "unexpl.", "compactions (net tokens)")
     for name in columns:
         t.add_column(name, justify="left" if name in ("id", "kind", "reason") else "right")
     for r in report["tasks"]:
+        misses = ", ".join(f"{tag} {n}" for tag, n in r["misses"].items()) or "-"
+        nets = ", ".join(f"{c['net_tokens']:+d}" for c in r["compactions"]) or "-"
         t.add_row(r["id"], r["kind"], "yes" if r["passed"] else "no", r["reason"], str(r["turns"]),
-                  f"{r['wall_s']:.1f}", *(str(r[name]) for name in USAGE_FIELDS), cell(r["cached_over_prefix_min"]))
+                  f"{r['wall_s']:.1f}", *(str(r[name]) for name in USAGE_FIELDS), cell(r["cached_over_prefix_min"]),
+                  misses, str(r["unexplained_misses"]), nets)
     return t
 
 
 def summary_table(reports: list[dict[str, Any]]) -> Table:
     t = Table(title="tasks, per model")
     for name in ("model", "pass rate", "median turns", "median wall s", "median warm turn s", "unparseable",
-                 "load s"):
+                 "load s", "unexplained misses", "compactions", "compaction net tokens"):
         t.add_column(name, justify="left" if name == "model" else "right")
     for r in reports:
         t.add_row(r["name"], f"{r['pass_rate']:.2f}", cell(r["median_turns"]), cell(r["median_wall_s"]),
-                  cell(r["median_warm_turn_s"]), str(r["unparseable"]), f"{r['load_s']:.1f}")
+                  cell(r["median_warm_turn_s"]), str(r["unparseable"]), f"{r['load_s']:.1f}",
+                  str(r["unexplained_misses"]), str(r["compactions"]), f"{r['compaction_net_tokens']:+d}")
     return t
 
 
@@ -274,6 +303,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="first: a task's first reply is a tool call; required: every reply is a tool call, the "
                         "answer comes through finish; auto: any reply may answer")
     p.add_argument("--quant", default=RunConfig().quant, choices=QUANTS, help="weight-only quantization")
+    p.add_argument("--compact-at", type=int, default=0,
+                   help="compact a task's L3 past this many prompt tokens (default 0: only at the model's window)")
     p.add_argument("--keep", type=Path, help="keep each task's repo copy and session under this folder")
     return p.parse_args(argv)
 
@@ -283,11 +314,12 @@ def run_suite(args: argparse.Namespace, work: Path, console: Console) -> dict[st
     names = [name.strip() for name in args.models.split(",") if name.strip()]
     if not names:
         raise AgentcacheError("--models names no model")
-    reports = [run_model(name, tasks, work, console, args.tool_format, args.tool_choice, args.quant)
+    reports = [run_model(name, tasks, work, console, args.tool_format, args.tool_choice, args.quant, args.compact_at)
                for name in names]
     return {"models": reports, "settings": {"tasks": [t.id for t in tasks], "max_turns": args.max_turns,
                                             "tool_format": args.tool_format, "tool_choice": args.tool_choice,
-                                            "quant": args.quant, "max_tokens": RunConfig().max_tokens},
+                                            "quant": args.quant, "max_tokens": RunConfig().max_tokens,
+                                            "compact_at": args.compact_at},
             "notes": NOTES}
 
 

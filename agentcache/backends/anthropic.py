@@ -72,6 +72,7 @@ class AnthropicBackend:
             raise AgentcacheError(f"cache TTL '{ttl}' is not one of {', '.join([*cache_table()['ttls'], 'auto'])}")
         self.model, self.ttl, self.clock = model, ttl, clock
         self._sent: list[float] = []  # when the last requests were sent (clock), for the expected gap
+        self._last_ttl: str | None = None  # the TTL the last request's breakpoints used
         self.base_url = base_url or "the Anthropic API"
         self.client = anthropic.Anthropic(api_key=api_key, base_url=base_url or None, max_retries=0,
                                           timeout=timeout_s)
@@ -131,10 +132,18 @@ class AnthropicBackend:
             if tokens >= self.minimum:
                 part["cache_control"] = {"type": "ephemeral", **({"ttl": ttl} if ttl != "5m" else {})}
 
+    def prefix_expired(self) -> bool:
+        """Whether the cache entries the last request wrote or read have expired by now: longer ago than the TTL
+        it used, with no request since to renew them. The next request writes its whole prompt again anyway."""
+        if not self._sent or self._last_ttl is None:
+            return False
+        return self.clock() - self._sent[-1] > cache_table()["ttls"][self._last_ttl]["seconds"]
+
     def complete(self, context: Context, tools: list[ToolSpec], enabled: set[str], settings: GenSettings) -> Reply:
         ttl = self.chosen_ttl()
         body = self.request(context, settings, ttl)
         self._sent = [*self._sent, self.clock()][-(GAPS_KEPT + 1):]
+        self._last_ttl = ttl
         started = time.perf_counter()
         response = call_with_retries(anthropic, self.base_url, self.client.messages.create, **body)
         elapsed = time.perf_counter() - started

@@ -92,6 +92,8 @@ def test_the_previous_session_resumes_after_its_compaction(previous_repo):
     agent = Agent(previous_repo, random_chat_backend(), RunConfig(), session)
     last_id = agent.resume()
     raw = [json.loads(line) for line in raw_lines(session.path)]
+    check = raw.pop()  # what resume found, appended last
+    assert check["type"] == "resume" and check["blocks"] > 0
     compaction = next(r for r in raw if r["type"] == "compaction")
     after = raw[raw.index(compaction) + 1:]
     expected_l3 = [e["text"] for e in compaction["l3"]] + [e["text"] for r in after for e in r.get("appended", [])]

@@ -280,3 +280,40 @@ def test_auto_ttl_follows_the_gaps_between_requests(gap_s, expected):
     assert chosen == ["5m", expected, expected]  # the first request has no gap to go by
     want = {"type": "ephemeral", **({"ttl": "1h"} if expected == "1h" else {})}
     assert {json.dumps(mark) for _, _, mark in marks(bodies[2])} == {json.dumps(want)}  # every breakpoint
+
+
+def test_an_expired_provider_cache_triggers_a_compaction_that_pays_and_a_live_one_does_not(tmp_path):
+    import shutil
+
+    from agentcache.agent import COMPACT_PROMPT, Agent
+    from agentcache.config import RunConfig
+    from agentcache.session import Session
+
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLE, repo)
+    clock = Clock()
+    summary = anthropic_message('{"answer": "Listed the files twice; nothing else to do."}')
+    with RecordingServer([(200, anthropic_message()), (200, anthropic_message()), (200, summary),
+                          (200, anthropic_message())]) as server:
+        backend = AnthropicBackend("claude-sonnet-4-5", "key", server.url, ttl="5m", clock=clock)
+        config = RunConfig(backend="anthropic", model="claude-sonnet-4-5", max_turns=1)
+        session = Session.create(repo)
+        agent = Agent(repo, backend, config, session)
+        agent.run_start("List the files.")
+        agent.step(1)
+        for i in range(6):  # long tool results: what a compaction removes pays for the summary
+            result = agent.toolbox.run("list_files", {})
+            agent._append([ToolCall("list_files", {}).to_block(), ToolResult("list_files", result.output).to_block()],
+                          {"type": "filler", "i": i})
+        clock.now += 299  # within the 5 minutes: the cache is live, compacting would throw it away
+        agent.step(2)
+        assert not any(r["type"] == "compaction" for r in session.records())
+        clock.now += 301  # past them: the next request writes everything again anyway
+        agent.step(3)
+    bodies = [body for _, _, body in server.requests]
+    assert len(bodies) == 4
+    assert bodies[2]["messages"][-1]["content"][-1]["text"] == COMPACT_PROMPT.read_text()  # the summary request
+    compaction = next(r for r in session.records() if r["type"] == "compaction")
+    assert compaction["trigger"] == "expired" and compaction["dropped"] >= 10
+    assert "Listed the files twice" in json.dumps(bodies[3]["messages"])
+    assert len(json.dumps(bodies[3]["messages"])) < len(json.dumps(bodies[1]["messages"]))

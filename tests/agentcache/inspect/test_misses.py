@@ -149,10 +149,11 @@ def test_a_schema_with_other_key_order_is_bytes_only(shared, repo, capsys):
     check_content_miss(capsys, repo, backend, "bytes_only", "L1", "tools", "tools")
 
 
-def check_engine_miss(capsys, repo, backend, cause, stop_reason):
+def check_engine_miss(capsys, repo, backend, cause, stop_reason, ledger):
     entries = explain(capsys, repo)
     miss = entries[1]["miss"]
     assert entries[0]["miss"] is None and miss is not None and miss["cause"] == cause
+    assert miss["ledger"] == ledger and miss["source"] == "engine"
     before, _ = tokens_of(backend, backend.sent[-2])
     after, counts = tokens_of(backend, backend.sent[-1])
     assert first_difference(before, after) >= entries[1]["reusable_tokens"]  # the content allowed it all
@@ -169,7 +170,7 @@ def test_another_salt_is_salt_or_model(shared, repo, capsys):
     backend = shared
     session = first_turn(repo, backend)
     resumed(repo, backend, session, salt="tenant-b").run("And lines?")
-    check_engine_miss(capsys, repo, backend, "salt_or_model", "salt")
+    check_engine_miss(capsys, repo, backend, "salt_or_model", "salt", "model_or_salt")
 
 
 def test_a_small_pool_evicts_and_explain_says_so(model, repo, capsys):
@@ -181,7 +182,30 @@ def test_a_small_pool_evicts_and_explain_says_so(model, repo, capsys):
     for salt in ("other-1", "other-2", "other-3"):  # another tenant fills the pool
         backend.engine.generate(Request(backend.sent[-1], max_tokens=1, salt=salt))
     resumed(repo, backend, session).run("And lines?")
-    check_engine_miss(capsys, repo, backend, "evicted", "evicted")
+    check_engine_miss(capsys, repo, backend, "evicted", "evicted", "eviction")
+
+
+def test_a_resume_on_an_engine_without_the_pages_is_a_restart(model, repo, capsys):
+    backend = RecordingBackend(model)
+    session = first_turn(repo, backend)
+    backend.engine = Engine(model, capacity_bytes=POOL)  # as in a new process: an empty pool, no disk tier
+    resumed(repo, backend, session).run("And lines?")
+    check_engine_miss(capsys, repo, backend, "content_changed", "absent", "restart")
+
+
+def test_a_cache_lost_with_no_record_saying_why_is_counted_unexplained(model, repo, capsys):
+    backend = RecordingBackend(model)
+    session = Session.create(repo)
+    agent = Agent(repo, backend, config(), session)
+    agent.run("Where are words counted?")
+    backend.engine = Engine(model, capacity_bytes=POOL)  # the pool is lost behind the agent's back
+    agent.run("And lines?")
+    with pytest.raises(SystemExit):
+        main(["inspect", "--explain", "--json", "--repo", str(repo)])
+    view = json.loads(capsys.readouterr().out)
+    assert view["requests"][1]["miss"]["ledger"] == "unexplained"
+    assert view["ledger"]["unexplained"] == 1 and view["ledger"]["misses"] == 1
+    assert view["ledger"]["causes"]["unexplained"]["tokens"] == view["requests"][1]["miss"]["missed_tokens"] > 0
 
 
 def test_diff_of_two_sessions_lists_blocks_with_status_and_cause(shared, repo, capsys):
