@@ -181,9 +181,7 @@ class Agent:
     def _append(self, blocks: list[Block], record: dict[str, Any]) -> None:
         self.context.extend(blocks)
         record["appended"] = [{"kind": b.kind, "key": b.key, "text": b.text} for b in blocks]
-        self.session.append(record)
-        if self.on_turn is not None:
-            self.on_turn(record)
+        self._record(record)
 
     def _compact_if_needed(self, turn: int) -> None:
         """Compact when the next request would not fit the window (or `compact_at` tokens), or when the provider's
@@ -245,17 +243,18 @@ class Agent:
         except ToolCallError as exc:  # the model's text is unusable: the names of the calls stand in for it
             record.error = str(exc)
             summary = f"tools called: {', '.join(b.key for b in old if b.kind == 'tool_call') or 'none'}"
-        self.session.append(record.to_json())
-        if self.on_turn is not None:
-            self.on_turn(record.to_json())
+        self._record(record.to_json())
         text = f"[Summary of {len(old)} earlier entries, written before they were removed]\n{summary}"
         self.context = Context([*self.context.prefix, task, UserInput(text).to_block(), *recent])
-        counts = self.backend.count_tokens(self.context), self.backend.count_tokens(Context([*self.context.prefix, task]))
+        after = self.backend.count_tokens(self.context)
+        kept = self.backend.count_tokens(Context([*self.context.prefix, task]))
         l3 = [{"kind": b.kind, "key": b.key, "text": b.text} for b in self.context.l3]
-        compaction = Compaction(l3, len(old), self.context.context_id, trigger, tokens_before, *counts)
-        self.session.append(compaction.to_json())
+        self._record(Compaction(l3, len(old), self.context.context_id, trigger, tokens_before, after, kept).to_json())
+
+    def _record(self, record: dict[str, Any]) -> None:
+        self.session.append(record)
         if self.on_turn is not None:
-            self.on_turn(compaction.to_json())
+            self.on_turn(record)
 
 
 class Stuck(Exception):
@@ -311,6 +310,7 @@ def verify_resume(agent: Agent, records: list[dict[str, Any]]) -> ResumeCheck:
         problems.append(f"the model changed ({last.model} -> {model}): no page of the last request can be reused")
     if (last.salt or "") != (agent.config.salt or ""):
         problems.append("the cache salt changed: no page of the last request can be reused")
+    foreign = bool(problems)  # pages of another model or salt: none can be reused, whatever the blocks
     current = block_refs(agent.context)
     texts = {b.hash: b.text for b in agent.context}
     change = prefix_change(last.blocks, current, block_texts(records), texts)
@@ -327,7 +327,7 @@ def verify_resume(agent: Agent, records: list[dict[str, Any]]) -> ResumeCheck:
                                 "tokenizer or the chat template changed); the prefix diverges there")
                 matched = index
                 break
-    if problems[:1] and problems[0].startswith(("the model", "the cache salt")):
+    if foreign:
         matched = 0
     reusable = sum(last.segment_tokens[:matched]) if last.segment_tokens else 0
     if not last.segment_tokens and matched == len(last.blocks):
