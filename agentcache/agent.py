@@ -184,25 +184,29 @@ class Agent:
         self._record(record)
 
     def _compact_if_needed(self, turn: int) -> None:
-        """Compact when the next request would not fit the window (or `compact_at` tokens), or when the provider's
-        cache of the prefix has expired (the whole prompt is written again anyway) and compacting pays for itself:
-        the model summarizes the oldest L3 entries; L1 and L2 stay byte-identical."""
-        limit = self.compact_limit()  # first: a remote backend asks its server for the window once
+        """Compact when the next request would not fit the window (always), or, when compacting pays for itself,
+        past `compact_at` tokens or when the provider's cache of the prefix has expired (the whole prompt is written
+        again anyway): the model summarizes the oldest L3 entries; L1 and L2 stay byte-identical."""
+        limit = self.window_limit()  # first: a remote backend asks its server for the window once
         if len(self.context.l3) <= KEEP_RECENT + 1:
             return
         tokens = self.backend.count_tokens(self.context)
         if tokens > limit:
             self.compact(turn, "window", tokens, self.entries_to_keep() or 0)
+            return
+        if self.config.compact_at and tokens > self.config.compact_at:
+            trigger = "compact_at"
         elif getattr(self.backend, "prefix_expired", lambda: False)():
-            keep = self.entries_to_keep()  # the provider's cache expired: L3 is written again anyway
-            if keep is not None:
-                self.compact(turn, "expired", tokens, keep)
+            trigger = "expired"
+        else:
+            return
+        keep = self.entries_to_keep()
+        if keep is not None:
+            self.compact(turn, trigger, tokens, keep)
 
-    def compact_limit(self) -> int:
-        """The prompt tokens past which the agent compacts: `compact_at`, else the window less room for a reply
-        and for the summary request's instruction and reply."""
-        room = self.backend.window() - self.config.max_tokens - SUMMARY_TOKENS - SUMMARY_PROMPT_TOKENS
-        return min(self.config.compact_at, room) if self.config.compact_at else room
+    def window_limit(self) -> int:
+        """The prompt tokens past which the next request and a summary request would not fit the window."""
+        return self.backend.window() - self.config.max_tokens - SUMMARY_TOKENS - SUMMARY_PROMPT_TOKENS
 
     def entries_to_keep(self) -> int | None:
         """How many of the last L3 entries a compaction keeps: KEEP_RECENT if that pays for itself within

@@ -54,8 +54,8 @@ class RunConfig:
     dtype: str = "auto"  # local backend: auto (the fastest for the hardware: engine.hardware), or a dtype's name
     quant: str = "auto"  # local backend: weight-only quantization: auto (int8 on a CPU with the int8 kernel), none,
     # int8 or int4 (engine.quant)
-    compact_at: int = 0  # compact L3 when a request's prompt would pass this many tokens; 0: only when the next
-    # request would not fit the model's window (the window less room for a reply and the summary)
+    compact_at: int = 0  # also compact L3 past this many prompt tokens when compacting pays for itself (agent.py
+    # entries_to_keep); 0: only when the next request would not fit the model's window
     routing: str = "session"  # openai backend: the routing key each request carries: session (the session lineage:
     # forks and resumes keep their parent's), prefix (the L1+L2 context id) or none
 

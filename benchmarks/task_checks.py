@@ -114,6 +114,23 @@ class Text:
 
 
 @dataclass(frozen=True, slots=True)
+class AllOf:
+    """The answer names every expected name, each not as part of a longer word (a long task's list)."""
+
+    values: Callable[[Path], list[str]]
+
+    def expected(self, repo: Path) -> list[str]:
+        return self.values(repo)
+
+    def __call__(self, answer: str | None, repo: Path) -> Verdict:
+        expected = self.expected(repo)
+        missing = [name for name in expected if not whole(answer or "", name)]
+        if missing:
+            return Verdict(False, f"misses {len(missing)} of {len(expected)}: {', '.join(missing)}")
+        return Verdict(True, ", ".join(expected))
+
+
+@dataclass(frozen=True, slots=True)
 class Edit:
     """The copy's tests pass with `test` (the suite's check of this task, never shown to the agent) written beside
     them, and every test file the repo shipped is still there. The answer is not looked at."""
@@ -182,3 +199,34 @@ def count_test_functions(repo: Path) -> int:
         count += sum(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test")
                      for node in ast.walk(tree))
     return count
+
+
+def top_level_functions(repo: Path) -> list[str]:
+    """The functions defined at the top level of the repo's source modules, from their syntax trees."""
+    names = []
+    for module in modules(repo):
+        tree = ast.parse((repo / module).read_text(encoding="utf-8"))
+        names += [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    return names
+
+
+def count_asserts(repo: Path) -> int:
+    """assert statements in the .py files under tests/, counted from their syntax trees."""
+    return sum(isinstance(node, ast.Assert) for path in sorted((repo / "tests").rglob("*.py"))
+               for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))))
+
+
+def modules_importing(name: str) -> Callable[[Path], list[str]]:
+    """The source modules that import `name` (import or from-import, at any depth), by bare file name."""
+
+    def value(repo: Path) -> list[str]:
+        found = []
+        for module in modules(repo):
+            tree = ast.parse((repo / module).read_text(encoding="utf-8"))
+            imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+            imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+            if name in imported:
+                found.append(module.rpartition("/")[2])
+        return found
+
+    return value

@@ -31,13 +31,14 @@ from agentcache.inspect.misses import explain_view
 from agentcache.records import USAGE_FIELDS, Request, requests_of
 from agentcache.session import Session
 from benchmarks.report import write_json
-from benchmarks.task_checks import (Checker, DefinedIn, Edit, Number, Text, Verdict, count_test_functions,
-                                    file_number, python_number, python_value)
+from benchmarks.task_checks import (AllOf, Checker, DefinedIn, Edit, Number, Text, Verdict, count_asserts,
+                                    count_test_functions, file_number, modules_importing, python_number,
+                                    python_value, top_level_functions)
 from layers import LayersError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "repo"
 SHIPPED_TESTS = tuple(sorted(p.relative_to(EXAMPLE).as_posix() for p in EXAMPLE.glob("tests/test_*.py")))
-KINDS = ("question", "multi-step", "edit")
+KINDS = ("question", "multi-step", "edit", "long")
 COPY_IGNORE = shutil.ignore_patterns("__pycache__", ".pytest_cache", ".agentcache")
 ANSWER_CHARS = 200
 NOTES = [
@@ -73,6 +74,11 @@ def multi_step(id: str, text: str, check: Checker) -> Task:
 
 def edit(id: str, text: str, test: str) -> Task:
     return Task(id, "edit", text, Edit(test, SHIPPED_TESTS), 12)
+
+
+def long(id: str, text: str, check: Checker) -> Task:
+    """A task that reads many files: what compaction is for (`--suite long`)."""
+    return Task(id, "long", text, check, 16)
 
 
 TASKS = [
@@ -135,9 +141,21 @@ TASKS = [
 ]
 
 
-def select(ids: str | None, max_turns: int | None) -> list[Task]:
-    """The tasks `--tasks` names (all when None), in suite order, each capped at `max_turns`."""
-    by_id = {task.id: task for task in TASKS}
+LONG_TASKS = [
+    long("long-all-functions", "Read every Python file in the textstats folder, one file per tool call, then list "
+         "the names of all the functions defined at the top level of those files.", AllOf(top_level_functions)),
+    long("long-assert-count", "Read each test file under tests/, one file per tool call, and count the assert "
+         "statements in all of them together. Answer with the number.", Number(count_asserts)),
+    long("long-re-imports", "Read every module in the textstats folder, one file per tool call, and say which of "
+         "them import the `re` module. Answer with their file names.", AllOf(modules_importing("re"))),
+]
+SUITES = {"default": TASKS, "long": LONG_TASKS}
+
+
+def select(ids: str | None, max_turns: int | None, suite: str = "default") -> list[Task]:
+    """The tasks of `suite` that `--tasks` names (all when None), in suite order, each capped at `max_turns`."""
+    chosen_suite = SUITES[suite]
+    by_id = {task.id: task for task in chosen_suite}
     wanted = [name.strip() for name in ids.split(",") if name.strip()] if ids else list(by_id)
     unknown = [name for name in wanted if name not in by_id]
     if unknown or not wanted:
@@ -145,8 +163,8 @@ def select(ids: str | None, max_turns: int | None) -> list[Task]:
                               f"(known: {', '.join(by_id)})")
     if max_turns is not None and max_turns < 1:
         raise AgentcacheError(f"--max-turns must be at least 1, got {max_turns}")
-    chosen = [task for task in TASKS if task.id in wanted]
-    cap = max_turns or max(task.max_turns for task in TASKS)
+    chosen = [task for task in chosen_suite if task.id in wanted]
+    cap = max_turns or max(task.max_turns for task in chosen_suite)
     return [Task(t.id, t.kind, t.text, t.check, min(t.max_turns, cap)) for t in chosen]
 
 
@@ -294,7 +312,9 @@ def summary_table(reports: list[dict[str, Any]]) -> Table:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=RunConfig().model, help="comma-separated model names, run one after another")
-    p.add_argument("--tasks", help=f"comma-separated task ids (default: all {len(TASKS)})")
+    p.add_argument("--suite", default="default", choices=tuple(SUITES),
+                   help=f"the {len(TASKS)} tasks, or the {len(LONG_TASKS)} long ones that read many files")
+    p.add_argument("--tasks", help="comma-separated task ids of the suite (default: all)")
     p.add_argument("--max-turns", type=int, help="cap every task's turns at this")
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--tool-format", default="auto", choices=("auto", "native", "json"),
@@ -310,13 +330,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_suite(args: argparse.Namespace, work: Path, console: Console) -> dict[str, Any]:
-    tasks = select(args.tasks, args.max_turns)
+    tasks = select(args.tasks, args.max_turns, args.suite)
     names = [name.strip() for name in args.models.split(",") if name.strip()]
     if not names:
         raise AgentcacheError("--models names no model")
     reports = [run_model(name, tasks, work, console, args.tool_format, args.tool_choice, args.quant, args.compact_at)
                for name in names]
-    return {"models": reports, "settings": {"tasks": [t.id for t in tasks], "max_turns": args.max_turns,
+    return {"models": reports, "settings": {"suite": args.suite, "tasks": [t.id for t in tasks],
+                                            "max_turns": args.max_turns,
                                             "tool_format": args.tool_format, "tool_choice": args.tool_choice,
                                             "quant": args.quant, "max_tokens": RunConfig().max_tokens,
                                             "compact_at": args.compact_at},

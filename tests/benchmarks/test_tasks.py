@@ -187,3 +187,40 @@ def test_a_two_task_run_on_the_real_model(tmp_path):
     warm = [r["timings"]["total_s"] for t in model["tasks"] for r in session_requests(
         next((keep / "smollm2-135m" / t["id"] / ".agentcache" / "sessions").glob("*.jsonl")))[1:]]
     assert model["median_warm_turn_s"] == (round(statistics.median(warm), 3) if warm else None)
+
+
+LONG = {task.id: task for task in tasks.LONG_TASKS}
+LONG_RIGHT = {
+    "long-all-functions": "main, syllables, words_per_sentence, top_words, compute_stats, words and split_sentences",
+    "long-assert-count": "There are 18 assert statements.",
+    "long-re-imports": "textstats/readability.py and words.py import re.",
+}
+LONG_WRONG = {
+    "long-all-functions": ["main, syllables, words_per_sentence, top_words, compute_stats and words", None],
+    "long-assert-count": ["17", "11 tests with 18.5 asserts"],
+    "long-re-imports": ["readability.py", "words_per_sentence in readability.py", "stats.py and cli.py"],
+}
+
+
+def test_the_long_tasks_expected_answers_by_a_plain_text_reading():
+    sources = {p.name: p.read_text() for p in (EXAMPLE / "textstats").glob("*.py")}
+    functions = [name for text in sources.values() for name in re.findall(r"^def (\w+)\(", text, re.MULTILINE)]
+    assert sorted(LONG["long-all-functions"].check.expected(EXAMPLE)) == sorted(functions)
+    asserts = sum(len(re.findall(r"^\s+assert ", p.read_text(), re.MULTILINE)) for p in (EXAMPLE / "tests").glob("*.py"))
+    assert int(LONG["long-assert-count"].check.expected(EXAMPLE)) == asserts
+    importing = sorted(name for name, text in sources.items() if re.search(r"^import re$", text, re.MULTILINE))
+    assert sorted(LONG["long-re-imports"].check.expected(EXAMPLE)) == importing
+
+
+@pytest.mark.parametrize("task_id", sorted(LONG))
+def test_a_long_task_checker_takes_the_right_answer_and_refuses_wrong_ones(task_id):
+    check = LONG[task_id].check
+    assert check(LONG_RIGHT[task_id], EXAMPLE).passed
+    assert not any(check(wrong, EXAMPLE).passed for wrong in LONG_WRONG[task_id])
+    assert not check(LONG[task_id].text, EXAMPLE).passed  # the question does not give its answer
+
+
+def test_the_long_suite_is_selected_by_name():
+    assert [t.id for t in tasks.select(None, None, "long")] == list(LONG)
+    with pytest.raises(Exception, match="unknown task"):
+        tasks.select("where-syllables", None, "long")
