@@ -24,7 +24,8 @@ from layers.l3 import AssistantMessage, ToolCall
 KEEP_RECENT = 2  # L3 entries kept after a compaction besides the task: the last call and its result
 SUMMARY_TOKENS = 256  # the longest summary the model may write
 SUMMARY_PROMPT_TOKENS = 128  # room for the instruction that asks for it
-PAYBACK_TURNS = 3  # a compaction keeps the last entries only if it still pays for itself within this many requests
+PAYBACK_TURNS = 2  # a compaction must pay for itself within this many requests (inspect counts 3: a margin for
+# estimates, since a summary's length is only known once written, and for sessions that end sooner)
 COMPACT_PROMPT = PROMPTS_DIR / "compact.md"
 OnTurn = Callable[[dict[str, Any]], None]
 TurnCheck = Callable[[], str | None]  # a reason to stop before the next turn, or None to go on

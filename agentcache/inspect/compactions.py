@@ -14,7 +14,7 @@ from typing import Any
 from agentcache.inspect.cost import PER_TOKENS, cache_write_price, price_tables
 from agentcache.records import Compaction, Request
 
-PAYBACK_TURNS = 3  # agent.PAYBACK_TURNS: the requests over which a compaction must pay for itself
+PAYBACK_TURNS = 3  # the requests after a compaction its savings are counted over (agent.py decides over 2)
 
 
 def compaction_rows(records: list[dict[str, Any]], cache_ttl: str = "5m") -> list[dict[str, Any]]:
