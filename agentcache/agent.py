@@ -305,7 +305,8 @@ def block_refs(context: Context) -> list[dict[str, str]]:
 def verify_resume(agent: Agent, records: list[dict[str, Any]]) -> ResumeCheck:
     """The rebuilt request against the session's last one: the same model, fingerprint and salt, the same blocks
     (hashes) in the same places, and, where the backend counts tokens per segment, the same count per block. Each
-    difference is named (which block, why); the tokens of the last prompt before the first one can be reused."""
+    difference is named (which block, why); the tokens of the last prompt before the first one, in whole KV pages,
+    can be reused."""
     requests = [r for r in requests_of(records) if r.purpose is None]
     if not requests:
         return ResumeCheck([])
@@ -337,7 +338,7 @@ def verify_resume(agent: Agent, records: list[dict[str, Any]]) -> ResumeCheck:
     reusable = sum(last.segment_tokens[:matched]) if last.segment_tokens else 0
     if not last.segment_tokens and matched == len(last.blocks):
         reusable = last.usage.prompt_tokens  # a remote backend records no segments: all of it, if unchanged
-    reusable = min(reusable, last.usage.prompt_tokens)
+    reusable = min(reusable, last.usage.prompt_tokens) // last.page_size * last.page_size  # whole KV pages
     return ResumeCheck(problems, matched, len(last.blocks), reusable, last.usage.prompt_tokens - reusable)
 
 

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from engine import Engine, LoadedModel
 
 
+RATE_MIN_TOKENS = 128
+
+
 def load_registry() -> ToolRegistry:
     """The tool specs of the shipped prompts: loaded once per run and handed to every agent."""
     return ToolRegistry.from_dir(PROMPTS_DIR / "tools")
@@ -121,13 +124,16 @@ def resume_line(agent: Agent, session: Session) -> str:
 
 
 def refill_cost_text(agent: Agent, tokens: int) -> str:
-    """What prefilling `tokens` again costs the agent's backend: USD at its prices, or seconds at the prefill
-    rate its session measured last."""
+    """What prefilling `tokens` again costs the agent's backend: USD at its prices, or seconds at the prefill rate
+    its session measured (over its requests that computed at least RATE_MIN_TOKENS: a few tokens' time to first
+    token is mostly fixed cost)."""
     from agentcache.inspect.cost import refill_cost
     from agentcache.inspect.explain import prefill_seconds_per_token
 
-    requests = [r for r in requests_of(agent.session.records()) if r.usage.computed_tokens]
-    rate = next((s for s in map(prefill_seconds_per_token, reversed(requests)) if s), None)
+    requests = [r for r in requests_of(agent.session.records())
+                if r.usage.computed_tokens >= RATE_MIN_TOKENS and prefill_seconds_per_token(r) is not None]
+    seconds = sum(prefill_seconds_per_token(r) * r.usage.computed_tokens for r in requests)
+    rate = seconds / sum(r.usage.computed_tokens for r in requests) if requests else None
     return refill_cost(tokens, agent.backend.name, agent.config.cache_ttl, rate)
 
 

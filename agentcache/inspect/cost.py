@@ -66,5 +66,5 @@ def refill_cost(tokens: int, backend: str, cache_ttl: str, seconds_per_token: fl
             else "5m"
         return f"${tokens * cache_write_price(table, ttl) / PER_TOKENS:.4f} at {table['model']} prices"
     if seconds_per_token is None:
-        return "no prefill rate measured yet"
+        return "no prefill rate measured in this session yet"
     return f"about {tokens * seconds_per_token:.1f} s of prefill at this session's rate"

@@ -82,7 +82,7 @@ def test_resume_in_a_new_process_reuses_what_the_same_process_would(tmp_path, en
     check = next(r for r in records(repo) if r["type"] == "resume")
     last = [r for r in records(repo) if r["type"] == "request"][len(before["requests"]) - 1]
     assert check["problems"] == [] and check["matched_blocks"] == check["blocks"] == len(last["blocks"])
-    assert check["reusable_tokens"] == sum(last["segment_tokens"][:len(last["blocks"])])
+    assert check["reusable_tokens"] == sum(last["segment_tokens"][:len(last["blocks"])]) // 16 * 16
 
 
 def test_an_uncommitted_agents_md_edit_is_named_as_changed_and_moved(tmp_path, env):
@@ -100,7 +100,7 @@ def test_an_uncommitted_agents_md_edit_is_named_as_changed_and_moved(tmp_path, e
     after = before + 2  # SPEC.md and README.md are clean: the edited AGENTS.md now comes after them
     assert (f"L2 doc AGENTS.md changed and moved from block {before + 1} to block {after + 1}" in warning
             and f"the prefix diverges at block {before + 1} (L2 doc SPEC.md)" in warning)
-    recompute = last["usage"]["prompt_tokens"] - sum(last["segment_tokens"][:before])
+    recompute = last["usage"]["prompt_tokens"] - sum(last["segment_tokens"][:before]) // 16 * 16
     assert f": {recompute} of the last request's {last['usage']['prompt_tokens']} prompt tokens" in warning
     assert "s of prefill at this session's rate" in warning
     cached = first["cached_tokens"]
@@ -131,4 +131,4 @@ def test_another_model_and_a_planted_token_count_are_named(tmp_path, env):
     warning = next(line for line in lines if line.startswith("warning: resume:"))
     counts = rows[last]["segment_tokens"]
     assert f"block 2 (L1 role roles/coder.md) is {counts[1] - 1} tokens now, {counts[1]} in the last request" in warning
-    assert f": {rows[last]['usage']['prompt_tokens'] - counts[0]} of the last request's" in warning
+    assert f": {rows[last]['usage']['prompt_tokens'] - counts[0] // 16 * 16} of the last request's" in warning
