@@ -115,10 +115,15 @@ def test_an_uncommitted_agents_md_edit_is_named_as_changed_and_moved(tmp_path, e
     assert view["ledger"]["unexplained"] == 0 and view["ledger"]["causes"]["prefix_edit"]["misses"] == 1
 
 
-def test_another_model_and_a_planted_token_count_are_named(tmp_path, env):
+def test_another_role_another_model_and_a_planted_token_count_are_named(tmp_path, env):
     repo = git_repo(tmp_path / "a")
     run_cli(repo, env, "Where are words counted?")
-    lines, _ = run_cli(repo, env, "And sentences?", "--resume", "latest", "--model", "random-tiny-chat")
+    lines, _ = run_cli(repo, env, "And sentences?", "--resume", "latest", "--role", "reviewer")
+    warning = next(line for line in lines if line.startswith("warning: resume:"))
+    assert ("L1 role roles/reviewer.md added at block 2; L1 role roles/coder.md removed from block 2; the prefix "
+            "diverges at block 2 (L1 role roles/reviewer.md)") in warning
+    lines, _ = run_cli(repo, env, "And sentences?", "--resume", "latest", "--model", "random-tiny-chat",
+                       "--role", "reviewer")
     warning = next(line for line in lines if line.startswith("warning: resume:"))
     assert f"the model changed ({MODEL} -> random-tiny-chat)" in warning
     path = next((repo / ".agentcache" / "sessions").glob("*.jsonl"))
@@ -127,8 +132,8 @@ def test_another_model_and_a_planted_token_count_are_named(tmp_path, env):
     rows = rows[:last + 1]  # back to the last smollm2 request, written by a tokenizer one token longer at block 2
     rows[last]["segment_tokens"][1] += 1
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    lines, resumed = run_cli(repo, env, "And sentences?", "--resume", "latest")
+    lines, resumed = run_cli(repo, env, "And sentences?", "--resume", "latest", "--role", "reviewer")
     warning = next(line for line in lines if line.startswith("warning: resume:"))
     counts = rows[last]["segment_tokens"]
-    assert f"block 2 (L1 role roles/coder.md) is {counts[1] - 1} tokens now, {counts[1]} in the last request" in warning
+    assert f"block 2 (L1 role roles/reviewer.md) is {counts[1] - 1} tokens now, {counts[1]} in the last request" in warning
     assert f": {rows[last]['usage']['prompt_tokens'] - counts[0] // 16 * 16} of the last request's" in warning
