@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentcache.inspect.cost import PER_TOKENS, cache_write_price, price_tables
+from agentcache.inspect.cost import PER_TOKENS, price_tables, write_price_or_5m
 from agentcache.records import Compaction, Request
 
 PAYBACK_TURNS = 3  # the requests after a compaction its savings are counted over (agent.py decides over 2)
@@ -55,8 +55,7 @@ def _row(compaction: Compaction, summary: Request | None, previous: Request | No
     cost = summary_computed + summary_completion + extra
     usd = {}
     for name, table in price_tables()["providers"].items():
-        ttl = cache_ttl if isinstance(table["cache_write"], dict) and cache_ttl in table["cache_write"] else "5m"
-        spent = ((summary_computed + extra) * cache_write_price(table, ttl) + summary_completion * table["output"])
+        spent = (summary_computed + extra) * write_price_or_5m(table, cache_ttl) + summary_completion * table["output"]
         usd[name] = (saved * table["cached_input"] - spent) / PER_TOKENS
     return {
         "turn": later[0].turn if later else (summary.turn if summary else None), "dropped": compaction.dropped,

@@ -24,6 +24,12 @@ def minimum_cacheable(backend: str) -> int:
     return int(price_tables()["providers"].get(backend, {}).get("minimum_cacheable_tokens", 0))
 
 
+def write_price_or_5m(table: dict[str, Any], cache_ttl: str) -> float:
+    """The cache-write price for `cache_ttl`, or for 5m where the table has no price for it (auto, one price)."""
+    prices = table["cache_write"]
+    return cache_write_price(table, cache_ttl if isinstance(prices, dict) and cache_ttl in prices else "5m")
+
+
 def cache_write_price(table: dict[str, Any], cache_ttl: str) -> float:
     """USD per million tokens written to the cache: the one price, or the price for this TTL."""
     price = table["cache_write"]
@@ -62,9 +68,7 @@ def refill_cost(tokens: int, backend: str, cache_ttl: str, seconds_per_token: fl
     local engine, seconds at the measured prefill rate."""
     table = price_tables()["providers"].get(backend)
     if table is not None and table["input"]:
-        ttl = cache_ttl if cache_ttl in (table["cache_write"] if isinstance(table["cache_write"], dict) else {}) \
-            else "5m"
-        return f"${tokens * cache_write_price(table, ttl) / PER_TOKENS:.4f} at {table['model']} prices"
+        return f"${tokens * write_price_or_5m(table, cache_ttl) / PER_TOKENS:.4f} at {table['model']} prices"
     if seconds_per_token is None:
         return "no prefill rate measured in this session yet"
     return f"about {tokens * seconds_per_token:.1f} s of prefill at this session's rate"

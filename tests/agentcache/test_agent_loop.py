@@ -16,6 +16,7 @@ from agentcache.cache_dir import models_dir
 from agentcache.config import RunConfig
 from agentcache.render import ChatRenderer
 from agentcache.session import Session
+from agentcache.wiring import turn_line
 from engine import load_model
 from layers import Context, Layer
 
@@ -205,6 +206,13 @@ def test_compaction_is_a_summary_fork_on_the_live_prefix_and_rewrites_only_l3(ba
                       for s in backend.renderer.block_segments(Context([*agent.context.prefix, task])))
     assert compaction["kept_tokens"] == kept_prompt
     assert after["usage"]["cached_tokens"] >= (kept_prompt - 4) // 16 * 16  # up to the task, less its turn's end
+    # the warning run prints before the next request: the tokens after the task it prefills again
+    again = compaction["tokens_after"] - compaction["kept_tokens"]
+    assert turn_line(compaction).startswith(f"warning: compaction: {compaction['dropped']} earlier entries replaced "
+                                            f"by the model's summary; the next request prefills {again} tokens")
+    assert turn_line(compaction).endswith(f"every later one is {tokens_before - compaction['tokens_after']} tokens "
+                                          "shorter")
+    assert 0 <= after["usage"]["computed_tokens"] - again <= 16 + 3  # the engine's page, the generation prompt
     # inspect's accounting, from the usage the engine reported
     view = json.loads(inspect_json(capsys, repo))
     row = view["compactions"][0]

@@ -302,9 +302,10 @@ def test_an_expired_provider_cache_triggers_a_compaction_that_pays_and_a_live_on
         agent.run_start("List the files.")
         agent.step(1)
         for i in range(6):  # long tool results: what a compaction removes pays for the summary
-            result = agent.toolbox.run("list_files", {})
-            agent._append([ToolCall("list_files", {}).to_block(), ToolResult("list_files", result.output).to_block()],
-                          {"type": "filler", "i": i})
+            arguments = {"path": "textstats/stats.py"}
+            result = agent.toolbox.run("read_file", arguments)
+            agent._append([ToolCall("read_file", arguments).to_block(),
+                           ToolResult("read_file", result.output).to_block()], {"type": "filler", "i": i})
         clock.now += 299  # within the 5 minutes: the cache is live, compacting would throw it away
         agent.step(2)
         assert not any(r["type"] == "compaction" for r in session.records())
