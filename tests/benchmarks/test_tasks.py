@@ -60,7 +60,7 @@ WRONG = {
 
 def test_every_question_has_a_right_and_a_wrong_answer():
     assert set(RIGHT) == set(WRONG) == {task.id for task in QUESTIONS}
-    assert len(TASKS) >= 15 and {task.kind for task in TASKS} == set(tasks.KINDS)
+    assert len(TASKS) >= 15 and {task.kind for task in TASKS + tasks.LONG_TASKS} == set(tasks.KINDS)
     assert len(QUESTIONS) - sum(t.kind == "multi-step" for t in QUESTIONS) >= 7 and len(EDITS) >= 4
 
 
