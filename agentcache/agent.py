@@ -12,8 +12,8 @@ from agentcache.backends import Backend, GenSettings, Reply
 from agentcache.backends.constrain import Answer, ToolCallError
 from agentcache.config import RunConfig
 from agentcache.inspect.explain import divergence, identity, prefix_change
-from agentcache.records import (BlockText, Compaction, Request, ResumeCheck, Usage, UserTurn, block_texts,
-                                parse_record, requests_of)
+from agentcache.records import (BlockText, Compaction, Request, ResumeCheck, Usage, UserTurn, block_refs,
+                                block_texts, parse_record, requests_of)
 from agentcache.render import RETRY_HINT, reply_text
 from agentcache.session import Session
 from agentcache.tools import ToolBox, ToolOutcome
@@ -295,11 +295,6 @@ class RepeatGuard:
         what = "failed" if outcome.is_error else "gave the same result"
         raise Stuck(ToolOutcome(f"{name}: this exact call {what} {count} times (same arguments); the run stops "
                                 f"as stuck. Result: {outcome.output}", is_error=True))
-
-
-def block_refs(context: Context) -> list[dict[str, str]]:
-    """A context's blocks as a request records them."""
-    return [{"layer": b.layer.name, "kind": b.kind, "key": b.key, "hash": b.hash} for b in context]
 
 
 def verify_resume(agent: Agent, records: list[dict[str, Any]]) -> ResumeCheck:

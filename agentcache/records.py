@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 USAGE_FIELDS = ("prompt_tokens", "cached_tokens", "computed_tokens", "completion_tokens")
 
@@ -334,6 +334,11 @@ def parse_record(data: dict[str, Any]) -> Record | None:
     """The typed record of a line that passed `record_problem`; None for a type this version does not know."""
     kind = TYPES.get(data["type"])
     return kind.from_json(data) if kind is not None else None
+
+
+def block_refs(blocks: Iterable[Any]) -> list[dict[str, str]]:
+    """Blocks (layers.Block) as a request records them."""
+    return [{"layer": b.layer.name, "kind": b.kind, "key": b.key, "hash": b.hash} for b in blocks]
 
 
 def requests_of(records: list[dict[str, Any]]) -> list[Request]:

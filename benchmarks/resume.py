@@ -38,8 +38,11 @@ FIRST, SECOND, THIRD = "Where are words counted?", "And sentences?", "And lines?
 SETTINGS = ["--max-turns", "1", "--max-tokens", "32"]
 
 
-def git_copy(target: Path) -> Path:
+def git_copy(target: Path, files: dict[str, str] | None = None) -> Path:
+    """examples/repo (with `files` added) copied to `target` and committed: every file clean in git."""
     shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", ".agentcache"))
+    for name, text in (files or {}).items():
+        (target / name).write_text(text, encoding="utf-8")
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "example"]):
         subprocess.run(["git", "-c", "user.email=bench@example.invalid", "-c", "user.name=bench", *args],
                        cwd=target, check=True, capture_output=True)

@@ -128,7 +128,7 @@ def _inspect_diff(repo: Path, refs: tuple[str, str], as_json: bool) -> None:
 def _add_status(repo: Path, rows: list[dict[str, object]], context: Context) -> list[dict[str, object]]:
     """Rows gain `status` against the last request of the repo's latest session (None without a session)."""
     from agentcache.inspect.explain import block_status
-    from agentcache.records import requests_of
+    from agentcache.records import block_refs, requests_of
     from agentcache.session import Session
 
     try:
@@ -142,7 +142,7 @@ def _add_status(repo: Path, rows: list[dict[str, object]], context: Context) -> 
     if not requests:
         return [{**row, "status": None, "cause": None} for row in rows]
     last = [b for b in requests[-1].blocks if b["layer"] != "L3"]
-    current = [{"layer": b.layer.name, "kind": b.kind, "key": b.key, "hash": b.hash} for b in context]
+    current = block_refs(context)
     tokens = {(r["layer"], r["kind"], r["key"]): r["tokens"] for r in rows}
     return [{**row, "tokens": tokens.get((row["layer"], row["kind"], row["key"]))}
             for row in block_status(current, last)]

@@ -4,7 +4,6 @@ a change is named by the block that caused it, with the tokens that will be pref
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,26 +15,16 @@ from agentcache.backends.local import LocalBackend
 from agentcache.cache_dir import models_dir
 from agentcache.config import RunConfig
 from agentcache.session import Session
+from benchmarks.resume import git_copy
 from engine import Engine, load_model
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "repo"
 MODEL = "smollm2-135m"
 SETTINGS = ["--max-turns", "1", "--max-tokens", "24"]
 
 
-def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.email=test@example.invalid", "-c", "user.name=test", *args], cwd=repo,
-                   check=True, capture_output=True)
-
-
 def git_repo(path: Path) -> Path:
     """The example repo with a SPEC.md, committed: docs go AGENTS.md, SPEC.md, README.md while all are clean."""
-    shutil.copytree(EXAMPLE, path, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", ".agentcache"))
-    (path / "SPEC.md").write_text("# Spec\n\nCount words, sentences and syllables of a text.\n")
-    git(path, "init", "-q")
-    git(path, "add", "-A")
-    git(path, "commit", "-qm", "init")
-    return path
+    return git_copy(path, {"SPEC.md": "# Spec\n\nCount words, sentences and syllables of a text.\n"})
 
 
 @pytest.fixture()
