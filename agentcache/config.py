@@ -22,7 +22,7 @@ BACKENDS = ("local", "openai", "anthropic")
 CACHE_TTLS = ("5m", "1h", "auto")
 TOOL_CHOICES = ("auto", "required", "first")
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # engine.hardware.DTYPE_CHOICES, without importing torch
-QUANTS = ("auto", "none", "int8", "int4")  # engine.quant.QUANT_CHOICES, without importing torch
+QUANTS = ("auto", "none", "int8", "int4", "gguf")  # engine.quant.QUANT_CHOICES, without importing torch
 ROUTINGS = ("session", "prefix", "none")  # what an OpenAI-compatible request's routing key is (docs/fleet.md)
 
 

@@ -9,6 +9,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from engine.gguf_blocks import project
+
 ARCHITECTURES = ("llama", "qwen2")
 
 
@@ -47,13 +49,15 @@ class LeanStep:
             x = layer.input_layernorm(h)
             # the query heads that share a KV head attend as that head's queries: one query token needs no causal
             # mask, and CPU attention kernels run this shape far faster than grouped-query heads
-            q = _rotate(attn.q_proj(x).view(rows, groups, -1, dim), cos, sin)
-            k = _rotate(attn.k_proj(x).view(rows, -1, 1, dim), cos, sin)
-            v = attn.v_proj(x).view(rows, -1, 1, dim)
-            keys, values = cache.update(k, v, index)
+            q, k, v = project(x, (attn.q_proj, attn.k_proj, attn.v_proj))
+            q = _rotate(q.view(rows, groups, -1, dim), cos, sin)
+            k = _rotate(k.view(rows, -1, 1, dim), cos, sin)
+            keys, values = cache.update(k, v.view(rows, -1, 1, dim), index)
             o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
             h = h + attn.o_proj(o.reshape(rows, 1, -1))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            mlp = layer.mlp  # transformers' LlamaMLP / Qwen2MLP: down(act(gate(x)) * up(x))
+            gate, up = project(layer.post_attention_layernorm(h), (mlp.gate_proj, mlp.up_proj))
+            h = h + mlp.down_proj(mlp.act_fn(gate) * up)
         return self.model.lm_head(self.body.norm(h))[:, -1]
 
 

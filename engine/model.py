@@ -117,7 +117,8 @@ def load_model(spec: str | None = None, device: str | None = None, dtype: torch.
         weights_digest, name = weights_digest_of(model), spec
     model = model.to(dev).eval()
     store = _quant_dir(_converted_dir(entry, dtype, cache_dir)) if entry is not None and quant != "none" else None
-    choice = quantize(model, quant, dev, dtype, store)
+    gguf = (lambda: registry.gguf_path(entry, cache_dir)) if entry is not None else None
+    choice = quantize(model, quant, dev, dtype, store, gguf)
     fingerprint = model_fingerprint(weights_digest, dtype, tokenizer, choice.scheme)
     return LoadedModel(name, model, tokenizer, fingerprint, dev, dtype, reason, choice.scheme, choice.reason)
 

@@ -6,6 +6,7 @@ bfloat16's); a step with many rows (prefill) widens the weights to the activatio
 which on a CPU beats the int8 kernel at that size. Where the kernel is missing, every step takes the plain path
 (said in the reason).
 int4: torchao's grouped int4 weight-only tensors: on a CPU its tinygemm CPU layout, on CUDA its tile-packed layout.
+gguf: the model's GGUF blocks themselves (Q4_K and Q6_K), run by the C++ kernels of engine.gguf_blocks (CPU only).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,7 +23,7 @@ from torch import nn
 from engine.errors import EngineError
 from engine.registry import sha256_of
 
-QUANT_CHOICES = ("auto", "none", "int8", "int4")
+QUANT_CHOICES = ("auto", "none", "int8", "int4", "gguf")
 TORCHAO_INSTALL = "pip install torchao==0.18.0"
 PACK_MAX_ROWS = 16  # rows up to which the int8 kernel beats widening the weights (measured on a 2-core AVX-512 CPU)
 INT4_GROUPS = (128, 64, 32)  # group sizes tried for int4, largest first: the first that divides every input width
@@ -56,48 +58,67 @@ class Int8Linear(nn.Module):
 
 
 def quantize(model: nn.Module, scheme: str, device: torch.device, dtype: torch.dtype,
-             store: Path | None = None) -> QuantChoice:
-    """Replace the model's Linear layers by `scheme`'s in place; 'none' leaves the model as it is, 'auto' takes int8
-    on a CPU where PyTorch's int8 kernel runs (decode there is bound by reading the weights) and none elsewhere.
-    With `store` (a folder kept for the model's quantized weights) int8 weights are kept there once computed and,
-    verified by sha256, reused."""
+             store: Path | None = None, gguf: Callable[[], Path] | None = None) -> QuantChoice:
+    """Replace the model's Linear layers by `scheme`'s in place; 'none' leaves the model as it is; 'auto' is
+    auto_scheme's choice. With `store` (a folder kept for the model's quantized weights) int8 weights and GGUF blocks
+    are kept there once computed and, verified by sha256, reused; `gguf` gives the model's GGUF file (registry
+    models), which the gguf scheme reads its blocks from."""
     if scheme not in QUANT_CHOICES:
         raise EngineError(f"unknown quant '{scheme}' (known: {', '.join(QUANT_CHOICES)})")
+    linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    fallback = ""
+    if scheme in ("auto", "gguf"):
+        try:
+            return _gguf(model, linears, device, store, gguf)
+        except EngineError as exc:
+            if scheme == "gguf":
+                raise
+            fallback = f" (GGUF blocks: {exc})"
     packed = int8_kernel_runs(device, dtype) if scheme in ("auto", "int8") else False
     if scheme == "auto":
         scheme = auto_scheme(device, packed)
     if scheme == "none":
-        return QuantChoice("none", "unquantized weights")
+        return QuantChoice("none", "unquantized weights" + fallback)
     try:
         import torchao.quantization  # noqa: F401
     except ImportError:
         raise EngineError(f"--quant {scheme} needs torchao: {TORCHAO_INSTALL}") from None
-    linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if scheme == "int8":
-        tensors = int8_tensors(linears, store)
+        tensors = kept_tensors(store, "int8", lambda: int8_tensors(linears))
         for name, module in linears:
             weight, scale = tensors[f"{name}.weight"].to(device), tensors[f"{name}.scale"].to(device, dtype)
             bias = module.bias.detach() if module.bias is not None else None
             _replace(model, name, Int8Linear(weight, scale, bias, packed))
         kernel = "_weight_int8pack_mm for decode, widened weights for prefill" if packed else \
             f"widened weights (PyTorch's int8 kernel does not run on {device.type} with {_name(dtype)})"
-        return QuantChoice("int8", f"int8 per-row weights, {kernel}")
+        return QuantChoice("int8", f"int8 per-row weights, {kernel}{fallback}")
     return _int4(model, linears, device, dtype)
 
 
 def auto_scheme(device: torch.device, int8_kernel: bool) -> str:
-    """What `auto` means: int8 on a CPU where PyTorch's int8 kernel runs (decode there is bound by reading the
-    weights), none elsewhere."""
+    """What `auto` means where the GGUF block kernels do not run for the model: int8 on a CPU where PyTorch's int8
+    kernel runs (decode there is bound by reading the weights), none elsewhere. (Where they run, auto is gguf.)"""
     return "int8" if device.type == "cpu" and int8_kernel else "none"
 
 
-def int8_tensors(linears: list[tuple[str, nn.Linear]], store: Path | None) -> dict[str, torch.Tensor]:
-    """Per layer `NAME.weight` (int8) and `NAME.scale` (one per output row): from `store` when its file matches its
-    recorded sha256, else computed by torchao (and kept in `store`)."""
-    path = store / "int8.safetensors" if store is not None else None
+def kept_tensors(store: Path | None, stem: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """`compute()`'s tensors, kept in `store` as STEM.safetensors with its sha256 beside it: read from there when the
+    file matches its recorded sha256, else computed (and kept)."""
+    path = store / f"{stem}.safetensors" if store is not None else None
     digest = path.with_suffix(".sha256") if path is not None else None
     if path is not None and path.is_file() and digest.is_file() and sha256_of(path) == digest.read_text().strip():
         return load_file(str(path))
+    tensors = compute()
+    if path is not None:
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        save_file(tensors, str(tmp))
+        digest.write_text(sha256_of(tmp) + "\n")
+        tmp.replace(path)
+    return tensors
+
+
+def int8_tensors(linears: list[tuple[str, nn.Linear]]) -> dict[str, torch.Tensor]:
+    """Per layer `NAME.weight` (int8) and `NAME.scale` (one per output row), computed by torchao."""
     from torchao.quantization import PerRow
     from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
 
@@ -106,12 +127,36 @@ def int8_tensors(linears: list[tuple[str, nn.Linear]], store: Path | None) -> di
         quantized = Int8Tensor.from_hp(module.weight.detach().float(), granularity=PerRow())
         tensors[f"{name}.weight"] = quantized.qdata.contiguous().cpu()
         tensors[f"{name}.scale"] = quantized.scale.reshape(-1).float().contiguous().cpu()
-    if path is not None:
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        save_file(tensors, str(tmp))
-        digest.write_text(sha256_of(tmp) + "\n")
-        tmp.replace(path)
     return tensors
+
+
+def _gguf(model: nn.Module, linears: list[tuple[str, nn.Linear]], device: torch.device, store: Path | None,
+          gguf: Callable[[], Path] | None) -> QuantChoice:
+    """Every Linear layer on its GGUF blocks (engine.gguf_blocks), or EngineError saying why not."""
+    from engine import gguf_blocks
+
+    if device.type != "cpu":
+        raise EngineError(f"the GGUF block kernels run on a CPU, not {device.type}")
+    if gguf is None or store is None:
+        raise EngineError("the model has no GGUF file (registry models have one)")
+    def compute() -> dict[str, torch.Tensor]:
+        path = gguf()
+        gguf_blocks.candidate_tensors(linears, path, model.config)  # the file's block types, before any build
+        return gguf_blocks.block_tensors(linears, path, model.config, gguf_blocks.kernels(store.parent / "kernels"))
+
+    tensors = kept_tensors(store, "gguf_blocks", compute)
+    ops = gguf_blocks.kernels(store.parent / "kernels")
+    kinds = {}
+    for name, module in linears:
+        block_type = int(tensors[f"{name}.type"][0])
+        bias = module.bias.detach() if module.bias is not None else None
+        _replace(model, name, gguf_blocks.GGUFLinear(tensors[f"{name}.blocks"], block_type, module.in_features,
+                                                     bias, ops))
+        kinds[block_type] = kinds.get(block_type, 0) + 1
+    names = {number: kind for kind, number in gguf_blocks.BLOCK_TYPES.items()}
+    counted = ", ".join(f"{count} {names[number]}" for number, count in sorted(kinds.items()))
+    return QuantChoice("gguf", f"the GGUF's own blocks ({counted} layers), C++ block kernels for decode, "
+                               f"widened blocks for prefill")
 
 
 def int8_kernel_runs(device: torch.device, dtype: torch.dtype) -> bool:

@@ -1,0 +1,134 @@
+"""Linear layers that run on the model's GGUF blocks themselves (Q4_K and Q6_K, what a Q4_K_M file holds): the
+weights are the file's, not re-quantized, and a decode step reads 4.5-6.6 bits a weight.
+
+The kernels are C++ (`engine/kernels/gguf_blocks.cpp`), built once per machine with PyTorch's extension builder
+(a C++ compiler and ninja) for the CPU it runs on, and kept under the models folder. A step with few rows (decode)
+quantizes its activations to int8 in blocks of 256 and runs integer dot products on the blocks (llama.cpp's
+approach); a step with more rows (prefill) widens the blocks to the activations' dtype and runs a plain matmul.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import platform
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.errors import EngineError
+from engine.hardware import cpu_flags
+
+SOURCE = Path(__file__).parent / "kernels" / "gguf_blocks.cpp"
+BLOCK_TYPES = {"Q4_K": 12, "Q6_K": 14}  # GGML's type numbers, as the kernels take them
+MM_MAX_ROWS = 16  # rows up to which the block kernel beats widening the weights for a matmul
+CFLAGS = ["-O3", "-march=native", "-ffp-contract=off"]  # no fused multiply-add: widened weights match the gguf package
+
+
+class GGUFLinear(nn.Module):
+    """A Linear layer whose weight is a GGUF tensor's blocks: [out_features, blocks a row x block bytes]."""
+
+    def __init__(self, blocks: torch.Tensor, block_type: int, in_features: int, bias: torch.Tensor | None,
+                 ops: Any) -> None:
+        super().__init__()
+        self.register_buffer("blocks", blocks)
+        self.register_buffer("bias", bias)
+        self.block_type, self.in_features, self.out_features = block_type, in_features, blocks.shape[0]
+        self.ops = ops
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if rows.shape[0] <= MM_MAX_ROWS:
+            return project(x, (self,))[0]
+        wide = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
+        out = rows @ self.ops.dequant(self.blocks, self.block_type, self.in_features, wide).to(x.dtype).t()
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor]:
+    """Each of `layers` (Linear layers of one input width) applied to `x`; GGUF block layers on a few rows in one
+    kernel call, which quantizes the activations once and spreads all their rows over the threads."""
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.shape[0] > MM_MAX_ROWS or not all(isinstance(layer, GGUFLinear) for layer in layers):
+        return [layer(x) for layer in layers]
+    outs = layers[0].ops.mm_group(rows, [layer.blocks for layer in layers], [layer.block_type for layer in layers],
+                                  [layer.bias for layer in layers])
+    return [out.reshape(*x.shape[:-1], out.shape[-1]) for out in outs]
+
+
+def kernels(build_root: Path) -> Any:
+    """The built kernels (built now if this machine has not built them yet); EngineError naming what is missing."""
+    return _build(build_root.resolve())
+
+
+@functools.cache
+def _build(build_root: Path) -> Any:
+    from torch.utils import cpp_extension
+
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        raise EngineError("the GGUF block kernels need a C++ compiler (c++ or g++ on PATH)")
+    if not cpp_extension.is_ninja_available():
+        raise EngineError("the GGUF block kernels need ninja: pip install ninja")
+    # one build per source, flags, CPU and torch: -march=native code must not run on another CPU
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), *CFLAGS, platform.machine(), torch.__version__,
+                                    *sorted(cpu_flags())]).encode()).hexdigest()[:16]
+    folder = build_root / f"gguf_blocks_{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cpp_extension.load(name=f"gguf_blocks_{key}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
+                                      build_directory=str(folder), verbose=False)
+    except (RuntimeError, OSError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EngineError(f"the GGUF block kernels did not build here ({first[:200]}); see {folder}") from None
+
+
+def block_tensors(linears: list[tuple[str, nn.Linear]], gguf: Path, config: Any, ops: Any) -> dict[str, torch.Tensor]:
+    """Per layer `NAME.blocks` (uint8, the GGUF tensor's rows of blocks) and `NAME.type` (its GGML type), for every
+    Linear layer whose weight is a Q4_K or Q6_K tensor of `gguf`, checked value for value: the widened blocks must
+    equal the loaded weight. EngineError naming a layer that is not (another block type, a reordered tensor)."""
+    import numpy as np
+
+    tensors = {}
+    for name, module, candidates in candidate_tensors(linears, gguf, config):
+        weight = module.weight.detach().cpu()
+        for tensor in candidates:
+            block_type = BLOCK_TYPES[tensor.tensor_type.name]
+            blocks = torch.from_numpy(np.array(tensor.data)).reshape(module.out_features, -1).contiguous()
+            widened = ops.dequant(blocks, block_type, module.in_features, torch.float32).to(weight.dtype)
+            if torch.equal(widened, weight):
+                tensors[f"{name}.blocks"], tensors[f"{name}.type"] = blocks, torch.tensor([block_type])
+                break
+        else:
+            raise EngineError(f"{gguf.name}: the blocks of {candidates[0].name} are not the loaded weights of {name}")
+    return tensors
+
+
+def candidate_tensors(linears: list[tuple[str, nn.Linear]], gguf: Path, config: Any) -> list[tuple[str, nn.Linear, list]]:
+    """Per Linear layer, the Q4_K/Q6_K tensors of `gguf` that may hold its weight (the LM head's may be the token
+    embeddings); EngineError naming a layer that has none, read off the file's header before anything is built."""
+    import gguf as gguf_py
+
+    arch = next((key for key, value in gguf_py.MODEL_ARCH_NAMES.items() if value == config.model_type), None)
+    if arch is None:
+        raise EngineError(f"the GGUF block kernels do not know the architecture '{config.model_type}'")
+    names = gguf_py.get_tensor_name_map(arch, config.num_hidden_layers)
+    stored = {tensor.name: tensor for tensor in gguf_py.GGUFReader(str(gguf)).tensors}
+    found = []
+    for name, module in linears:
+        keys = [f"{names.get_name(name)}.weight"] + (["token_embd.weight"] if name == "lm_head" else [])
+        usable = [stored[k] for k in keys if k in stored and stored[k].tensor_type.name in BLOCK_TYPES
+                  and tuple(int(n) for n in stored[k].shape) == (module.in_features, module.out_features)]
+        if not usable:
+            kinds = sorted({stored[k].tensor_type.name for k in keys if k in stored})
+            raise EngineError(f"{gguf.name} holds {name} as {', '.join(kinds) or 'nothing'}; the block kernels run "
+                              f"{' and '.join(BLOCK_TYPES)}")
+        found.append((name, module, usable))
+    return found

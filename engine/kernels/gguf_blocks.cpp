@@ -1,0 +1,491 @@
+// Matrix products on a GGUF's own k-quant blocks (Q4_K and Q6_K, 256 weights a block), read as the file stores
+// them: nothing is re-quantized, so the weights are exactly the file's.
+//
+// mm: a few rows of activations (decode) against the blocks. Each activation row is quantized to int8 in blocks
+// of 256 (one float scale a block, and the sum of every 16 values for the blocks' minimums and offsets), the way
+// llama.cpp's CPU path does; each weight row is then one pass over its blocks with integer dot products (AVX2
+// where the compiler targets it, plain C++ otherwise), parallel over the weight rows.
+// dequant: the blocks widened to float32 or bfloat16, for steps with many rows (prefill), which then run as a
+// plain matmul.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr int QK = 256;
+constexpr int Q4K_BYTES = 144;  // d, dmin (fp16), 12 bytes of 6-bit scales and minimums, 128 bytes of 4-bit codes
+constexpr int Q6K_BYTES = 210;  // 128 bytes of low 4 bits, 64 of high 2 bits, 16 int8 scales, d (fp16)
+enum BlockType { Q4_K = 12, Q6_K = 14 };  // GGML's type numbers
+
+float fp16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else {  // subnormal: normalize
+      exp = 127 - 15 + 1;
+      while (!(man & 0x400)) { man <<= 1; exp--; }
+      bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000 | (man << 13);
+  } else {
+    bits = sign | ((exp - 15 + 127) << 23) | (man << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t read_u16(const uint8_t* p) { uint16_t v; std::memcpy(&v, p, 2); return v; }
+
+// Q4_K's eight 6-bit scales and minimums, packed in 12 bytes.
+void q4k_scales(const uint8_t* s, uint8_t* sc, uint8_t* mn) {
+  for (int j = 0; j < 4; j++) {
+    sc[j] = s[j] & 63;
+    mn[j] = s[j + 4] & 63;
+    sc[j + 4] = (s[j + 8] & 0x0f) | ((s[j] >> 6) << 4);
+    mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
+  }
+}
+
+// One activation row quantized: int8 values, a scale per 256, the sums of each 16 and each 32 values (int16).
+struct QuantRow {
+  std::vector<int8_t> q;
+  std::vector<int8_t> q4;  // (AVX-512) each 128 values as 0-31, 64-95, 32-63, 96-127: the order of Q4_K's nibbles
+  std::vector<float> d;
+  std::vector<int16_t> sums16, sums32;
+};
+
+template <typename T>
+float to_float(T v) { return static_cast<float>(v); }
+
+void quantize_row(const float* x, int64_t k, QuantRow& r) {
+  int64_t nb = k / QK;
+  r.q.resize(k);
+  r.d.resize(nb);
+  r.sums16.resize(k / 16);
+  r.sums32.resize(k / 32);
+  for (int64_t b = 0; b < nb; b++) {
+    const float* xb = x + b * QK;
+    int8_t* qb = r.q.data() + b * QK;
+    float amax = 0.f;
+    for (int i = 0; i < QK; i++) amax = std::max(amax, std::fabs(xb[i]));
+    float id = amax > 0.f ? 127.f / amax : 0.f;
+    r.d[b] = amax / 127.f;
+#if defined(__AVX2__)
+    const __m256 scale = _mm256_set1_ps(id);
+    for (int i = 0; i < QK; i += 32) {  // rounds to nearest even, as nearbyint
+      __m256i v0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + i), scale));
+      __m256i v1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + i + 8), scale));
+      __m256i v2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + i + 16), scale));
+      __m256i v3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + i + 24), scale));
+      __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v0, v1), _mm256_packs_epi32(v2, v3));
+      p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));  // undo the packs' lane order
+      _mm256_storeu_si256((__m256i*)(qb + i), p);
+    }
+#else
+    for (int i = 0; i < QK; i++) qb[i] = (int8_t)std::nearbyint(xb[i] * id);
+#endif
+    for (int s = 0; s < QK / 16; s++) {
+      int sum = 0;
+      for (int i = 0; i < 16; i++) sum += qb[s * 16 + i];
+      r.sums16[b * (QK / 16) + s] = (int16_t)sum;
+    }
+    for (int s = 0; s < QK / 32; s++) {
+      r.sums32[b * (QK / 32) + s] = r.sums16[b * (QK / 16) + 2 * s] + r.sums16[b * (QK / 16) + 2 * s + 1];
+    }
+  }
+#if defined(__AVX512BW__)
+  r.q4.resize(k);
+  for (int64_t c = 0; c < k; c += 128) {
+    const int8_t* from = r.q.data() + c;
+    int8_t* to = r.q4.data() + c;
+    std::memcpy(to, from, 32);
+    std::memcpy(to + 32, from + 64, 32);
+    std::memcpy(to + 64, from + 32, 32);
+    std::memcpy(to + 96, from + 96, 32);
+  }
+#endif
+}
+
+float half_to_float(const uint8_t* p) {
+#if defined(__F16C__)
+  return _cvtsh_ss(read_u16(p));
+#else
+  return fp16_to_f32(read_u16(p));
+#endif
+}
+
+#if defined(__AVX2__)
+float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// A shuffle that fills every 16-bit lane of each 128-bit half with word `lo` (low half) or `hi` (high half).
+__m256i word_broadcast(int lo, int hi) {
+  return _mm256_setr_epi8(2 * lo, 2 * lo + 1, 2 * lo, 2 * lo + 1, 2 * lo, 2 * lo + 1, 2 * lo, 2 * lo + 1, 2 * lo,
+                          2 * lo + 1, 2 * lo, 2 * lo + 1, 2 * lo, 2 * lo + 1, 2 * lo, 2 * lo + 1, 2 * hi, 2 * hi + 1,
+                          2 * hi, 2 * hi + 1, 2 * hi, 2 * hi + 1, 2 * hi, 2 * hi + 1, 2 * hi, 2 * hi + 1, 2 * hi,
+                          2 * hi + 1, 2 * hi, 2 * hi + 1, 2 * hi, 2 * hi + 1);
+}
+#endif
+
+#if defined(__AVX512BW__)
+// A shuffle that fills each 16-bit lane of the two low 128-bit quarters with word `lo`, of the two high ones with
+// word `hi`.
+__m512i word_broadcast512(int lo, int hi) {
+  __m256i a = word_broadcast(lo, lo), b = word_broadcast(hi, hi);
+  return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+}
+#endif
+
+// The dot product of one weight row with one quantized activation row. (Interleaving several weight rows to share
+// the activation loads measured slower here: 8 GB/s against 26 on the LM head.)
+float dot_q4k(const uint8_t* w, const QuantRow& a, int64_t nb) {
+#if defined(__AVX512BW__)
+  // 64 bytes of codes at a time: their low nibbles are sub-blocks 4i and 4i+2, their high nibbles 4i+1 and 4i+3,
+  // against the activations reordered to match (QuantRow::q4)
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  const __m512i pick[4] = {word_broadcast512(0, 2), word_broadcast512(1, 3), word_broadcast512(4, 6),
+                           word_broadcast512(5, 7)};
+  __m512 acc = _mm512_setzero_ps();
+  __m128 acc_min = _mm_setzero_ps();
+  for (int64_t b = 0; b < nb; b++) {
+    const int8_t* q = a.q4.data() + b * QK;
+    const __m512i act[4] = {_mm512_loadu_si512((const void*)q), _mm512_loadu_si512((const void*)(q + 64)),
+                            _mm512_loadu_si512((const void*)(q + 128)), _mm512_loadu_si512((const void*)(q + 192))};
+    const __m128i sums = _mm_loadu_si128((const __m128i*)(a.sums32.data() + b * 8));
+    {
+      const uint8_t* blk = w + b * Q4K_BYTES;
+      float d = half_to_float(blk) * a.d[b], dmin = half_to_float(blk + 2) * a.d[b];
+      uint32_t s[3];
+      std::memcpy(s, blk + 4, 12);  // the 6-bit scales and minimums, unpacked four at a time
+      uint32_t sc_lo = s[0] & 0x3f3f3f3f, mn_lo = s[1] & 0x3f3f3f3f;
+      uint32_t sc_hi = (s[2] & 0x0f0f0f0f) | ((s[0] >> 2) & 0x30303030);
+      uint32_t mn_hi = ((s[2] >> 4) & 0x0f0f0f0f) | ((s[1] >> 2) & 0x30303030);
+      __m128i mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)mn_hi, (int)mn_lo));
+      acc_min = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(_mm_madd_epi16(mins, sums)), acc_min);
+      __m512i scales = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)sc_hi, (int)sc_lo)));
+      __m512i isum = _mm512_setzero_si512();
+      for (int i = 0; i < 2; i++) {
+        __m512i codes = _mm512_loadu_si512((const void*)(blk + 16 + 64 * i));
+        __m512i lo = _mm512_and_si512(codes, low4), hi = _mm512_and_si512(_mm512_srli_epi16(codes, 4), low4);
+        __m512i plo = _mm512_madd_epi16(_mm512_maddubs_epi16(lo, act[2 * i]), _mm512_shuffle_epi8(scales, pick[2 * i]));
+        __m512i phi = _mm512_madd_epi16(_mm512_maddubs_epi16(hi, act[2 * i + 1]),
+                                        _mm512_shuffle_epi8(scales, pick[2 * i + 1]));
+        isum = _mm512_add_epi32(isum, _mm512_add_epi32(plo, phi));
+      }
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(isum), acc);
+    }
+  }
+  __m128 m = _mm_add_ps(acc_min, _mm_movehl_ps(acc_min, acc_min));
+  m = _mm_add_ss(m, _mm_movehdup_ps(m));
+  return _mm512_reduce_add_ps(acc) - _mm_cvtss_f32(m);
+#elif defined(__AVX2__)
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const __m256i pick[8] = {word_broadcast(0, 0), word_broadcast(1, 1), word_broadcast(2, 2), word_broadcast(3, 3),
+                           word_broadcast(4, 4), word_broadcast(5, 5), word_broadcast(6, 6), word_broadcast(7, 7)};
+  __m256 acc = _mm256_setzero_ps();
+  __m128 acc_min = _mm_setzero_ps();
+  for (int64_t b = 0; b < nb; b++) {
+    const int8_t* q = a.q.data() + b * QK;
+    const __m128i sums = _mm_loadu_si128((const __m128i*)(a.sums32.data() + b * 8));
+    {
+      const uint8_t* blk = w + b * Q4K_BYTES;
+      float d = half_to_float(blk) * a.d[b], dmin = half_to_float(blk + 2) * a.d[b];
+      uint32_t s[3];
+      std::memcpy(s, blk + 4, 12);
+      uint32_t sc_lo = s[0] & 0x3f3f3f3f, mn_lo = s[1] & 0x3f3f3f3f;
+      uint32_t sc_hi = (s[2] & 0x0f0f0f0f) | ((s[0] >> 2) & 0x30303030);
+      uint32_t mn_hi = ((s[2] >> 4) & 0x0f0f0f0f) | ((s[1] >> 2) & 0x30303030);
+      __m128i mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)mn_hi, (int)mn_lo));
+      acc_min = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(_mm_madd_epi16(mins, sums)), acc_min);
+      __m256i scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)sc_hi, (int)sc_lo)));
+      __m256i isum = _mm256_setzero_si256();
+      for (int j = 0; j < 4; j++) {
+        __m256i codes = _mm256_loadu_si256((const __m256i*)(blk + 16 + 32 * j));
+        __m256i lo = _mm256_and_si256(codes, low4), hi = _mm256_and_si256(_mm256_srli_epi16(codes, 4), low4);
+        __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i*)(q + 64 * j)));
+        __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i*)(q + 64 * j + 32)));
+        plo = _mm256_madd_epi16(plo, _mm256_shuffle_epi8(scales, pick[2 * j]));
+        phi = _mm256_madd_epi16(phi, _mm256_shuffle_epi8(scales, pick[2 * j + 1]));
+        isum = _mm256_add_epi32(isum, _mm256_add_epi32(plo, phi));
+      }
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
+    }
+  }
+  __m128 m = _mm_add_ps(acc_min, _mm_movehl_ps(acc_min, acc_min));
+  m = _mm_add_ss(m, _mm_movehdup_ps(m));
+  return hsum(acc) - _mm_cvtss_f32(m);
+#else
+  {
+    float total = 0.f;
+    for (int64_t b = 0; b < nb; b++) {
+      const uint8_t* blk = w + b * Q4K_BYTES;
+      float d = half_to_float(blk) * a.d[b], dmin = half_to_float(blk + 2) * a.d[b];
+      uint8_t sc[8], mn[8];
+      q4k_scales(blk + 4, sc, mn);
+      const uint8_t* qs = blk + 16;
+      const int8_t* q = a.q.data() + b * QK;
+      int32_t isum = 0, mins = 0;
+      for (int j = 0; j < 4; j++) {
+        int32_t lo = 0, hi = 0;
+        for (int l = 0; l < 32; l++) {
+          lo += (qs[32 * j + l] & 0x0f) * q[64 * j + l];
+          hi += (qs[32 * j + l] >> 4) * q[64 * j + 32 + l];
+        }
+        isum += sc[2 * j] * lo + sc[2 * j + 1] * hi;
+      }
+      for (int j = 0; j < 8; j++) mins += mn[j] * a.sums32[b * 8 + j];
+      total += d * (float)isum - dmin * (float)mins;
+    }
+    return total;
+  }
+#endif
+}
+
+float dot_q6k(const uint8_t* w, const QuantRow& a, int64_t nb) {
+#if defined(__AVX2__)
+  const __m256i low4 = _mm256_set1_epi8(0x0f), low2 = _mm256_set1_epi8(0x03), bits45 = _mm256_set1_epi8(0x30);
+  const __m256i pick[4] = {word_broadcast(0, 1), word_broadcast(2, 3), word_broadcast(4, 5), word_broadcast(6, 7)};
+  __m256 acc = _mm256_setzero_ps(), acc_off = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; b++) {
+    const int8_t* q = a.q.data() + b * QK;
+    const __m256i sums = _mm256_loadu_si256((const __m256i*)(a.sums16.data() + b * 16));
+    {
+      const uint8_t* blk = w + b * Q6K_BYTES;
+      const uint8_t* ql = blk;
+      const uint8_t* qh = blk + 128;
+      float d = half_to_float(blk + 208) * a.d[b];
+      __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(blk + 192)));  // sc[0..7] | sc[8..15]
+      // the codes are stored +32: subtract 32 x scale x the sum of each 16 activations
+      acc_off = _mm256_fmadd_ps(_mm256_set1_ps(32.f * d), _mm256_cvtepi32_ps(_mm256_madd_epi16(sc16, sums)),
+                                   acc_off);
+      __m256i isum = _mm256_setzero_si256();
+      for (int h = 0; h < 2; h++) {
+        __m256i scales = _mm256_permute2x128_si256(sc16, sc16, h == 0 ? 0x00 : 0x11);
+        __m256i l0 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h));
+        __m256i l1 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h + 32));
+        __m256i hb = _mm256_loadu_si256((const __m256i*)(qh + 32 * h));
+        __m256i codes[4] = {
+            _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, low2), 4)),
+            _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), bits45)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_and_si256(hb, bits45)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                            _mm256_and_si256(_mm256_srli_epi16(hb, 2), bits45)),
+        };
+        for (int c = 0; c < 4; c++) {
+          __m256i p = _mm256_maddubs_epi16(codes[c], _mm256_loadu_si256((const __m256i*)(q + 128 * h + 32 * c)));
+          isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, _mm256_shuffle_epi8(scales, pick[c])));
+        }
+      }
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
+    }
+  }
+  return hsum(acc) - hsum(acc_off);
+#else
+  {
+    float total = 0.f;
+    for (int64_t b = 0; b < nb; b++) {
+      const uint8_t* blk = w + b * Q6K_BYTES;
+      const uint8_t* ql = blk;
+      const uint8_t* qh = blk + 128;
+      const int8_t* sc = (const int8_t*)(blk + 192);
+      float d = half_to_float(blk + 208) * a.d[b];
+      const int8_t* q = a.q.data() + b * QK;
+      int32_t isum = 0, offset = 0;
+      for (int j = 0; j < 16; j++) offset += sc[j] * a.sums16[b * 16 + j];
+      for (int h = 0; h < 2; h++) {
+        for (int l = 0; l < 32; l++) {
+          int c0 = (ql[64 * h + l] & 0x0f) | (((qh[32 * h + l] >> 0) & 3) << 4);
+          int c1 = (ql[64 * h + 32 + l] & 0x0f) | (((qh[32 * h + l] >> 2) & 3) << 4);
+          int c2 = (ql[64 * h + l] >> 4) | (((qh[32 * h + l] >> 4) & 3) << 4);
+          int c3 = (ql[64 * h + 32 + l] >> 4) | (((qh[32 * h + l] >> 6) & 3) << 4);
+          int s = l / 16;
+          isum += sc[8 * h + s] * c0 * q[128 * h + l] + sc[8 * h + 2 + s] * c1 * q[128 * h + 32 + l] +
+                  sc[8 * h + 4 + s] * c2 * q[128 * h + 64 + l] + sc[8 * h + 6 + s] * c3 * q[128 * h + 96 + l];
+        }
+      }
+      total += d * (float)isum - d * 32.f * (float)offset;
+    }
+    return total;
+  }
+#endif
+}
+
+// Rows [begin, end) of one weight (`stride` bytes a row) against one activation row.
+void dot_rows(const uint8_t* w, int64_t stride, int64_t type, const QuantRow& a, int64_t nb, int64_t begin,
+              int64_t end, float* out) {
+  for (int64_t r = begin; r < end; r++) {
+    out[r] = type == Q4_K ? dot_q4k(w + r * stride, a, nb) : dot_q6k(w + r * stride, a, nb);
+  }
+}
+
+int64_t block_bytes(int64_t type) {
+  TORCH_CHECK(type == Q4_K || type == Q6_K, "unsupported GGUF block type ", type);
+  return type == Q4_K ? Q4K_BYTES : Q6K_BYTES;
+}
+
+void check_blocks(const torch::Tensor& blocks, int64_t type, int64_t k) {
+  TORCH_CHECK(blocks.dtype() == torch::kUInt8 && blocks.dim() == 2 && blocks.is_contiguous(),
+              "blocks must be a contiguous 2-d uint8 tensor");
+  TORCH_CHECK(k % QK == 0 && blocks.size(1) == k / QK * block_bytes(type), "blocks do not hold rows of ", k);
+}
+
+// x: [m, k] (float32, bfloat16 or float16) against several weights of the same input width (their blocks [n_i, k /
+// 256 x block bytes] and GGML types, an optional bias [n_i] each): [m, n_i] each, in x's dtype. The activations
+// are quantized once for all of them, and one parallel loop runs over all their rows.
+std::vector<torch::Tensor> mm_group(torch::Tensor x, std::vector<torch::Tensor> blocks, std::vector<int64_t> types,
+                                    std::vector<c10::optional<torch::Tensor>> biases) {
+  TORCH_CHECK(x.dim() == 2 && blocks.size() == types.size() && blocks.size() == biases.size(),
+              "mm_group takes x [rows, k] and as many types and biases as blocks");
+  int64_t m = x.size(0), k = x.size(1), nb = k / QK;
+  torch::Tensor xf = x.scalar_type() == torch::kFloat ? x.contiguous() : x.to(torch::kFloat).contiguous();
+  std::vector<QuantRow> rows(m);
+  for (int64_t i = 0; i < m; i++) quantize_row(xf.data_ptr<float>() + i * k, k, rows[i]);
+  std::vector<torch::Tensor> outs, wide_bias;
+  std::vector<int64_t> first{0};  // the group's row where each weight starts
+  for (size_t g = 0; g < blocks.size(); g++) {
+    check_blocks(blocks[g], types[g], k);
+    outs.push_back(torch::empty({m, blocks[g].size(0)}, xf.options()));
+    wide_bias.push_back(biases[g].has_value() ? biases[g]->to(torch::kFloat).contiguous() : torch::Tensor());
+    first.push_back(first.back() + blocks[g].size(0));
+  }
+  at::parallel_for(0, first.back(), 16, [&](int64_t begin, int64_t end) {
+    for (size_t g = 0; g < blocks.size(); g++) {  // this thread's rows of each weight
+      int64_t lo = std::max(begin, first[g]) - first[g], hi = std::min(end, first[g + 1]) - first[g];
+      if (lo >= hi) continue;
+      int64_t n = blocks[g].size(0);
+      float* o = outs[g].data_ptr<float>();
+      for (int64_t i = 0; i < m; i++) {
+        dot_rows(blocks[g].data_ptr<uint8_t>(), blocks[g].size(1), types[g], rows[i], nb, lo, hi, o + i * n);
+      }
+      if (wide_bias[g].defined()) {
+        const float* bias = wide_bias[g].data_ptr<float>();
+        for (int64_t i = 0; i < m; i++) {
+          for (int64_t row = lo; row < hi; row++) o[i * n + row] += bias[row];
+        }
+      }
+    }
+  });
+  if (x.scalar_type() != torch::kFloat) {
+    for (auto& out : outs) out = out.to(x.scalar_type());
+  }
+  return outs;
+}
+
+// One block's codes (as signed bytes) and, per 16 weights, the factor and the amount subtracted: weight =
+// factor x code - minimum, computed as the gguf package computes it (no fused multiply-add), so that the result
+// is bit for bit the weights transformers loaded from the same file.
+void block_codes(const uint8_t* blk, int64_t type, int8_t* codes, float* factor, float* minimum) {
+  if (type == Q4_K) {
+    float d = half_to_float(blk), dmin = half_to_float(blk + 2);
+    uint8_t sc[8], mn[8];
+    q4k_scales(blk + 4, sc, mn);
+    const uint8_t* qs = blk + 16;
+    for (int j = 0; j < 4; j++) {
+      for (int l = 0; l < 32; l++) {
+        codes[64 * j + l] = (int8_t)(qs[32 * j + l] & 0x0f);
+        codes[64 * j + 32 + l] = (int8_t)(qs[32 * j + l] >> 4);
+      }
+    }
+    for (int s = 0; s < 16; s++) {
+      factor[s] = d * (float)sc[s / 2];
+      minimum[s] = dmin * (float)mn[s / 2];
+    }
+  } else {
+    const uint8_t* ql = blk;
+    const uint8_t* qh = blk + 128;
+    const int8_t* sc = (const int8_t*)(blk + 192);
+    float d = half_to_float(blk + 208);
+    for (int h = 0; h < 2; h++) {
+      for (int l = 0; l < 32; l++) {
+        codes[128 * h + l] = (int8_t)(((ql[64 * h + l] & 0x0f) | ((qh[32 * h + l] & 3) << 4)) - 32);
+        codes[128 * h + 32 + l] = (int8_t)(((ql[64 * h + 32 + l] & 0x0f) | (((qh[32 * h + l] >> 2) & 3) << 4)) - 32);
+        codes[128 * h + 64 + l] = (int8_t)(((ql[64 * h + l] >> 4) | (((qh[32 * h + l] >> 4) & 3) << 4)) - 32);
+        codes[128 * h + 96 + l] = (int8_t)(((ql[64 * h + 32 + l] >> 4) | (((qh[32 * h + l] >> 6) & 3) << 4)) - 32);
+      }
+    }
+    for (int s = 0; s < 16; s++) {
+      factor[s] = d * (float)sc[s];
+      minimum[s] = 0.f;
+    }
+  }
+}
+
+void widen_block(const int8_t* codes, const float* factor, const float* minimum, float* y) {
+#if defined(__AVX2__)
+  for (int s = 0; s < 16; s++) {
+    __m256 f = _mm256_set1_ps(factor[s]), m = _mm256_set1_ps(minimum[s]);
+    for (int i = 0; i < 16; i += 8) {
+      __m256 c = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(codes + 16 * s + i))));
+      _mm256_storeu_ps(y + 16 * s + i, _mm256_sub_ps(_mm256_mul_ps(f, c), m));
+    }
+  }
+#else
+  for (int i = 0; i < QK; i++) y[i] = factor[i / 16] * (float)codes[i] - minimum[i / 16];
+#endif
+}
+
+// float32 -> bfloat16, rounding to nearest even as PyTorch does.
+void to_bfloat16(const float* x, uint16_t* out, int64_t k) {
+  int64_t i = 0;
+#if defined(__AVX2__)
+  const __m256i bias = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1);
+  for (; i + 16 <= k; i += 16) {
+    __m256i a = _mm256_castps_si256(_mm256_loadu_ps(x + i)), b = _mm256_castps_si256(_mm256_loadu_ps(x + i + 8));
+    a = _mm256_srli_epi32(_mm256_add_epi32(a, _mm256_add_epi32(bias, _mm256_and_si256(_mm256_srli_epi32(a, 16), one))), 16);
+    b = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(bias, _mm256_and_si256(_mm256_srli_epi32(b, 16), one))), 16);
+    _mm256_storeu_si256((__m256i*)(out + i), _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xd8));
+  }
+#endif
+  for (; i < k; i++) {
+    uint32_t bits;
+    std::memcpy(&bits, &x[i], 4);
+    out[i] = (uint16_t)((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+  }
+}
+
+// The weights as the file holds them, widened: [n, k] in dtype (float32 or bfloat16).
+torch::Tensor dequant(torch::Tensor blocks, int64_t type, int64_t k, torch::ScalarType dtype) {
+  check_blocks(blocks, type, k);
+  TORCH_CHECK(dtype == torch::kFloat || dtype == torch::kBFloat16, "dequant widens to float32 or bfloat16");
+  int64_t n = blocks.size(0), nb = k / QK, row_bytes = blocks.size(1), bytes = block_bytes(type);
+  torch::Tensor out = torch::empty({n, k}, blocks.options().dtype(dtype));
+  const uint8_t* w = blocks.data_ptr<uint8_t>();
+  void* base = out.data_ptr();
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(k);
+    alignas(32) int8_t codes[QK];
+    float factor[16], minimum[16];
+    for (int64_t r = begin; r < end; r++) {
+      float* y = dtype == torch::kFloat ? static_cast<float*>(base) + r * k : row.data();
+      for (int64_t b = 0; b < nb; b++) {
+        block_codes(w + r * row_bytes + b * bytes, type, codes, factor, minimum);
+        widen_block(codes, factor, minimum, y + b * QK);
+      }
+      if (dtype == torch::kBFloat16) to_bfloat16(row.data(), static_cast<uint16_t*>(base) + r * k, k);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("mm_group", &mm_group, "x @ blocks.T (+ bias) for several weights of a GGUF's Q4_K / Q6_K blocks");
+  m.def("dequant", &dequant, "a GGUF's Q4_K / Q6_K blocks widened to float32 or bfloat16");
+}
