@@ -39,7 +39,7 @@ from benchmarks.report import write_json
 from engine import Engine, Request, load_model, registry
 from engine.hardware import BF16_CPU_FLAGS, choose_dtype, cpu_flags
 from engine.model import LoadedModel
-from engine.quant import QUANT_CHOICES, auto_scheme, int8_kernel_runs
+from engine.quant import QUANT_CHOICES
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "repo"
@@ -213,9 +213,12 @@ def agreement(reference: list[list[int]], other: list[list[int]]) -> float:
 
 
 def child(spec: str) -> dict[str, Any]:
-    """One measurement in this process: `spec` is MODEL,METHOD,QUANT,DTYPE (METHOD "greedy": agreement tokens only)."""
+    """One measurement in this process: `spec` is MODEL,METHOD,QUANT,DTYPE (METHOD "greedy": agreement tokens only;
+    "scheme": what QUANT resolves to for the model here)."""
     name, method, quant, dtype = spec.split(",")
     lm = load_model(name, dtype=dtype, cache_dir=models_dir(), quant=quant)
+    if method == "scheme":
+        return {"scheme": lm.quant, "reason": lm.quant_reason}
     if method == "transformers":
         return {"row": transformers_row(lm)}
     if method in ("llama.cpp", "llama.cpp-q8_0"):
@@ -240,21 +243,27 @@ def measure_model(name: str, quants: list[str], console: Console) -> dict[str, A
     console.print(f"{name}: transformers ...")
     rows = [{"method": "transformers", "dtype": dtype, "quant": "none",
              **in_process(f"{name},transformers,none,{dtype}")["row"]}]
-    reference = None
+    reference, skipped = None, {}
     for quant in quants:
         if quant == "int4" and dtype != "bfloat16":
             console.print(f"{name}: int4 skipped (it needs bfloat16; dtype auto is {dtype} here)")
             continue
         console.print(f"{name}: agentcache {dtype} {quant} ...")
-        got = in_process(f"{name},agentcache,{quant},{dtype}")
+        try:
+            got = in_process(f"{name},agentcache,{quant},{dtype}")
+        except RuntimeError as exc:  # a scheme the model cannot run (gguf on a file of other blocks): said, skipped
+            console.print(f"{name}: {quant} skipped: {exc}")
+            skipped[quant] = str(exc)
+            continue
         reference = reference if reference is not None or quant != "none" else got["tokens"]
         row = {"method": "agentcache", "dtype": dtype, "quant": quant, **got["row"]}
         if reference is not None:
             row["greedy_agreement"] = agreement(reference, got["tokens"])
         rows.append(row)
-    cpu = torch.device("cpu")
     result: dict[str, Any] = {"name": name, "rows": rows,
-                              "default_quant": auto_scheme(cpu, int8_kernel_runs(cpu, choose_dtype("auto").dtype))}
+                              "default_quant": in_process(f"{name},scheme,auto,{dtype}")["scheme"]}
+    if skipped:
+        result["skipped"] = skipped
     if dtype != "float32" and reference is not None:  # how far the dtype alone moves greedy output: the noise floor
         console.print(f"{name}: float32 agreement ...")
         result["float32_agreement"] = agreement(reference, in_process(f"{name},greedy,none,float32")["tokens"])

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import platform
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from engine.hardware import cpu_flags
 SOURCE = Path(__file__).parent / "kernels" / "gguf_blocks.cpp"
 BLOCK_TYPES = {"Q4_K": 12, "Q6_K": 14}  # GGML's type numbers, as the kernels take them
 MM_MAX_ROWS = 16  # rows up to which the block kernel beats widening the weights for a matmul
-CFLAGS = ["-O3", "-march=native", "-ffp-contract=off"]  # no fused multiply-add: widened weights match the gguf package
+CFLAGS = ["-O3", "-ffp-contract=off"]  # no fused multiply-add: widened weights match the gguf package bit for bit
 
 
 class GGUFLinear(nn.Module):
@@ -62,13 +63,14 @@ def project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor
     return [out.reshape(*x.shape[:-1], out.shape[-1]) for out in outs]
 
 
-def kernels(build_root: Path) -> Any:
-    """The built kernels (built now if this machine has not built them yet); EngineError naming what is missing."""
-    return _build(build_root.resolve())
+def kernels(build_root: Path, march: str = "native") -> Any:
+    """The kernels built for `march` (gcc's -march: this CPU by default), built now if they are not there yet;
+    EngineError naming what is missing."""
+    return _build(build_root.resolve(), march)
 
 
 @functools.cache
-def _build(build_root: Path) -> Any:
+def _build(build_root: Path, march: str) -> Any:
     from torch.utils import cpp_extension
 
     if shutil.which("c++") is None and shutil.which("g++") is None:
@@ -76,14 +78,17 @@ def _build(build_root: Path) -> Any:
     if not cpp_extension.is_ninja_available():
         raise EngineError("the GGUF block kernels need ninja: pip install ninja")
     # one build per source, flags, CPU and torch: -march=native code must not run on another CPU
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), *CFLAGS, platform.machine(), torch.__version__,
+    flags = [*CFLAGS, f"-march={march}"]
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), *flags, platform.machine(), torch.__version__,
                                     *sorted(cpu_flags())]).encode()).hexdigest()[:16]
     folder = build_root / f"gguf_blocks_{key}"
     folder.mkdir(parents=True, exist_ok=True)
+    if not any(folder.glob("*.so")):
+        print("building the GGUF block kernels for this CPU (once, about 30 s) ...", file=sys.stderr, flush=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return cpp_extension.load(name=f"gguf_blocks_{key}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
+            return cpp_extension.load(name=f"gguf_blocks_{key}", sources=[str(SOURCE)], extra_cflags=flags,
                                       build_directory=str(folder), verbose=False)
     except (RuntimeError, OSError, ImportError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

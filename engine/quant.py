@@ -139,9 +139,17 @@ def _gguf(model: nn.Module, linears: list[tuple[str, nn.Linear]], device: torch.
         raise EngineError(f"the GGUF block kernels run on a CPU, not {device.type}")
     if gguf is None or store is None:
         raise EngineError("the model has no GGUF file (registry models have one)")
+    unsupported = store / "gguf_blocks.unsupported"  # the file's verdict, kept: the file does not change
+    if unsupported.is_file():
+        raise EngineError(unsupported.read_text().strip())
+
     def compute() -> dict[str, torch.Tensor]:
         path = gguf()
-        gguf_blocks.candidate_tensors(linears, path, model.config)  # the file's block types, before any build
+        try:  # the file's block types, read off its header before anything is built
+            gguf_blocks.candidate_tensors(linears, path, model.config)
+        except EngineError as exc:
+            unsupported.write_text(f"{exc}\n")
+            raise
         return gguf_blocks.block_tensors(linears, path, model.config, gguf_blocks.kernels(store.parent / "kernels"))
 
     tensors = kept_tensors(store, "gguf_blocks", compute)

@@ -15,13 +15,14 @@ from engine.quant import int8_kernel_runs
 
 def test_speed_report(tmp_path):
     path = tmp_path / "speed.json"
-    speed.main(["--quick", "--models", "random-tiny-chat", "--quants", "none,int8", "--json", str(path)])
+    speed.main(["--quick", "--models", "random-tiny-chat", "--quants", "none,int8,gguf", "--json", str(path)])
     report = json.loads(path.read_text())
     assert set(report["machine"]) >= {"cpu_flags", "cuda"} and isinstance(report["machine"]["cuda"], bool)
     (model,) = report["models"]
     assert model["name"] == "random-tiny-chat"
     methods = [(r["method"], r["quant"]) for r in model["rows"]]
     assert methods == [("transformers", "none"), ("agentcache", "none"), ("agentcache", "int8")]
+    assert "no GGUF file" in model["skipped"]["gguf"]  # a scheme the model cannot run is said and skipped
     for row in model["rows"]:
         assert row["dtype"] == choose_dtype("auto").name
         assert set(row["prefill_tok_s"]) == {"64", "256"} and all(v > 0 for v in row["prefill_tok_s"].values())
@@ -30,7 +31,7 @@ def test_speed_report(tmp_path):
     assert ours[0]["greedy_agreement"] == 1.0 and 0 <= ours[1]["greedy_agreement"] <= 1
     if choose_dtype("auto").name != "float32":
         assert 0 <= model["float32_agreement"] <= 1
-    # the ratios are the default scheme's: int8 on a CPU where PyTorch's int8 kernel runs, else none
+    # the ratios are the default scheme's: here (no GGUF file) int8 on a CPU where PyTorch's int8 kernel runs, else none
     default = "int8" if int8_kernel_runs(torch.device("cpu"), choose_dtype("auto").dtype) else "none"
     assert model["default_quant"] == default
     (best,) = [r for r in ours if r["quant"] == default]

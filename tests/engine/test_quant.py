@@ -92,7 +92,7 @@ def test_int4_needs_bfloat16_and_an_unknown_scheme_is_refused():
 def test_the_config_knows_the_engine_quants():
     assert QUANTS == QUANT_CHOICES
     assert check_config(config_from({"quant": "int8"})).quant == "int8"
-    with pytest.raises(AgentcacheError, match="quant must be one of auto, none, int8, int4, got 'int3'"):
+    with pytest.raises(AgentcacheError, match="quant must be one of auto, none, int8, int4, gguf, got 'int3'"):
         check_config(config_from({"quant": "int3"}))
 
 

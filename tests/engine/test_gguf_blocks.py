@@ -1,0 +1,148 @@
+"""The GGUF block kernels (engine/kernels/gguf_blocks.cpp): widened blocks against the gguf package's own
+dequantization, products against float64 matmuls done here, the AVX2 and plain C++ paths against the native build,
+and the default model on its own Q4_K/Q6_K blocks against its unquantized weights."""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType, dequantize
+
+from engine import Engine, Request, load_model
+from engine.errors import EngineError
+from engine.gguf_blocks import BLOCK_TYPES, GGUFLinear, kernels
+from tests.engine.conftest import reference_logits, rel_err
+from tests.engine.test_decode_step import lean_logits
+
+BYTES = {"Q4_K": 144, "Q6_K": 210}
+SCALE_AT = {"Q4_K": (0, 2), "Q6_K": (208,)}  # where each block keeps its float16 scales
+DEFAULT = "qwen2.5-coder-1.5b"
+
+
+@pytest.fixture(scope="module")
+def ops(models_dir):
+    return kernels(models_dir / "kernels")
+
+
+def random_blocks(kind: str, rows: int, width: int, seed: int = 0) -> torch.Tensor:
+    """Random blocks of `kind`: random codes, scales and minimums, float16 factors of a weight's usual size."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, size=(rows, width // 256, BYTES[kind]), dtype=np.uint8)
+    for at in SCALE_AT[kind]:
+        blocks[..., at:at + 2] = rng.uniform(1e-4, 1e-2, size=(rows, width // 256)).astype(np.float16)[..., None] \
+            .view(np.uint8)
+    return torch.from_numpy(blocks.reshape(rows, -1))
+
+
+def gguf_weights(kind: str, blocks: torch.Tensor, width: int) -> torch.Tensor:
+    """The gguf package's own dequantization (numpy), float32 [rows, width]."""
+    flat = dequantize(blocks.numpy().reshape(-1), GGMLQuantizationType[kind])
+    return torch.from_numpy(np.ascontiguousarray(flat.reshape(blocks.shape[0], width)))
+
+
+@pytest.mark.parametrize("kind", ["Q4_K", "Q6_K"])
+def test_widened_blocks_are_the_gguf_packages_weights_bit_for_bit(ops, kind):
+    blocks = random_blocks(kind, 48, 768)
+    expected = gguf_weights(kind, blocks, 768)
+    assert torch.equal(ops.dequant(blocks, BLOCK_TYPES[kind], 768, torch.float32), expected)
+    assert torch.equal(ops.dequant(blocks, BLOCK_TYPES[kind], 768, torch.bfloat16), expected.bfloat16())
+
+
+@pytest.mark.parametrize("kind", ["Q4_K", "Q6_K"])
+def test_products_match_a_float64_matmul(ops, kind):
+    width = 1024
+    blocks = random_blocks(kind, 80, width, seed=1)
+    weights = gguf_weights(kind, blocks, width).double()
+    torch.manual_seed(0)
+    # activations already on the kernel's int8 grid (integers, each block of 256 reaching 127): exact but for the
+    # order of float sums
+    grid = torch.randint(-127, 128, (3, width)).float()
+    grid[:, ::256] = 127
+    out = ops.mm_group(grid, [blocks], [BLOCK_TYPES[kind]], [None])[0]
+    assert rel_err(out.double(), grid.double() @ weights.t()) <= 1e-6
+    # any activations: within the int8 rounding of the activations
+    x = torch.randn(3, width)
+    out = ops.mm_group(x, [blocks], [BLOCK_TYPES[kind]], [None])[0]
+    assert rel_err(out.double(), x.double() @ weights.t()) <= 2e-2
+
+
+def test_a_group_equals_its_layers_one_by_one_and_adds_each_bias(ops):
+    x = torch.randn(2, 512, dtype=torch.bfloat16)
+    parts = [random_blocks("Q4_K", 64, 512, seed=2), random_blocks("Q6_K", 32, 512, seed=3),
+             random_blocks("Q4_K", 16, 512, seed=4)]
+    types = [BLOCK_TYPES["Q4_K"], BLOCK_TYPES["Q6_K"], BLOCK_TYPES["Q4_K"]]
+    biases = [torch.randn(64, dtype=torch.bfloat16), None, torch.randn(16, dtype=torch.bfloat16)]
+    together = ops.mm_group(x, parts, types, biases)
+    for out, blocks, kind, bias in zip(together, parts, types, biases):
+        alone = ops.mm_group(x, [blocks], [kind], [None])[0].float()
+        assert out.dtype == torch.bfloat16 and out.shape == (2, blocks.shape[0])
+        expected = alone + (bias.float() if bias is not None else 0)
+        assert rel_err(out.float(), expected) <= 1e-2  # one bfloat16 rounding apart
+
+
+def test_a_layer_takes_the_kernel_for_few_rows_and_a_matmul_for_many(ops):
+    blocks = random_blocks("Q6_K", 40, 512, seed=5)
+    weights = gguf_weights("Q6_K", blocks, 512)
+    layer = GGUFLinear(blocks, BLOCK_TYPES["Q6_K"], 512, None, ops)
+    for rows in (1, 64):
+        x = torch.randn(rows, 512)
+        assert rel_err(layer(x), x @ weights.t()) <= (2e-2 if rows == 1 else 1e-5)
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the AVX2 and plain builds are x86-64 targets")
+@pytest.mark.parametrize("march", ["haswell", "x86-64"])
+def test_the_avx2_and_plain_builds_compute_what_the_native_build_does(ops, models_dir, march):
+    """Machines without AVX-512 run the AVX2 path, others the plain one: built here for those targets."""
+    other = kernels(models_dir / "kernels", march=march)
+    assert other is not ops
+    x = torch.randn(2, 768)
+    for kind in ("Q4_K", "Q6_K"):
+        blocks = random_blocks(kind, 24, 768, seed=6)
+        mine = ops.mm_group(x, [blocks], [BLOCK_TYPES[kind]], [None])[0]
+        theirs = other.mm_group(x, [blocks], [BLOCK_TYPES[kind]], [None])[0]
+        assert rel_err(theirs, mine) <= 1e-5
+        assert torch.equal(other.dequant(blocks, BLOCK_TYPES[kind], 768, torch.float32),
+                           ops.dequant(blocks, BLOCK_TYPES[kind], 768, torch.float32))
+
+
+@pytest.fixture(scope="module")
+def on_blocks(models_dir):
+    return load_model(DEFAULT, dtype="bfloat16", cache_dir=models_dir, quant="gguf")
+
+
+def test_the_default_model_runs_on_its_own_blocks(on_blocks, models_dir):
+    layers = [m for m in on_blocks.model.modules() if isinstance(m, GGUFLinear)]
+    kinds = {kind: sum(layer.block_type == number for layer in layers) for kind, number in BLOCK_TYPES.items()}
+    assert on_blocks.quant == "gguf" and len(layers) == 28 * 7 + 1
+    assert f"{kinds['Q4_K']} Q4_K, {kinds['Q6_K']} Q6_K layers" in on_blocks.quant_reason
+    assert kinds["Q4_K"] > 0 and kinds["Q6_K"] > 0  # a Q4_K_M file keeps some tensors in Q6_K
+    store = next(models_dir.glob(f"{DEFAULT}-*-bfloat16-v[0-9].quant"))
+    assert (store / "gguf_blocks.safetensors").is_file() and (store / "gguf_blocks.sha256").is_file()
+
+
+def test_its_decode_logits_stay_near_the_unquantized_models(on_blocks):
+    prompt = on_blocks.tokenizer.encode("def add(a, b):\n    return a + b\n\nprint(add(2, 3))")
+    # the prefill widens the blocks (the unquantized weights); the lean step's decode runs the kernels
+    logits = lean_logits(on_blocks, [prompt[:-1], prompt[:-5]], [prompt[-1], prompt[-5]])
+    assert rel_err(logits[0], reference_logits(on_blocks, prompt)) <= 5e-2
+    assert rel_err(logits[1], reference_logits(on_blocks, prompt[:-4])) <= 5e-2
+
+
+def test_warm_logits_equal_cold_on_the_blocks(on_blocks):
+    tokens = on_blocks.tokenizer.encode("def count_words(text):\n    return len(text.split())\n" * 6)
+    engine = Engine(on_blocks, page_size=16, capacity_bytes=64 << 20)
+    engine.generate(Request([tokens[:50]], max_tokens=1))
+    warm = engine.generate(Request([tokens[:50], tokens[50:]], max_tokens=1, return_logits=True))
+    assert warm.usage.cached_tokens == 48
+    assert rel_err(warm.first_logits, reference_logits(on_blocks, tokens)) <= 2e-2
+
+
+def test_a_file_of_other_blocks_is_refused_and_auto_falls_back_to_int8(smol, models_dir):
+    with pytest.raises(EngineError, match="holds .* as Q[0-9_]+.*the block kernels run Q4_K and Q6_K"):
+        load_model("smollm2-135m", cache_dir=models_dir, quant="gguf")
+    auto = load_model("smollm2-135m", cache_dir=models_dir, quant="auto")
+    assert auto.quant in ("int8", "none") and "GGUF blocks:" in auto.quant_reason
+    assert list(models_dir.glob("smollm2-135m-*-float32-v[0-9].quant/gguf_blocks.unsupported"))
