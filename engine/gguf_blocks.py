@@ -37,7 +37,7 @@ class GGUFLinear(nn.Module):
                  ops: Any) -> None:
         super().__init__()
         self.register_buffer("blocks", blocks)
-        self.register_buffer("bias", bias)
+        self.register_buffer("bias", bias.float().contiguous() if bias is not None else None)  # the kernel's form
         self.block_type, self.in_features, self.out_features = block_type, in_features, blocks.shape[0]
         self.ops = ops
 
@@ -48,7 +48,7 @@ class GGUFLinear(nn.Module):
         wide = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
         out = rows @ self.ops.dequant(self.blocks, self.block_type, self.in_features, wide).to(x.dtype).t()
         if self.bias is not None:
-            out = out + self.bias
+            out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
 
 

@@ -326,11 +326,14 @@ float dot_q6k(const uint8_t* w, const QuantRow& a, int64_t nb) {
 #endif
 }
 
-// Rows [begin, end) of one weight (`stride` bytes a row) against one activation row.
-void dot_rows(const uint8_t* w, int64_t stride, int64_t type, const QuantRow& a, int64_t nb, int64_t begin,
-              int64_t end, float* out) {
-  for (int64_t r = begin; r < end; r++) {
-    out[r] = type == Q4_K ? dot_q4k(w + r * stride, a, nb) : dot_q6k(w + r * stride, a, nb);
+// Weight rows [0, n) (`stride` bytes a row) against each activation row: out[i * n + r]. Each weight row is read
+// from memory once and used for every activation row while it is in cache.
+void dot_rows(const uint8_t* w, int64_t stride, int64_t n, int64_t type, const std::vector<QuantRow>& rows,
+              int64_t nb, float* out) {
+  for (int64_t r = 0; r < n; r++) {
+    for (size_t i = 0; i < rows.size(); i++) {
+      out[i * n + r] = type == Q4_K ? dot_q4k(w + r * stride, rows[i], nb) : dot_q6k(w + r * stride, rows[i], nb);
+    }
   }
 }
 
@@ -343,48 +346,6 @@ void check_blocks(const torch::Tensor& blocks, int64_t type, int64_t k) {
   TORCH_CHECK(blocks.dtype() == torch::kUInt8 && blocks.dim() == 2 && blocks.is_contiguous(),
               "blocks must be a contiguous 2-d uint8 tensor");
   TORCH_CHECK(k % QK == 0 && blocks.size(1) == k / QK * block_bytes(type), "blocks do not hold rows of ", k);
-}
-
-// x: [m, k] (float32, bfloat16 or float16) against several weights of the same input width (their blocks [n_i, k /
-// 256 x block bytes] and GGML types, an optional bias [n_i] each): [m, n_i] each, in x's dtype. The activations
-// are quantized once for all of them, and one parallel loop runs over all their rows.
-std::vector<torch::Tensor> mm_group(torch::Tensor x, std::vector<torch::Tensor> blocks, std::vector<int64_t> types,
-                                    std::vector<c10::optional<torch::Tensor>> biases) {
-  TORCH_CHECK(x.dim() == 2 && blocks.size() == types.size() && blocks.size() == biases.size(),
-              "mm_group takes x [rows, k] and as many types and biases as blocks");
-  int64_t m = x.size(0), k = x.size(1), nb = k / QK;
-  torch::Tensor xf = x.scalar_type() == torch::kFloat ? x.contiguous() : x.to(torch::kFloat).contiguous();
-  std::vector<QuantRow> rows(m);
-  for (int64_t i = 0; i < m; i++) quantize_row(xf.data_ptr<float>() + i * k, k, rows[i]);
-  std::vector<torch::Tensor> outs, wide_bias;
-  std::vector<int64_t> first{0};  // the group's row where each weight starts
-  for (size_t g = 0; g < blocks.size(); g++) {
-    check_blocks(blocks[g], types[g], k);
-    outs.push_back(torch::empty({m, blocks[g].size(0)}, xf.options()));
-    wide_bias.push_back(biases[g].has_value() ? biases[g]->to(torch::kFloat).contiguous() : torch::Tensor());
-    first.push_back(first.back() + blocks[g].size(0));
-  }
-  at::parallel_for(0, first.back(), 16, [&](int64_t begin, int64_t end) {
-    for (size_t g = 0; g < blocks.size(); g++) {  // this thread's rows of each weight
-      int64_t lo = std::max(begin, first[g]) - first[g], hi = std::min(end, first[g + 1]) - first[g];
-      if (lo >= hi) continue;
-      int64_t n = blocks[g].size(0);
-      float* o = outs[g].data_ptr<float>();
-      for (int64_t i = 0; i < m; i++) {
-        dot_rows(blocks[g].data_ptr<uint8_t>(), blocks[g].size(1), types[g], rows[i], nb, lo, hi, o + i * n);
-      }
-      if (wide_bias[g].defined()) {
-        const float* bias = wide_bias[g].data_ptr<float>();
-        for (int64_t i = 0; i < m; i++) {
-          for (int64_t row = lo; row < hi; row++) o[i * n + row] += bias[row];
-        }
-      }
-    }
-  });
-  if (x.scalar_type() != torch::kFloat) {
-    for (auto& out : outs) out = out.to(x.scalar_type());
-  }
-  return outs;
 }
 
 // One block's codes (as signed bytes) and, per 16 weights, the factor and the amount subtracted: weight =
@@ -481,6 +442,71 @@ torch::Tensor dequant(torch::Tensor blocks, int64_t type, int64_t k, torch::Scal
     }
   });
   return out;
+}
+
+// x: [m, k] (float32, bfloat16 or float16) against several weights of the same input width (their blocks [n_i, k /
+// 256 x block bytes] and GGML types, an optional float32 bias [n_i] each): [m, n_i] each, in x's dtype. The
+// activations are quantized once for all of them, and one parallel loop runs over all their rows.
+std::vector<torch::Tensor> mm_group(torch::Tensor x, std::vector<torch::Tensor> blocks, std::vector<int64_t> types,
+                                    std::vector<c10::optional<torch::Tensor>> biases) {
+  TORCH_CHECK(x.dim() == 2 && blocks.size() == types.size() && blocks.size() == biases.size(),
+              "mm_group takes x [rows, k] and as many types and biases as blocks");
+  int64_t m = x.size(0), k = x.size(1), nb = k / QK;
+  bool bf16 = x.scalar_type() == torch::kBFloat16;
+  torch::Tensor xf = x.scalar_type() == torch::kFloat || bf16 ? x.contiguous() : x.to(torch::kFloat).contiguous();
+  std::vector<float> wide(bf16 ? k : 0);
+  std::vector<QuantRow> rows(m);
+  for (int64_t i = 0; i < m; i++) {
+    const float* row = nullptr;
+    if (bf16) {  // bfloat16 is the top half of a float32
+      const uint16_t* from = static_cast<const uint16_t*>(xf.data_ptr()) + i * k;
+      for (int64_t j = 0; j < k; j++) {
+        uint32_t bits = (uint32_t)from[j] << 16;
+        std::memcpy(&wide[j], &bits, 4);
+      }
+      row = wide.data();
+    } else {
+      row = xf.data_ptr<float>() + i * k;
+    }
+    quantize_row(row, k, rows[i]);
+  }
+  std::vector<torch::Tensor> outs;
+  std::vector<int64_t> first{0};  // the group's row where each weight starts
+  for (size_t g = 0; g < blocks.size(); g++) {
+    check_blocks(blocks[g], types[g], k);
+    TORCH_CHECK(!biases[g].has_value() || (biases[g]->scalar_type() == torch::kFloat && biases[g]->is_contiguous()),
+                "biases must be contiguous float32");
+    outs.push_back(torch::empty({m, blocks[g].size(0)}, xf.options()));
+    first.push_back(first.back() + blocks[g].size(0));
+  }
+  at::parallel_for(0, first.back(), 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> part;
+    for (size_t g = 0; g < blocks.size(); g++) {  // this thread's rows of each weight
+      int64_t lo = std::max(begin, first[g]) - first[g], hi = std::min(end, first[g + 1]) - first[g];
+      if (lo >= hi) continue;
+      int64_t n = blocks[g].size(0);
+      int64_t count = hi - lo;
+      part.resize(m * count);
+      dot_rows(blocks[g].data_ptr<uint8_t>() + lo * blocks[g].size(1), blocks[g].size(1), count, types[g], rows, nb,
+               part.data());
+      for (int64_t i = 0; i < m; i++) {
+        float* values = part.data() + i * count;
+        if (biases[g].has_value()) {
+          const float* bias = biases[g]->data_ptr<float>() + lo;
+          for (int64_t r = 0; r < count; r++) values[r] += bias[r];
+        }
+        if (bf16) {
+          to_bfloat16(values, static_cast<uint16_t*>(outs[g].data_ptr()) + i * n + lo, count);
+        } else {
+          std::memcpy(outs[g].data_ptr<float>() + i * n + lo, values, count * sizeof(float));
+        }
+      }
+    }
+  });
+  if (!bf16 && x.scalar_type() != torch::kFloat) {
+    for (auto& out : outs) out = out.to(x.scalar_type());
+  }
+  return outs;
 }
 
 }  // namespace

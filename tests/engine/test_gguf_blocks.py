@@ -74,13 +74,16 @@ def test_a_group_equals_its_layers_one_by_one_and_adds_each_bias(ops):
     parts = [random_blocks("Q4_K", 64, 512, seed=2), random_blocks("Q6_K", 32, 512, seed=3),
              random_blocks("Q4_K", 16, 512, seed=4)]
     types = [BLOCK_TYPES["Q4_K"], BLOCK_TYPES["Q6_K"], BLOCK_TYPES["Q4_K"]]
-    biases = [torch.randn(64, dtype=torch.bfloat16), None, torch.randn(16, dtype=torch.bfloat16)]
+    biases = [torch.randn(64), None, torch.randn(16)]
     together = ops.mm_group(x, parts, types, biases)
     for out, blocks, kind, bias in zip(together, parts, types, biases):
         alone = ops.mm_group(x, [blocks], [kind], [None])[0].float()
         assert out.dtype == torch.bfloat16 and out.shape == (2, blocks.shape[0])
         expected = alone + (bias.float() if bias is not None else 0)
         assert rel_err(out.float(), expected) <= 1e-2  # one bfloat16 rounding apart
+    for row in range(2):  # several activation rows (a decode batch) compute what each computes alone
+        alone = ops.mm_group(x[row:row + 1], parts, types, biases)
+        assert all(torch.equal(a[0], t[row]) for a, t in zip(alone, together))
 
 
 def test_a_layer_takes_the_kernel_for_few_rows_and_a_matmul_for_many(ops):
