@@ -5,7 +5,8 @@ Q8_0 (8.5 bits a weight), the same width as agentcache's int8 weights.
 
 Each measurement runs in its own process, one after another (never two at once):
   prefill_tok_s      a cold prompt of 512 and of 2,048 tokens, to the first token
-  tpot_ms_1k         mean time per output token of a 32-token greedy reply after 1,024 tokens of context
+  tpot_ms_1k         mean time per output token of a 32-token greedy reply after 1,024 tokens of context, the
+                     median of three replies (one is within +-10% on a shared 2-core machine)
   warm_turn_s        2,000 tokens already cached, then 200 new ones and a 50-token reply (end-of-text masked)
   greedy_agreement   50 prompts (chat turns on examples/repo's files), 16 greedy tokens each: the share of tokens
                      the quantized model produces before its first disagreement with the unquantized one; where
@@ -22,6 +23,7 @@ import argparse
 import json
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -47,6 +49,7 @@ PREFILLS = (512, 2048)
 CONTEXT, REPLY = 1024, 32
 CACHED, NEW, WARM_REPLY = 2000, 200, 50
 PROMPTS, AGREE_TOKENS = 50, 16
+TPOT_RUNS = 3
 QUICK = {"PREFILLS": (64, 256), "CONTEXT": 128, "REPLY": 4, "CACHED": 200, "NEW": 40, "WARM_REPLY": 5, "PROMPTS": 6,
          "AGREE_TOKENS": 4}  # --quick: sizes for a smoke run (the test's), not for numbers
 child_flags: list[str] = []  # flags every measuring process gets (--quick)
@@ -68,9 +71,8 @@ def engine_row(lm: LoadedModel) -> dict[str, Any]:
     for n in PREFILLS:
         result = Engine(lm, capacity_bytes=512 << 20).generate(Request([stream[:n]], max_tokens=1))
         prefill[str(n)] = n / result.timings.ttft_s
-    result = Engine(lm, capacity_bytes=512 << 20).generate(
-        Request([stream[:CONTEXT]], max_tokens=REPLY + 1, logits_mask=mask))
-    tpot = result.timings.tpot_s
+    tpot = statistics.median(Engine(lm, capacity_bytes=512 << 20).generate(
+        Request([stream[:CONTEXT]], max_tokens=REPLY + 1, logits_mask=mask)).timings.tpot_s for _ in range(TPOT_RUNS))
     engine = Engine(lm, capacity_bytes=512 << 20)
     engine.generate(Request([stream[:CACHED]], max_tokens=1))
     start = time.perf_counter()
@@ -106,11 +108,14 @@ def transformers_row(lm: LoadedModel) -> dict[str, Any]:
             start = time.perf_counter()
             forward(stream[:n], DynamicCache(config=model.config))
             prefill[str(n)] = n / (time.perf_counter() - start)
-        cache = DynamicCache(config=model.config)
-        logits = forward(stream[:CONTEXT], cache)
-        start = time.perf_counter()
-        reply(cache, logits, REPLY + 1)
-        tpot = (time.perf_counter() - start) / REPLY
+        tpots = []
+        for _ in range(TPOT_RUNS):
+            cache = DynamicCache(config=model.config)
+            logits = forward(stream[:CONTEXT], cache)
+            start = time.perf_counter()
+            reply(cache, logits, REPLY + 1)
+            tpots.append((time.perf_counter() - start) / REPLY)
+        tpot = statistics.median(tpots)
         cache = DynamicCache(config=model.config)
         forward(stream[:CACHED], cache)
         start = time.perf_counter()
@@ -172,11 +177,14 @@ def llama_cpp_row(lm: LoadedModel, gguf: Path, q8: bool = False) -> dict[str, An
         start = time.perf_counter()
         llm.eval(stream[:n])
         prefill[str(n)] = n / (time.perf_counter() - start)
-    llm.reset()
-    llm.eval(stream[:CONTEXT])
-    start = time.perf_counter()
-    greedy(REPLY)
-    tpot = (time.perf_counter() - start) / REPLY
+    tpots = []
+    for _ in range(TPOT_RUNS):
+        llm.reset()
+        llm.eval(stream[:CONTEXT])
+        start = time.perf_counter()
+        greedy(REPLY)
+        tpots.append((time.perf_counter() - start) / REPLY)
+    tpot = statistics.median(tpots)
     llm.reset()
     llm.eval(stream[:CACHED])
     start = time.perf_counter()

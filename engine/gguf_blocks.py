@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import platform
 import shutil
 import sys
@@ -76,6 +77,8 @@ def _build(build_root: Path, march: str) -> Any:
     if shutil.which("c++") is None and shutil.which("g++") is None:
         raise EngineError("the GGUF block kernels need a C++ compiler (c++ or g++ on PATH)")
     if not cpp_extension.is_ninja_available():
+        _put_ninja_on_path()
+    if not cpp_extension.is_ninja_available():
         raise EngineError("the GGUF block kernels need ninja: pip install ninja")
     # one build per source, flags, CPU and torch: -march=native code must not run on another CPU
     flags = [*CFLAGS, f"-march={march}"]
@@ -93,6 +96,15 @@ def _build(build_root: Path, march: str) -> Any:
     except (RuntimeError, OSError, ImportError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EngineError(f"the GGUF block kernels did not build here ({first[:200]}); see {folder}") from None
+
+
+def _put_ninja_on_path() -> None:
+    """The ninja package's binary folder first on PATH: a venv's programs run without activating it do not have it."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
 def block_tensors(linears: list[tuple[str, nn.Linear]], gguf: Path, config: Any, ops: Any) -> dict[str, torch.Tensor]:

@@ -53,7 +53,8 @@ def models(ctx: typer.Context,
     console.print(f"dtype auto: {report['dtype']['auto']} here ({report['dtype']['reason']}); --dtype or `dtype:` in "
                   "agentcache.yaml picks another")
     console.print(f"quant: {report['quant']['default']} by default; --quant or `quant:` picks "
-                  f"{', '.join(report['quant']['choices'])} (weight-only, torchao)")
+                  f"{', '.join(report['quant']['choices'])} (gguf: the model's own Q4_K/Q6_K blocks, C++ kernels; "
+                  "int8/int4: torchao)")
 
 
 @models_app.command()

@@ -8,5 +8,6 @@ DtypeOption = Annotated[Optional[str], typer.Option(
     "--dtype", help="Local engine dtype: auto (bfloat16 on CUDA or a CPU with AMX/AVX-512 BF16, else float32), "
     "float32, bfloat16 or float16.")]
 QuantOption = Annotated[Optional[str], typer.Option(
-    "--quant", help="Local engine weights: auto (the default: int8 on a CPU where PyTorch's int8 kernel runs, else "
-    "none), none, int8 (per-row, about half the time per output token on a CPU) or int4 (grouped; needs bfloat16).")]
+    "--quant", help="Local engine weights: auto (the default: on a CPU gguf where the model's file holds Q4_K/Q6_K "
+    "blocks, else int8 where PyTorch's int8 kernel runs; none elsewhere), none, gguf (the model's own GGUF blocks, "
+    "C++ kernels built once per machine; CPU), int8 (per-row) or int4 (grouped; needs bfloat16).")]

@@ -134,13 +134,24 @@ def test_its_decode_logits_stay_near_the_unquantized_models(on_blocks):
     assert rel_err(logits[1], reference_logits(on_blocks, prompt[:-4])) <= 5e-2
 
 
-def test_warm_logits_equal_cold_on_the_blocks(on_blocks):
-    tokens = on_blocks.tokenizer.encode("def count_words(text):\n    return len(text.split())\n" * 6)
-    engine = Engine(on_blocks, page_size=16, capacity_bytes=64 << 20)
+def warm_against_cold(loaded) -> float:
+    tokens = loaded.tokenizer.encode("def count_words(text):\n    return len(text.split())\n" * 6)
+    engine = Engine(loaded, page_size=16, capacity_bytes=64 << 20)
     engine.generate(Request([tokens[:50]], max_tokens=1))
     warm = engine.generate(Request([tokens[:50], tokens[50:]], max_tokens=1, return_logits=True))
     assert warm.usage.cached_tokens == 48
-    assert rel_err(warm.first_logits, reference_logits(on_blocks, tokens)) <= 2e-2
+    return rel_err(warm.first_logits, reference_logits(loaded, tokens))
+
+
+def test_warm_logits_equal_cold_on_the_blocks(on_blocks):
+    assert warm_against_cold(on_blocks) <= 2e-2  # bfloat16 tolerance
+
+
+def test_float32_activations_run_on_the_blocks_too(models_dir):
+    """CPUs without AVX-512 BF16 run float32 (dtype auto): the blocks match the float32 weights too."""
+    loaded = load_model(DEFAULT, dtype="float32", cache_dir=models_dir, quant="gguf")
+    assert loaded.quant == "gguf"
+    assert warm_against_cold(loaded) <= 1e-4
 
 
 def test_a_file_of_other_blocks_is_refused_and_auto_falls_back_to_int8(smol, models_dir):
