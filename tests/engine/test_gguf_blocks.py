@@ -13,6 +13,7 @@ from gguf import GGMLQuantizationType, dequantize
 
 from engine import Engine, Request, load_model
 from engine.errors import EngineError
+from engine import gguf_blocks
 from engine.gguf_blocks import BLOCK_TYPES, GGUFLinear, kernels
 from tests.engine.conftest import reference_logits, rel_err
 from tests.engine.test_decode_step import lean_logits
@@ -147,10 +148,13 @@ def test_warm_logits_equal_cold_on_the_blocks(on_blocks):
     assert warm_against_cold(on_blocks) <= 2e-2  # bfloat16 tolerance
 
 
-def test_float32_activations_run_on_the_blocks_too(models_dir):
+def test_float32_activations_run_on_the_blocks_too(models_dir, monkeypatch):
     """CPUs without AVX-512 BF16 run float32 (dtype auto): the blocks match the float32 weights too."""
     loaded = load_model(DEFAULT, dtype="float32", cache_dir=models_dir, quant="gguf")
     assert loaded.quant == "gguf"
+    # the cold reference's LM head sees one row, which the kernel runs on int8 activations: within their rounding
+    assert warm_against_cold(loaded) <= 2e-2
+    monkeypatch.setattr(gguf_blocks, "MM_MAX_ROWS", 0)  # every step on the widened blocks: float32's own tolerance
     assert warm_against_cold(loaded) <= 1e-4
 
 
