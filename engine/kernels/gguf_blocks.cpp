@@ -141,6 +141,29 @@ __m256i word_broadcast(int lo, int hi) {
                           2 * hi, 2 * hi + 1, 2 * hi, 2 * hi + 1, 2 * hi, 2 * hi + 1, 2 * hi, 2 * hi + 1, 2 * hi,
                           2 * hi + 1, 2 * hi, 2 * hi + 1, 2 * hi, 2 * hi + 1);
 }
+
+float hsum128(__m128 v) {
+  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+  return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+}
+
+// A Q4_K block's two factors times the activation block's scale, and its eight 6-bit scales and minimums as 16-bit
+// lanes (unpacked four at a time from their 12 bytes).
+struct Q4KHeader {
+  float d, dmin;
+  __m128i scales, mins;
+};
+
+Q4KHeader q4k_header(const uint8_t* blk, float scale) {
+  uint32_t s[3];
+  std::memcpy(s, blk + 4, 12);
+  uint32_t sc_lo = s[0] & 0x3f3f3f3f, mn_lo = s[1] & 0x3f3f3f3f;
+  uint32_t sc_hi = (s[2] & 0x0f0f0f0f) | ((s[0] >> 2) & 0x30303030);
+  uint32_t mn_hi = ((s[2] >> 4) & 0x0f0f0f0f) | ((s[1] >> 2) & 0x30303030);
+  return {half_to_float(blk) * scale, half_to_float(blk + 2) * scale,
+          _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)sc_hi, (int)sc_lo)),
+          _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)mn_hi, (int)mn_lo))};
+}
 #endif
 
 #if defined(__AVX512BW__)
@@ -168,32 +191,22 @@ float dot_q4k(const uint8_t* w, const QuantRow& a, int64_t nb) {
     const __m512i act[4] = {_mm512_loadu_si512((const void*)q), _mm512_loadu_si512((const void*)(q + 64)),
                             _mm512_loadu_si512((const void*)(q + 128)), _mm512_loadu_si512((const void*)(q + 192))};
     const __m128i sums = _mm_loadu_si128((const __m128i*)(a.sums32.data() + b * 8));
-    {
-      const uint8_t* blk = w + b * Q4K_BYTES;
-      float d = half_to_float(blk) * a.d[b], dmin = half_to_float(blk + 2) * a.d[b];
-      uint32_t s[3];
-      std::memcpy(s, blk + 4, 12);  // the 6-bit scales and minimums, unpacked four at a time
-      uint32_t sc_lo = s[0] & 0x3f3f3f3f, mn_lo = s[1] & 0x3f3f3f3f;
-      uint32_t sc_hi = (s[2] & 0x0f0f0f0f) | ((s[0] >> 2) & 0x30303030);
-      uint32_t mn_hi = ((s[2] >> 4) & 0x0f0f0f0f) | ((s[1] >> 2) & 0x30303030);
-      __m128i mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)mn_hi, (int)mn_lo));
-      acc_min = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(_mm_madd_epi16(mins, sums)), acc_min);
-      __m512i scales = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)sc_hi, (int)sc_lo)));
-      __m512i isum = _mm512_setzero_si512();
-      for (int i = 0; i < 2; i++) {
-        __m512i codes = _mm512_loadu_si512((const void*)(blk + 16 + 64 * i));
-        __m512i lo = _mm512_and_si512(codes, low4), hi = _mm512_and_si512(_mm512_srli_epi16(codes, 4), low4);
-        __m512i plo = _mm512_madd_epi16(_mm512_maddubs_epi16(lo, act[2 * i]), _mm512_shuffle_epi8(scales, pick[2 * i]));
-        __m512i phi = _mm512_madd_epi16(_mm512_maddubs_epi16(hi, act[2 * i + 1]),
-                                        _mm512_shuffle_epi8(scales, pick[2 * i + 1]));
-        isum = _mm512_add_epi32(isum, _mm512_add_epi32(plo, phi));
-      }
-      acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(isum), acc);
+    const uint8_t* blk = w + b * Q4K_BYTES;
+    Q4KHeader h = q4k_header(blk, a.d[b]);
+    acc_min = _mm_fmadd_ps(_mm_set1_ps(h.dmin), _mm_cvtepi32_ps(_mm_madd_epi16(h.mins, sums)), acc_min);
+    __m512i scales = _mm512_broadcast_i32x4(h.scales);
+    __m512i isum = _mm512_setzero_si512();
+    for (int i = 0; i < 2; i++) {
+      __m512i codes = _mm512_loadu_si512((const void*)(blk + 16 + 64 * i));
+      __m512i lo = _mm512_and_si512(codes, low4), hi = _mm512_and_si512(_mm512_srli_epi16(codes, 4), low4);
+      __m512i plo = _mm512_madd_epi16(_mm512_maddubs_epi16(lo, act[2 * i]), _mm512_shuffle_epi8(scales, pick[2 * i]));
+      __m512i phi = _mm512_madd_epi16(_mm512_maddubs_epi16(hi, act[2 * i + 1]),
+                                      _mm512_shuffle_epi8(scales, pick[2 * i + 1]));
+      isum = _mm512_add_epi32(isum, _mm512_add_epi32(plo, phi));
     }
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(h.d), _mm512_cvtepi32_ps(isum), acc);
   }
-  __m128 m = _mm_add_ps(acc_min, _mm_movehl_ps(acc_min, acc_min));
-  m = _mm_add_ss(m, _mm_movehdup_ps(m));
-  return _mm512_reduce_add_ps(acc) - _mm_cvtss_f32(m);
+  return _mm512_reduce_add_ps(acc) - hsum128(acc_min);
 #elif defined(__AVX2__)
   const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i pick[8] = {word_broadcast(0, 0), word_broadcast(1, 1), word_broadcast(2, 2), word_broadcast(3, 3),
@@ -203,57 +216,45 @@ float dot_q4k(const uint8_t* w, const QuantRow& a, int64_t nb) {
   for (int64_t b = 0; b < nb; b++) {
     const int8_t* q = a.q.data() + b * QK;
     const __m128i sums = _mm_loadu_si128((const __m128i*)(a.sums32.data() + b * 8));
-    {
-      const uint8_t* blk = w + b * Q4K_BYTES;
-      float d = half_to_float(blk) * a.d[b], dmin = half_to_float(blk + 2) * a.d[b];
-      uint32_t s[3];
-      std::memcpy(s, blk + 4, 12);
-      uint32_t sc_lo = s[0] & 0x3f3f3f3f, mn_lo = s[1] & 0x3f3f3f3f;
-      uint32_t sc_hi = (s[2] & 0x0f0f0f0f) | ((s[0] >> 2) & 0x30303030);
-      uint32_t mn_hi = ((s[2] >> 4) & 0x0f0f0f0f) | ((s[1] >> 2) & 0x30303030);
-      __m128i mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)mn_hi, (int)mn_lo));
-      acc_min = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(_mm_madd_epi16(mins, sums)), acc_min);
-      __m256i scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)sc_hi, (int)sc_lo)));
-      __m256i isum = _mm256_setzero_si256();
-      for (int j = 0; j < 4; j++) {
-        __m256i codes = _mm256_loadu_si256((const __m256i*)(blk + 16 + 32 * j));
-        __m256i lo = _mm256_and_si256(codes, low4), hi = _mm256_and_si256(_mm256_srli_epi16(codes, 4), low4);
-        __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i*)(q + 64 * j)));
-        __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i*)(q + 64 * j + 32)));
-        plo = _mm256_madd_epi16(plo, _mm256_shuffle_epi8(scales, pick[2 * j]));
-        phi = _mm256_madd_epi16(phi, _mm256_shuffle_epi8(scales, pick[2 * j + 1]));
-        isum = _mm256_add_epi32(isum, _mm256_add_epi32(plo, phi));
-      }
-      acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
+    const uint8_t* blk = w + b * Q4K_BYTES;
+    Q4KHeader h = q4k_header(blk, a.d[b]);
+    acc_min = _mm_fmadd_ps(_mm_set1_ps(h.dmin), _mm_cvtepi32_ps(_mm_madd_epi16(h.mins, sums)), acc_min);
+    __m256i scales = _mm256_broadcastsi128_si256(h.scales);
+    __m256i isum = _mm256_setzero_si256();
+    for (int j = 0; j < 4; j++) {
+      __m256i codes = _mm256_loadu_si256((const __m256i*)(blk + 16 + 32 * j));
+      __m256i lo = _mm256_and_si256(codes, low4), hi = _mm256_and_si256(_mm256_srli_epi16(codes, 4), low4);
+      __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i*)(q + 64 * j)));
+      __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i*)(q + 64 * j + 32)));
+      plo = _mm256_madd_epi16(plo, _mm256_shuffle_epi8(scales, pick[2 * j]));
+      phi = _mm256_madd_epi16(phi, _mm256_shuffle_epi8(scales, pick[2 * j + 1]));
+      isum = _mm256_add_epi32(isum, _mm256_add_epi32(plo, phi));
     }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h.d), _mm256_cvtepi32_ps(isum), acc);
   }
-  __m128 m = _mm_add_ps(acc_min, _mm_movehl_ps(acc_min, acc_min));
-  m = _mm_add_ss(m, _mm_movehdup_ps(m));
-  return hsum(acc) - _mm_cvtss_f32(m);
+  return hsum(acc) - hsum128(acc_min);
 #else
-  {
-    float total = 0.f;
-    for (int64_t b = 0; b < nb; b++) {
-      const uint8_t* blk = w + b * Q4K_BYTES;
-      float d = half_to_float(blk) * a.d[b], dmin = half_to_float(blk + 2) * a.d[b];
-      uint8_t sc[8], mn[8];
-      q4k_scales(blk + 4, sc, mn);
-      const uint8_t* qs = blk + 16;
-      const int8_t* q = a.q.data() + b * QK;
-      int32_t isum = 0, mins = 0;
-      for (int j = 0; j < 4; j++) {
-        int32_t lo = 0, hi = 0;
-        for (int l = 0; l < 32; l++) {
-          lo += (qs[32 * j + l] & 0x0f) * q[64 * j + l];
-          hi += (qs[32 * j + l] >> 4) * q[64 * j + 32 + l];
-        }
-        isum += sc[2 * j] * lo + sc[2 * j + 1] * hi;
+  float total = 0.f;
+  for (int64_t b = 0; b < nb; b++) {
+    const uint8_t* blk = w + b * Q4K_BYTES;
+    float d = half_to_float(blk) * a.d[b], dmin = half_to_float(blk + 2) * a.d[b];
+    uint8_t sc[8], mn[8];
+    q4k_scales(blk + 4, sc, mn);
+    const uint8_t* qs = blk + 16;
+    const int8_t* q = a.q.data() + b * QK;
+    int32_t isum = 0, mins = 0;
+    for (int j = 0; j < 4; j++) {
+      int32_t lo = 0, hi = 0;
+      for (int l = 0; l < 32; l++) {
+        lo += (qs[32 * j + l] & 0x0f) * q[64 * j + l];
+        hi += (qs[32 * j + l] >> 4) * q[64 * j + 32 + l];
       }
-      for (int j = 0; j < 8; j++) mins += mn[j] * a.sums32[b * 8 + j];
-      total += d * (float)isum - dmin * (float)mins;
+      isum += sc[2 * j] * lo + sc[2 * j + 1] * hi;
     }
-    return total;
+    for (int j = 0; j < 8; j++) mins += mn[j] * a.sums32[b * 8 + j];
+    total += d * (float)isum - dmin * (float)mins;
   }
+  return total;
 #endif
 }
 
@@ -265,64 +266,60 @@ float dot_q6k(const uint8_t* w, const QuantRow& a, int64_t nb) {
   for (int64_t b = 0; b < nb; b++) {
     const int8_t* q = a.q.data() + b * QK;
     const __m256i sums = _mm256_loadu_si256((const __m256i*)(a.sums16.data() + b * 16));
-    {
-      const uint8_t* blk = w + b * Q6K_BYTES;
-      const uint8_t* ql = blk;
-      const uint8_t* qh = blk + 128;
-      float d = half_to_float(blk + 208) * a.d[b];
-      __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(blk + 192)));  // sc[0..7] | sc[8..15]
-      // the codes are stored +32: subtract 32 x scale x the sum of each 16 activations
-      acc_off = _mm256_fmadd_ps(_mm256_set1_ps(32.f * d), _mm256_cvtepi32_ps(_mm256_madd_epi16(sc16, sums)),
-                                   acc_off);
-      __m256i isum = _mm256_setzero_si256();
-      for (int h = 0; h < 2; h++) {
-        __m256i scales = _mm256_permute2x128_si256(sc16, sc16, h == 0 ? 0x00 : 0x11);
-        __m256i l0 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h));
-        __m256i l1 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h + 32));
-        __m256i hb = _mm256_loadu_si256((const __m256i*)(qh + 32 * h));
-        __m256i codes[4] = {
-            _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, low2), 4)),
-            _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), bits45)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_and_si256(hb, bits45)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                            _mm256_and_si256(_mm256_srli_epi16(hb, 2), bits45)),
-        };
-        for (int c = 0; c < 4; c++) {
-          __m256i p = _mm256_maddubs_epi16(codes[c], _mm256_loadu_si256((const __m256i*)(q + 128 * h + 32 * c)));
-          isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, _mm256_shuffle_epi8(scales, pick[c])));
-        }
+    const uint8_t* blk = w + b * Q6K_BYTES;
+    const uint8_t* ql = blk;
+    const uint8_t* qh = blk + 128;
+    float d = half_to_float(blk + 208) * a.d[b];
+    __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(blk + 192)));  // sc[0..7] | sc[8..15]
+    // the codes are stored +32: subtract 32 x scale x the sum of each 16 activations
+    acc_off = _mm256_fmadd_ps(_mm256_set1_ps(32.f * d), _mm256_cvtepi32_ps(_mm256_madd_epi16(sc16, sums)),
+                                 acc_off);
+    __m256i isum = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+      __m256i scales = _mm256_permute2x128_si256(sc16, sc16, h == 0 ? 0x00 : 0x11);
+      __m256i l0 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h));
+      __m256i l1 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h + 32));
+      __m256i hb = _mm256_loadu_si256((const __m256i*)(qh + 32 * h));
+      __m256i codes[4] = {
+          _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, low2), 4)),
+          _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), bits45)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_and_si256(hb, bits45)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                          _mm256_and_si256(_mm256_srli_epi16(hb, 2), bits45)),
+      };
+      for (int c = 0; c < 4; c++) {
+        __m256i p = _mm256_maddubs_epi16(codes[c], _mm256_loadu_si256((const __m256i*)(q + 128 * h + 32 * c)));
+        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, _mm256_shuffle_epi8(scales, pick[c])));
       }
-      acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
     }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
   }
   return hsum(acc) - hsum(acc_off);
 #else
-  {
-    float total = 0.f;
-    for (int64_t b = 0; b < nb; b++) {
-      const uint8_t* blk = w + b * Q6K_BYTES;
-      const uint8_t* ql = blk;
-      const uint8_t* qh = blk + 128;
-      const int8_t* sc = (const int8_t*)(blk + 192);
-      float d = half_to_float(blk + 208) * a.d[b];
-      const int8_t* q = a.q.data() + b * QK;
-      int32_t isum = 0, offset = 0;
-      for (int j = 0; j < 16; j++) offset += sc[j] * a.sums16[b * 16 + j];
-      for (int h = 0; h < 2; h++) {
-        for (int l = 0; l < 32; l++) {
-          int c0 = (ql[64 * h + l] & 0x0f) | (((qh[32 * h + l] >> 0) & 3) << 4);
-          int c1 = (ql[64 * h + 32 + l] & 0x0f) | (((qh[32 * h + l] >> 2) & 3) << 4);
-          int c2 = (ql[64 * h + l] >> 4) | (((qh[32 * h + l] >> 4) & 3) << 4);
-          int c3 = (ql[64 * h + 32 + l] >> 4) | (((qh[32 * h + l] >> 6) & 3) << 4);
-          int s = l / 16;
-          isum += sc[8 * h + s] * c0 * q[128 * h + l] + sc[8 * h + 2 + s] * c1 * q[128 * h + 32 + l] +
-                  sc[8 * h + 4 + s] * c2 * q[128 * h + 64 + l] + sc[8 * h + 6 + s] * c3 * q[128 * h + 96 + l];
-        }
+  float total = 0.f;
+  for (int64_t b = 0; b < nb; b++) {
+    const uint8_t* blk = w + b * Q6K_BYTES;
+    const uint8_t* ql = blk;
+    const uint8_t* qh = blk + 128;
+    const int8_t* sc = (const int8_t*)(blk + 192);
+    float d = half_to_float(blk + 208) * a.d[b];
+    const int8_t* q = a.q.data() + b * QK;
+    int32_t isum = 0, offset = 0;
+    for (int j = 0; j < 16; j++) offset += sc[j] * a.sums16[b * 16 + j];
+    for (int h = 0; h < 2; h++) {
+      for (int l = 0; l < 32; l++) {
+        int c0 = (ql[64 * h + l] & 0x0f) | (((qh[32 * h + l] >> 0) & 3) << 4);
+        int c1 = (ql[64 * h + 32 + l] & 0x0f) | (((qh[32 * h + l] >> 2) & 3) << 4);
+        int c2 = (ql[64 * h + l] >> 4) | (((qh[32 * h + l] >> 4) & 3) << 4);
+        int c3 = (ql[64 * h + 32 + l] >> 4) | (((qh[32 * h + l] >> 6) & 3) << 4);
+        int s = l / 16;
+        isum += sc[8 * h + s] * c0 * q[128 * h + l] + sc[8 * h + 2 + s] * c1 * q[128 * h + 32 + l] +
+                sc[8 * h + 4 + s] * c2 * q[128 * h + 64 + l] + sc[8 * h + 6 + s] * c3 * q[128 * h + 96 + l];
       }
-      total += d * (float)isum - d * 32.f * (float)offset;
     }
-    return total;
+    total += d * (float)isum - d * 32.f * (float)offset;
   }
+  return total;
 #endif
 }
 
