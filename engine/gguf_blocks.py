@@ -128,7 +128,8 @@ def block_tensors(linears: list[tuple[str, nn.Linear]], gguf: Path, config: Any,
     return tensors
 
 
-def candidate_tensors(linears: list[tuple[str, nn.Linear]], gguf: Path, config: Any) -> list[tuple[str, nn.Linear, list]]:
+def candidate_tensors(linears: list[tuple[str, nn.Linear]], gguf: Path,
+                      config: Any) -> list[tuple[str, nn.Linear, list]]:
     """Per Linear layer, the Q4_K/Q6_K tensors of `gguf` that may hold its weight (the LM head's may be the token
     embeddings); EngineError naming a layer that has none, read off the file's header before anything is built."""
     import gguf as gguf_py

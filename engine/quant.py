@@ -101,7 +101,8 @@ def auto_scheme(device: torch.device, int8_kernel: bool) -> str:
     return "int8" if device.type == "cpu" and int8_kernel else "none"
 
 
-def kept_tensors(store: Path | None, stem: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def kept_tensors(store: Path | None, stem: str,
+                 compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """`compute()`'s tensors, kept in `store` as STEM.safetensors with its sha256 beside it: read from there when the
     file matches its recorded sha256, else computed (and kept)."""
     path = store / f"{stem}.safetensors" if store is not None else None

@@ -403,11 +403,14 @@ void to_bfloat16(const float* x, uint16_t* out, int64_t k) {
   int64_t i = 0;
 #if defined(__AVX2__)
   const __m256i bias = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1);
+  auto rounded = [&](const float* from) {  // eight floats' bfloat16 bits, in the low half of each 32-bit lane
+    __m256i v = _mm256_castps_si256(_mm256_loadu_ps(from));
+    __m256i odd = _mm256_and_si256(_mm256_srli_epi32(v, 16), one);
+    return _mm256_srli_epi32(_mm256_add_epi32(v, _mm256_add_epi32(bias, odd)), 16);
+  };
   for (; i + 16 <= k; i += 16) {
-    __m256i a = _mm256_castps_si256(_mm256_loadu_ps(x + i)), b = _mm256_castps_si256(_mm256_loadu_ps(x + i + 8));
-    a = _mm256_srli_epi32(_mm256_add_epi32(a, _mm256_add_epi32(bias, _mm256_and_si256(_mm256_srli_epi32(a, 16), one))), 16);
-    b = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(bias, _mm256_and_si256(_mm256_srli_epi32(b, 16), one))), 16);
-    _mm256_storeu_si256((__m256i*)(out + i), _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xd8));
+    __m256i packed = _mm256_packus_epi32(rounded(x + i), rounded(x + i + 8));
+    _mm256_storeu_si256((__m256i*)(out + i), _mm256_permute4x64_epi64(packed, 0xd8));
   }
 #endif
   for (; i < k; i++) {
