@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from engine.gguf_blocks import project
+from engine.gguf_blocks import KERNEL_DTYPES, GGUFLinear, project
 
 ARCHITECTURES = ("llama", "qwen2")
 
@@ -35,30 +35,39 @@ class LeanStep:
         attn = self.body.layers[0].self_attn
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
         self.kv_heads = model.config.num_key_value_heads
+        # the C++ kernels a model on GGUF blocks was built with also rotate and attend (engine/kernels/decode_ops.cpp)
+        layer = next((m for m in model.modules() if isinstance(m, GGUFLinear)), None)
+        self.ops = layer.ops if layer is not None and self.head_dim % 16 == 0 else None
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVAppend,
                 mask: torch.Tensor | None) -> torch.Tensor:
-        """`ids`, `positions` [rows, 1]; `mask` [rows, 1, 1, width] or None (every row attends to all of the
-        cache's positions): next-token logits [rows, vocab]."""
+        """`ids`, `positions` [rows, 1]: each row's token attends to its cache's positions up to its own; `mask`
+        [rows, 1, 1, width] says the same (None: every row attends to all of the cache's positions). Next-token
+        logits [rows, vocab]."""
         rows, dim, groups = ids.shape[0], self.head_dim, self.kv_heads
         h = self.body.embed_tokens(ids)
         cos, sin = self.body.rotary_emb(h, positions)
-        cos, sin = cos[:, None], sin[:, None]  # [rows, 1, 1, head_dim]: broadcast over heads
+        ops = self.ops if h.device.type == "cpu" and h.dtype in KERNEL_DTYPES else None
         for index, layer in enumerate(self.body.layers):
             attn = layer.self_attn
-            x = layer.input_layernorm(h)
+            q, k, v = project(h, (attn.q_proj, attn.k_proj, attn.v_proj), norm=layer.input_layernorm)
             # the query heads that share a KV head attend as that head's queries: one query token needs no causal
             # mask, and CPU attention kernels run this shape far faster than grouped-query heads
-            q, k, v = project(x, (attn.q_proj, attn.k_proj, attn.v_proj))
-            q = _rotate(q.view(rows, groups, -1, dim), cos, sin)
-            k = _rotate(k.view(rows, -1, 1, dim), cos, sin)
+            q, k = q.view(rows, groups, -1, dim), k.view(rows, -1, 1, dim)
+            if ops is not None:
+                ops.rope_(q.view(rows, -1, dim), k.view(rows, -1, dim), cos.view(rows, dim), sin.view(rows, dim))
+            else:
+                q, k = _rotate(q, cos[:, None], sin[:, None]), _rotate(k, cos[:, None], sin[:, None])
             keys, values = cache.update(k, v.view(rows, -1, 1, dim), index)
-            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
-            h = h + attn.o_proj(o.reshape(rows, 1, -1))
-            mlp = layer.mlp  # transformers' LlamaMLP / Qwen2MLP: down(act(gate(x)) * up(x))
-            gate, up = project(layer.post_attention_layernorm(h), (mlp.gate_proj, mlp.up_proj))
-            h = h + mlp.down_proj(mlp.act_fn(gate) * up)
-        return self.model.lm_head(self.body.norm(h))[:, -1]
+            if ops is not None:
+                o = ops.attention(q, keys, values, positions[:, 0] + 1, self.scaling)
+            else:
+                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
+            h = project(o.reshape(rows, 1, -1), (attn.o_proj,), residual=h)[0]
+            mlp = layer.mlp  # transformers' LlamaMLP / Qwen2MLP: down(act(gate(x)) * up(x)), act silu (lean_step)
+            act = project(h, (mlp.gate_proj, mlp.up_proj), norm=layer.post_attention_layernorm, gated=True)[0]
+            h = project(act, (mlp.down_proj,), residual=h)[0]
+        return project(h, (self.model.lm_head,), norm=self.body.norm)[0][:, -1]
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

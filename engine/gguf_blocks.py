@@ -20,15 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import EngineError
 from engine.hardware import cpu_flags
 
-SOURCE = Path(__file__).parent / "kernels" / "gguf_blocks.cpp"
+# the block kernels, and the decode step's rotary embedding and attention (engine.decode_step), in one extension
+SOURCES = [Path(__file__).parent / "kernels" / name for name in ("gguf_blocks.cpp", "decode_ops.cpp")]
 BLOCK_TYPES = {"Q4_K": 12, "Q6_K": 14}  # GGML's type numbers, as the kernels take them
 MM_MAX_ROWS = 16  # rows up to which the block kernel beats widening the weights for a matmul
-CFLAGS = ["-O3", "-ffp-contract=off"]  # no fused multiply-add: widened weights match the gguf package bit for bit
+KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # the activations the block kernels take
+# no fused multiply-add: widened weights match the gguf package bit for bit; OpenMP: at::parallel_for spreads a
+# kernel over PyTorch's threads only in code compiled with it (serial otherwise), and the module then shares
+# PyTorch's own OpenMP runtime (the same libgomp.so.1, already loaded)
+CFLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]
 
 
 class GGUFLinear(nn.Module):
@@ -44,7 +50,7 @@ class GGUFLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if rows.shape[0] <= MM_MAX_ROWS:
+        if rows.shape[0] <= MM_MAX_ROWS and x.dtype in KERNEL_DTYPES:
             return project(x, (self,))[0]
         wide = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
         out = rows @ self.ops.dequant(self.blocks, self.block_type, self.in_features, wide).to(x.dtype).t()
@@ -53,15 +59,29 @@ class GGUFLinear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
-def project(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> list[torch.Tensor]:
-    """Each of `layers` (Linear layers of one input width) applied to `x`; GGUF block layers on a few rows in one
-    kernel call, which quantizes the activations once and spreads all their rows over the threads."""
+def project(x: torch.Tensor, layers: tuple[nn.Module, ...], norm: nn.Module | None = None, gated: bool = False,
+            residual: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Each of `layers` (Linear layers of one input width) applied to `x`, or to `norm(x)` where an RMSNorm module
+    is given; `gated`: the one output silu(layers[0](x)) * layers[1](x); `residual`: added to the (one) output.
+    GGUF block layers on a few rows take one kernel call for all of it, which quantizes the activations once and
+    spreads all their rows over the threads."""
     rows = x.reshape(-1, x.shape[-1])
-    if rows.shape[0] > MM_MAX_ROWS or not all(isinstance(layer, GGUFLinear) for layer in layers):
-        return [layer(x) for layer in layers]
-    outs = layers[0].ops.mm_group(rows, [layer.blocks for layer in layers], [layer.block_type for layer in layers],
-                                  [layer.bias for layer in layers])
-    return [out.reshape(*x.shape[:-1], out.shape[-1]) for out in outs]
+    if (rows.shape[0] <= MM_MAX_ROWS and x.dtype in KERNEL_DTYPES
+            and all(isinstance(layer, GGUFLinear) for layer in layers)):
+        outs = layers[0].ops.mm_group(
+            rows, [layer.blocks for layer in layers], [layer.block_type for layer in layers],
+            [layer.bias for layer in layers], norm.weight if norm is not None else None,
+            norm.variance_epsilon if norm is not None else 0.0, gated,
+            residual.reshape(rows.shape[0], -1) if residual is not None else None)
+        return [out.reshape(*x.shape[:-1], out.shape[-1]) for out in outs]
+    if norm is not None:
+        x = norm(x)
+    outs = [layer(x) for layer in layers]
+    if gated:
+        outs = [F.silu(outs[0]) * outs[1]]
+    if residual is not None:
+        outs = [residual + outs[0]]
+    return outs
 
 
 def kernels(build_root: Path, march: str = "native") -> Any:
@@ -82,7 +102,8 @@ def _build(build_root: Path, march: str) -> Any:
         raise EngineError("the GGUF block kernels need ninja: pip install ninja")
     # one build per source, flags, CPU and torch: -march=native code must not run on another CPU
     flags = [*CFLAGS, f"-march={march}"]
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), *flags, platform.machine(), torch.__version__,
+    texts = [source.read_text() for source in SOURCES]
+    key = hashlib.sha256("\n".join([*texts, *flags, platform.machine(), torch.__version__,
                                     *sorted(cpu_flags())]).encode()).hexdigest()[:16]
     folder = build_root / f"gguf_blocks_{key}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,8 +112,8 @@ def _build(build_root: Path, march: str) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return cpp_extension.load(name=f"gguf_blocks_{key}", sources=[str(SOURCE)], extra_cflags=flags,
-                                      build_directory=str(folder), verbose=False)
+            return cpp_extension.load(name=f"gguf_blocks_{key}", sources=[str(source) for source in SOURCES],
+                                      extra_cflags=flags, extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=False)
     except (RuntimeError, OSError, ImportError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EngineError(f"the GGUF block kernels did not build here ({first[:200]}); see {folder}") from None

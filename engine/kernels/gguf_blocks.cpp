@@ -444,40 +444,99 @@ torch::Tensor dequant(torch::Tensor blocks, int64_t type, int64_t k, torch::Scal
   return out;
 }
 
-// x: [m, k] (float32, bfloat16 or float16) against several weights of the same input width (their blocks [n_i, k /
-// 256 x block bytes] and GGML types, an optional float32 bias [n_i] each): [m, n_i] each, in x's dtype. The
-// activations are quantized once for all of them, and one parallel loop runs over all their rows.
+// float32 -> bfloat16 -> float32, rounding to nearest even as PyTorch does
+float bf16_rounded(float v) { return static_cast<float>(c10::BFloat16(v)); }
+
+// The activation rows as float32, through an RMSNorm when `norm` is given (transformers' Llama/Qwen2 RMSNorm:
+// x / sqrt(mean(x^2) + eps), rounded to the activations' dtype, times the weight).
+std::vector<float> activations(const torch::Tensor& x, const c10::optional<torch::Tensor>& norm, double eps) {
+  int64_t m = x.size(0), k = x.size(1);
+  bool bf16 = x.scalar_type() == torch::kBFloat16;
+  std::vector<float> out(m * k);
+  if (bf16) {
+    const c10::BFloat16* from = x.data_ptr<c10::BFloat16>();
+    for (int64_t i = 0; i < m * k; i++) out[i] = static_cast<float>(from[i]);
+  } else {
+    std::memcpy(out.data(), x.data_ptr<float>(), m * k * sizeof(float));
+  }
+  if (!norm.has_value()) return out;
+  TORCH_CHECK(norm->scalar_type() == x.scalar_type() && norm->numel() == k && norm->is_contiguous(),
+              "the norm weight must be [k] in the activations' dtype");
+  std::vector<float> weight(k);
+  for (int64_t j = 0; j < k; j++) {
+    weight[j] = bf16 ? static_cast<float>(norm->data_ptr<c10::BFloat16>()[j]) : norm->data_ptr<float>()[j];
+  }
+  for (int64_t i = 0; i < m; i++) {
+    float* row = out.data() + i * k;
+    float lanes[16] = {};
+    for (int64_t j = 0; j + 16 <= k; j += 16) {
+      for (int l = 0; l < 16; l++) lanes[l] += row[j + l] * row[j + l];
+    }
+    float sum = 0.f;
+    for (int l = 0; l < 16; l++) sum += lanes[l];
+    for (int64_t j = k / 16 * 16; j < k; j++) sum += row[j] * row[j];
+    float inv = 1.f / std::sqrt(sum / (float)k + (float)eps);
+    for (int64_t j = 0; j < k; j++) {
+      row[j] = bf16 ? bf16_rounded(weight[j] * bf16_rounded(row[j] * inv)) : weight[j] * (row[j] * inv);
+    }
+  }
+  return out;
+}
+
+// silu(gate) * up, each op rounded as PyTorch's elementwise ops on the dtype round: into `gate`.
+void silu_times(torch::Tensor& gate, const torch::Tensor& up) {
+  int64_t n = gate.numel();
+  if (gate.scalar_type() == torch::kBFloat16) {
+    c10::BFloat16* g = gate.data_ptr<c10::BFloat16>();
+    const c10::BFloat16* u = up.data_ptr<c10::BFloat16>();
+    for (int64_t i = 0; i < n; i++) {
+      float v = static_cast<float>(g[i]);
+      g[i] = c10::BFloat16(bf16_rounded(v / (1.f + std::exp(-v))) * static_cast<float>(u[i]));
+    }
+  } else {
+    float* g = gate.data_ptr<float>();
+    const float* u = up.data_ptr<float>();
+    for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+  }
+}
+
+// x: [m, k] (float32 or bfloat16) against several weights of the same input width (their blocks [n_i, k / 256 x
+// block bytes] and GGML types, an optional float32 bias [n_i] each): [m, n_i] each, in x's dtype. The activations
+// are quantized once for all of them, and one parallel loop runs over all their rows. Optionally, around the
+// products: `norm` (an RMSNorm weight [k], with `eps`) applied to x first; `gated` (two weights): the one output
+// silu(x W0) * (x W1); `residual` [m, n] (one weight): added to the output.
 std::vector<torch::Tensor> mm_group(torch::Tensor x, std::vector<torch::Tensor> blocks, std::vector<int64_t> types,
-                                    std::vector<c10::optional<torch::Tensor>> biases) {
+                                    std::vector<c10::optional<torch::Tensor>> biases,
+                                    c10::optional<torch::Tensor> norm, double eps, bool gated,
+                                    c10::optional<torch::Tensor> residual) {
   TORCH_CHECK(x.dim() == 2 && blocks.size() == types.size() && blocks.size() == biases.size(),
               "mm_group takes x [rows, k] and as many types and biases as blocks");
+  TORCH_CHECK(x.scalar_type() == torch::kFloat || x.scalar_type() == torch::kBFloat16,
+              "mm_group takes float32 or bfloat16 activations");
   int64_t m = x.size(0), k = x.size(1), nb = k / QK;
   bool bf16 = x.scalar_type() == torch::kBFloat16;
-  torch::Tensor xf = x.scalar_type() == torch::kFloat || bf16 ? x.contiguous() : x.to(torch::kFloat).contiguous();
-  std::vector<float> wide(bf16 ? k : 0);
+  x = x.contiguous();
+  std::vector<float> wide = activations(x, norm, eps);
   std::vector<QuantRow> rows(m);
-  for (int64_t i = 0; i < m; i++) {
-    const float* row = nullptr;
-    if (bf16) {  // bfloat16 is the top half of a float32
-      const uint16_t* from = static_cast<const uint16_t*>(xf.data_ptr()) + i * k;
-      for (int64_t j = 0; j < k; j++) {
-        uint32_t bits = (uint32_t)from[j] << 16;
-        std::memcpy(&wide[j], &bits, 4);
-      }
-      row = wide.data();
-    } else {
-      row = xf.data_ptr<float>() + i * k;
-    }
-    quantize_row(row, k, rows[i]);
-  }
+  for (int64_t i = 0; i < m; i++) quantize_row(wide.data() + i * k, k, rows[i]);
   std::vector<torch::Tensor> outs;
   std::vector<int64_t> first{0};  // the group's row where each weight starts
   for (size_t g = 0; g < blocks.size(); g++) {
     check_blocks(blocks[g], types[g], k);
     TORCH_CHECK(!biases[g].has_value() || (biases[g]->scalar_type() == torch::kFloat && biases[g]->is_contiguous()),
                 "biases must be contiguous float32");
-    outs.push_back(torch::empty({m, blocks[g].size(0)}, xf.options()));
+    outs.push_back(torch::empty({m, blocks[g].size(0)}, x.options()));
     first.push_back(first.back() + blocks[g].size(0));
+  }
+  TORCH_CHECK(!gated || (blocks.size() == 2 && blocks[0].size(0) == blocks[1].size(0)),
+              "gated takes two weights of one output width");
+  const float* res = nullptr;
+  torch::Tensor res_float;
+  if (residual.has_value()) {
+    TORCH_CHECK(blocks.size() == 1 && residual->numel() == m * blocks[0].size(0) &&
+                residual->scalar_type() == x.scalar_type(), "residual takes one weight's output shape and dtype");
+    res_float = residual->to(torch::kFloat).contiguous();
+    res = res_float.data_ptr<float>();
   }
   at::parallel_for(0, first.back(), 16, [&](int64_t begin, int64_t end) {
     std::vector<float> part;
@@ -495,6 +554,9 @@ std::vector<torch::Tensor> mm_group(torch::Tensor x, std::vector<torch::Tensor> 
           const float* bias = biases[g]->data_ptr<float>() + lo;
           for (int64_t r = 0; r < count; r++) values[r] += bias[r];
         }
+        if (res != nullptr) {  // the product in x's dtype, then the sum
+          for (int64_t r = 0; r < count; r++) values[r] = (bf16 ? bf16_rounded(values[r]) : values[r]) + res[i * n + lo + r];
+        }
         if (bf16) {
           to_bfloat16(values, static_cast<uint16_t*>(outs[g].data_ptr()) + i * n + lo, count);
         } else {
@@ -503,15 +565,22 @@ std::vector<torch::Tensor> mm_group(torch::Tensor x, std::vector<torch::Tensor> 
       }
     }
   });
-  if (!bf16 && x.scalar_type() != torch::kFloat) {
-    for (auto& out : outs) out = out.to(x.scalar_type());
+  if (gated) {
+    silu_times(outs[0], outs[1]);
+    outs.pop_back();
   }
   return outs;
 }
 
 }  // namespace
 
+void register_decode_ops(pybind11::module& m);  // engine/kernels/decode_ops.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("mm_group", &mm_group, "x @ blocks.T (+ bias) for several weights of a GGUF's Q4_K / Q6_K blocks");
+  m.def("mm_group", &mm_group, "x @ blocks.T (+ bias) for several weights of a GGUF's Q4_K / Q6_K blocks",
+        pybind11::arg("x"), pybind11::arg("blocks"), pybind11::arg("types"), pybind11::arg("biases"),
+        pybind11::arg("norm") = pybind11::none(), pybind11::arg("eps") = 0.0, pybind11::arg("gated") = false,
+        pybind11::arg("residual") = pybind11::none());
   m.def("dequant", &dequant, "a GGUF's Q4_K / Q6_K blocks widened to float32 or bfloat16");
+  register_decode_ops(m);
 }

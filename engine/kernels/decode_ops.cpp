@@ -1,0 +1,293 @@
+// The decode step's work around the weights, for the CPU: rotary position embedding of the new token's queries and
+// keys, and attention of a few query tokens (one a row) over each row's cached keys and values. Built into the same
+// extension as the GGUF block kernels (engine/kernels/gguf_blocks.cpp registers them).
+//
+// bfloat16 tensors are rounded where PyTorch's own bfloat16 ops round, so that a step here computes what
+// transformers' forward computes on the same inputs; attention accumulates in float32, as PyTorch's CPU kernels do.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr int LANES = 16;  // independent partial sums: the compiler turns each loop over them into vector ops
+
+float widen(float v) { return v; }
+
+float widen(c10::BFloat16 v) { return static_cast<float>(v); }
+
+// float32 -> the element type, rounding to nearest even for bfloat16 (PyTorch's rounding)
+template <typename T>
+T narrow(float v) { return static_cast<T>(v); }
+
+// float32 -> float32 -> float32 through the element type: what a PyTorch op on T tensors stores
+template <typename T>
+float rounded(float v) { return widen(narrow<T>(v)); }
+
+template <typename T>
+void widen_row(const T* from, float* to, int64_t n) {
+  for (int64_t i = 0; i < n; i++) to[i] = widen(from[i]);
+}
+
+float dot(const float* a, const float* b, int64_t n) {  // n a multiple of LANES
+  float lanes[LANES] = {};
+  for (int64_t i = 0; i < n; i += LANES) {
+    for (int l = 0; l < LANES; l++) lanes[l] += a[i + l] * b[i + l];
+  }
+  float sum = 0.f;
+  for (int l = 0; l < LANES; l++) sum += lanes[l];
+  return sum;
+}
+
+// x * cos + rotate_half(x) * sin for one head of `dim` values, in place: transformers' rotary form, each product
+// and the sum rounded to T as its elementwise ops round them.
+template <typename T>
+void rotate_head(T* x, const T* cos, const T* sin, int64_t dim, float* tmp) {
+  int64_t half = dim / 2;
+  widen_row(x, tmp, dim);
+  for (int64_t i = 0; i < dim; i++) {
+    float turned = i < half ? -tmp[i + half] : tmp[i - half];
+    x[i] = narrow<T>(rounded<T>(tmp[i] * widen(cos[i])) + rounded<T>(turned * widen(sin[i])));
+  }
+}
+
+template <typename T>
+void rope_typed(torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  int64_t rows = x.size(0), heads = x.size(1), dim = x.size(2);
+  T* data = x.data_ptr<T>();
+  const T* c = cos.data_ptr<T>();
+  const T* s = sin.data_ptr<T>();
+  std::vector<float> tmp(dim);
+  for (int64_t r = 0; r < rows; r++) {
+    for (int64_t h = 0; h < heads; h++) rotate_head(data + (r * heads + h) * dim, c + r * dim, s + r * dim, dim, tmp.data());
+  }
+}
+
+#if defined(__AVX512F__)
+__m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+
+__m512 load16(const c10::BFloat16* p) {  // bfloat16 is the top half of a float32
+  __m256i bits = _mm256_loadu_si256((const __m256i*)p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// e^x for x <= 0 (softmax's shifted scores), within 2 float32 ulps: 2^(x log2 e) as 2^n x 2^f, |f| <= 1/2, with a
+// degree-6 polynomial for 2^f
+__m512 exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+  __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+#endif
+
+#if defined(__AVX512F__)
+// Scores and weighted values for two query heads at a time, their queries and sums held in registers: `dim` = 16 x
+// NV values. scores[t] = q0 . keys[t], scores[n + t] = q1 . keys[t] (unscaled); acc += weights[t] x values[t].
+template <int NV, typename T>
+void scores2(const float* q0, const float* q1, const T* keys, int64_t stride, int64_t n, float* scores) {
+  __m512 a[NV], b[NV];
+  for (int j = 0; j < NV; j++) {
+    a[j] = _mm512_loadu_ps(q0 + 16 * j);
+    b[j] = _mm512_loadu_ps(q1 + 16 * j);
+  }
+  for (int64_t t = 0; t < n; t++) {
+    __m512 sa = _mm512_setzero_ps(), sb = _mm512_setzero_ps();
+    for (int j = 0; j < NV; j++) {
+      __m512 k = load16(keys + t * stride + 16 * j);
+      sa = _mm512_fmadd_ps(a[j], k, sa);
+      sb = _mm512_fmadd_ps(b[j], k, sb);
+    }
+    scores[t] = _mm512_reduce_add_ps(sa);
+    scores[n + t] = _mm512_reduce_add_ps(sb);
+  }
+}
+
+template <int NV, typename T>
+void values2(const float* w0, const float* w1, const T* values, int64_t stride, int64_t n, float* acc0, float* acc1) {
+  __m512 a[NV], b[NV];
+  for (int j = 0; j < NV; j++) a[j] = b[j] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < n; t++) {
+    __m512 p0 = _mm512_set1_ps(w0[t]), p1 = _mm512_set1_ps(w1[t]);
+    for (int j = 0; j < NV; j++) {
+      __m512 v = load16(values + t * stride + 16 * j);
+      a[j] = _mm512_fmadd_ps(p0, v, a[j]);
+      b[j] = _mm512_fmadd_ps(p1, v, b[j]);
+    }
+  }
+  for (int j = 0; j < NV; j++) {
+    _mm512_storeu_ps(acc0 + 16 * j, a[j]);
+    _mm512_storeu_ps(acc1 + 16 * j, b[j]);
+  }
+}
+#endif
+
+// Query heads `q0` and `q1` (the same head twice when one is left) against the keys or values of their KV head.
+template <typename T>
+void scores_pair(const float* q0, const float* q1, const T* keys, int64_t stride, int64_t n, int64_t dim,
+                 float* scores) {
+#if defined(__AVX512F__)
+  if (dim == 128) return scores2<8>(q0, q1, keys, stride, n, scores);
+  if (dim == 64) return scores2<4>(q0, q1, keys, stride, n, scores);
+#endif
+  std::vector<float> row(dim);
+  for (int64_t t = 0; t < n; t++) {
+    widen_row(keys + t * stride, row.data(), dim);
+    scores[t] = dot(q0, row.data(), dim);
+    scores[n + t] = dot(q1, row.data(), dim);
+  }
+}
+
+template <typename T>
+void values_pair(const float* w0, const float* w1, const T* values, int64_t stride, int64_t n, int64_t dim,
+                 float* acc0, float* acc1) {
+#if defined(__AVX512F__)
+  if (dim == 128) return values2<8>(w0, w1, values, stride, n, acc0, acc1);
+  if (dim == 64) return values2<4>(w0, w1, values, stride, n, acc0, acc1);
+#endif
+  std::vector<float> row(dim);
+  std::fill(acc0, acc0 + dim, 0.f);
+  std::fill(acc1, acc1 + dim, 0.f);
+  for (int64_t t = 0; t < n; t++) {
+    widen_row(values + t * stride, row.data(), dim);
+    for (int64_t i = 0; i < dim; i++) {
+      acc0[i] += w0[t] * row[i];
+      acc1[i] += w1[t] * row[i];
+    }
+  }
+}
+
+// softmax of scale x s[0..n), in place; returns the sum of the exponentials (the caller divides by it)
+float softmax_unnormalized(float* s, int64_t n, float scale) {
+  float top = -std::numeric_limits<float>::infinity();
+  for (int64_t t = 0; t < n; t++) top = std::max(top, s[t]);
+  float sum = 0.f;
+  int64_t t = 0;
+#if defined(__AVX512F__)
+  __m512 sums = _mm512_setzero_ps(), vscale = _mm512_set1_ps(scale), vtop = _mm512_set1_ps(top);
+  for (; t + 16 <= n; t += 16) {
+    __m512 e = exp16(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + t), vtop), vscale));
+    _mm512_storeu_ps(s + t, e);
+    sums = _mm512_add_ps(sums, e);
+  }
+  sum = _mm512_reduce_add_ps(sums);
+#endif
+  for (; t < n; t++) {
+    s[t] = std::exp((s[t] - top) * scale);
+    sum += s[t];
+  }
+  return sum;
+}
+
+// One row's query heads that share KV head `keys`/`values` (`n` positions, `stride` elements apart) attending over
+// them: out[g] = softmax(scale x q[g] . keys) . values, in float32, stored as T.
+template <typename T>
+void attend_group(const T* q, const T* keys, const T* values, int64_t stride, int64_t n, int64_t group, int64_t dim,
+                  float scale, T* out) {
+  std::vector<float> qf(group * dim), scores(2 * n), acc(2 * dim);
+  widen_row(q, qf.data(), group * dim);
+  for (int64_t g = 0; g < group; g += 2) {
+    int64_t g1 = std::min(g + 1, group - 1);
+    scores_pair(qf.data() + g * dim, qf.data() + g1 * dim, keys, stride, n, dim, scores.data());
+    float total0 = softmax_unnormalized(scores.data(), n, scale);
+    float total1 = softmax_unnormalized(scores.data() + n, n, scale);
+    values_pair(scores.data(), scores.data() + n, values, stride, n, dim, acc.data(), acc.data() + dim);
+    for (int64_t i = 0; i < dim; i++) {
+      out[g * dim + i] = narrow<T>(acc[i] / total0);
+      out[g1 * dim + i] = narrow<T>(acc[dim + i] / total1);
+    }
+  }
+}
+
+template <typename T>
+void attention_typed(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& values,
+                     const int64_t* counts, float scale, torch::Tensor& out) {
+  int64_t rows = q.size(0), heads = q.size(1), group = q.size(2), dim = q.size(3);
+  const T* qd = q.data_ptr<T>();
+  const T* kd = keys.data_ptr<T>();
+  const T* vd = values.data_ptr<T>();
+  T* od = out.data_ptr<T>();
+  at::parallel_for(0, rows * heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; item++) {
+      int64_t r = item / heads, h = item % heads;
+      attend_group(qd + item * group * dim, kd + r * keys.stride(0) + h * keys.stride(1),
+                   vd + r * values.stride(0) + h * values.stride(1), keys.stride(2), counts[r], group, dim, scale,
+                   od + item * group * dim);
+    }
+  });
+}
+
+bool supported(const torch::Tensor& t) {
+  return t.device().is_cpu() && (t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16);
+}
+
+}  // namespace
+
+// q [rows, heads, dim] and k [rows, kv_heads, dim], contiguous, rotated in place by cos/sin [rows, dim] (each row's
+// position), all of one dtype.
+void rope_(torch::Tensor q, torch::Tensor k, torch::Tensor cos, torch::Tensor sin) {
+  TORCH_CHECK(supported(q) && q.dim() == 3 && k.dim() == 3 && q.is_contiguous() && k.is_contiguous(),
+              "rope_ takes contiguous float32 or bfloat16 q and k [rows, heads, dim]");
+  torch::Tensor c = cos.contiguous(), s = sin.contiguous();
+  for (const torch::Tensor& t : {k, c, s}) TORCH_CHECK(t.scalar_type() == q.scalar_type(), "rope_: dtypes differ");
+  TORCH_CHECK(c.numel() == q.size(0) * q.size(2) && s.numel() == c.numel() && k.size(0) == q.size(0) &&
+                  k.size(2) == q.size(2) && q.size(2) % 2 == 0, "rope_: cos and sin must be [rows, dim]");
+  if (q.scalar_type() == torch::kFloat) {
+    rope_typed<float>(q, c, s);
+    rope_typed<float>(k, c, s);
+  } else {
+    rope_typed<c10::BFloat16>(q, c, s);
+    rope_typed<c10::BFloat16>(k, c, s);
+  }
+}
+
+// q [rows, kv_heads, group, dim] (the query heads that share each KV head); keys, values [rows, kv_heads, width,
+// dim] with dim contiguous; counts [rows]: row r attends to positions [0, counts[r]). Returns [rows, kv_heads,
+// group, dim] in q's dtype.
+torch::Tensor attention(torch::Tensor q, torch::Tensor keys, torch::Tensor values, torch::Tensor counts,
+                        double scale) {
+  TORCH_CHECK(supported(q) && q.dim() == 4 && keys.dim() == 4 && values.dim() == 4,
+              "attention takes float32 or bfloat16 q [rows, kv_heads, group, dim] and keys, values [rows, kv_heads, "
+              "width, dim]");
+  q = q.contiguous();
+  int64_t rows = q.size(0), heads = q.size(1), dim = q.size(3);
+  for (const torch::Tensor& t : {keys, values}) {
+    TORCH_CHECK(t.scalar_type() == q.scalar_type() && t.size(0) == rows && t.size(1) == heads && t.size(3) == dim &&
+                    t.stride(3) == 1, "attention: keys and values must match q, with dim contiguous");
+  }
+  TORCH_CHECK(keys.strides() == values.strides() && dim % LANES == 0, "attention: keys and values strides differ, or "
+              "dim is not a multiple of ", LANES);
+  torch::Tensor n = counts.to(torch::kLong).contiguous();
+  TORCH_CHECK(n.numel() == rows, "attention: one count a row");
+  const int64_t* c = n.data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; r++) TORCH_CHECK(c[r] >= 1 && c[r] <= keys.size(2), "attention: count out of range");
+  torch::Tensor out = torch::empty_like(q);
+  if (q.scalar_type() == torch::kFloat) {
+    attention_typed<float>(q, keys, values, c, (float)scale, out);
+  } else {
+    attention_typed<c10::BFloat16>(q, keys, values, c, (float)scale, out);
+  }
+  return out;
+}
+
+void register_decode_ops(pybind11::module& m) {
+  m.def("rope_", &rope_, "rotary position embedding of q and k [rows, heads, dim], in place");
+  m.def("attention", &attention, "attention of one query token a row over its first counts[r] keys and values");
+}
