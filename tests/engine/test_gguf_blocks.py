@@ -110,6 +110,15 @@ def test_the_avx2_and_plain_builds_compute_what_the_native_build_does(ops, model
         assert rel_err(theirs, mine) <= 1e-5
         assert torch.equal(other.dequant(blocks, BLOCK_TYPES[kind], 768, torch.float32),
                            ops.dequant(blocks, BLOCK_TYPES[kind], 768, torch.float32))
+    # the decode step's attention and rotary embedding (engine/kernels/decode_ops.cpp) on those paths too
+    q, keys, values = torch.randn(2, 2, 6, 128), torch.randn(2, 2, 40, 128), torch.randn(2, 2, 40, 128)
+    counts = torch.tensor([40, 9])
+    assert rel_err(other.attention(q, keys, values, counts, 0.1), ops.attention(q, keys, values, counts, 0.1)) <= 1e-5
+    cos, sin, k = torch.randn(2, 128), torch.randn(2, 128), torch.randn(2, 2, 128)
+    rotated = [q.reshape(2, 12, 128).clone(), k.clone()]
+    ops.rope_(*rotated, cos, sin)
+    other.rope_(q.reshape(2, 12, 128), k, cos, sin)
+    assert torch.equal(q.reshape(2, 12, 128), rotated[0]) and torch.equal(k, rotated[1])
 
 
 @pytest.fixture(scope="module")
