@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from engine.gguf_blocks import KERNEL_DTYPES, GGUFLinear, project
+from engine.gguf_blocks import KERNEL_DTYPES, GGUFLinear, Projection
 
 ARCHITECTURES = ("llama", "qwen2")
 
@@ -35,6 +35,8 @@ class LeanStep:
         attn = self.body.layers[0].self_attn
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
         self.kv_heads = model.config.num_key_value_heads
+        self.layers = [_Layer(layer) for layer in self.body.layers]
+        self.head = Projection((model.lm_head,), self.body.norm)
         # the C++ kernels a model on GGUF blocks was built with also rotate and attend (engine/kernels/decode_ops.cpp)
         layer = next((m for m in model.modules() if isinstance(m, GGUFLinear)), None)
         self.ops = layer.ops if layer is not None and self.head_dim % 16 == 0 else None
@@ -48,9 +50,8 @@ class LeanStep:
         h = self.body.embed_tokens(ids)
         cos, sin = self.body.rotary_emb(h, positions)
         ops = self.ops if h.device.type == "cpu" and h.dtype in KERNEL_DTYPES else None
-        for index, layer in enumerate(self.body.layers):
-            attn = layer.self_attn
-            q, k, v = project(h, (attn.q_proj, attn.k_proj, attn.v_proj), norm=layer.input_layernorm)
+        for index, layer in enumerate(self.layers):
+            q, k, v = layer.qkv(h)
             # the query heads that share a KV head attend as that head's queries: one query token needs no causal
             # mask, and CPU attention kernels run this shape far faster than grouped-query heads
             q, k = q.view(rows, groups, -1, dim), k.view(rows, -1, 1, dim)
@@ -63,11 +64,20 @@ class LeanStep:
                 o = ops.attention(q, keys, values, positions[:, 0] + 1, self.scaling)
             else:
                 o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
-            h = project(o.reshape(rows, 1, -1), (attn.o_proj,), residual=h)[0]
-            mlp = layer.mlp  # transformers' LlamaMLP / Qwen2MLP: down(act(gate(x)) * up(x)), act silu (lean_step)
-            act = project(h, (mlp.gate_proj, mlp.up_proj), norm=layer.post_attention_layernorm, gated=True)[0]
-            h = project(act, (mlp.down_proj,), residual=h)[0]
-        return project(h, (self.model.lm_head,), norm=self.body.norm)[0][:, -1]
+            h = layer.o(o.reshape(rows, 1, -1), residual=h)[0]
+            h = layer.down(layer.gate_up(h, gated=True)[0], residual=h)[0]
+        return self.head(h)[0][:, -1]
+
+
+class _Layer:
+    """One decoder layer's projections, with the norms before them: q/k/v, o, gate/up (act silu: lean_step), down."""
+
+    def __init__(self, layer: Any) -> None:
+        attn, mlp = layer.self_attn, layer.mlp  # transformers' LlamaMLP / Qwen2MLP: down(act(gate(x)) * up(x))
+        self.qkv = Projection((attn.q_proj, attn.k_proj, attn.v_proj), layer.input_layernorm)
+        self.o = Projection((attn.o_proj,))
+        self.gate_up = Projection((mlp.gate_proj, mlp.up_proj), layer.post_attention_layernorm)
+        self.down = Projection((mlp.down_proj,))
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,7 @@ class GGUFLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if rows.shape[0] <= MM_MAX_ROWS and x.dtype in KERNEL_DTYPES:
-            return project(x, (self,))[0]
+            return Projection((self,))(x)[0]
         wide = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
         out = rows @ self.ops.dequant(self.blocks, self.block_type, self.in_features, wide).to(x.dtype).t()
         if self.bias is not None:
@@ -59,29 +59,37 @@ class GGUFLinear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
-def project(x: torch.Tensor, layers: tuple[nn.Module, ...], norm: nn.Module | None = None, gated: bool = False,
-            residual: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """Each of `layers` (Linear layers of one input width) applied to `x`, or to `norm(x)` where an RMSNorm module
-    is given; `gated`: the one output silu(layers[0](x)) * layers[1](x); `residual`: added to the (one) output.
-    GGUF block layers on a few rows take one kernel call for all of it, which quantizes the activations once and
-    spreads all their rows over the threads."""
-    rows = x.reshape(-1, x.shape[-1])
-    if (rows.shape[0] <= MM_MAX_ROWS and x.dtype in KERNEL_DTYPES
-            and all(isinstance(layer, GGUFLinear) for layer in layers)):
-        outs = layers[0].ops.mm_group(
-            rows, [layer.blocks for layer in layers], [layer.block_type for layer in layers],
-            [layer.bias for layer in layers], norm.weight if norm is not None else None,
-            norm.variance_epsilon if norm is not None else 0.0, gated,
-            residual.reshape(rows.shape[0], -1) if residual is not None else None)
-        return [out.reshape(*x.shape[:-1], out.shape[-1]) for out in outs]
-    if norm is not None:
-        x = norm(x)
-    outs = [layer(x) for layer in layers]
-    if gated:
-        outs = [F.silu(outs[0]) * outs[1]]
-    if residual is not None:
-        outs = [residual + outs[0]]
-    return outs
+class Projection:
+    """Linear layers of one input width applied to the same activations, or to `norm(x)` where an RMSNorm module is
+    given. GGUF block layers on a few rows take one kernel call for all of it, which quantizes the activations once
+    and spreads all their rows over the threads; its arguments are gathered here, once."""
+
+    def __init__(self, layers: tuple[nn.Module, ...], norm: nn.Module | None = None) -> None:
+        self.layers, self.norm = layers, norm
+        self.ops = layers[0].ops if all(isinstance(layer, GGUFLinear) for layer in layers) else None
+        if self.ops is not None:
+            self.blocks = [layer.blocks for layer in layers]
+            self.types = [layer.block_type for layer in layers]
+            self.biases = [layer.bias for layer in layers]
+            self.norm_args = (norm.weight, norm.variance_epsilon) if norm is not None else (None, 0.0)
+
+    def __call__(self, x: torch.Tensor, gated: bool = False,
+                 residual: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Each layer's output; `gated`: the one output silu(layers[0](x)) * layers[1](x); `residual`: added to the
+        (one) output."""
+        rows = x.reshape(-1, x.shape[-1])
+        if self.ops is not None and rows.shape[0] <= MM_MAX_ROWS and x.dtype in KERNEL_DTYPES:
+            outs = self.ops.mm_group(rows, self.blocks, self.types, self.biases, *self.norm_args, gated,
+                                     residual.reshape(rows.shape[0], -1) if residual is not None else None)
+            return [out.reshape(*x.shape[:-1], out.shape[-1]) for out in outs]
+        if self.norm is not None:
+            x = self.norm(x)
+        outs = [layer(x) for layer in self.layers]
+        if gated:
+            outs = [F.silu(outs[0]) * outs[1]]
+        if residual is not None:
+            outs = [residual + outs[0]]
+        return outs
 
 
 def kernels(build_root: Path, march: str = "native") -> Any:
@@ -113,7 +121,8 @@ def _build(build_root: Path, march: str) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return cpp_extension.load(name=f"gguf_blocks_{key}", sources=[str(source) for source in SOURCES],
-                                      extra_cflags=flags, extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=False)
+                                      extra_cflags=flags, extra_ldflags=["-fopenmp"], build_directory=str(folder),
+                                      verbose=False)
     except (RuntimeError, OSError, ImportError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EngineError(f"the GGUF block kernels did not build here ({first[:200]}); see {folder}") from None

@@ -22,7 +22,7 @@ def apply_mask(logits: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tens
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
     if params.greedy:
-        return int(torch.argmax(logits))
+        return int(torch.argmax(logits.float()))  # exact; PyTorch's argmax over bfloat16 is ~5x slower
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)

@@ -68,7 +68,9 @@ void rope_typed(torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor&
   const T* s = sin.data_ptr<T>();
   std::vector<float> tmp(dim);
   for (int64_t r = 0; r < rows; r++) {
-    for (int64_t h = 0; h < heads; h++) rotate_head(data + (r * heads + h) * dim, c + r * dim, s + r * dim, dim, tmp.data());
+    for (int64_t h = 0; h < heads; h++) {
+      rotate_head(data + (r * heads + h) * dim, c + r * dim, s + r * dim, dim, tmp.data());
+    }
   }
 }
 

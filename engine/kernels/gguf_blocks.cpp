@@ -483,23 +483,6 @@ std::vector<float> activations(const torch::Tensor& x, const c10::optional<torch
   return out;
 }
 
-// silu(gate) * up, each op rounded as PyTorch's elementwise ops on the dtype round: into `gate`.
-void silu_times(torch::Tensor& gate, const torch::Tensor& up) {
-  int64_t n = gate.numel();
-  if (gate.scalar_type() == torch::kBFloat16) {
-    c10::BFloat16* g = gate.data_ptr<c10::BFloat16>();
-    const c10::BFloat16* u = up.data_ptr<c10::BFloat16>();
-    for (int64_t i = 0; i < n; i++) {
-      float v = static_cast<float>(g[i]);
-      g[i] = c10::BFloat16(bf16_rounded(v / (1.f + std::exp(-v))) * static_cast<float>(u[i]));
-    }
-  } else {
-    float* g = gate.data_ptr<float>();
-    const float* u = up.data_ptr<float>();
-    for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
-  }
-}
-
 // x: [m, k] (float32 or bfloat16) against several weights of the same input width (their blocks [n_i, k / 256 x
 // block bytes] and GGML types, an optional float32 bias [n_i] each): [m, n_i] each, in x's dtype. The activations
 // are quantized once for all of them, and one parallel loop runs over all their rows. Optionally, around the
@@ -538,37 +521,57 @@ std::vector<torch::Tensor> mm_group(torch::Tensor x, std::vector<torch::Tensor> 
     res_float = residual->to(torch::kFloat).contiguous();
     res = res_float.data_ptr<float>();
   }
+  // weight g's rows [lo, hi) against every activation row, bias added: part[i * (hi - lo) + r]
+  auto products = [&](size_t g, int64_t lo, int64_t hi, std::vector<float>& part) {
+    int64_t count = hi - lo;
+    part.resize(m * count);
+    dot_rows(blocks[g].data_ptr<uint8_t>() + lo * blocks[g].size(1), blocks[g].size(1), count, types[g], rows, nb,
+             part.data());
+    if (biases[g].has_value()) {
+      const float* bias = biases[g]->data_ptr<float>() + lo;
+      for (int64_t j = 0; j < m * count; j++) part[j] += bias[j % count];
+    }
+  };
+  auto store = [&](torch::Tensor& out, const float* values, int64_t i, int64_t lo, int64_t count) {
+    int64_t n = out.size(1);
+    if (bf16) {
+      to_bfloat16(values, static_cast<uint16_t*>(out.data_ptr()) + i * n + lo, count);
+    } else {
+      std::memcpy(out.data_ptr<float>() + i * n + lo, values, count * sizeof(float));
+    }
+  };
+  if (gated) {  // each thread's rows of both weights, so that it combines them too
+    at::parallel_for(0, blocks[0].size(0), 16, [&](int64_t lo, int64_t hi) {
+      std::vector<float> gate, up;
+      products(0, lo, hi, gate);
+      products(1, lo, hi, up);
+      for (size_t j = 0; j < gate.size(); j++) {  // silu(gate) * up, each op rounded as PyTorch's on the dtype
+        float v = bf16 ? bf16_rounded(gate[j]) : gate[j];
+        float act = v / (1.f + std::exp(-v));
+        gate[j] = bf16 ? bf16_rounded(act) * bf16_rounded(up[j]) : act * up[j];
+      }
+      for (int64_t i = 0; i < m; i++) store(outs[0], gate.data() + i * (hi - lo), i, lo, hi - lo);
+    });
+    outs.pop_back();
+    return outs;
+  }
   at::parallel_for(0, first.back(), 16, [&](int64_t begin, int64_t end) {
     std::vector<float> part;
     for (size_t g = 0; g < blocks.size(); g++) {  // this thread's rows of each weight
       int64_t lo = std::max(begin, first[g]) - first[g], hi = std::min(end, first[g + 1]) - first[g];
       if (lo >= hi) continue;
-      int64_t n = blocks[g].size(0);
       int64_t count = hi - lo;
-      part.resize(m * count);
-      dot_rows(blocks[g].data_ptr<uint8_t>() + lo * blocks[g].size(1), blocks[g].size(1), count, types[g], rows, nb,
-               part.data());
+      products(g, lo, hi, part);
       for (int64_t i = 0; i < m; i++) {
         float* values = part.data() + i * count;
-        if (biases[g].has_value()) {
-          const float* bias = biases[g]->data_ptr<float>() + lo;
-          for (int64_t r = 0; r < count; r++) values[r] += bias[r];
-        }
         if (res != nullptr) {  // the product in x's dtype, then the sum
-          for (int64_t r = 0; r < count; r++) values[r] = (bf16 ? bf16_rounded(values[r]) : values[r]) + res[i * n + lo + r];
+          const float* add = res + i * outs[g].size(1) + lo;
+          for (int64_t r = 0; r < count; r++) values[r] = (bf16 ? bf16_rounded(values[r]) : values[r]) + add[r];
         }
-        if (bf16) {
-          to_bfloat16(values, static_cast<uint16_t*>(outs[g].data_ptr()) + i * n + lo, count);
-        } else {
-          std::memcpy(outs[g].data_ptr<float>() + i * n + lo, values, count * sizeof(float));
-        }
+        store(outs[g], values, i, lo, count);
       }
     }
   });
-  if (gated) {
-    silu_times(outs[0], outs[1]);
-    outs.pop_back();
-  }
   return outs;
 }
 
