@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -104,7 +105,7 @@ __m512 exp16(__m512 x) {
 // Scores and weighted values for two query heads at a time, their queries and sums held in registers: `dim` = 16 x
 // NV values. scores[t] = q0 . keys[t], scores[n + t] = q1 . keys[t] (unscaled); acc += weights[t] x values[t].
 template <int NV, typename T>
-void scores2(const float* q0, const float* q1, const T* keys, int64_t stride, int64_t n, float* scores) {
+void scores2(const float* q0, const float* q1, const T* keys, int64_t stride, int64_t n, float* s0, float* s1) {
   __m512 a[NV], b[NV];
   for (int j = 0; j < NV; j++) {
     a[j] = _mm512_loadu_ps(q0 + 16 * j);
@@ -117,8 +118,8 @@ void scores2(const float* q0, const float* q1, const T* keys, int64_t stride, in
       sa = _mm512_fmadd_ps(a[j], k, sa);
       sb = _mm512_fmadd_ps(b[j], k, sb);
     }
-    scores[t] = _mm512_reduce_add_ps(sa);
-    scores[n + t] = _mm512_reduce_add_ps(sb);
+    s0[t] = _mm512_reduce_add_ps(sa);
+    s1[t] = _mm512_reduce_add_ps(sb);
   }
 }
 
@@ -144,16 +145,16 @@ void values2(const float* w0, const float* w1, const T* values, int64_t stride, 
 // Query heads `q0` and `q1` (the same head twice when one is left) against the keys or values of their KV head.
 template <typename T>
 void scores_pair(const float* q0, const float* q1, const T* keys, int64_t stride, int64_t n, int64_t dim,
-                 float* scores) {
+                 float* s0, float* s1) {
 #if defined(__AVX512F__)
-  if (dim == 128) return scores2<8>(q0, q1, keys, stride, n, scores);
-  if (dim == 64) return scores2<4>(q0, q1, keys, stride, n, scores);
+  if (dim == 128) return scores2<8>(q0, q1, keys, stride, n, s0, s1);
+  if (dim == 64) return scores2<4>(q0, q1, keys, stride, n, s0, s1);
 #endif
   std::vector<float> row(dim);
   for (int64_t t = 0; t < n; t++) {
     widen_row(keys + t * stride, row.data(), dim);
-    scores[t] = dot(q0, row.data(), dim);
-    scores[n + t] = dot(q1, row.data(), dim);
+    s0[t] = dot(q0, row.data(), dim);
+    s1[t] = dot(q1, row.data(), dim);
   }
 }
 
@@ -198,22 +199,79 @@ float softmax_unnormalized(float* s, int64_t n, float scale) {
   return sum;
 }
 
+#if defined(__AVX512BF16__)
+// Four bfloat16 query heads' scores against every key, the bfloat16 pairs multiplied and summed into float32 by the
+// CPU's bfloat16 dot product (dim = 32 x NP): s[g][t] = q[g] . keys[t].
+template <int NP>
+void scores4_bf16(const c10::BFloat16* const* q, const c10::BFloat16* keys, int64_t stride, int64_t n,
+                  float* const* s) {
+  __m512bh qv[4][NP];
+  for (int g = 0; g < 4; g++) {
+    for (int j = 0; j < NP; j++) qv[g][j] = (__m512bh)_mm512_loadu_si512((const void*)(q[g] + 32 * j));
+  }
+  for (int64_t t = 0; t < n; t++) {
+    __m512bh k[NP];
+    for (int j = 0; j < NP; j++) k[j] = (__m512bh)_mm512_loadu_si512((const void*)(keys + t * stride + 32 * j));
+    __m256 half[4];
+    for (int g = 0; g < 4; g++) {
+      __m512 sum = _mm512_setzero_ps();
+      for (int j = 0; j < NP; j++) sum = _mm512_dpbf16_ps(sum, qv[g][j], k[j]);
+      half[g] = _mm256_add_ps(_mm512_castps512_ps256(sum),
+                              _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sum), 1)));
+    }
+    // the four sums at once: pairwise adds leave [g0 g1 g2 g3] in each 128-bit half
+    __m256 all = _mm256_hadd_ps(_mm256_hadd_ps(half[0], half[1]), _mm256_hadd_ps(half[2], half[3]));
+    float four[4];
+    _mm_storeu_ps(four, _mm_add_ps(_mm256_castps256_ps128(all), _mm256_extractf128_ps(all, 1)));
+    for (int g = 0; g < 4; g++) s[g][t] = four[g];
+  }
+}
+#endif
+
+// Every query head's scores against every key: scores[g * n + t] = q[g] . keys[t] (unscaled).
+template <typename T>
+void all_scores(const T* q, const float* qf, const T* keys, int64_t stride, int64_t n, int64_t group, int64_t dim,
+                float* scores) {
+  int64_t g = 0;
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    for (; (dim == 128 || dim == 64) && g < group; g += 4) {  // four at a time, the last repeated where fewer are left
+      const c10::BFloat16* qs[4];
+      float* ss[4];
+      for (int j = 0; j < 4; j++) {
+        int64_t h = std::min(g + j, group - 1);
+        qs[j] = q + h * dim;
+        ss[j] = scores + h * n;
+      }
+      if (dim == 128) {
+        scores4_bf16<4>(qs, keys, stride, n, ss);
+      } else {
+        scores4_bf16<2>(qs, keys, stride, n, ss);
+      }
+    }
+  }
+#endif
+  for (; g < group; g += 2) {
+    int64_t g1 = std::min(g + 1, group - 1);
+    scores_pair(qf + g * dim, qf + g1 * dim, keys, stride, n, dim, scores + g * n, scores + g1 * n);
+  }
+}
+
 // One row's query heads that share KV head `keys`/`values` (`n` positions, `stride` elements apart) attending over
 // them: out[g] = softmax(scale x q[g] . keys) . values, in float32, stored as T.
 template <typename T>
 void attend_group(const T* q, const T* keys, const T* values, int64_t stride, int64_t n, int64_t group, int64_t dim,
                   float scale, T* out) {
-  std::vector<float> qf(group * dim), scores(2 * n), acc(2 * dim);
+  std::vector<float> qf(group * dim), scores(group * n), total(group), acc(2 * dim);
   widen_row(q, qf.data(), group * dim);
+  all_scores(q, qf.data(), keys, stride, n, group, dim, scores.data());
+  for (int64_t g = 0; g < group; g++) total[g] = softmax_unnormalized(scores.data() + g * n, n, scale);
   for (int64_t g = 0; g < group; g += 2) {
     int64_t g1 = std::min(g + 1, group - 1);
-    scores_pair(qf.data() + g * dim, qf.data() + g1 * dim, keys, stride, n, dim, scores.data());
-    float total0 = softmax_unnormalized(scores.data(), n, scale);
-    float total1 = softmax_unnormalized(scores.data() + n, n, scale);
-    values_pair(scores.data(), scores.data() + n, values, stride, n, dim, acc.data(), acc.data() + dim);
+    values_pair(scores.data() + g * n, scores.data() + g1 * n, values, stride, n, dim, acc.data(), acc.data() + dim);
     for (int64_t i = 0; i < dim; i++) {
-      out[g * dim + i] = narrow<T>(acc[i] / total0);
-      out[g1 * dim + i] = narrow<T>(acc[dim + i] / total1);
+      out[g * dim + i] = narrow<T>(acc[i] / total[g]);
+      out[g1 * dim + i] = narrow<T>(acc[dim + i] / total[g1]);
     }
   }
 }
