@@ -133,8 +133,9 @@ def int8_tensors(linears: list[tuple[str, nn.Linear]]) -> dict[str, torch.Tensor
 
 def _gguf(model: nn.Module, linears: list[tuple[str, nn.Linear]], device: torch.device, store: Path | None,
           gguf: Callable[[], Path] | None) -> QuantChoice:
-    """Every Linear layer on its GGUF blocks (engine.gguf_blocks), or EngineError saying why not."""
-    from engine import gguf_blocks
+    """Every Linear layer on its GGUF blocks (engine.gguf_blocks), attention on the same kernels
+    (engine.prefill_attention), or EngineError saying why not."""
+    from engine import gguf_blocks, prefill_attention
 
     if device.type != "cpu":
         raise EngineError(f"the GGUF block kernels run on a CPU, not {device.type}")
@@ -162,10 +163,11 @@ def _gguf(model: nn.Module, linears: list[tuple[str, nn.Linear]], device: torch.
         _replace(model, name, gguf_blocks.GGUFLinear(tensors[f"{name}.blocks"], block_type, module.in_features,
                                                      bias, ops))
         kinds[block_type] = kinds.get(block_type, 0) + 1
+    prefill_attention.install(model, ops)
     names = {number: kind for kind, number in gguf_blocks.BLOCK_TYPES.items()}
     counted = ", ".join(f"{count} {names[number]}" for number, count in sorted(kinds.items()))
     return QuantChoice("gguf", f"the GGUF's own blocks ({counted} layers), C++ block kernels for decode, "
-                               f"widened blocks for prefill")
+                               f"widened blocks for prefill, C++ attention")
 
 
 def int8_kernel_runs(device: torch.device, dtype: torch.dtype) -> bool:

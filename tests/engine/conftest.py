@@ -17,10 +17,16 @@ def smol(models_dir):
 
 
 def reference_logits(loaded, tokens: list[int]) -> torch.Tensor:
-    """Last-position logits from plain transformers with no cache: the independent reference."""
-    with torch.inference_mode():
-        ids = torch.tensor([tokens], device=loaded.device)
-        return loaded.model(input_ids=ids, use_cache=False).logits[0, -1].float()
+    """Last-position logits from plain transformers with no cache, on PyTorch's own attention (a model on GGUF
+    blocks attends on the engine's kernels otherwise): the independent reference."""
+    config = loaded.model.config
+    engine_attention, config._attn_implementation = config._attn_implementation, "sdpa"
+    try:
+        with torch.inference_mode():
+            ids = torch.tensor([tokens], device=loaded.device)
+            return loaded.model(input_ids=ids, use_cache=False).logits[0, -1].float()
+    finally:
+        config._attn_implementation = engine_attention
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

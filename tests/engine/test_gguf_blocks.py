@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType, dequantize
 
 from engine import Engine, Request, load_model
 from engine.errors import EngineError
-from engine import gguf_blocks
+from engine import gguf_blocks, prefill_attention
 from engine.gguf_blocks import BLOCK_TYPES, GGUFLinear, kernels
 from tests.engine.conftest import reference_logits, rel_err
 from tests.engine.test_decode_step import lean_logits
@@ -132,6 +132,7 @@ def test_the_default_model_runs_on_its_own_blocks(on_blocks, models_dir):
     assert on_blocks.quant == "gguf" and len(layers) == 28 * 7 + 1
     assert f"{kinds['Q4_K']} Q4_K, {kinds['Q6_K']} Q6_K layers" in on_blocks.quant_reason
     assert kinds["Q4_K"] > 0 and kinds["Q6_K"] > 0  # a Q4_K_M file keeps some tensors in Q6_K
+    assert on_blocks.model.config._attn_implementation == prefill_attention.NAME  # attention on the kernels too
     store = next(models_dir.glob(f"{DEFAULT}-*-bfloat16-v[0-9].quant"))
     assert (store / "gguf_blocks.safetensors").is_file() and (store / "gguf_blocks.sha256").is_file()
 
