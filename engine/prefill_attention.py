@@ -17,7 +17,9 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 def install(model: Any, ops: Any) -> None:
     """Route `model`'s attention through `ops` (the built kernels). transformers then builds no attention mask: a
-    forward must be what the engine runs, one sequence without padding whose new tokens follow its cache."""
+    forward must be what the engine's prefill runs, one sequence without padding whose new tokens follow its cache
+    (decode rows, padded to one another, must go through the lean decode step: engine.quant installs this only for
+    models that have one)."""
     AttentionInterface.register(NAME, attend)
     for module in model.modules():
         if hasattr(module, "num_key_value_groups"):  # an attention layer

@@ -136,6 +136,7 @@ def _gguf(model: nn.Module, linears: list[tuple[str, nn.Linear]], device: torch.
     """Every Linear layer on its GGUF blocks (engine.gguf_blocks), attention on the same kernels
     (engine.prefill_attention), or EngineError saying why not."""
     from engine import gguf_blocks, prefill_attention
+    from engine.decode_step import lean_step
 
     if device.type != "cpu":
         raise EngineError(f"the GGUF block kernels run on a CPU, not {device.type}")
@@ -163,7 +164,8 @@ def _gguf(model: nn.Module, linears: list[tuple[str, nn.Linear]], device: torch.
         _replace(model, name, gguf_blocks.GGUFLinear(tensors[f"{name}.blocks"], block_type, module.in_features,
                                                      bias, ops))
         kinds[block_type] = kinds.get(block_type, 0) + 1
-    prefill_attention.install(model, ops)
+    if lean_step(model) is not None:  # decode rows then never reach transformers' attention (its masks are off)
+        prefill_attention.install(model, ops)
     names = {number: kind for kind, number in gguf_blocks.BLOCK_TYPES.items()}
     counted = ", ".join(f"{count} {names[number]}" for number, count in sorted(kinds.items()))
     return QuantChoice("gguf", f"the GGUF's own blocks ({counted} layers), C++ block kernels for decode, "
