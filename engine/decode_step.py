@@ -1,6 +1,8 @@
 """A lean decode step for Llama-family models (Llama, Qwen2: SmolLM2 and Qwen2.5-Coder): the same modules and
 weights as transformers' forward, called directly, without its per-call mask building, cache plumbing and
-keyword dispatch. Other architectures decode through transformers' forward (lean_step returns None)."""
+keyword dispatch. On GGUF blocks its norms, gating and residual adds run inside the block kernel calls, and its
+rotary embedding and attention in the same C++ extension (engine/kernels/decode_ops.cpp). Other architectures
+decode through transformers' forward (lean_step returns None)."""
 
 from __future__ import annotations
 

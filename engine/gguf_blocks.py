@@ -4,7 +4,8 @@ weights are the file's, not re-quantized, and a decode step reads 4.5-6.6 bits a
 The kernels are C++ (`engine/kernels/gguf_blocks.cpp`), built once per machine with PyTorch's extension builder
 (a C++ compiler and ninja) for the CPU it runs on, and kept under the models folder. A step with few rows (decode)
 quantizes its activations to int8 in blocks of 256 and runs integer dot products on the blocks (llama.cpp's
-approach); a step with more rows (prefill) widens the blocks to the activations' dtype and runs a plain matmul.
+approach), spread over PyTorch's threads; a step with more rows (prefill) widens the blocks to the activations'
+dtype and runs a plain matmul.
 """
 
 from __future__ import annotations
