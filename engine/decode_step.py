@@ -23,12 +23,14 @@ class KVAppend(Protocol):
 
 def lean_step(model: Any) -> LeanStep | None:
     """The lean step for `model`, or None when its architecture is not one this step reproduces exactly."""
-    config = model.config
+    return LeanStep(model) if reproduces(model.config) else None
+
+
+def reproduces(config: Any) -> bool:
+    """Whether the lean step reproduces a model of `config` exactly (Llama/Qwen2, SiLU, full attention)."""
     if config.model_type not in ARCHITECTURES or getattr(config, "hidden_act", None) != "silu":
-        return None
-    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or []):
-        return None  # sliding-window layers
-    return LeanStep(model)
+        return False
+    return all(kind == "full_attention" for kind in getattr(config, "layer_types", None) or [])  # no sliding window
 
 
 class LeanStep:
@@ -52,18 +54,22 @@ class LeanStep:
         h = self.body.embed_tokens(ids)
         cos, sin = self.body.rotary_emb(h, positions)
         ops = self.ops if h.device.type == "cpu" and h.dtype in KERNEL_DTYPES else None
+        if ops is not None:  # the kernels' forms, once a step: [rows, dim] angles, each row's count of keys
+            cos, sin, counts = cos.view(rows, dim), sin.view(rows, dim), positions[:, 0] + 1
+        else:
+            cos, sin = cos[:, None], sin[:, None]  # [rows, 1, 1, dim]: broadcast over heads
         for index, layer in enumerate(self.layers):
             q, k, v = layer.qkv(h)
             # the query heads that share a KV head attend as that head's queries: one query token needs no causal
             # mask, and CPU attention kernels run this shape far faster than grouped-query heads
             q, k = q.view(rows, groups, -1, dim), k.view(rows, -1, 1, dim)
             if ops is not None:
-                ops.rope_(q.view(rows, -1, dim), k.view(rows, -1, dim), cos.view(rows, dim), sin.view(rows, dim))
+                ops.rope_(q.view(rows, -1, dim), k.view(rows, -1, dim), cos, sin)
             else:
-                q, k = _rotate(q, cos[:, None], sin[:, None]), _rotate(k, cos[:, None], sin[:, None])
+                q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
             keys, values = cache.update(k, v.view(rows, -1, 1, dim), index)
             if ops is not None:
-                o = ops.attention(q, keys, values, positions[:, 0] + 1, self.scaling)
+                o = ops.attention(q, keys, values, counts, self.scaling)
             else:
                 o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
             h = layer.o(o.reshape(rows, 1, -1), residual=h)[0]

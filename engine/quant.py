@@ -136,7 +136,7 @@ def _gguf(model: nn.Module, linears: list[tuple[str, nn.Linear]], device: torch.
     """Every Linear layer on its GGUF blocks (engine.gguf_blocks), attention on the same kernels
     (engine.prefill_attention), or EngineError saying why not."""
     from engine import gguf_blocks, prefill_attention
-    from engine.decode_step import lean_step
+    from engine.decode_step import reproduces
 
     if device.type != "cpu":
         raise EngineError(f"the GGUF block kernels run on a CPU, not {device.type}")
@@ -164,7 +164,7 @@ def _gguf(model: nn.Module, linears: list[tuple[str, nn.Linear]], device: torch.
         _replace(model, name, gguf_blocks.GGUFLinear(tensors[f"{name}.blocks"], block_type, module.in_features,
                                                      bias, ops))
         kinds[block_type] = kinds.get(block_type, 0) + 1
-    if lean_step(model) is not None:  # decode rows then never reach transformers' attention (its masks are off)
+    if reproduces(model.config):  # decode then runs the lean step: no padded rows reach transformers' attention
         prefill_attention.install(model, ops)
     names = {number: kind for kind, number in gguf_blocks.BLOCK_TYPES.items()}
     counted = ", ".join(f"{count} {names[number]}" for number, count in sorted(kinds.items()))
