@@ -182,9 +182,15 @@ void values_pair(const float* w0, const float* w1, const T* values, int64_t stri
 // softmax of scale x s[0..n), in place; returns the sum of the exponentials (the caller divides by it)
 float softmax_unnormalized(float* s, int64_t n, float scale) {
   float top = -std::numeric_limits<float>::infinity();
-  for (int64_t t = 0; t < n; t++) top = std::max(top, s[t]);
-  float sum = 0.f;
   int64_t t = 0;
+#if defined(__AVX512F__)
+  __m512 tops = _mm512_set1_ps(top);
+  for (; t + 16 <= n; t += 16) tops = _mm512_max_ps(tops, _mm512_loadu_ps(s + t));
+  top = _mm512_reduce_max_ps(tops);
+#endif
+  for (; t < n; t++) top = std::max(top, s[t]);
+  float sum = 0.f;
+  t = 0;
 #if defined(__AVX512F__)
   __m512 sums = _mm512_setzero_ps(), vscale = _mm512_set1_ps(scale), vtop = _mm512_set1_ps(top);
   for (; t + 16 <= n; t += 16) {
@@ -278,6 +284,170 @@ void attend_group(const T* q, const T* keys, const T* values, int64_t stride, in
   }
 }
 
+#if defined(__AVX512BF16__)
+// Prefill: many rows over the same keys and values (one sequence's new tokens, each over the positions up to its own).
+// The keys and values are repacked once per call into the layouts the CPU's bfloat16 dot product takes, so that each
+// row's scores and weighted sums are plain vector products without horizontal sums: keys as
+// [blocks of 32][dim / 2][32 keys][2] (16 keys' scores in each register), values as [key pairs][dim][2]. The softmax's
+// weights are rounded to bfloat16 for the weighted sum, as PyTorch's CPU flash attention does for bfloat16.
+constexpr int KEY_BLOCK = 32;
+constexpr int PACKED_HEADS = 6;  // query heads handled together: 6 x 4 registers of sums for the weighted values
+
+using Pair = uint32_t;  // two bfloat16 values, as the dot product reads them
+
+__m512bh broadcast_pair(const void* p) {  // the pair at p in all 16 lanes
+  Pair word;
+  std::memcpy(&word, p, sizeof(Pair));
+  return (__m512bh)_mm512_set1_epi32((int)word);
+}
+
+// keys [n, dim] (`stride` elements a key) -> [ceil(n / 32)][dim / 2][32] pairs; values -> [ceil(n / 2)][dim] pairs;
+// past n, zeros.
+void pack_head(const c10::BFloat16* keys, const c10::BFloat16* values, int64_t stride, int64_t n, int64_t dim,
+               Pair* kp, Pair* vp) {
+  int64_t half = dim / 2, blocks = (n + KEY_BLOCK - 1) / KEY_BLOCK;
+  for (int64_t b = 0; b < blocks; b++) {
+    for (int64_t j = 0; j < KEY_BLOCK; j++) {
+      int64_t t = b * KEY_BLOCK + j;
+      const c10::BFloat16* key = keys + t * stride;
+      for (int64_t i = 0; i < half; i++) {
+        Pair word = 0;
+        if (t < n) std::memcpy(&word, key + 2 * i, sizeof(Pair));
+        kp[(b * half + i) * KEY_BLOCK + j] = word;
+      }
+    }
+  }
+  for (int64_t t = 0; t < n; t += 2) {
+    const c10::BFloat16* first = values + t * stride;
+    for (int64_t d = 0; d < dim; d++) {
+      uint16_t lo, hi = 0;
+      std::memcpy(&lo, first + d, 2);
+      if (t + 1 < n) std::memcpy(&hi, first + stride + d, 2);
+      vp[(t / 2) * dim + d] = (Pair)lo | ((Pair)hi << 16);
+    }
+  }
+}
+
+// M query heads of one row (`q`, dim apart) over the first n packed keys and values: out[m] = softmax(scale x q[m] .
+// keys) . values. `scores` holds M x ceil(n / 32) x 32 floats, `weights` M x (n + 1) bfloat16 pairs' halves.
+template <int M>
+void attend_packed(const c10::BFloat16* q, const Pair* kp, const Pair* vp, int64_t n, int64_t dim, float scale,
+                   float* scores, uint16_t* weights, c10::BFloat16* out) {
+  int64_t half = dim / 2, blocks = (n + KEY_BLOCK - 1) / KEY_BLOCK, width = blocks * KEY_BLOCK, pairs = (n + 1) / 2;
+  for (int64_t b = 0; b < blocks; b++) {
+    __m512 acc[M][2];  // keys 0-15 and 16-31 of the block: 2 x M independent sums keep the dot product unit busy
+    for (int m = 0; m < M; m++) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < half; i++) {
+      const Pair* k = kp + (b * half + i) * KEY_BLOCK;
+      __m512bh k0 = (__m512bh)_mm512_loadu_si512((const void*)k), k1 = (__m512bh)_mm512_loadu_si512((const void*)(k + 16));
+      for (int m = 0; m < M; m++) {
+        __m512bh both = broadcast_pair(q + m * dim + 2 * i);
+        acc[m][0] = _mm512_dpbf16_ps(acc[m][0], both, k0);
+        acc[m][1] = _mm512_dpbf16_ps(acc[m][1], both, k1);
+      }
+    }
+    for (int m = 0; m < M; m++) {
+      _mm512_storeu_ps(scores + m * width + b * KEY_BLOCK, acc[m][0]);
+      _mm512_storeu_ps(scores + m * width + b * KEY_BLOCK + 16, acc[m][1]);
+    }
+  }
+  float total[M];
+  for (int m = 0; m < M; m++) {
+    float* s = scores + m * width;
+    total[m] = softmax_unnormalized(s, n, scale);
+    uint16_t* w = weights + m * 2 * pairs;
+    int64_t t = 0;
+    for (; t + 16 <= n; t += 16) {  // rounded to nearest even, as c10::BFloat16
+      _mm256_storeu_si256((__m256i*)(w + t), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s + t)));
+    }
+    for (; t < n; t++) {
+      c10::BFloat16 rounded_weight(s[t]);
+      std::memcpy(w + t, &rounded_weight, 2);
+    }
+    if (n % 2) w[n] = 0;
+  }
+  for (int64_t d0 = 0; d0 < dim; d0 += 64) {  // 64 of the output's values at a time: M x 4 registers of sums
+    __m512 acc[M][4];
+    for (int m = 0; m < M; m++) {
+      for (int j = 0; j < 4; j++) acc[m][j] = _mm512_setzero_ps();
+    }
+    for (int64_t t = 0; t < pairs; t++) {
+      __m512bh v[4];
+      for (int j = 0; j < 4; j++) v[j] = (__m512bh)_mm512_loadu_si512((const void*)(vp + t * dim + d0 + 16 * j));
+      for (int m = 0; m < M; m++) {
+        __m512bh both = broadcast_pair(weights + m * 2 * pairs + 2 * t);
+        for (int j = 0; j < 4; j++) acc[m][j] = _mm512_dpbf16_ps(acc[m][j], both, v[j]);
+      }
+    }
+    for (int m = 0; m < M; m++) {
+      for (int j = 0; j < 4; j++) {
+        float sums[16];
+        _mm512_storeu_ps(sums, acc[m][j]);
+        for (int l = 0; l < 16; l++) out[m * dim + d0 + 16 * j + l] = narrow<c10::BFloat16>(sums[l] / total[m]);
+      }
+    }
+  }
+}
+
+// The query heads [g, g + count) of one row, `count` <= PACKED_HEADS.
+void attend_packed_heads(int64_t count, const c10::BFloat16* q, const Pair* kp, const Pair* vp, int64_t n,
+                         int64_t dim, float scale, float* scores, uint16_t* weights, c10::BFloat16* out) {
+  switch (count) {
+    case 1: return attend_packed<1>(q, kp, vp, n, dim, scale, scores, weights, out);
+    case 2: return attend_packed<2>(q, kp, vp, n, dim, scale, scores, weights, out);
+    case 3: return attend_packed<3>(q, kp, vp, n, dim, scale, scores, weights, out);
+    case 4: return attend_packed<4>(q, kp, vp, n, dim, scale, scores, weights, out);
+    case 5: return attend_packed<5>(q, kp, vp, n, dim, scale, scores, weights, out);
+    default: return attend_packed<6>(q, kp, vp, n, dim, scale, scores, weights, out);
+  }
+}
+
+// attention_typed for rows that share their keys and values (stride 0 between rows), bfloat16, dim a multiple of 64.
+void attention_shared(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& values,
+                      const int64_t* counts, float scale, torch::Tensor& out) {
+  int64_t rows = q.size(0), heads = q.size(1), group = q.size(2), dim = q.size(3), stride = keys.stride(2);
+  int64_t n = 0;
+  for (int64_t r = 0; r < rows; r++) n = std::max(n, counts[r]);
+  int64_t blocks = (n + KEY_BLOCK - 1) / KEY_BLOCK, kp_size = blocks * KEY_BLOCK * dim / 2, vp_size = (n + 1) / 2 * dim;
+  std::vector<Pair> kp(heads * kp_size), vp(heads * vp_size);
+  const auto* kd = keys.data_ptr<c10::BFloat16>();
+  const auto* vd = values.data_ptr<c10::BFloat16>();
+  at::parallel_for(0, heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t h = begin; h < end; h++) {
+      pack_head(kd + h * keys.stride(1), vd + h * values.stride(1), stride, n, dim, kp.data() + h * kp_size,
+                vp.data() + h * vp_size);
+    }
+  });
+  int64_t chunks = (group + PACKED_HEADS - 1) / PACKED_HEADS, per_chunk = (group + chunks - 1) / chunks;
+  const auto* qd = q.data_ptr<c10::BFloat16>();
+  auto* od = out.data_ptr<c10::BFloat16>();
+  at::parallel_for(0, rows * heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(per_chunk * blocks * KEY_BLOCK);
+    std::vector<uint16_t> weights(per_chunk * (n + 1));
+    for (int64_t item = begin; item < end; item++) {
+      int64_t r = item / heads, h = item % heads;
+      for (int64_t g = 0; g < group; g += per_chunk) {
+        attend_packed_heads(std::min(per_chunk, group - g), qd + (item * group + g) * dim, kp.data() + h * kp_size,
+                            vp.data() + h * vp_size, counts[r], dim, scale, scores.data(), weights.data(),
+                            od + (item * group + g) * dim);
+      }
+    }
+  });
+}
+#endif
+
+// Rows that share their keys and values (prefill's new tokens) and are many enough to repay repacking them.
+constexpr int64_t SHARED_MIN_ROWS = 8;
+
+bool shared_path(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& values) {
+#if defined(__AVX512BF16__)
+  return q.scalar_type() == torch::kBFloat16 && q.size(0) >= SHARED_MIN_ROWS && q.size(3) % 64 == 0 &&
+         keys.stride(0) == 0 && values.stride(0) == 0;
+#else
+  return false;
+#endif
+}
+
 template <typename T>
 void attention_typed(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& values,
                      const int64_t* counts, float scale, torch::Tensor& out) {
@@ -343,6 +513,10 @@ torch::Tensor attention(torch::Tensor q, torch::Tensor keys, torch::Tensor value
   torch::Tensor out = torch::empty_like(q);
   if (q.scalar_type() == torch::kFloat) {
     attention_typed<float>(q, keys, values, c, (float)scale, out);
+  } else if (shared_path(q, keys, values)) {
+#if defined(__AVX512BF16__)
+    attention_shared(q, keys, values, c, (float)scale, out);
+#endif
   } else {
     attention_typed<c10::BFloat16>(q, keys, values, c, (float)scale, out);
   }

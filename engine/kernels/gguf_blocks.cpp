@@ -6,7 +6,7 @@
 // llama.cpp's CPU path does; each weight row is then one pass over its blocks with integer dot products (AVX2
 // where the compiler targets it, plain C++ otherwise), parallel over the weight rows.
 // dequant: the blocks widened to float32 or bfloat16, for steps with many rows (prefill), which then run as a
-// plain matmul.
+// plain matmul (AVX-512: 32 codes at a time, straight into the output row).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -420,6 +420,66 @@ void to_bfloat16(const float* x, uint16_t* out, int64_t k) {
   }
 }
 
+#if defined(__AVX512F__)
+void store16(__m512 v, float* out) { _mm512_storeu_ps(out, v); }
+
+void store16(__m512 v, uint16_t* out) {  // bfloat16, rounded to nearest even as to_bfloat16
+  __m512i bits = _mm512_castps_si512(v);
+  __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  bits = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd));
+  _mm256_storeu_si256((__m256i*)out, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
+}
+
+// 32 codes (signed bytes) widened: factor x code - minimum, the first 16 with f0/m0, the next 16 with f1/m1 (no fused
+// multiply-add: as block_codes and widen_block compute them).
+template <typename Out>
+void widen32(__m256i codes, float f0, float m0, float f1, float m1, Out* out) {
+  __m512 c0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(codes)));
+  __m512 c1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(codes, 1)));
+  store16(_mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(f0), c0), _mm512_set1_ps(m0)), out);
+  store16(_mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(f1), c1), _mm512_set1_ps(m1)), out + 16);
+}
+
+// One block widened into out[0, 256): the same values as block_codes + widen_block, 32 codes at a time.
+template <typename Out>
+void widen_block512(const uint8_t* blk, int64_t type, Out* out) {
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  if (type == Q4_K) {
+    float d = half_to_float(blk), dmin = half_to_float(blk + 2);
+    uint8_t sc[8], mn[8];
+    q4k_scales(blk + 4, sc, mn);
+    for (int j = 0; j < 4; j++) {
+      __m256i q = _mm256_loadu_si256((const __m256i*)(blk + 16 + 32 * j));
+      float f0 = d * (float)sc[2 * j], m0 = dmin * (float)mn[2 * j];
+      float f1 = d * (float)sc[2 * j + 1], m1 = dmin * (float)mn[2 * j + 1];
+      widen32(_mm256_and_si256(q, low4), f0, m0, f0, m0, out + 64 * j);
+      widen32(_mm256_and_si256(_mm256_srli_epi16(q, 4), low4), f1, m1, f1, m1, out + 64 * j + 32);
+    }
+    return;
+  }
+  const __m256i low2 = _mm256_set1_epi8(0x03), bits45 = _mm256_set1_epi8(0x30), offset = _mm256_set1_epi8(32);
+  const int8_t* sc = (const int8_t*)(blk + 192);
+  float d = half_to_float(blk + 208);
+  for (int h = 0; h < 2; h++) {
+    __m256i l0 = _mm256_loadu_si256((const __m256i*)(blk + 64 * h));
+    __m256i l1 = _mm256_loadu_si256((const __m256i*)(blk + 64 * h + 32));
+    __m256i hb = _mm256_loadu_si256((const __m256i*)(blk + 128 + 32 * h));
+    __m256i codes[4] = {  // positions 128h + 32c + [0, 32), as dot_q6k unpacks them
+        _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, low2), 4)),
+        _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), bits45)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_and_si256(hb, bits45)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                        _mm256_and_si256(_mm256_srli_epi16(hb, 2), bits45)),
+    };
+    for (int c = 0; c < 4; c++) {
+      int s = 8 * h + 2 * c;  // the 16-weight sub-blocks of these 32
+      widen32(_mm256_sub_epi8(codes[c], offset), d * (float)sc[s], 0.f, d * (float)sc[s + 1], 0.f,
+              out + 128 * h + 32 * c);
+    }
+  }
+}
+#endif
+
 // The weights as the file holds them, widened: [n, k] in dtype (float32 or bfloat16).
 torch::Tensor dequant(torch::Tensor blocks, int64_t type, int64_t k, torch::ScalarType dtype) {
   check_blocks(blocks, type, k);
@@ -428,6 +488,20 @@ torch::Tensor dequant(torch::Tensor blocks, int64_t type, int64_t k, torch::Scal
   torch::Tensor out = torch::empty({n, k}, blocks.options().dtype(dtype));
   const uint8_t* w = blocks.data_ptr<uint8_t>();
   void* base = out.data_ptr();
+#if defined(__AVX512F__)
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; r++) {
+      for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* blk = w + r * row_bytes + b * bytes;
+        if (dtype == torch::kFloat) {
+          widen_block512(blk, type, static_cast<float*>(base) + r * k + b * QK);
+        } else {
+          widen_block512(blk, type, static_cast<uint16_t*>(base) + r * k + b * QK);
+        }
+      }
+    }
+  });
+#else
   at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> row(k);
     alignas(32) int8_t codes[QK];
@@ -441,6 +515,7 @@ torch::Tensor dequant(torch::Tensor blocks, int64_t type, int64_t k, torch::Scal
       if (dtype == torch::kBFloat16) to_bfloat16(row.data(), static_cast<uint16_t*>(base) + r * k, k);
     }
   });
+#endif
   return out;
 }
 

@@ -64,6 +64,30 @@ def test_attention_equals_pytorchs_with_each_row_masked_to_its_length(ops, dtype
     assert rel_err(out[2].float(), values[2, :, :1].float().expand(heads, group, dim)) <= tolerance  # one position
 
 
+@pytest.mark.parametrize("dim, group, rows, width", [(128, 6, 40, 300), (64, 7, 9, 9), (64, 3, 33, 70),
+                                                     (128, 8, 8, 31)])
+def test_rows_sharing_their_keys_equal_pytorchs_attention(ops, dim, group, rows, width):
+    """Prefill's shape: many rows over one sequence's keys and values (stride 0 between rows), each attending to the
+    positions up to its own. In bfloat16 on a CPU with its dot product the keys and values are repacked for it (an
+    odd count, a part-filled block of keys and a group split in two all occur here); the same rows with the keys
+    copied into each row take the per-row path, and both must match PyTorch."""
+    torch.manual_seed(2)
+    heads = 2
+    keys, values = torch.randn(1, heads, width, dim).bfloat16(), torch.randn(1, heads, width, dim).bfloat16()
+    q = (torch.randn(rows, heads, group, dim) * 2).bfloat16()
+    counts = torch.arange(width - rows + 1, width + 1)
+    expected = torch.stack([  # each row's query heads [heads, group, 1, dim] over its first `count` positions
+        F.scaled_dot_product_attention(q[row].float()[:, :, None], keys[0, :, None, :count].float(),
+                                       values[0, :, None, :count].float(), scale=dim ** -0.5)[:, :, 0]
+        for row, count in enumerate(counts.tolist())])
+    shared = ops.attention(q, keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), counts, dim ** -0.5)
+    copied = ops.attention(q, keys.expand(rows, -1, -1, -1).contiguous(), values.expand(rows, -1, -1, -1).contiguous(),
+                           counts, dim ** -0.5)
+    assert shared.dtype == torch.bfloat16 and shared.shape == q.shape
+    assert rel_err(shared.float(), expected) <= 1e-2 and rel_err(copied.float(), expected) <= 1e-2
+    assert rel_err(shared.float(), copied.float()) <= 1e-2
+
+
 def test_attention_refuses_a_count_past_the_cache(ops):
     q, kv = torch.randn(1, 2, 2, 64), torch.randn(1, 2, 8, 64)
     with pytest.raises(RuntimeError, match="count out of range"):
