@@ -62,13 +62,16 @@ class DecodeBatch:
         shape = (layers, len(seqs), heads, max(len(s.prompt) + s.max_tokens for s in seqs), dim)
         self.k = self.v = None
         if math.prod(shape) * BUFFER_SHARE <= store.k.numel():
-            # zeros, not empty: a masked position still multiplies its value by a zero weight, and 0 x NaN is NaN
-            self.k = torch.zeros(shape, dtype=store.k.dtype, device=device)
-            self.v = torch.zeros(shape, dtype=store.k.dtype, device=device)
+            self.k = torch.empty(shape, dtype=store.k.dtype, device=device)
+            self.v = torch.empty(shape, dtype=store.k.dtype, device=device)
             for row, seq in enumerate(seqs):
                 slots = store.slots(seq.table, 0, seq.kv_len)
                 self.k[:, row, :, : seq.kv_len] = store.k_slots[:, :, slots]
                 self.v[:, row, :, : seq.kv_len] = store.v_slots[:, :, slots]
+                # zeros past the KV, not garbage: a masked position still multiplies its value by a zero weight,
+                # and 0 x NaN is NaN
+                self.k[:, row, :, seq.kv_len:] = 0
+                self.v[:, row, :, seq.kv_len:] = 0
 
     @property
     def buffered(self) -> bool:
