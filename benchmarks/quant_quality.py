@@ -10,6 +10,9 @@ and each step's logits are compared with float32's from one plain forward over t
   mean_kl          mean KL(float32 || scheme) over those positions, in nats
 
 The unquantized model in the run's dtype (bfloat16 where the CPU has it) is a row too: what the dtype alone moves.
+Each quantized row is also compared with that row, position by position (`vs_unquantized`: the same two measures):
+its greedy agreement with the unquantized model on the same inputs, which is what llama.cpp's KL-divergence tool
+reports as "same top p" against the unquantized model.
 
     python -m benchmarks.quant_quality                       # the default model, every scheme
     python -m benchmarks.quant_quality --model smollm2-135m --quants none,int8 --json out.json
@@ -96,7 +99,7 @@ def measure(name: str, quants: list[str], count: int, console: Console) -> dict[
     prompts = prompts_of(reference_model, count)
     reference = float32_logits(reference_model, prompts)
     del reference_model
-    rows, skipped = [], {}
+    rows, skipped, unquantized = [], {}, None
     for quant in quants:
         console.print(f"{name}: {dtype} {quant} ...")
         try:
@@ -104,7 +107,13 @@ def measure(name: str, quants: list[str], count: int, console: Console) -> dict[
         except EngineError as exc:  # a scheme the model cannot run: said, skipped
             skipped[quant] = str(exc)
             continue
-        rows.append({"quant": lm.quant, "dtype": dtype, **compare(reference, decoded_logits(lm, prompts))})
+        logits = decoded_logits(lm, prompts)
+        row = {"quant": lm.quant, "dtype": dtype, **compare(reference, logits)}
+        if lm.quant == "none":
+            unquantized = logits
+        elif unquantized is not None:
+            row["vs_unquantized"] = compare(unquantized, logits)
+        rows.append(row)
         del lm
     result = {"name": name, "prompts": count, "positions": POSITIONS, "rows": rows}
     if skipped:
@@ -124,9 +133,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "models": [measure(args.model, args.quants.split(","), args.prompts, console)]}
     for model in report["models"]:
         table = Table("quant", "dtype", "top-1 agreement with float32", "mean KL (nats)",
+                      "top-1 agreement with unquantized", "mean KL vs unquantized",
                       title=f"{model['name']}: {model['prompts']} prompts x {model['positions']} decode steps")
         for row in model["rows"]:
-            table.add_row(row["quant"], row["dtype"], f"{row['top1_agreement']:.4f}", f"{row['mean_kl']:.5f}")
+            versus = row.get("vs_unquantized")
+            table.add_row(row["quant"], row["dtype"], f"{row['top1_agreement']:.4f}", f"{row['mean_kl']:.5f}",
+                          f"{versus['top1_agreement']:.4f}" if versus else "",
+                          f"{versus['mean_kl']:.5f}" if versus else "")
         console.print(table)
         for quant, why in model.get("skipped", {}).items():
             console.print(f"{quant} skipped: {why}")

