@@ -7,7 +7,8 @@ Each measurement runs in its own process, one after another (never two at once):
   prefill_tok_s      a cold prompt of 512 and of 2,048 tokens, to the first token
   tpot_ms_1k         mean time per output token of a 32-token greedy reply after 1,024 tokens of context, the
                      median of three replies (one is within +-10% on a shared 2-core machine)
-  warm_turn_s        2,000 tokens already cached, then 200 new ones and a 50-token reply (end-of-text masked)
+  warm_turn_s        2,000 tokens already cached, then 200 new ones and a 50-token reply (end-of-text masked), the
+                     median of three turns, each on a fresh cache
   greedy_agreement   50 prompts (chat turns on examples/repo's files), 16 greedy tokens each: the share of tokens
                      the quantized model produces before its first disagreement with the unquantized one; where
                      the dtype is not float32, float32_agreement is the same measure for float32 weights against
@@ -49,7 +50,7 @@ PREFILLS = (512, 2048)
 CONTEXT, REPLY = 1024, 32
 CACHED, NEW, WARM_REPLY = 2000, 200, 50
 PROMPTS, AGREE_TOKENS = 50, 16
-TPOT_RUNS = 3
+TPOT_RUNS = WARM_RUNS = 3
 QUICK = {"PREFILLS": (64, 256), "CONTEXT": 128, "REPLY": 4, "CACHED": 200, "NEW": 40, "WARM_REPLY": 5, "PROMPTS": 6,
          "AGREE_TOKENS": 4}  # --quick: sizes for a smoke run (the test's), not for numbers
 child_flags: list[str] = []  # flags every measuring process gets (--quick)
@@ -73,13 +74,18 @@ def engine_row(lm: LoadedModel) -> dict[str, Any]:
         prefill[str(n)] = n / result.timings.ttft_s
     tpot = statistics.median(Engine(lm, capacity_bytes=512 << 20).generate(
         Request([stream[:CONTEXT]], max_tokens=REPLY + 1, logits_mask=mask)).timings.tpot_s for _ in range(TPOT_RUNS))
-    engine = Engine(lm, capacity_bytes=512 << 20)
-    engine.generate(Request([stream[:CACHED]], max_tokens=1))
-    start = time.perf_counter()
-    turn = engine.generate(Request([stream[:CACHED], stream[CACHED:CACHED + NEW]], max_tokens=WARM_REPLY,
-                                   logits_mask=mask))
-    warm = time.perf_counter() - start
-    assert turn.usage.cached_tokens >= CACHED - 16 and turn.usage.completion_tokens == WARM_REPLY
+
+    def warm_turn() -> float:
+        engine = Engine(lm, capacity_bytes=512 << 20)
+        engine.generate(Request([stream[:CACHED]], max_tokens=1))
+        start = time.perf_counter()
+        turn = engine.generate(Request([stream[:CACHED], stream[CACHED:CACHED + NEW]], max_tokens=WARM_REPLY,
+                                       logits_mask=mask))
+        warm = time.perf_counter() - start
+        assert turn.usage.cached_tokens >= CACHED - 16 and turn.usage.completion_tokens == WARM_REPLY
+        return warm
+
+    warm = statistics.median(warm_turn() for _ in range(WARM_RUNS))
     return {"prefill_tok_s": prefill, "tpot_ms_1k": tpot * 1000, "warm_turn_s": warm}
 
 
@@ -116,11 +122,14 @@ def transformers_row(lm: LoadedModel) -> dict[str, Any]:
             reply(cache, logits, REPLY + 1)
             tpots.append((time.perf_counter() - start) / REPLY)
         tpot = statistics.median(tpots)
-        cache = DynamicCache(config=model.config)
-        forward(stream[:CACHED], cache)
-        start = time.perf_counter()
-        reply(cache, forward(stream[CACHED:CACHED + NEW], cache), WARM_REPLY)
-        warm = time.perf_counter() - start
+        warms = []
+        for _ in range(WARM_RUNS):
+            cache = DynamicCache(config=model.config)
+            forward(stream[:CACHED], cache)
+            start = time.perf_counter()
+            reply(cache, forward(stream[CACHED:CACHED + NEW], cache), WARM_REPLY)
+            warms.append(time.perf_counter() - start)
+        warm = statistics.median(warms)
     return {"prefill_tok_s": prefill, "tpot_ms_1k": tpot * 1000, "warm_turn_s": warm}
 
 
@@ -185,12 +194,15 @@ def llama_cpp_row(lm: LoadedModel, gguf: Path, q8: bool = False) -> dict[str, An
         greedy(REPLY)
         tpots.append((time.perf_counter() - start) / REPLY)
     tpot = statistics.median(tpots)
-    llm.reset()
-    llm.eval(stream[:CACHED])
-    start = time.perf_counter()
-    llm.eval(stream[CACHED:CACHED + NEW])
-    greedy(WARM_REPLY - 1)
-    warm = time.perf_counter() - start
+    warms = []
+    for _ in range(WARM_RUNS):
+        llm.reset()
+        llm.eval(stream[:CACHED])
+        start = time.perf_counter()
+        llm.eval(stream[CACHED:CACHED + NEW])
+        greedy(WARM_REPLY - 1)
+        warms.append(time.perf_counter() - start)
+    warm = statistics.median(warms)
     return {"prefill_tok_s": prefill, "tpot_ms_1k": tpot * 1000, "warm_turn_s": warm}
 
 
