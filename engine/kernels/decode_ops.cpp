@@ -335,11 +335,12 @@ void attend_packed(const c10::BFloat16* q, const Pair* kp, const Pair* vp, int64
                    float* scores, uint16_t* weights, c10::BFloat16* out) {
   int64_t half = dim / 2, blocks = (n + KEY_BLOCK - 1) / KEY_BLOCK, width = blocks * KEY_BLOCK, pairs = (n + 1) / 2;
   for (int64_t b = 0; b < blocks; b++) {
-    __m512 acc[M][2];  // keys 0-15 and 16-31 of the block: 2 x M independent sums keep the dot product unit busy
+    __m512 acc[M][2];  // the scores of keys 0-15 and 16-31 of the block
     for (int m = 0; m < M; m++) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
     for (int64_t i = 0; i < half; i++) {
       const Pair* k = kp + (b * half + i) * KEY_BLOCK;
-      __m512bh k0 = (__m512bh)_mm512_loadu_si512((const void*)k), k1 = (__m512bh)_mm512_loadu_si512((const void*)(k + 16));
+      __m512bh k0 = (__m512bh)_mm512_loadu_si512((const void*)k);
+      __m512bh k1 = (__m512bh)_mm512_loadu_si512((const void*)(k + 16));
       for (int m = 0; m < M; m++) {
         __m512bh both = broadcast_pair(q + m * dim + 2 * i);
         acc[m][0] = _mm512_dpbf16_ps(acc[m][0], both, k0);
