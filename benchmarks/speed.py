@@ -234,13 +234,15 @@ def agreement(reference: list[list[int]], other: list[list[int]]) -> float:
 
 def child(spec: str) -> dict[str, Any]:
     """One measurement in this process: `spec` is MODEL,METHOD,QUANT,DTYPE (METHOD "greedy": agreement tokens only;
-    "scheme": what QUANT resolves to for the model here)."""
+    "agentcache-speed": the agentcache row without them; "scheme": what QUANT resolves to for the model here)."""
     name, method, quant, dtype = spec.split(",")
     lm = load_model(name, dtype=dtype, cache_dir=models_dir(), quant=quant)
     if method == "scheme":
         return {"scheme": lm.quant, "reason": lm.quant_reason}
     if method == "transformers":
         return {"row": transformers_row(lm)}
+    if method == "agentcache-speed":
+        return {"row": engine_row(lm)}
     if method in ("llama.cpp", "llama.cpp-q8_0"):
         entry = registry.find(name)
         gguf = registry.gguf_path(entry, models_dir()) if entry is not None else None

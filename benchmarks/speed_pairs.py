@@ -1,0 +1,90 @@
+"""The default scheme against llama.cpp on the same GGUF, alternated: this machine's speed drifts by 20% or more over
+the minutes between two rows of benchmarks.speed, enough to move a ratio near 1.0 either way. Here each round measures
+agentcache's row (the scheme `auto` loads) and then llama.cpp's, each in its own process as benchmarks.speed does
+(the same prefill, time per token and warm turn measurements), and the report gives each round's ratios and the
+ratios of the medians over the rounds.
+
+    python -m benchmarks.speed_pairs                              # the default model, 4 rounds
+    python -m benchmarks.speed_pairs --rounds 2 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from agentcache.config import DEFAULT_MODEL
+from benchmarks import speed
+from benchmarks.report import write_json
+from engine.hardware import choose_dtype, cpu_flags
+
+METRICS = ("tpot_ms_1k", "warm_turn_s", "prefill_long")  # times (lower is better), then a throughput
+
+
+def metrics(row: dict[str, Any]) -> dict[str, float]:
+    return {"tpot_ms_1k": row["tpot_ms_1k"], "warm_turn_s": row["warm_turn_s"],
+            "prefill_long": row["prefill_tok_s"][str(max(speed.PREFILLS))]}
+
+
+def ratios(ours: dict[str, float], theirs: dict[str, float]) -> dict[str, float]:
+    """agentcache / llama.cpp: <1 is faster for the times, >1 for prefill throughput."""
+    return {"tpot": ours["tpot_ms_1k"] / theirs["tpot_ms_1k"], "warm_turn": ours["warm_turn_s"] / theirs["warm_turn_s"],
+            "prefill_long": ours["prefill_long"] / theirs["prefill_long"]}
+
+
+def measure(name: str, rounds: int, console: Console) -> dict[str, Any]:
+    dtype = choose_dtype("auto").name
+    scheme = speed.in_process(f"{name},scheme,auto,{dtype}")["scheme"]
+    pairs = []
+    for number in range(1, rounds + 1):
+        console.print(f"{name}: round {number}/{rounds}: agentcache {dtype} {scheme} ...")
+        ours = metrics(speed.in_process(f"{name},agentcache-speed,{scheme},{dtype}")["row"])
+        console.print(f"{name}: round {number}/{rounds}: llama.cpp ...")
+        row = speed.in_process(f"{name},llama.cpp,none,{dtype}")["row"]
+        if row is None:
+            raise SystemExit(f"no llama.cpp row for {name}: llama-cpp-python is not installed (make peers), or the "
+                             f"model has no GGUF file")
+        theirs = metrics(row)
+        pairs.append({"agentcache": ours, "llama.cpp": theirs, "ratios": ratios(ours, theirs)})
+    medians = {side: {m: statistics.median(p[side][m] for p in pairs) for m in METRICS}
+               for side in ("agentcache", "llama.cpp")}
+    return {"name": name, "scheme": f"{dtype} {scheme}", "rounds": pairs, "medians": medians,
+            "ratios": ratios(medians["agentcache"], medians["llama.cpp"])}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not numbers")
+    args = parser.parse_args(argv)
+    if args.quick:
+        vars(speed).update(speed.QUICK)
+        speed.child_flags[:] = ["--quick"]
+    console = Console(highlight=False)
+    model = measure(args.model, args.rounds, console)
+    table = Table("round", "ms/token @1k (ours / llama.cpp)", "warm turn s", "prefill tok/s", "ratios: tpot, warm, "
+                  "prefill", title=f"{model['name']}: agentcache ({model['scheme']}) against llama.cpp, alternated")
+    for number, pair in enumerate(model["rounds"] + [model["medians"] | {"ratios": model["ratios"]}], start=1):
+        ours, theirs, r = pair["agentcache"], pair["llama.cpp"], pair["ratios"]
+        table.add_row(str(number) if number <= len(model["rounds"]) else "median",
+                      f"{ours['tpot_ms_1k']:.1f} / {theirs['tpot_ms_1k']:.1f}",
+                      f"{ours['warm_turn_s']:.2f} / {theirs['warm_turn_s']:.2f}",
+                      f"{ours['prefill_long']:.0f} / {theirs['prefill_long']:.0f}",
+                      f"{r['tpot']:.2f}x, {r['warm_turn']:.2f}x, {r['prefill_long']:.2f}x")
+    console.print(table)
+    report = {"machine": {"cpu_flags": sorted(cpu_flags() & set(speed.FLAGS_SHOWN)), "cuda": torch.cuda.is_available(),
+                          "threads": torch.get_num_threads()}, "models": [model]}
+    write_json(args.json, report, console)
+    return report
+
+
+if __name__ == "__main__":
+    main()
