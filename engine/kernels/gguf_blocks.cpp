@@ -164,6 +164,20 @@ Q4KHeader q4k_header(const uint8_t* blk, float scale) {
           _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)sc_hi, (int)sc_lo)),
           _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)mn_hi, (int)mn_lo))};
 }
+
+// Q6_K's codes (0-63, stored +32) for positions 128h + 32c + [0, 32), c = 0..3, from the block's low bits `ql` and
+// high bits `qh`.
+void q6k_codes(const uint8_t* ql, const uint8_t* qh, int h, __m256i codes[4]) {
+  const __m256i low4 = _mm256_set1_epi8(0x0f), low2 = _mm256_set1_epi8(0x03), bits45 = _mm256_set1_epi8(0x30);
+  __m256i l0 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h));
+  __m256i l1 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h + 32));
+  __m256i hb = _mm256_loadu_si256((const __m256i*)(qh + 32 * h));
+  codes[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, low2), 4));
+  codes[1] = _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), bits45));
+  codes[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_and_si256(hb, bits45));
+  codes[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                             _mm256_and_si256(_mm256_srli_epi16(hb, 2), bits45));
+}
 #endif
 
 #if defined(__AVX512BW__)
@@ -260,7 +274,6 @@ float dot_q4k(const uint8_t* w, const QuantRow& a, int64_t nb) {
 
 float dot_q6k(const uint8_t* w, const QuantRow& a, int64_t nb) {
 #if defined(__AVX2__)
-  const __m256i low4 = _mm256_set1_epi8(0x0f), low2 = _mm256_set1_epi8(0x03), bits45 = _mm256_set1_epi8(0x30);
   const __m256i pick[4] = {word_broadcast(0, 1), word_broadcast(2, 3), word_broadcast(4, 5), word_broadcast(6, 7)};
   __m256 acc = _mm256_setzero_ps(), acc_off = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; b++) {
@@ -277,16 +290,8 @@ float dot_q6k(const uint8_t* w, const QuantRow& a, int64_t nb) {
     __m256i isum = _mm256_setzero_si256();
     for (int h = 0; h < 2; h++) {
       __m256i scales = _mm256_permute2x128_si256(sc16, sc16, h == 0 ? 0x00 : 0x11);
-      __m256i l0 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h));
-      __m256i l1 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h + 32));
-      __m256i hb = _mm256_loadu_si256((const __m256i*)(qh + 32 * h));
-      __m256i codes[4] = {
-          _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, low2), 4)),
-          _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), bits45)),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_and_si256(hb, bits45)),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                          _mm256_and_si256(_mm256_srli_epi16(hb, 2), bits45)),
-      };
+      __m256i codes[4];
+      q6k_codes(ql, qh, h, codes);
       for (int c = 0; c < 4; c++) {
         __m256i p = _mm256_maddubs_epi16(codes[c], _mm256_loadu_si256((const __m256i*)(q + 128 * h + 32 * c)));
         isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, _mm256_shuffle_epi8(scales, pick[c])));
@@ -457,20 +462,12 @@ void widen_block512(const uint8_t* blk, int64_t type, Out* out) {
     }
     return;
   }
-  const __m256i low2 = _mm256_set1_epi8(0x03), bits45 = _mm256_set1_epi8(0x30), offset = _mm256_set1_epi8(32);
+  const __m256i offset = _mm256_set1_epi8(32);
   const int8_t* sc = (const int8_t*)(blk + 192);
   float d = half_to_float(blk + 208);
   for (int h = 0; h < 2; h++) {
-    __m256i l0 = _mm256_loadu_si256((const __m256i*)(blk + 64 * h));
-    __m256i l1 = _mm256_loadu_si256((const __m256i*)(blk + 64 * h + 32));
-    __m256i hb = _mm256_loadu_si256((const __m256i*)(blk + 128 + 32 * h));
-    __m256i codes[4] = {  // positions 128h + 32c + [0, 32), as dot_q6k unpacks them
-        _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, low2), 4)),
-        _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), bits45)),
-        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_and_si256(hb, bits45)),
-        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                        _mm256_and_si256(_mm256_srli_epi16(hb, 2), bits45)),
-    };
+    __m256i codes[4];
+    q6k_codes(blk, blk + 128, h, codes);
     for (int c = 0; c < 4; c++) {
       int s = 8 * h + 2 * c;  // the 16-weight sub-blocks of these 32
       widen32(_mm256_sub_epi8(codes[c], offset), d * (float)sc[s], 0.f, d * (float)sc[s + 1], 0.f,
