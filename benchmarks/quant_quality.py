@@ -33,7 +33,7 @@ from transformers import DynamicCache
 from agentcache.cache_dir import models_dir
 from agentcache.config import DEFAULT_MODEL
 from benchmarks.report import write_json
-from benchmarks.speed import agreement_prompts
+from benchmarks.speed import agreement_prompts, machine
 from engine import load_model
 from engine.decode_step import lean_step
 from engine.errors import EngineError
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     console = Console(highlight=False)
-    report = {"machine": {"cuda": torch.cuda.is_available()},
+    report = {"machine": machine(),
               "models": [measure(args.model, args.quants.split(","), args.prompts, console)]}
     for model in report["models"]:
         table = Table("quant", "dtype", "top-1 agreement with float32", "mean KL (nats)",

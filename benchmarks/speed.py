@@ -322,6 +322,14 @@ def ratios(model: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def machine() -> dict[str, Any]:
+    """What the benchmarks' reports say of the machine they ran on."""
+    flags = cpu_flags()
+    return {"cpu_flags": sorted(flags & set(FLAGS_SHOWN)), "cuda": torch.cuda.is_available(),
+            "threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
+            "bf16_native": bool(flags & set(BF16_CPU_FLAGS))}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=f"{DEFAULT_MODEL},smollm2-135m")
@@ -337,11 +345,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(child(args.child)))
         return {}
     console = Console(highlight=False)
-    flags = cpu_flags()
     report: dict[str, Any] = {
-        "machine": {"cpu_flags": sorted(flags & set(FLAGS_SHOWN)), "cuda": torch.cuda.is_available(),
-                    "threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
-                    "bf16_native": bool(flags & set(BF16_CPU_FLAGS))},
+        "machine": machine(),
         "models": [measure_model(name, args.quants.split(","), console) for name in args.models.split(",")],
     }
     for model in report["models"]:

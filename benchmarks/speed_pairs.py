@@ -15,14 +15,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from agentcache.config import DEFAULT_MODEL
 from benchmarks import speed
 from benchmarks.report import write_json
-from engine.hardware import choose_dtype, cpu_flags
+from engine.hardware import choose_dtype
 
 METRICS = ("tpot_ms_1k", "warm_turn_s", "prefill_long")  # times (lower is better), then a throughput
 
@@ -80,8 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"{ours['prefill_long']:.0f} / {theirs['prefill_long']:.0f}",
                       f"{r['tpot']:.2f}x, {r['warm_turn']:.2f}x, {r['prefill_long']:.2f}x")
     console.print(table)
-    report = {"machine": {"cpu_flags": sorted(cpu_flags() & set(speed.FLAGS_SHOWN)), "cuda": torch.cuda.is_available(),
-                          "threads": torch.get_num_threads()}, "models": [model]}
+    report = {"machine": speed.machine(), "models": [model]}
     write_json(args.json, report, console)
     return report
 
