@@ -33,6 +33,11 @@ class BufferView:
         b.v[layer_idx][b.rows, :, self.lengths] = values[:, :, 0]
         return b.k[layer_idx][:, :, : self.width], b.v[layer_idx][:, :, : self.width]
 
+    def buffer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole buffer, keys and values [layers, rows, kv_heads, capacity, head_dim], for a step that writes and
+        reads it itself (engine.decode_step's fused layers): each row's new token at its position."""
+        return self.batch.k, self.batch.v
+
 
 class PoolView:
     """The KV cache argument of one step without a buffer: the new token goes to its page slot, and the layer's

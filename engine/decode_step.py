@@ -1,8 +1,9 @@
 """A lean decode step for Llama-family models (Llama, Qwen2: SmolLM2 and Qwen2.5-Coder): the same modules and
 weights as transformers' forward, called directly, without its per-call mask building, cache plumbing and
 keyword dispatch. On GGUF blocks its norms, gating and residual adds run inside the block kernel calls, and its
-rotary embedding and attention in the same C++ extension (engine/kernels/decode_ops.cpp). Other architectures
-decode through transformers' forward (lean_step returns None)."""
+rotary embedding and attention in the same C++ extension (engine/kernels/decode_ops.cpp); on a decode batch's KV
+buffer the loop over the layers runs there too, in one call a step (DecodeLayers: about 2 ms a step less on the
+1.5B). Other architectures decode through transformers' forward (lean_step returns None)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ class LeanStep:
         # the C++ kernels a model on GGUF blocks was built with also rotate and attend (engine/kernels/decode_ops.cpp)
         layer = next((m for m in model.modules() if isinstance(m, GGUFLinear)), None)
         self.ops = layer.ops if layer is not None and self.head_dim % 16 == 0 else None
+        self.fused = _fused_layers(self) if self.ops is not None else None
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVAppend,
                 mask: torch.Tensor | None) -> torch.Tensor:
@@ -56,6 +58,10 @@ class LeanStep:
         ops = self.ops if h.device.type == "cpu" and h.dtype in KERNEL_DTYPES else None
         if ops is not None:  # the kernels' forms, once a step: [rows, dim] angles, each row's count of keys
             cos, sin, counts = cos.view(rows, dim), sin.view(rows, dim), positions[:, 0] + 1
+            buffer = getattr(cache, "buffer", None)
+            if self.fused is not None and buffer is not None:  # every layer in one call
+                h = self.fused.step(h.view(rows, -1), cos, sin, counts, *buffer()).view(rows, 1, -1)
+                return self.head(h)[0][:, -1]
         else:
             cos, sin = cos[:, None], sin[:, None]  # [rows, 1, 1, dim]: broadcast over heads
         for index, layer in enumerate(self.layers):
@@ -86,6 +92,18 @@ class _Layer:
         self.o = Projection((attn.o_proj,))
         self.gate_up = Projection((mlp.gate_proj, mlp.up_proj), layer.post_attention_layernorm)
         self.down = Projection((mlp.down_proj,))
+
+
+def _fused_layers(step: LeanStep) -> Any | None:
+    """The C++ loop over every layer (engine/kernels/decode_ops.cpp, DecodeLayers) when every projection runs on
+    GGUF blocks and the norms share one epsilon; None otherwise."""
+    projections = [p for layer in step.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+    norms = [p.norm for layer in step.layers for p in (layer.qkv, layer.gate_up)]
+    if any(p.ops is None for p in projections) or len({n.variance_epsilon for n in norms}) != 1:
+        return None
+    return step.ops.DecodeLayers([b for p in projections for b in p.blocks], [t for p in projections for t in p.types],
+                                 [b for p in projections for b in p.biases], [n.weight for n in norms],
+                                 norms[0].variance_epsilon, step.kv_heads, step.head_dim, step.scaling)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -524,7 +524,96 @@ torch::Tensor attention(torch::Tensor q, torch::Tensor keys, torch::Tensor value
   return out;
 }
 
+std::vector<torch::Tensor> mm_group(torch::Tensor x, std::vector<torch::Tensor> blocks, std::vector<int64_t> types,
+                                    std::vector<c10::optional<torch::Tensor>> biases,
+                                    c10::optional<torch::Tensor> norm, double eps, bool gated,
+                                    c10::optional<torch::Tensor> residual);  // engine/kernels/gguf_blocks.cpp
+
+// A Llama/Qwen2 model's decoder layers on GGUF blocks, for a decode step on a preallocated KV buffer: per layer the
+// same kernel calls, in the same order, as engine.decode_step's loop (RMSNorm and q/k/v, rotary embedding, the new
+// keys and values into the buffer, attention, o plus the residual, RMSNorm and gated gate/up, down plus the
+// residual), without a return to Python between them.
+class DecodeLayers {
+ public:
+  // Per layer, in order: the blocks, GGML types and biases of q, k, v, o, gate, up and down, and the RMSNorm weights
+  // before q/k/v and before gate/up.
+  DecodeLayers(std::vector<torch::Tensor> blocks, std::vector<int64_t> types,
+               std::vector<c10::optional<torch::Tensor>> biases, std::vector<torch::Tensor> norms, double eps,
+               int64_t kv_heads, int64_t head_dim, double scaling)
+      : blocks_(std::move(blocks)), types_(std::move(types)), biases_(std::move(biases)), norms_(std::move(norms)),
+        eps_(eps), kv_heads_(kv_heads), dim_(head_dim), scaling_(scaling) {
+    TORCH_CHECK(blocks_.size() % PROJECTIONS == 0 && types_.size() == blocks_.size() &&
+                    biases_.size() == blocks_.size() && norms_.size() == blocks_.size() / PROJECTIONS * 2,
+                "DecodeLayers takes 7 projections and 2 norms a layer");
+  }
+
+  // h [rows, hidden]; cos, sin [rows, head_dim] (each row's position); counts [rows] (int64): row r's new token goes
+  // to position counts[r] - 1 and attends to [0, counts[r]); keys, values [layers, rows, kv_heads, capacity,
+  // head_dim]: the buffer. Returns h after the last layer.
+  torch::Tensor step(torch::Tensor h, torch::Tensor cos, torch::Tensor sin, torch::Tensor counts, torch::Tensor keys,
+                     torch::Tensor values) {
+    int64_t rows = h.size(0), layers = (int64_t)blocks_.size() / PROJECTIONS;
+    TORCH_CHECK(keys.dim() == 5 && keys.sizes() == values.sizes() && keys.size(0) == layers && keys.size(1) == rows &&
+                    keys.size(2) == kv_heads_ && keys.size(4) == dim_ && keys.is_contiguous() &&
+                    values.is_contiguous() && keys.scalar_type() == h.scalar_type() &&
+                    values.scalar_type() == h.scalar_type() && counts.scalar_type() == torch::kLong &&
+                    counts.numel() == rows,
+                "step: keys and values must be contiguous [layers, rows, kv_heads, capacity, head_dim] buffers in h's "
+                "dtype, counts int64 [rows]");
+    const int64_t* c = counts.data_ptr<int64_t>();
+    int64_t width = 0;
+    for (int64_t r = 0; r < rows; r++) {
+      TORCH_CHECK(c[r] >= 1 && c[r] <= keys.size(3), "step: count out of the buffer");
+      width = std::max(width, c[r]);
+    }
+    for (int64_t layer = 0; layer < layers; layer++) {
+      size_t at = layer * PROJECTIONS;
+      auto project = [&](const torch::Tensor& x, size_t first, size_t count, c10::optional<torch::Tensor> norm,
+                         bool gated, c10::optional<torch::Tensor> residual) {
+        return mm_group(x, {blocks_.begin() + first, blocks_.begin() + first + count},
+                        {types_.begin() + first, types_.begin() + first + count},
+                        {biases_.begin() + first, biases_.begin() + first + count}, norm, eps_, gated, residual);
+      };
+      std::vector<torch::Tensor> qkv = project(h, at, 3, norms_[2 * layer], false, c10::nullopt);
+      torch::Tensor q = qkv[0].view({rows, -1, dim_}), k = qkv[1].view({rows, kv_heads_, dim_});
+      rope_(q, k, cos, sin);
+      torch::Tensor kl = keys[layer], vl = values[layer];
+      int64_t capacity = kl.size(2), bytes = dim_ * kl.element_size();
+      for (int64_t r = 0; r < rows; r++) {  // the new token's keys and values at its position
+        for (int64_t g = 0; g < kv_heads_; g++) {
+          int64_t from = (r * kv_heads_ + g) * bytes, to = ((r * kv_heads_ + g) * capacity + c[r] - 1) * bytes;
+          std::memcpy(static_cast<char*>(kl.data_ptr()) + to, static_cast<const char*>(k.data_ptr()) + from, bytes);
+          std::memcpy(static_cast<char*>(vl.data_ptr()) + to, static_cast<const char*>(qkv[2].data_ptr()) + from,
+                      bytes);
+        }
+      }
+      torch::Tensor o = attention(q.view({rows, kv_heads_, -1, dim_}), kl.narrow(2, 0, width),
+                                  vl.narrow(2, 0, width), counts, scaling_);
+      h = project(o.view({rows, -1}), at + 3, 1, c10::nullopt, false, h)[0];
+      torch::Tensor act = project(h, at + 4, 2, norms_[2 * layer + 1], true, c10::nullopt)[0];
+      h = project(act, at + 6, 1, c10::nullopt, false, h)[0];
+    }
+    return h;
+  }
+
+ private:
+  static constexpr size_t PROJECTIONS = 7;
+  std::vector<torch::Tensor> blocks_;
+  std::vector<int64_t> types_;
+  std::vector<c10::optional<torch::Tensor>> biases_;
+  std::vector<torch::Tensor> norms_;
+  double eps_;
+  int64_t kv_heads_, dim_;
+  double scaling_;
+};
+
 void register_decode_ops(pybind11::module& m) {
   m.def("rope_", &rope_, "rotary position embedding of q and k [rows, heads, dim], in place");
   m.def("attention", &attention, "attention of one query token a row over its first counts[r] keys and values");
+  // module_local: each build of these kernels (engine.gguf_blocks.kernels for another -march) has its own class
+  pybind11::class_<DecodeLayers>(m, "DecodeLayers", pybind11::module_local())
+      .def(pybind11::init<std::vector<torch::Tensor>, std::vector<int64_t>,
+                          std::vector<c10::optional<torch::Tensor>>, std::vector<torch::Tensor>, double, int64_t,
+                          int64_t, double>())
+      .def("step", &DecodeLayers::step, "one decode step through every layer; h after the last");
 }

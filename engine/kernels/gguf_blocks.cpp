@@ -555,6 +555,8 @@ std::vector<float> activations(const torch::Tensor& x, const c10::optional<torch
   return out;
 }
 
+}  // namespace
+
 // x: [m, k] (float32 or bfloat16) against several weights of the same input width (their blocks [n_i, k / 256 x
 // block bytes] and GGML types, an optional float32 bias [n_i] each): [m, n_i] each, in x's dtype. The activations
 // are quantized once for all of them, and one parallel loop runs over all their rows. Optionally, around the
@@ -646,8 +648,6 @@ std::vector<torch::Tensor> mm_group(torch::Tensor x, std::vector<torch::Tensor> 
   });
   return outs;
 }
-
-}  // namespace
 
 void register_decode_ops(pybind11::module& m);  // engine/kernels/decode_ops.cpp
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +16,10 @@ from gguf import GGMLQuantizationType, dequantize
 from engine import Engine, Request, load_model
 from engine.errors import EngineError
 from engine import gguf_blocks, prefill_attention
+from engine.batch import BufferView
+from engine.decode_step import lean_step
 from engine.gguf_blocks import BLOCK_TYPES, GGUFLinear, kernels
+from engine.model import output_cache, with_cache
 from tests.engine.conftest import reference_logits, rel_err
 from tests.engine.test_decode_step import lean_logits
 
@@ -144,6 +148,37 @@ def test_its_decode_logits_stay_near_the_unquantized_models(on_blocks):
     logits = lean_logits(on_blocks, [prompt[:-1], prompt[:-5]], [prompt[-1], prompt[-5]])
     assert rel_err(logits[0], reference_logits(on_blocks, prompt)) <= 5e-2
     assert rel_err(logits[1], reference_logits(on_blocks, prompt[:-4])) <= 5e-2
+
+
+def test_every_layer_in_one_call_computes_what_the_layer_by_layer_step_does(on_blocks):
+    """The decode step's C++ loop over the layers (DecodeLayers) against the same step layer by layer from Python:
+    the same kernels in the same order, so the same logits and the same keys and values in the buffer, bit for bit."""
+    from transformers import DynamicCache
+
+    model, step = on_blocks.model, lean_step(on_blocks.model)
+    assert step.fused is not None
+    prompts = [on_blocks.tokenizer.encode(text) for text in ("def add(a, b):\n    return a + b\n", "import os\n")]
+    lengths = torch.tensor([len(p) for p in prompts])
+    config = model.config
+    shape = (config.num_hidden_layers, 2, config.num_key_value_heads, int(lengths.max()) + 4, step.head_dim)
+    keys, values = torch.zeros(shape, dtype=on_blocks.dtype), torch.zeros(shape, dtype=on_blocks.dtype)
+    with torch.inference_mode():
+        for row, prompt in enumerate(prompts):
+            cache = output_cache(model(input_ids=torch.tensor([prompt]), **with_cache(model, DynamicCache()),
+                                       use_cache=True))
+            for layer, kv in enumerate(cache.layers):
+                keys[layer, row, :, : len(prompt)], values[layer, row, :, : len(prompt)] = kv.keys[0], kv.values[0]
+        ids = torch.tensor([[prompts[1][-1]], [prompts[0][-1]]])
+        steps = []
+        for fused in (step.fused, None):
+            step.fused = fused
+            batch = SimpleNamespace(k=keys.clone(), v=values.clone(), rows=torch.arange(2))
+            logits = step.forward(ids, lengths[:, None], BufferView(batch, lengths, int(lengths.max()) + 1), None)
+            steps.append((logits, batch.k, batch.v))
+    (logits, k, v), (expected, k_expected, v_expected) = steps
+    assert torch.equal(logits, expected)
+    assert torch.equal(k, k_expected) and torch.equal(v, v_expected)
+    assert not torch.equal(k, keys)  # the step wrote its new token's keys
 
 
 def warm_against_cold(loaded) -> float:
