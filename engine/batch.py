@@ -92,14 +92,14 @@ class DecodeBatch:
         read_slots = self.tables[:, positions // page_size] * page_size + positions % page_size
         write_slots = read_slots[self.rows, lengths]
         view = BufferView(self, lengths, width) if self.buffered else PoolView(self.store, write_slots, read_slots)
-        mask = self._mask(lengths, positions)
         ids = torch.tensor([[s.out[-1]] for s in self.seqs], dtype=torch.long, device=device)
         if self.lean is not None:
-            uniform = int(lengths.min()) + 1 == width  # every row attends to all `width` positions
-            logits = self.lean.forward(ids, lengths[:, None], view, None if uniform else mask)
+            uniform = min(s.kv_len for s in self.seqs) + 1 == width  # every row attends to all `width` positions
+            logits = self.lean.forward(ids, lengths[:, None], view, None if uniform else self._mask(lengths, positions))
         else:
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=lengths[:, None],
-                             **with_cache(self.model, view), use_cache=True, logits_to_keep=1)
+            out = self.model(input_ids=ids, attention_mask=self._mask(lengths, positions),
+                             position_ids=lengths[:, None], **with_cache(self.model, view), use_cache=True,
+                             logits_to_keep=1)
             logits = out.logits[:, -1]
         if self.buffered:  # the new tokens' KV of every layer into their page slots, in one copy
             self.store.k_slots[:, :, write_slots] = self.k[:, self.rows, :, lengths].permute(1, 2, 0, 3)

@@ -18,6 +18,10 @@ ARCHITECTURES = ("llama", "qwen2")
 
 
 class KVAppend(Protocol):
+    """A step's KV cache: each layer's new keys and values in, the layer's keys and values to attend over out. A
+    cache that is one preallocated buffer may also offer `buffer()` (engine.batch.BufferView): the fused layers then
+    write and read it themselves."""
+
     def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         ...
 
