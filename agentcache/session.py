@@ -1,10 +1,12 @@
-"""Sessions: `.agentcache/sessions/<id>.jsonl`, one JSON record per line, appended and flushed per record."""
+"""Sessions: `.agentcache/sessions/<id>.jsonl`, one JSON record per line, appended and flushed per record. Only regular
+files in real directories are opened (see agentcache.safe_files); a file over MAX_STATE_FILE_BYTES is refused."""
 
 from __future__ import annotations
 
 import json
 import os
 import secrets
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +14,9 @@ from typing import Any
 
 from agentcache.errors import AgentcacheError
 from agentcache.records import record_problem
+from agentcache.safe_files import STATE_DIR, kind, open_regular, private_dir, read_capped, state_dirs
 
-SESSIONS_DIR = Path(".agentcache") / "sessions"
+SESSIONS_DIR = Path(STATE_DIR) / "sessions"
 
 
 def new_session_id() -> str:
@@ -40,37 +43,39 @@ class Session:
 
     @classmethod
     def create(cls, repo: Path) -> Session:
-        directory = repo / SESSIONS_DIR
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        directory.chmod(0o700)  # also one an older version made
+        directory = state_dirs(repo / SESSIONS_DIR, create=True)
+        private_dir(directory)  # also one an older version made
         return cls(directory / f"{new_session_id()}.jsonl")
 
     @classmethod
     def open(cls, repo: Path, ref: str = "latest") -> Session:
         directory = repo / SESSIONS_DIR
         if ref == "latest":
-            found = sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
-            if not found:
+            names = _session_names(directory)
+            if not names:
                 raise AgentcacheError(f"no sessions in {SESSIONS_DIR} of this repo")
-            return cls(found[-1])
+            return cls(_regular(directory / names[-1]))
         path = directory / f"{ref}.jsonl"
-        if not path.is_file() or Path(ref).name != ref:
+        if Path(ref).name != ref or state_dirs(directory) is None or not os.path.lexists(path):
             raise AgentcacheError(f"no session '{ref}' in {SESSIONS_DIR} of this repo")
-        return cls(path)
+        return cls(_regular(path))
 
     def lineage(self) -> str:
         """The id of the session this one descends from by forks (its own id when it is not a fork): the routing key
         of `routing: session`. A fork's first record names its parent (`forked_from`)."""
         session, seen = self, {self.id}
         while True:
-            records = session.read()[0] if session.path.is_file() else []
+            try:
+                records = session.read()[0]
+            except AgentcacheError:  # not written yet, or refused: the chain ends here
+                records = []
             first = records[0] if records else {}
             parent = first.get("forked_from") if first.get("type") == "agent" else None
             parent_id = parent.get("session_id") if isinstance(parent, dict) else None
             if not isinstance(parent_id, str) or Path(parent_id).name != parent_id or parent_id in seen:
                 return session.id
             path = session.path.with_name(f"{parent_id}.jsonl")
-            if not path.is_file():
+            if not _is_regular(path):
                 return session.id
             seen.add(parent_id)
             session = Session(path)
@@ -78,7 +83,7 @@ class Session:
     def append(self, record: dict[str, Any]) -> None:
         """One whole line per write, flushed and synced, so a killed run leaves only complete records."""
         line = (json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = self._open(os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             os.write(fd, line)
             os.fsync(fd)
@@ -96,7 +101,7 @@ class Session:
         """The valid records and the lines that are not one: not JSON, torn, or a record of the wrong shape.
         Lines end at "\\n" only: a record's text may hold other line separators (U+2028, NEL)."""
         out, bad = [], []
-        data = self.path.read_bytes()
+        data = self._read(self._open(os.O_RDONLY))
         lines = data.decode("utf-8", errors="replace").split("\n")
         if lines[-1] == "":
             lines.pop()
@@ -118,14 +123,60 @@ class Session:
     def end_at_line(self) -> None:
         """Before appending to an old file: a torn last line (never a whole record) is cut off, a whole last line
         without its newline gets one, so the next record is a line of its own."""
-        data = self.path.read_bytes()
-        if not data or data.endswith(b"\n"):
-            return
-        start = data.rfind(b"\n") + 1
+        fd = self._open(os.O_RDWR | os.O_APPEND)
         try:
-            json.loads(data[start:])
-        except (ValueError, RecursionError):
-            os.truncate(self.path, start)
-            return
-        with open(self.path, "ab") as file:
-            file.write(b"\n")
+            data = self._read(fd, close=False)
+            if not data or data.endswith(b"\n"):
+                return
+            start = data.rfind(b"\n") + 1
+            try:
+                json.loads(data[start:])
+            except (ValueError, RecursionError):
+                os.ftruncate(fd, start)
+                return
+            os.write(fd, b"\n")
+        finally:
+            os.close(fd)
+
+    def _open(self, flags: int) -> int:
+        """A descriptor of this session's file, once `.agentcache`, its sessions dir and the file itself are what
+        they must be: never a link, a FIFO, a device or a directory."""
+        state_dirs(self.path.parent)
+        return open_regular(self.path, flags, "session file")
+
+    def _read(self, fd: int, close: bool = True) -> bytes:
+        try:
+            return read_capped(fd, f"session file {self.path}")
+        finally:
+            if close:
+                os.close(fd)
+
+
+def _session_names(directory: Path) -> list[str]:
+    """The session file names in directory, oldest first (none when it is missing; refused when it is a link)."""
+    if state_dirs(directory) is None:
+        return []
+    try:
+        names = [entry.name for entry in os.scandir(directory)]
+    except OSError as exc:
+        raise AgentcacheError(f"cannot list {directory}: {exc.strerror or exc}") from None
+    return sorted(name for name in names if name.endswith(".jsonl") and not name.startswith("."))
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _regular(path: Path) -> Path:
+    """path when it is a regular file itself; a session named by a link, a FIFO or a directory is refused."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        raise AgentcacheError(f"no session '{path.stem}' in {SESSIONS_DIR} of this repo") from None
+    if not stat.S_ISREG(mode):
+        raise AgentcacheError(f"session file {path} is {kind(mode)}, not a regular file; remove it or name another "
+                              "session")
+    return path
