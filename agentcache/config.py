@@ -1,5 +1,6 @@
-"""Run settings: defaults, overridden by the repo's `agentcache.yaml`, overridden by command-line flags, then checked
-by one function whatever their source."""
+"""Run settings: defaults, overridden by the repo's `agentcache.yaml` (its widening settings only once the user
+trusts the file: agentcache.trust), overridden by command-line flags, then checked by one function whatever their
+source."""
 
 from __future__ import annotations
 
@@ -14,8 +15,13 @@ import yaml
 from agentcache.errors import AgentcacheError
 from agentcache.render import TOOL_FORMATS
 from agentcache.tools.toolbox import FUNCTIONS, MODES, mode_tools
+from agentcache.trust import is_trusted, widening_settings
+from layers.errors import RepoError
+from layers.repo import read_capped
 
 CONFIG_FILE = "agentcache.yaml"
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_YAML_DEPTH = 8  # the file is a flat mapping; `tools:` is its one list
 DEFAULT_MODEL = "qwen2.5-coder-1.5b"  # the registry's default (engine.registry.DEFAULT_MODEL); docs/models.md says why
 MODEL_ENV = "AGENTCACHE_MODEL"  # overrides the default model, as agentcache.yaml's `model:` and --model do
 BACKENDS = ("local", "openai", "anthropic")
@@ -60,14 +66,45 @@ class RunConfig:
     # forks and resumes keep their parent's), prefix (the L1+L2 context id) or none
 
 
-def load_config(repo: Path) -> RunConfig:
-    path = repo / CONFIG_FILE
-    if not path.is_file():
-        return RunConfig()
+class BoundedLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases (no billion laughs) and with nesting cut at MAX_YAML_DEPTH."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        mark = self.peek_event().start_mark
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", mark)
+        if self.depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def parse_yaml(text: str) -> Any:
+    loader = BoundedLoader(text)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise AgentcacheError(f"{CONFIG_FILE}: {exc.strerror or exc}") from None
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def load_config(repo: Path) -> tuple[RunConfig, list[str]]:
+    """The repo's settings over the defaults, and the widening settings ignored because the user has not trusted
+    the file (`agentcache trust`)."""
+    if not os.path.lexists(repo / CONFIG_FILE):
+        return RunConfig(), []
+    try:
+        raw = read_capped(repo, CONFIG_FILE, MAX_CONFIG_BYTES)
+    except RepoError as exc:
+        raise AgentcacheError(str(exc).replace(f"cannot open {CONFIG_FILE}", f"{CONFIG_FILE}: cannot open")) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise AgentcacheError(f"{CONFIG_FILE}: larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    try:
+        data = parse_yaml(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise AgentcacheError(f"{CONFIG_FILE}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
                               f"{exc.start})") from None
@@ -75,7 +112,19 @@ def load_config(repo: Path) -> RunConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise AgentcacheError(f"{CONFIG_FILE}{where}: malformed YAML ({getattr(exc, 'problem', exc)})") from None
-    return config_from(data or {})
+    except RecursionError:
+        raise AgentcacheError(f"{CONFIG_FILE}: nested too deep") from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise AgentcacheError(f"{CONFIG_FILE}: expected a mapping of settings")
+    ignored = [] if is_trusted((repo / CONFIG_FILE).resolve(), raw) else widening_settings(data)
+    return config_from({k: v for k, v in data.items() if k not in ignored}), ignored
+
+
+def ignored_line(ignored: list[str]) -> str:
+    """The warning a run prints for the settings it ignored from an untrusted agentcache.yaml."""
+    return (f"warning: {CONFIG_FILE} is not trusted, so its {', '.join(ignored)} setting"
+            f"{'s were' if len(ignored) > 1 else ' was'} ignored; `agentcache trust` honours the file as it is now")
 
 
 def config_from(data: Any) -> RunConfig:
@@ -121,6 +170,14 @@ def _one_of(choices: tuple[str, ...]) -> tuple[str, Callable[[Any], bool]]:
     return f"one of {', '.join(choices)}", lambda value: value in choices
 
 
+def memory_mb() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
+    except (ValueError, OSError, AttributeError):
+        return 1 << 20  # a platform without sysconf: 1 TB
+
+
+MEMORY_MB = memory_mb()
 NON_EMPTY = ("a non-empty string", lambda value: value.strip() != "")
 RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must be, in words, and the test
     "model": NON_EMPTY,
@@ -133,7 +190,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must b
     "backend": _one_of(BACKENDS),
     "mode": _one_of(tuple(MODES)),
     "cache_ttl": _one_of(CACHE_TTLS),
-    "kv_capacity_mb": _at_least(1),
+    "kv_capacity_mb": (f"between 1 and this machine's memory ({MEMORY_MB} MB)", lambda value: 1 <= value <= MEMORY_MB),
     "tool_format": _one_of(TOOL_FORMATS),
     "tool_choice": _one_of(TOOL_CHOICES),
     "dtype": _one_of(DTYPES),

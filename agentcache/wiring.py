@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from agentcache import PROMPTS_DIR
 from agentcache.agent import Agent
 from agentcache.backends import Backend
-from agentcache.config import BACKENDS, CONFIG_FILE, RunConfig, check_config, check_text, load_config
+from agentcache.config import BACKENDS, CONFIG_FILE, RunConfig, check_config, check_text, ignored_line, load_config
 from agentcache.errors import AgentcacheError
 from agentcache.records import Compaction, Request, parse_record, requests_of
 from agentcache.session import Session
@@ -64,6 +64,14 @@ def build_backend(config: RunConfig, api_key: str | None) -> Backend:
     raise AgentcacheError(f"unknown backend '{config.backend}' (known: {', '.join(BACKENDS)})")
 
 
+def repo_config(root: Path) -> RunConfig:
+    """The repo's agentcache.yaml over the defaults; what an untrusted file could not set is said on stderr."""
+    config, ignored = load_config(root)
+    if ignored:
+        print(ignored_line(ignored), file=sys.stderr)
+    return config
+
+
 def check_resumable(session: Session) -> None:
     """Refuse a session with a bad line before anything runs or is appended; a torn last line (a killed run) is
     only warned about and skipped, as inspect does."""
@@ -79,7 +87,7 @@ def check_resumable(session: Session) -> None:
 def run_task(repo: Path, task: str, overrides: dict[str, Any], resume: str | None,
              on_line: Callable[[str], Any], api_key: str | None = None) -> dict[str, Any]:
     root = open_repo(repo)
-    config = load_config(root)
+    config = repo_config(root)
     for key, value in overrides.items():
         if value is not None:
             setattr(config, key, value)
@@ -154,7 +162,7 @@ def open_script_run(path: Path, repo: Path, model: str | None, on_event: OnEvent
     registry = load_registry()
     script = load_script(path, registry=registry)
     root = open_repo(repo)
-    base = load_config(root)
+    base = repo_config(root)
     base.model = model or script.model or base.model
     check_config(base)
     check_script_backends(script, base)

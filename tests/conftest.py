@@ -1,5 +1,6 @@
 """Every test gets its own empty cache root (so KV pages on disk never leak between tests or runs), sharing only
-the converted model weights, which are the same for every test and slow to make."""
+the converted model weights, which are the same for every test and slow to make, and its own empty config dir (so
+no test trusts a repo's agentcache.yaml by accident, or touches the user's)."""
 
 import os
 from pathlib import Path
@@ -24,4 +25,5 @@ def own_cache_root(tmp_path_factory, monkeypatch, models_dir):
     os.symlink(models_dir, root / "models", target_is_directory=True)
     monkeypatch.setenv("AGENTCACHE_CACHE_DIR", str(root))
     monkeypatch.setenv("AGENTCACHE_MODEL", "smollm2-135m")  # the fast tests' model; Qwen tests name theirs
+    monkeypatch.setenv("AGENTCACHE_CONFIG_DIR", str(tmp_path_factory.mktemp("config-dir")))
     return root

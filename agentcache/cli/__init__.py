@@ -5,7 +5,7 @@ import sys
 
 import typer
 
-from agentcache.cli import inspect, run, script, serve
+from agentcache.cli import inspect, run, script, serve, trust
 from agentcache.cli.cache import cache_app
 from agentcache.cli.fleet import fleet_app
 from agentcache.cli.models import models_app
@@ -24,7 +24,7 @@ app = typer.Typer(
 app.add_typer(cache_app, name="cache")
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(models_app, name="models")
-for command in (inspect.inspect, run.run, serve.serve, script.script):
+for command in (inspect.inspect, run.run, serve.serve, script.script, trust.trust):
     app.command()(command)
 
 

@@ -1,32 +1,38 @@
 """The search tool: a regex over the repo's safe text files, filtered by an optional glob, under a time budget.
 
-The pattern runs on the `regex` module (Python `re` syntax) with a timeout, so catastrophic backtracking stops:
-each file gets FILE_BUDGET_S seconds and the whole search TOTAL_BUDGET_S; the output says where it stopped. The
+The pattern and the glob both run on the `regex` module with a timeout, so catastrophic backtracking in either
+stops: the glob and the whole search share TOTAL_BUDGET_S, and each file gets FILE_BUDGET_S seconds; the output says
+where it stopped. Files are read a bounded line at a time (MAX_LINE_BYTES of a line, MAX_FILE_BYTES of a file). The
 budgets are wall-clock between lines; within one line the regex module counts the process's CPU time, so a
 pathological line on a loaded machine may take longer than its budget in wall time, but never without bound.
 """
 from __future__ import annotations
 
+import os
 import re
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 import regex
 
 from agentcache.tools.base import ToolError, ToolOutcome
 from agentcache.tools.workspace import Workspace
-from layers.repo import BINARY_SNIFF_BYTES, PRIVATE_KEY_MARKER
+from layers.errors import RepoError
+from layers.repo import BINARY_SNIFF_BYTES, capped_lines, has_private_key, open_in_root, resolved_name
 
 MAX_MATCHES = 200
 MAX_MATCH_CHARS = 300
+MAX_LINE_BYTES = 64 * 1024  # of one line searched; the rest of a longer line is not
+MAX_FILE_BYTES = 16 * 1024 * 1024  # of one file searched; the rest is not, and the output says so
+MAX_GLOB_CHARS = 512
 FILE_BUDGET_S = 2.0
 TOTAL_BUDGET_S = 10.0
 NO_MATCH_HINT = " for this pattern; read_file shows a whole file"
 GLOB_PART = re.compile(r"\*\*/|\*\*|\*|\?|\[[^\]]*\]|[^*?\[]+|\[")
 
 
-def glob_regex(glob: str) -> re.Pattern[str]:
+def glob_regex(glob: str) -> regex.Pattern:
     pieces = {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
     parts = []
     for token in GLOB_PART.findall(glob):
@@ -36,38 +42,65 @@ def glob_regex(glob: str) -> re.Pattern[str]:
             parts.append("[" + token[1:-1].replace("\\", "\\\\").replace("!", "^", 1) + "]")
         else:
             parts.append(re.escape(token))
-    return re.compile("".join(parts))
+    try:
+        return regex.compile("".join(parts))
+    except (regex.error, ValueError) as exc:
+        raise ToolError(f"invalid path glob {glob!r}: {exc}") from None
 
 
-def glob_filter(glob: str) -> re.Pattern[str]:
+def glob_filter(glob: str) -> regex.Pattern:
     glob = glob.strip().removeprefix("./")
+    if len(glob) > MAX_GLOB_CHARS:
+        raise ToolError(f"path glob is longer than {MAX_GLOB_CHARS} characters")
     if glob.startswith("/") or ".." in PurePosixPath(glob).parts:
         raise ToolError(f"path glob '{glob}' is outside the repository root")
     return glob_regex(glob.rstrip("/"))
 
 
-def matches_glob(path: str, wanted: re.Pattern[str], anywhere: bool) -> bool:
+def matches_glob(path: str, wanted: regex.Pattern, anywhere: bool, deadline: float) -> bool:
+    """Whether the glob matches the path, a folder above it or (`anywhere`) one of its names; TimeoutError past
+    the deadline."""
     parts = path.split("/")
     prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
     candidates = prefixes + parts if anywhere else prefixes
-    return any(wanted.fullmatch(c) for c in candidates)
+    return any(wanted.fullmatch(c, timeout=max(deadline - time.monotonic(), 0)) for c in candidates)
 
 
-def file_matches(path: Path, pattern: regex.Pattern, deadline: float) -> tuple[list[tuple[int, str]], int | None]:
-    """The matching (line number, line) of one text file, and the line the deadline stopped it at (None if it
-    ran to the end); a binary or private-key file has none."""
-    data = path.read_bytes()
-    if b"\0" in data[:BINARY_SNIFF_BYTES] or PRIVATE_KEY_MARKER in data:
+def file_matches(ws: Workspace, rel: str, pattern: regex.Pattern,
+                 deadline: float) -> tuple[list[tuple[int, str]], int | None]:
+    """The matching (line number, line) of one text file, and the line a deadline or MAX_FILE_BYTES stopped it at
+    (None if it ran to the end); a binary, private-key or unopenable file has none. The file is opened once at the
+    listed name it resolves to, no link followed."""
+    try:
+        file = os.fdopen(open_in_root(ws.root, resolved_name(ws.root, rel)), "rb")
+    except RepoError:
         return [], None
-    found = []
-    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
-        try:
-            hit = pattern.search(line, timeout=max(deadline - time.monotonic(), 0))
-        except TimeoutError:
-            return found, number
-        if hit:
-            found.append((number, line))
+    found, read = [], 0
+    with file:
+        if b"\0" in file.read(BINARY_SNIFF_BYTES):
+            return [], None
+        file.seek(0)
+        for number, (raw, length) in enumerate(capped_lines(file, MAX_LINE_BYTES), 1):
+            if has_private_key(raw):
+                return [], None
+            if read >= MAX_FILE_BYTES:
+                return found, number
+            read += length
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            try:
+                hit = pattern.search(line, timeout=max(deadline - time.monotonic(), 0))
+            except TimeoutError:
+                return found, number
+            if hit:
+                found.append((number, line))
     return found, None
+
+
+def stop_reason(file_end: float, end: float) -> str:
+    if time.monotonic() < file_end:
+        return f"the first {MAX_FILE_BYTES >> 20} MiB of a file are searched"
+    budget = f"the search's {TOTAL_BUDGET_S:g} s" if file_end == end else f"the {FILE_BUDGET_S:g} s per-file"
+    return f"the pattern ran past {budget} budget"
 
 
 def shorten(line: str) -> str:
@@ -83,29 +116,32 @@ def compile_pattern(text: str) -> regex.Pattern:
 
 def search(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
     pattern = compile_pattern(args["pattern"])
+    end = time.monotonic() + TOTAL_BUDGET_S
     files = ws.files()
     if "path" in args:
         glob = args["path"]
         wanted = glob_filter(glob)
-        files = [f for f in files if matches_glob(f, wanted, anywhere="/" not in glob.strip("/"))]
+        try:
+            files = [f for f in files if matches_glob(f, wanted, "/" not in glob.strip("/"), end)]
+        except TimeoutError:
+            raise ToolError(f"path glob {glob!r} ran past the search's {TOTAL_BUDGET_S:g} s budget while matching file "
+                            "names; use a simpler glob") from None
     found: list[str] = []
     stopped: list[str] = []
     total = searched = 0
-    end = time.monotonic() + TOTAL_BUDGET_S
     for rel in files:
         if time.monotonic() >= end:
             break
         searched += 1
         file_end = min(time.monotonic() + FILE_BUDGET_S, end)
-        matches, stopped_at = file_matches(ws.root / rel, pattern, file_end)
+        matches, stopped_at = file_matches(ws, rel, pattern, file_end)
         for number, line in matches:
             total += 1
             if len(found) < MAX_MATCHES:
                 found.append(f"{rel}:{number}:{shorten(line)}")
         if stopped_at is not None:
-            budget = f"the search's {TOTAL_BUDGET_S:g} s" if file_end == end else f"the {FILE_BUDGET_S:g} s per-file"
-            stopped.append(f"[search stopped in {rel} at line {stopped_at}: the pattern ran past {budget} budget; "
-                           "later lines were not searched]")
+            stopped.append(f"[search stopped in {rel} at line {stopped_at}: {stop_reason(file_end, end)}; later lines "
+                           "were not searched]")
     if total > len(found):
         found.append(f"[truncated: {total - len(found)} more matches]")
     if not found and not stopped:

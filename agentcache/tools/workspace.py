@@ -1,16 +1,20 @@
 """Path safety for tools: every path resolves inside the repo root, and neither its name nor what it resolves to
-is a secret, ignored, inside .git or the harness's own `.agentcache/`, or a hard link to such a file."""
+is a secret, ignored, inside .git or the harness's own `.agentcache/`, or a hard link to such a file. A file is
+opened once, at the name that was checked, without following any link (layers.repo.open_in_root), so swapping a
+name for a link between the check and the read fails instead of leaking what the link points at."""
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from agentcache.tools.base import ToolError
+from agentcache.trust import is_own_state
+from layers.errors import RepoError
 from layers.repo import (
     HARNESS_DIR,
-    PRIVATE_KEY_MARKER,
+    git_run,
     hard_link_peers,
     is_git_worktree,
     is_harness_state,
@@ -18,8 +22,11 @@ from layers.repo import (
     is_ignored,
     is_secret_path,
     list_files,
-    parse_gitignore,
+    open_in_root,
+    read_gitignore,
 )
+
+CONFIG_NAMES = ("agentcache.yaml",)  # the run's settings (agentcache.config): never written by a tool
 
 GIT_BEYOND_SYMLINK = 128  # git check-ignore's status for a path it will not judge (e.g. beyond a symlink)
 
@@ -76,9 +83,8 @@ class Workspace:
                 raise ToolError(reason)
         return rel
 
-    def check_hard_links(self, path: str, resolved: Path) -> None:
+    def check_hard_links(self, path: str, info: os.stat_result) -> None:
         """Refuse a file whose inode a forbidden path in the repo shares (layers.repo says what is covered)."""
-        info = resolved.stat()
         if info.st_nlink <= 1:
             return
         key = (info.st_dev, info.st_ino)
@@ -87,37 +93,63 @@ class Workspace:
                 raise ToolError(f"path '{path}' is a hard link to a secret, ignored or harness file; "
                                 "tools may not touch it")
 
-    def readable_file(self, path: str) -> Path:
+    def open_file(self, path: str, rel: str, flags: int = os.O_RDONLY) -> BinaryIO:
+        """The checked file `rel` opened once, no link followed on its way, and its hard links checked on the open
+        descriptor: what is read is what was checked."""
+        try:
+            fd = open_in_root(self.root, rel, flags, make_dirs=bool(flags & os.O_CREAT))
+        except RepoError as exc:
+            raise ToolError(str(exc).replace(f"cannot open {rel}", f"cannot open {path}")) from None
+        file = os.fdopen(fd, "rb+" if flags & os.O_RDWR else "rb")
+        try:
+            self.check_hard_links(path, os.fstat(fd))
+        except BaseException:
+            file.close()
+            raise
+        return file
+
+    def read_handle(self, path: str) -> BinaryIO:
         resolved = self.resolve(path)
-        self.check_allowed(path, resolved)
+        rel = self.check_allowed(path, resolved)
         if not resolved.exists():
             raise ToolError(f"file not found: {path}")
         if not resolved.is_file():
             raise ToolError(f"not a regular file: {path}")
-        self.check_hard_links(path, resolved)
-        return resolved
+        return self.open_file(path, rel)
 
-    def writable_file(self, path: str) -> Path:
+    def write_handle(self, path: str) -> tuple[BinaryIO, bool]:
+        """The file at `path` opened for reading and writing, created (with its folders) if absent; and whether it
+        existed."""
         resolved = self.resolve(path)
-        self.check_allowed(path, resolved)
-        self.check_not_ignore_rules(path, resolved)
-        if resolved.exists() and not resolved.is_file():
+        rel = self.check_allowed(path, resolved)
+        self.check_not_config(path, resolved)
+        existed = os.path.lexists(resolved)
+        if existed and not resolved.is_file():
             raise ToolError(f"not a regular file: {path}")
-        if resolved.exists():
-            self.check_hard_links(path, resolved)
-            if PRIVATE_KEY_MARKER in resolved.read_bytes():
-                raise ToolError(f"path '{path}' holds a private key; tools may not overwrite it")
-        return resolved
+        return self.open_file(path, rel, os.O_RDWR | os.O_CREAT), existed
 
-    def editable_file(self, path: str) -> Path:
-        resolved = self.readable_file(path)
-        self.check_not_ignore_rules(path, resolved)
-        return resolved
+    def edit_handle(self, path: str) -> BinaryIO:
+        resolved = self.resolve(path)
+        rel = self.check_allowed(path, resolved)
+        self.check_not_config(path, resolved)
+        if not resolved.exists():
+            raise ToolError(f"file not found: {path}")
+        if not resolved.is_file():
+            raise ToolError(f"not a regular file: {path}")
+        return self.open_file(path, rel, os.O_RDWR)
 
-    def check_not_ignore_rules(self, path: str, resolved: Path) -> None:
-        """A .gitignore decides what tools may touch, so no tool may rewrite one."""
-        if resolved.name == ".gitignore" or PurePosixPath(path).name == ".gitignore":
-            raise ToolError(f"path '{path}' holds the ignore rules that keep files from tools; tools may not change it")
+    def check_not_config(self, path: str, resolved: Path) -> None:
+        """No tool may rewrite what decides what tools and runs may do: a .gitignore (which files tools may touch),
+        agentcache.yaml (the run's settings), or anything in agentcache's own config or cache dir."""
+        for name in (resolved.name, PurePosixPath(path).name):
+            if name.lower() == ".gitignore":
+                raise ToolError(f"path '{path}' holds the ignore rules that keep files from tools; tools may not "
+                                "change it")
+            if name.lower() in CONFIG_NAMES:
+                raise ToolError(f"path '{path}' is agentcache's configuration; tools may not change it (edit it "
+                                "yourself, then `agentcache trust` if it widens what runs may do)")
+        if is_own_state(resolved):
+            raise ToolError(f"path '{path}' is inside agentcache's own config or cache dir; tools may not touch it")
 
     def directory(self, path: str) -> str:
         resolved = self.resolve(path)
@@ -131,9 +163,8 @@ class Workspace:
 
     def is_ignored(self, rel: str) -> bool:
         if is_git_worktree(self.root):
-            result = subprocess.run(["git", "check-ignore", "-q", "--", rel], cwd=self.root,
-                                    capture_output=True, check=False)
-            if result.returncode != GIT_BEYOND_SYMLINK:
+            result = git_run(self.root, "check-ignore", "-q", "--", rel)
+            if result is not None and result.returncode != GIT_BEYOND_SYMLINK:
                 return result.returncode == 0
         return self._walk_ignored(rel)
 
@@ -141,10 +172,7 @@ class Workspace:
         parts = PurePosixPath(rel).parts
         rules = []
         for depth in range(len(parts)):
-            base = "/".join(parts[:depth])
-            gitignore = self.root / base / ".gitignore"
-            if gitignore.is_file() and not gitignore.is_symlink():
-                rules += parse_gitignore(gitignore.read_text("utf-8", errors="replace"), base)
+            rules += read_gitignore(self.root, "/".join(parts[:depth]))
             here = "/".join(parts[: depth + 1])
             if is_ignored(rules, here, depth < len(parts) - 1):
                 return True

@@ -115,9 +115,16 @@ def test_a_key_sticks_to_one_replica_and_different_keys_use_both(fleet):
         assert 0 < row["hits"] <= row["queries"]  # turns 2 and 3 of a key hit the replica that served turn 1
 
 
+def trust(repo: Path) -> None:
+    """What a user does to let the repo's agentcache.yaml name a remote backend (agentcache.trust)."""
+    subprocess.run([sys.executable, "-m", "agentcache.cli", "trust", "--repo", str(repo)], check=True, env=env(),
+                   capture_output=True, timeout=60)
+
+
 def run_script(repo: Path, router: str) -> dict:
     (repo / "agentcache.yaml").write_text(f"backend: openai\nbase_url: {router}/v1\nmodel: {MODEL}\n"
                                           "tool_format: json\nmax_tokens: 16\n")
+    trust(repo)
     script = repo / "fork.yaml"
     script.write_text("agents:\n  - name: reader\n    role: reviewer\n    max_turns: 2\nsteps:\n"
                       "  - run: reader\n    task: Read README.md.\n  - fork: reader\n    max_turns: 2\n    children:\n"
@@ -159,6 +166,7 @@ def test_a_replica_that_dies_mid_run_loses_no_session_record(fleet, tmp_path):
     shutil.copytree(EXAMPLE, repo, ignore=shutil.ignore_patterns(".agentcache"))
     (repo / "agentcache.yaml").write_text(f"backend: openai\nbase_url: {router}/v1\nmodel: {MODEL}\n"
                                           "tool_format: json\nmax_tokens: 16\ntool_choice: required\n")
+    trust(repo)
     run = [sys.executable, "-m", "agentcache.cli", "run", "Read README.md.", "--repo", str(repo), "--json"]
     first = subprocess.run([*run, "--max-turns", "1"], capture_output=True, text=True, env=env(), timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
