@@ -104,7 +104,7 @@ def _inspect_session(repo: Path, ref: str, as_json: bool, explain: bool, cache_t
             render_explain(view, Console(highlight=False))
     else:
         recorded = next((r.cache_ttl for r in reversed(requests_of(records)) if r.cache_ttl), None)
-        configured = load_config(repo).cache_ttl
+        configured = load_config(repo)[0].cache_ttl
         view = session_view(session.id, records, bad, cache_ttl or recorded or
                             (configured if configured != "auto" else "5m"))
         if not as_json:
