@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
-from engine.kv_dir import MODEL_FILE, page_files, prune_to, remove, write_atomic
-from engine.page_file import PageFileError, PageKey, decode, dtype_name, encode, file_name
+from engine.kv_dir import MODEL_FILE, make_real_dir, page_files, prune_to, remove, write_atomic
+from engine.page_file import (PageFileError, PageKey, decode, dtype_name, encode, file_name, page_bytes,
+                              read_bounded)
 
 
 class DiskTier:
@@ -18,7 +19,9 @@ class DiskTier:
     the process; a save verifies a file that exists and replaces it when damaged, so one run heals every page it
     computes. Files age by mtime (a load or a save of an existing file touches them); each process tracks the
     folder's bytes from one scan plus its own writes, and rescans to drop the least recently used files when that
-    passes the cap."""
+    passes the cap. A page file is read only when it is a regular file of exactly its page's size: a link, FIFO or
+    device at a page's name is removed unread (a directory is left), and a kv dir or model folder that is a link
+    turns the tier off."""
 
     def __init__(self, root: Path, fingerprint: str, model_name: str, page_size: int, dtype: torch.dtype,
                  page_shape: tuple[int, ...], max_bytes: int) -> None:
@@ -30,7 +33,8 @@ class DiskTier:
         self.enabled = True
         self._bytes = 0
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            make_real_dir(root)
+            make_real_dir(self.dir)
             record = {"name": model_name, "fingerprint": fingerprint, "dtype": self.dtype}
             write_atomic(self.dir / MODEL_FILE, json.dumps(record).encode())
             self._bytes = sum(f.size for f in page_files(root))
@@ -45,16 +49,14 @@ class DiskTier:
         """K and V of page h if a file holds exactly it; a bad file is deleted and added to `rejected`."""
         if not self.enabled:
             return None
-        path = self.dir / file_name(h)
+        path, key = self.dir / file_name(h), self.key(h)
         try:
-            data = _read(path)
+            kv = decode(read_bounded(path, page_bytes(key, token_ids)), key, token_ids)
         except OSError:
             return None
-        try:
-            kv = decode(data, self.key(h), token_ids)
         except PageFileError as exc:
             rejected.append({"hash": f"{h:016x}", "reason": exc.reason})
-            remove(path)
+            _discard(path)
             return None
         _touch(path)
         return kv
@@ -77,38 +79,47 @@ class DiskTier:
 
     def _replaced_bytes(self, path: Path, h: int, token_ids: tuple[int, ...]) -> int | None:
         """The size of the file a save of page h must replace: 0 when there is none, the file's size when it is
-        damaged; None when it holds page h intact (it is touched) or cannot be read (left as it is)."""
+        damaged; None when it holds page h intact (it is touched) or cannot be read or replaced (left as it is)."""
+        key = self.key(h)
         try:
-            data = _read(path)
+            decode(read_bounded(path, page_bytes(key, token_ids)), key, token_ids)
         except FileNotFoundError:
             return 0
         except OSError:
             return None
-        try:
-            decode(data, self.key(h), token_ids)
-        except PageFileError:
-            return len(data)
+        except PageFileError as exc:
+            if exc.reason == "special":  # never counted as a page: gone, or a directory the rename cannot replace
+                return 0 if _discard(path) else None
+            return _size(path)
         _touch(path)
         return None
 
     def _disable(self, exc: OSError) -> None:
         self.enabled = False
-        warnings.warn(f"KV disk tier off for this process: cannot write {self.dir} ({exc.strerror or exc})",
+        where = exc.filename if isinstance(exc, NotADirectoryError) else self.dir
+        warnings.warn(f"KV disk tier off for this process: cannot write {where} ({exc.strerror or exc})",
                       RuntimeWarning, stacklevel=3)
 
 
-def _read(path: Path) -> bytearray:
-    """The whole file in a writable buffer, so tensors can view it without a copy."""
-    with path.open("rb") as f:
-        data = bytearray(os.fstat(f.fileno()).st_size)
-        got = f.readinto(data)
-    return data[:got] if got < len(data) else data
+def _discard(path: Path) -> bool:
+    """Unlink a page file that must not be read (a link goes, not its target); False for a directory or no access."""
+    try:
+        return remove(path)
+    except OSError:
+        return False
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.lstat().st_size
+    except OSError:
+        return 0
 
 
 def _touch(path: Path) -> bool:
     """Set the file's access and modification times to now; False when there is no such file."""
     try:
-        os.utime(path)
+        os.utime(path, follow_symlinks=False)
     except FileNotFoundError:
         return False
     except OSError:

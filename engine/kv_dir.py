@@ -1,7 +1,9 @@
-"""The KV directory shared by processes: one folder per model fingerprint; scan, stats, LRU prune, clear."""
+"""The KV directory shared by processes: one folder per model fingerprint; scan, stats, LRU prune, clear. Only real
+directories and regular files are used: a link is never followed, a FIFO never opened for long."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import EngineError
-from engine.page_file import PREFIX, SUFFIX, PageFileError, split_verified
+from engine.page_file import (MAX_HEADER_BYTES, MAX_PAGE_BYTES, PREFIX, SUFFIX, PageFileError, open_regular,
+                              read_bounded, split_verified)
 
 MODEL_FILE = "model.json"
 FINGERPRINT = re.compile(r"[0-9a-f]{32}")  # engine.model.model_fingerprint: xxh3-128 hex
@@ -21,6 +24,7 @@ PAGE_NAME = re.compile(r"[0-9a-f]{16}" + re.escape(SUFFIX))  # page_file.file_na
 TMP_NAME = re.compile(r"\.(?:[0-9a-f]{16}" + re.escape(SUFFIX) + r"|model\.json)\.\d+\.[0-9a-f]+\.tmp")  # write_atomic
 DEFAULT_DISK_BYTES = 4 << 30
 STALE_TMP_S = 3600  # a temp file this old belongs to a writer that died
+MAX_MODEL_FILE_BYTES = 64 << 10
 
 
 class NotAKVDirError(EngineError):
@@ -51,6 +55,24 @@ def _entries(folder: Path) -> list[Path]:
 
 def _is_real_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink()
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def make_real_dir(path: Path) -> None:
+    """Create path (and its parents) when missing; NotADirectoryError unless path itself is a directory: a link to
+    one is not followed."""
+    if not os.path.lexists(path):
+        path.mkdir(parents=True, exist_ok=True)
+    mode = path.lstat().st_mode
+    if not stat.S_ISDIR(mode):
+        what = "a symbolic link, not followed" if stat.S_ISLNK(mode) else "not a directory"
+        raise NotADirectoryError(errno.ENOTDIR, what, str(path))
 
 
 def _is_page(path: Path) -> bool:
@@ -88,7 +110,9 @@ def foreign_entries(root: Path) -> list[Path]:
 
 
 def check_kv_dir(root: Path) -> None:
-    """Raise NotAKVDirError unless everything under root was written by the KV tier."""
+    """Raise NotAKVDirError unless everything under root was written by the KV tier (root a link included)."""
+    if root.is_symlink():
+        raise NotAKVDirError(f"{root} is a symbolic link; a KV directory is not followed through one; nothing deleted")
     foreign = foreign_entries(root)
     if foreign:
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
@@ -120,8 +144,9 @@ def remove(path: Path) -> bool:
 
 
 def prune_to(root: Path, max_bytes: int) -> int:
-    """Delete least recently used page files until the total is within max_bytes; returns the bytes left."""
-    files = page_files(root)
+    """Delete least recently used page files until the total is within max_bytes, files too large to be a page
+    first; returns the bytes left."""
+    files = sorted(page_files(root), key=lambda f: f.size <= MAX_PAGE_BYTES)
     total = sum(f.size for f in files)
     for f in files:
         if total <= max_bytes:
@@ -146,7 +171,7 @@ def prune_damaged(root: Path) -> int:
 
 def _stale(path: Path) -> bool:
     try:
-        return time.time() - path.stat().st_mtime >= STALE_TMP_S
+        return time.time() - path.lstat().st_mtime >= STALE_TMP_S
     except FileNotFoundError:
         return False
 
@@ -154,7 +179,7 @@ def _stale(path: Path) -> bool:
 def _verifies(path: Path, fingerprint: str) -> bool:
     """The file's checksum holds and its header names this folder and this file (gone meanwhile counts as good)."""
     try:
-        header, _ = split_verified(path.read_bytes())
+        header, _ = split_verified(read_bounded(path))
     except FileNotFoundError:
         return True
     except (PageFileError, OSError):
@@ -182,11 +207,13 @@ def clear(root: Path) -> tuple[int, int]:
 def page_tokens(path: Path) -> int:
     """The page size recorded in a page file's header (0 when unreadable)."""
     try:
-        with path.open("rb") as f:
-            head = f.read(PREFIX.size)
-            header_len = PREFIX.unpack(head)[2]
+        f, _ = open_regular(path)
+        with f:
+            header_len = PREFIX.unpack(f.read(PREFIX.size))[2]
+            if header_len > MAX_HEADER_BYTES:
+                return 0
             return int(json.loads(f.read(header_len))["page_size"])
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
+    except (OSError, PageFileError, ValueError, KeyError, TypeError, struct.error):
         return 0
 
 
@@ -194,7 +221,7 @@ def stats(root: Path) -> dict:
     """Files, bytes, tokens and bytes per token, in total and per model folder."""
     models = []
     for folder in _folders(root):
-        files = [f for f in _entries(folder) if _is_page(f) and f.is_file()]
+        files = [f for f in _entries(folder) if _is_page(f) and _is_regular(f)]
         size = sum(_size(f) for f in files)
         tokens = sum(page_tokens(f) for f in files)
         models.append({"fingerprint": folder.name, "model": _model_name(folder), "files": len(files),
@@ -206,23 +233,26 @@ def stats(root: Path) -> dict:
 
 def _size(path: Path) -> int:
     try:
-        return path.stat().st_size
+        return path.lstat().st_size
     except FileNotFoundError:
         return 0
 
 
 def _model_name(folder: Path) -> str | None:
     try:
-        return json.loads((folder / MODEL_FILE).read_text()).get("name")
-    except (OSError, ValueError, AttributeError):
+        return json.loads(read_bounded(folder / MODEL_FILE, limit=MAX_MODEL_FILE_BYTES)).get("name")
+    except (OSError, PageFileError, ValueError, AttributeError):
         return None
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write through a temp file in the same folder and rename, so readers see all or nothing."""
+    """Write through a temp file in the same folder and rename, so readers see all or nothing. The temp file is made
+    anew (a stale or planted one, a link included, is removed first, never written through)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident():x}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        remove(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
