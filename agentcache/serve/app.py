@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import math
 import os
 import secrets
 import socket
@@ -14,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import h11
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -22,35 +24,44 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from agentcache.backends.constrain import ToolCallError
 from agentcache.errors import AgentcacheError
-from agentcache.serve.chat import BadRequest, ChatService, Prepared, UnknownModel, reply
+from agentcache.serve.chat import BadRequest, ChatService, Prepared, TooLarge, UnknownModel, reply
 from agentcache.serve.contexts import ContextNotFound
 from engine import Cancelled, EngineCapacityError, EngineError, Result
 
 CLIENT_GONE = 499  # the client closed the connection before the answer (nginx's code): counted, sent to no one
-STATUS_OF = {BadRequest: 400, ToolCallError: 400, UnknownModel: 404, ContextNotFound: 404,
+STATUS_OF = {BadRequest: 400, ToolCallError: 400, TooLarge: 413, UnknownModel: 404, ContextNotFound: 404,
              EngineCapacityError: 503, EngineError: 400, Cancelled: CLIENT_GONE}
 TYPE_OF = {401: "authentication_error", 404: "not_found_error", 503: "server_overloaded"}
 MAX_DEPTH = 64  # JSON nesting a body may have; deeper would exhaust the encoders' and parsers' recursion
+MAX_BODY_BYTES = 4 << 20  # a request body (HTTP 413): a 128k-token conversation is well under 1 MiB of JSON
+IDLE_TIMEOUT_S = 10  # a client whose unfinished request sends nothing for this long is dropped
+REQUEST_TIMEOUT_S = 30  # ... and one whose headers and body are not all in this long after its first byte
+KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this
+SHUTDOWN_GRACE_S = 3  # on SIGTERM, requests still running after this are cancelled and the process exits
+SALT_HEADER = "x-cache-salt"  # GET and DELETE /v1/contexts/{id}: the owner's cache_salt (they have no body)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+    def __init__(self, status: int, message: str, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        self.status, self.message, self.code, self.headers = status, message, code, headers
 
 
 def error_type(status: int) -> str:
     return TYPE_OF.get(status, "invalid_request_error" if status < 500 else "server_error")
 
 
-def error_response(service: ChatService, status: int, message: str, code: str | None = None) -> JSONResponse:
+def error_response(service: ChatService, status: int, message: str, code: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
     """The OpenAI-style error body, its message on one line; every error the server sends is counted by status."""
     service.metrics.error(status)
     body = {"error": {"message": " ".join(message.split()), "type": error_type(status), "param": None, "code": code}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class KeyGuard:
@@ -69,14 +80,46 @@ class KeyGuard:
         await self.app(scope, receive, send)
 
 
+class ShutdownGuard:
+    """Plain ASGI middleware: a request still running SHUTDOWN_GRACE_S after SIGTERM is cancelled by uvicorn; it
+    gets a 503 (a stream, an error event that ends it) instead of uvicorn's 500 and a logged traceback."""
+
+    def __init__(self, app: ASGIApp, service: ChatService) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started: dict[str, Any] = {}
+
+        async def tracked(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                started.update(message)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            if scope["type"] != "http":
+                raise
+            message = "the server is shutting down; send the request again when it is back"
+            if not started:
+                await error_response(self.service, 503, message)(scope, receive, send)
+                return
+            self.service.metrics.error(503)
+            stream = any(name.lower() == b"content-type" and value.startswith(b"text/event-stream")
+                         for name, value in started.get("headers", []))
+            end = sse({"error": {"message": message, "type": error_type(503)}}).encode() if stream else b""
+            await send({"type": "http.response.body", "body": end, "more_body": False})
+
+
 def create_app(service: ChatService, api_key: str | None = None) -> FastAPI:
     app = FastAPI(title="agentcache", docs_url=None, redoc_url=None, openapi_url=None)
     if api_key is not None:
         app.add_middleware(KeyGuard, service=service, api_key=api_key)
+    app.add_middleware(ShutdownGuard, service=service)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(service, exc.status, exc.message, exc.code)
+        return error_response(service, exc.status, exc.message, exc.code, exc.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
@@ -110,27 +153,22 @@ def create_app(service: ChatService, api_key: str | None = None) -> FastAPI:
         prepared = await run_in_threadpool(guarded, service.prepare, body)
         if prepared.stream:
             return StreamingResponse(stream_chat(service, prepared), media_type="text/event-stream")
-        cancel = threading.Event()
-        watcher = asyncio.create_task(cancel_on_disconnect(request, cancel))
-        try:
-            result = await run_in_threadpool(guarded, service.generate, prepared, None, cancel)
-        finally:
-            watcher.cancel()
+        result = await cancellable(request, service.generate, prepared, None)
         return JSONResponse(completion(service, prepared, result))
 
     @app.post("/v1/contexts")
     async def create_context(request: Request) -> JSONResponse:
         body = await json_body(request)
-        entry = await run_in_threadpool(guarded, service.create_context, body)
+        entry = await cancellable(request, service.create_context, body)
         return JSONResponse(entry.to_dict())
 
     @app.get("/v1/contexts/{context_id}")
-    async def get_context(context_id: str) -> JSONResponse:
-        return JSONResponse(guarded(service.contexts.get, context_id).to_dict())
+    async def get_context(context_id: str, request: Request) -> JSONResponse:
+        return JSONResponse(guarded(service.contexts.get, context_id, header_salt(request)).to_dict())
 
     @app.delete("/v1/contexts/{context_id}")
-    async def delete_context(context_id: str) -> JSONResponse:
-        guarded(service.contexts.delete, context_id)
+    async def delete_context(context_id: str, request: Request) -> JSONResponse:
+        guarded(service.contexts.delete, context_id, header_salt(request))
         return JSONResponse({"context_id": context_id, "object": "context.deleted", "deleted": True})
 
     return app
@@ -148,6 +186,32 @@ def guarded(fn: Any, *args: Any) -> Any:
         raise ApiError(status_of(exc), str(exc)) from None
 
 
+async def cancellable(request: Request, fn: Any, *args: Any) -> Any:
+    """fn(*args, cancel) on a worker thread; `cancel` is set when the client goes away or the request is cancelled
+    (the server shutting down), which stops the engine at its next turn."""
+    cancel = threading.Event()
+    watcher = asyncio.create_task(cancel_on_disconnect(request, cancel))
+    try:
+        return await run_in_threadpool(guarded, fn, *args, cancel)
+    finally:
+        watcher.cancel()
+        cancel.set()  # a finished call ignores it
+
+
+def header_salt(request: Request) -> str | None:
+    """The cache_salt a GET or DELETE of a context sends in the X-Cache-Salt header (UTF-8); absent means unsalted."""
+    raw = request.headers.get(SALT_HEADER)
+    if raw is None:
+        return None
+    try:
+        salt = raw.encode("latin-1").decode("utf-8")  # the bytes as sent (Starlette decodes headers as Latin-1)
+    except UnicodeDecodeError:
+        raise ApiError(400, "the X-Cache-Salt header is not UTF-8") from None
+    if not salt:
+        raise ApiError(400, "the X-Cache-Salt header must be a non-empty string")
+    return salt
+
+
 async def cancel_on_disconnect(request: Request, cancel: threading.Event) -> None:
     """Set `cancel` when the client goes away (after the body, the next ASGI message is the disconnect)."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -156,8 +220,19 @@ async def cancel_on_disconnect(request: Request, cancel: threading.Event) -> Non
 
 
 async def json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object. A body over MAX_BODY_BYTES gets 413 from its Content-Length before any of it is
+    read (sent chunked, once what arrived passes the limit); NaN, Infinity and floats beyond a double's range are
+    not JSON numbers (a 400, as is anything else that is not JSON)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and (len(declared) > 18 or int(declared) > MAX_BODY_BYTES):
+        raise body_too_large(f"{declared} bytes")
+    raw = bytearray()
     try:
-        body = json.loads(await request.body())
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY_BYTES:
+                raise body_too_large(f"over {MAX_BODY_BYTES} bytes")
+        body = json.loads(raw, parse_constant=not_a_number, parse_float=finite_float)
     except ClientDisconnect:
         raise ApiError(CLIENT_GONE, "the client closed the connection before the body was complete") from None
     except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested too deep, an int of 5,000 digits
@@ -166,6 +241,23 @@ async def json_body(request: Request) -> dict[str, Any]:
         raise ApiError(400, "the body must be a JSON object")
     check_json(body)
     return body
+
+
+def body_too_large(size: str) -> ApiError:
+    """A 413 that closes the connection: the rest of the body is not read."""
+    return ApiError(413, f"the body has {size}; the limit is {MAX_BODY_BYTES} bytes", "request_too_large",
+                    {"Connection": "close"})
+
+
+def not_a_number(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number (numbers must be finite)")
+
+
+def finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is beyond a 64-bit float's range")
+    return value
 
 
 def check_json(body: dict[str, Any]) -> None:
@@ -289,6 +381,45 @@ def sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
+class DeadlineH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with deadlines while it waits for a request: a client that sends nothing for
+    IDLE_TIMEOUT_S, or has not sent a whole request (headers and body) REQUEST_TIMEOUT_S after its first byte, is
+    dropped (uvicorn itself only times out idle keep-alive connections). A request whose body is in is not timed."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.read_begun: float | None = None
+        self.read_deadline: asyncio.TimerHandle | None = None
+        self.watch()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self.watch()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.read_deadline is not None:
+            self.read_deadline.cancel()
+        super().connection_lost(exc)
+
+    def watch(self) -> None:
+        """(Re)arm the deadline while a request is still arriving; disarm it once the request is in."""
+        if self.read_deadline is not None:
+            self.read_deadline.cancel()
+            self.read_deadline = None
+        if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY) or self.transport.is_closing():
+            self.read_begun = None
+            return
+        now = self.loop.time()
+        self.read_begun = now if self.read_begun is None else self.read_begun
+        until = min(now + IDLE_TIMEOUT_S, self.read_begun + REQUEST_TIMEOUT_S)
+        self.read_deadline = self.loop.call_at(until, self.drop)
+
+    def drop(self) -> None:
+        self.read_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
 def check_listen(host: str, port: int) -> None:
     """Fail with one clear line, before the model loads, when the address cannot be bound."""
     try:
@@ -334,4 +465,5 @@ def serve(host: str, port: int, model: str, api_key: str | None, log: Any = prin
     service = ChatService(*local_engine(RunConfig(model=model, dtype=dtype, quant=quant, disk_cache=False)),
                           replica=f"http://{host}:{port}")
     log(f"serving {service.model_id} on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""))
-    uvicorn.run(create_app(service, api_key), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(service, api_key), host=host, port=port, log_level="warning", http=DeadlineH11Protocol,
+                timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)

@@ -14,6 +14,7 @@ from agentcache.errors import AgentcacheError
 from agentcache.render import ChatRenderer, segment_ids, tools_message
 from agentcache.serve.contexts import DEFAULT_TTL_S, MAX_TTL_S, ContextStore, StoredContext
 from agentcache.serve.metrics import ServeMetrics
+from agentcache.serve.segments import message_segments
 from engine import Engine, Request, Result, SamplingParams
 from engine.model import LoadedModel
 from engine.request import LogitsMask
@@ -32,12 +33,19 @@ CALL_USAGE = 'each tool call needs {"type": "function", "function": {"name": ...
 SEED_RANGE = (-(1 << 63), (1 << 63) - 1)  # a signed 64-bit integer, as vLLM takes it
 GREEDY_BELOW = 1e-5  # a temperature under this decodes greedily (as in vLLM): dividing by less overflows
 UNSUPPORTED = ("logprobs", "top_logprobs", "logit_bias", "presence_penalty", "frequency_penalty")
+MAX_MESSAGES = 25_000  # messages in one request or context (HTTP 413): about what a 128k-token window can hold
+MAX_TOOLS = 128  # tools in one request, as OpenAI allows
+MAX_STOPS, MAX_STOP_CHARS = 8, 128  # stop strings, each checked against the text's tail after every token
 
 CACHE_TTLS = ("5m", "1h")  # Anthropic's cache_control TTLs, read as retention classes (retention_of)
 
 
 class BadRequest(AgentcacheError):
     """The request body is malformed or asks for something this server cannot do (HTTP 400)."""
+
+
+class TooLarge(AgentcacheError):
+    """The request holds more than a limit allows (HTTP 413)."""
 
 
 class UnknownModel(AgentcacheError):
@@ -158,6 +166,8 @@ def chat_messages(messages: Any, tools: Any) -> list[dict[str, str]]:
     """The messages to render, after a system message describing `tools` (checked by function_tools)."""
     if not isinstance(messages, list):
         raise BadRequest("'messages' must be a list")
+    if len(messages) > MAX_MESSAGES:
+        raise TooLarge(f"'messages' holds {len(messages)} messages; the limit is {MAX_MESSAGES}")
     head = [tools_message(canonical_json(tools), TOOL_FORMAT)] if tools else []
     rendered = []
     for i, message in enumerate(messages):
@@ -172,6 +182,8 @@ def function_tools(tools: Any) -> list[ToolSpec]:
     """The functions of OpenAI `tools`; a function without `parameters` takes none."""
     if tools is not None and not isinstance(tools, list):
         raise BadRequest("'tools' must be a list")
+    if tools and len(tools) > MAX_TOOLS:
+        raise BadRequest(f"'tools' holds {len(tools)} tools; the limit is {MAX_TOOLS}")
     specs: dict[str, ToolSpec] = {}
     for tool in tools or []:
         function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
@@ -278,6 +290,8 @@ def stop_strings(body: dict[str, Any]) -> list[str]:
     stops = [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
         raise BadRequest("stop must be a string or a list of strings")
+    if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise BadRequest(f"stop holds at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS} characters each")
     return stops
 
 
@@ -341,7 +355,7 @@ class ChatService:
         self.contexts = contexts if contexts is not None else ContextStore()
         self.metrics = ServeMetrics()
         self._renderer = ChatRenderer(model.tokenizer)
-        self._render_lock = threading.Lock()
+        self._matchers_lock = threading.Lock()
         self._matchers: dict[str, Any] = {}
 
     @property
@@ -356,8 +370,7 @@ class ChatService:
 
     def segments(self, messages: list[dict[str, str]]) -> list[list[int]]:
         """Token ids per message (plus the generation prompt), each segment tokenized on its own."""
-        with self._render_lock:
-            texts = self._renderer.message_segments(messages)
+        texts = message_segments(self._renderer, messages)
         for text in texts:
             try:
                 text.encode("utf-8")
@@ -378,7 +391,7 @@ class ChatService:
         if forced and schema is not None:
             raise BadRequest("response_format cannot be combined with tool_choice 'required' or a named tool")
         messages = chat_messages(body.get("messages"), body.get("tools"))
-        context = self.contexts.get(context_id) if context_id else None
+        context = self.contexts.get(context_id, salt) if context_id else None  # only its owner's salt finds it
         messages = (context.messages if context else []) + messages
         if not messages:
             raise BadRequest("'messages' is empty and no context_id was given")
@@ -388,7 +401,7 @@ class ChatService:
         mask = tensor_mask(grammar.new_mask(self.model.config.vocab_size)) if forced and grammar else self._mask(schema)
         retention = retention_of(body.get("messages"), len(messages) - len(body.get("messages")), len(segments))
         request = Request(segments, max_tokens=max_tokens, sampling=sampling, stop=stop,
-                          salt=salt or (context.salt if context else None), logits_mask=mask, retention=retention)
+                          salt=salt, logits_mask=mask, retention=retention)
         return Prepared(request, context, grammar, forced, stream, include_usage)
 
     def _max_tokens(self, asked: int | None, prompt_tokens: int) -> int:
@@ -412,11 +425,11 @@ class ChatService:
 
     def _compiled(self, key: str, build: Any) -> Any:
         """A compiled grammar by key, built on a miss; the oldest of SCHEMA_CACHE goes first."""
-        with self._render_lock:
+        with self._matchers_lock:
             found = self._matchers.get(key)
         if found is None:
             found = build()
-            with self._render_lock:
+            with self._matchers_lock:
                 if len(self._matchers) >= SCHEMA_CACHE:
                     self._matchers.pop(next(iter(self._matchers)))
                 self._matchers[key] = found
@@ -429,8 +442,10 @@ class ChatService:
         self.metrics.observe(result, *saved)
         return result
 
-    def create_context(self, body: dict[str, Any]) -> StoredContext:
-        """Store the messages and prefill them, so their full pages are cached when a chat request uses them."""
+    def create_context(self, body: dict[str, Any], cancel: threading.Event | None = None) -> StoredContext:
+        """Store the messages and prefill them, so their full pages are cached when a chat request uses them. The
+        context belongs to the body's cache_salt: only a request with the same salt finds it. Setting `cancel`
+        stops the prefill (Cancelled)."""
         ttl = given(body, "ttl_seconds", DEFAULT_TTL_S)
         if not is_number(ttl) or not 0 < ttl <= MAX_TTL_S:
             raise BadRequest(f"ttl_seconds must be a number in (0, {MAX_TTL_S}]")
@@ -445,7 +460,7 @@ class ChatService:
         tokens = sum(map(len, segments))
         if tokens + 1 > self.model.max_len:
             raise BadRequest(f"the context has {tokens} tokens; the model window is {self.model.max_len}")
-        self.engine.generate(Request(segments, max_tokens=1, salt=salt))
+        self.engine.generate(Request(segments, max_tokens=1, salt=salt), None, cancel)
         size = len(json.dumps({"messages": body.get("messages"), "tools": body.get("tools")}).encode("utf-8"))
         self.metrics.context_created()
         return self.contexts.add(messages, tokens, size, float(ttl), salt)
