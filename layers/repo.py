@@ -52,6 +52,8 @@ REPO_COMMAND_KEYS = re.compile(r"(filter\..+\.(clean|smudge|process)|diff\..+\.(
                                r"|core\.askpass|credential\..*helper|core\.editor|sequence\.editor|core\.pager"
                                r"|pager\..+|core\.fsmonitor|core\.hookspath|diff\.external)", re.IGNORECASE)
 
+REQUIRED_FILTER = re.compile(r"filter\..+\.required", re.IGNORECASE)
+
 
 def is_secret_name(name: str) -> bool:
     name = name.lower()
@@ -104,8 +106,12 @@ def git_safety_options(root: Path) -> list[str]:
     options = []
     for line in result.stdout.decode("utf-8", errors="replace").splitlines():
         scope, _, key = line.partition("\t")
-        if scope in ("local", "worktree") and REPO_COMMAND_KEYS.fullmatch(key):
+        if scope not in ("local", "worktree"):
+            continue
+        if REPO_COMMAND_KEYS.fullmatch(key):
             options += ["-c", f"{key}="]
+        elif REQUIRED_FILTER.fullmatch(key):  # a required filter with its command switched off would fail git
+            options += ["-c", f"{key}=false"]
     return options
 
 
