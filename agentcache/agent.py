@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from agentcache import PROMPTS_DIR
 from agentcache.backends import Backend, GenSettings, Reply
-from agentcache.backends.constrain import Answer, ToolCallError
+from agentcache.backends.constrain import Answer, ToolCallError, valid_text
 from agentcache.config import RunConfig
 from agentcache.inspect.explain import divergence, identity, prefix_change
 from agentcache.records import (BlockText, Compaction, Request, ResumeCheck, Usage, UserTurn, block_refs,
@@ -27,6 +27,7 @@ SUMMARY_PROMPT_TOKENS = 128  # room for the instruction that asks for it
 PAYBACK_TURNS = 2  # a compaction must pay for itself within this many requests (inspect counts 3: a margin for
 # estimates, since a summary's length is only known once written, and for sessions that end sooner)
 COMPACT_PROMPT = PROMPTS_DIR / "compact.md"
+ECHO_CHARS = 8000  # the most of an invalid reply that goes back to the model (a hostile server's can be MBs)
 OnTurn = Callable[[dict[str, Any]], None]
 TurnCheck = Callable[[], str | None]  # a reason to stop before the next turn, or None to go on
 
@@ -107,7 +108,7 @@ class Agent:
                                salt=self.config.salt or None, tool_required=self._look_first(),
                                routing_key=self._routing_key())
         sent_at = time.time()
-        reply = self.backend.complete(self.context, self.specs, self.enabled, settings)
+        reply = self._complete(self.context, self.enabled, settings)
         self.spent += reply.usage["computed_tokens"] + reply.usage["completion_tokens"]
         record = self._request_record(turn, reply, sent_at)
         try:
@@ -135,10 +136,19 @@ class Agent:
             return Outcome("token_budget", None, turn)
         return None
 
+    def _complete(self, context: Context, enabled: set[str], settings: GenSettings) -> Reply:
+        """The backend's reply to `context`, its text valid UTF-8 (the session and the next prompt must hold it)."""
+        reply = self.backend.complete(context, self.specs, enabled, settings)
+        reply.text = valid_text(reply.text)
+        return reply
+
     def _invalid(self, turn: int, reply: Reply, record: Request, message: str) -> Outcome | None:
+        """An unusable reply: it goes back to the model (cut to ECHO_CHARS) with what was wrong, as a retry."""
         self.errors += 1
         record.error = message
-        blocks = [AssistantMessage(reply.text).to_block(),
+        echo = reply.text if len(reply.text) <= ECHO_CHARS else \
+            f"{reply.text[:ECHO_CHARS]}... [{len(reply.text) - ECHO_CHARS} more characters cut]"
+        blocks = [AssistantMessage(echo).to_block(),
                   ToolResult("error", f"{message}; {RETRY_HINT[self._tool_format()]}", True).to_block()]
         self._append(blocks, record.to_json())
         if self.errors > self.config.retries:
@@ -239,7 +249,7 @@ class Agent:
         settings = GenSettings(max_tokens=SUMMARY_TOKENS, temperature=self.config.temperature,
                                salt=self.config.salt or None, routing_key=self._routing_key())
         sent_at = time.time()
-        reply = self.backend.complete(fork, self.specs, set(), settings)
+        reply = self._complete(fork, set(), settings)
         self.spent += reply.usage["computed_tokens"] + reply.usage["completion_tokens"]
         record = self._request_record(turn, reply, sent_at, fork)
         record.purpose = "compaction"

@@ -13,11 +13,16 @@ The prompt states this format (`agentcache.render.format_instructions`). In the 
 agentcache.render) the reply is instead `<tool_call>` (the template's special token), a newline, the same call
 object, a newline and `</tool_call>`; or a plain-text answer, which may not start with `<` or white space.
 Masks are numpy bools, no torch: the local backend turns them into the tensor the engine takes.
+
+Every reply is parsed here, for every backend, under bounds (`reply_json`): at most MAX_REPLY_CHARS characters,
+nesting at most MAX_DEPTH deep, integers within INT_BOUND, finite numbers only, no lone surrogate in a string. A
+reply past a bound is a ToolCallError like any malformed reply: the agent tells the model and retries.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -41,6 +46,9 @@ _text_tokenizer: LLTokenizer | None = None
 
 
 MAX_ANSWER_CHARS = 600
+MAX_REPLY_CHARS = 1 << 20  # a longer reply is refused unread (a write_file of ~1 MB is still a reply)
+MAX_DEPTH = 32  # arrays and objects nested deeper than this (a tool call needs 3 or 4)
+INT_BOUND = 2 ** 31  # every integer in a reply: |n| < INT_BOUND
 # Small models often write the call object bare or in a markdown fence instead of inside <tool_call> tags: the
 # native grammar takes those as calls too (an answer cannot start with `{` or a backtick), and L3 keeps the tagged form.
 FENCE_OPEN, FENCE_CLOSE = "```json\n", "\n```"
@@ -194,6 +202,9 @@ class ToolCallGrammar:
 
     def parse(self, text: str) -> ToolCall | Answer:
         """The reply as a ToolCall to an enabled tool with valid arguments, or an Answer; else ToolCallError."""
+        if len(text) > MAX_REPLY_CHARS:
+            raise ToolCallError(f"the reply is {len(text)} characters long, more than the {MAX_REPLY_CHARS} a "
+                                "reply may have")
         if self.tool_format == "native":
             return self._parse_native(text)
         reply = self._load(text)
@@ -232,10 +243,7 @@ class ToolCallGrammar:
         return self._call(self._load(stripped[len(NATIVE_CALL_OPEN):-len(NATIVE_CALL_CLOSE)].strip()))
 
     def _load(self, text: str) -> dict[str, Any]:
-        try:
-            reply = json.loads(text)
-        except json.JSONDecodeError:
-            raise ToolCallError("the reply is not one complete JSON object (was it cut off?)") from None
+        reply = reply_json(text)
         if not isinstance(reply, dict):
             raise ToolCallError("the reply must be a JSON object")
         return reply
@@ -246,7 +254,78 @@ class ToolCallGrammar:
         ranked = sorted(arguments, key=lambda k: order.index(k) if k in order else len(order))
         call = {"name": spec.name, "arguments": {key: arguments[key] for key in ranked}}
         canonical = json.dumps(call, ensure_ascii=False, separators=(", ", ": "))
-        matcher = self._calls.deep_copy()
-        if not matcher.consume_tokens(self.ll_tokenizer.tokenize_str(canonical)) or not matcher.is_accepting():
+        matcher = self._calls.deep_copy()  # greedy tokens: any tokens of these bytes do, in linear time
+        if not matcher.consume_tokens(self.ll_tokenizer.greedy_tokenize(canonical)) or not matcher.is_accepting():
             raise ToolCallError(f"arguments of {spec.name} do not match its parameters: "
                                 f"{json.dumps(spec.parameters, sort_keys=True)}")
+
+
+def reply_json(text: str) -> Any:
+    """`text` parsed as JSON within the reply bounds (module docstring); ToolCallError for anything else."""
+    try:
+        value = json.loads(text, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
+    except _OutOfBounds as exc:
+        raise ToolCallError(f"the reply holds {exc}") from None
+    except RecursionError:
+        raise ToolCallError(f"the reply nests arrays or objects more than {MAX_DEPTH} deep") from None
+    except ValueError:
+        raise ToolCallError("the reply is not one complete JSON object (was it cut off?)") from None
+    problem = _out_of_bounds(value)
+    if problem is not None:
+        raise ToolCallError(f"the reply holds {problem}")
+    return value
+
+
+class _OutOfBounds(ValueError):
+    """A number past the reply bounds, raised from inside json.loads."""
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > len(str(INT_BOUND)) or abs(int(digits)) >= INT_BOUND:
+        shown = digits if len(digits) <= 24 else f"{digits[:12]}...({len(digits)} characters)"
+        raise _OutOfBounds(f"the integer {shown}, outside the range a tool takes (|n| < 2**31)")
+    return int(digits)
+
+
+def _finite_float(digits: str) -> float:
+    value = float(digits)
+    if not math.isfinite(value):
+        shown = digits if len(digits) <= 24 else f"{digits[:12]}...({len(digits)} characters)"
+        raise _OutOfBounds(f"the number {shown}, too large to be finite")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise _OutOfBounds(f"{name}, which is not a JSON number")
+
+
+def _out_of_bounds(value: Any) -> str | None:
+    """What in a parsed reply breaks a bound json.loads cannot check: nesting past MAX_DEPTH, a lone surrogate
+    (a `\\ud800` escape) in a string or key; None when nothing does."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (dict, list)):
+            if depth >= MAX_DEPTH:
+                return f"arrays or objects nested more than {MAX_DEPTH} deep"
+            children = [*item, *item.values()] if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+        elif isinstance(item, str) and _has_surrogate(item):
+            return "a lone surrogate (\\ud800-\\udfff escape) in a string, which is not text"
+    return None
+
+
+def valid_text(text: str) -> str:
+    """`text` as valid Unicode: surrogate pairs joined, each lone surrogate (which a remote server's JSON can
+    carry, and no UTF-8 can) replaced by U+FFFD."""
+    if not _has_surrogate(text):
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
