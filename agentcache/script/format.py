@@ -110,8 +110,26 @@ def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
     return out
 
 
+def _construct_str(loader: _Loader, node: yaml.ScalarNode) -> str:
+    """A string; `\\ud83d\\ude00` escapes joined into one character as in JSON, and a lone surrogate escape (no
+    UTF-8 holds one) refused at the string's line."""
+    text = loader.construct_scalar(node)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        data = text.encode("utf-16-le", "surrogatepass")
+    try:
+        return data.decode("utf-16-le")
+    except UnicodeDecodeError as exc:
+        lone = int.from_bytes(data[exc.start:exc.start + 2], "little")
+        raise _Invalid(node.start_mark.line + 1, f"a string holds a lone surrogate \\u{lone:04x}, which is not "
+                                                 "text") from None
+
+
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
+_Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
 
 
 class _Invalid(Exception):
