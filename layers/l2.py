@@ -50,10 +50,10 @@ def skill_paths(paths: Iterable[str], skills_dir: str) -> list[str]:
     return sorted(p for p in paths if p.startswith(prefix))
 
 
-def _file_chunks(root: Path, kind: str, paths: list[str], dirty: set[str]) -> list[Block]:
+def _file_chunks(root: Path, kind: str, paths: list[str], dirty: set[str], listed: set[str]) -> list[Block]:
     blocks = []
     for rel in sorted(paths, key=lambda p: p in dirty):
-        text = read_text(root, rel)
+        text = read_text(root, rel, listed)
         if text is not None:
             blocks.append(Block(Layer.L2, kind, rel, normalize_text(text).encode("utf-8")))
     return blocks
@@ -63,8 +63,8 @@ def l2_chunks(root: Path, config: L2Config) -> list[Block]:
     paths = list_files(root)
     dirty = dirty_paths(root)
     tree = Block(Layer.L2, "tree", ".", render_tree(paths, config.max_tree_entries).encode("utf-8"))
-    docs = _file_chunks(root, "doc", doc_paths(paths), dirty)
-    skills = _file_chunks(root, "skill", skill_paths(paths, config.skills_dir), dirty)
+    docs = _file_chunks(root, "doc", doc_paths(paths), dirty, set(paths))
+    skills = _file_chunks(root, "skill", skill_paths(paths, config.skills_dir), dirty, set(paths))
     return [tree, *docs, *skills]
 
 

@@ -324,15 +324,18 @@ def open_in_root(root: Path, rel: str, flags: int = os.O_RDONLY, mode: int = 0o6
     return fd
 
 
-def resolved_name(root: Path, rel: str) -> str:
-    """What root/rel names once its links are followed, relative to root; RepoError if that is outside."""
+def open_listed(root: Path, rel: str, listed: set[str]) -> int:
+    """A descriptor of the listed file rel: a link is opened at the name it resolves to, which must itself be listed,
+    and that name is opened without following anything (open_in_root), so a name swapped for a link to an unlisted
+    file at any moment is refused, never read."""
     try:
         target = (root / rel).resolve()
     except (OSError, RuntimeError) as exc:
         raise RepoError(f"cannot resolve {rel}: {getattr(exc, 'strerror', None) or exc}") from None
-    if not target.is_relative_to(root) or target == root:
-        raise RepoError(f"{rel} resolves outside the repository")
-    return target.relative_to(root).as_posix()
+    name = target.relative_to(root).as_posix() if target.is_relative_to(root) else None
+    if name not in listed:
+        raise RepoError(f"cannot open {rel}: it no longer resolves to a listed file")
+    return open_in_root(root, name)
 
 
 def read_capped(root: Path, rel: str, cap: int) -> bytes:
@@ -362,10 +365,11 @@ def cut_at_line(data: bytes, cap: int, rel: str) -> bytes:
     return kept + f"[{rel} is cut here: longer than {cap // 1024} KiB; read_file shows the rest]\n".encode()
 
 
-def read_text(root: Path, rel: str) -> str | None:
-    """An L2 file's text, cut at MAX_DOC_BYTES; None for a binary, non-UTF-8 or private-key file. A listed link
-    is read at the listed name it resolves to, opened without following anything."""
-    data = read_capped(root, resolved_name(root, rel), MAX_DOC_BYTES)
+def read_text(root: Path, rel: str, listed: set[str]) -> str | None:
+    """The listed file's text (open_listed), cut at MAX_DOC_BYTES; None for a binary, non-UTF-8 or private-key
+    file."""
+    with os.fdopen(open_listed(root, rel, listed), "rb") as file:
+        data = file.read(MAX_DOC_BYTES + 1)
     if b"\0" in data[:BINARY_SNIFF_BYTES] or has_private_key(data):
         return None
     try:

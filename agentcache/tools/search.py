@@ -19,7 +19,7 @@ import regex
 from agentcache.tools.base import ToolError, ToolOutcome
 from agentcache.tools.workspace import Workspace
 from layers.errors import RepoError
-from layers.repo import BINARY_SNIFF_BYTES, capped_lines, has_private_key, open_in_root, resolved_name
+from layers.repo import BINARY_SNIFF_BYTES, capped_lines, has_private_key, open_listed
 
 MAX_MATCHES = 200
 MAX_MATCH_CHARS = 300
@@ -66,13 +66,13 @@ def matches_glob(path: str, wanted: regex.Pattern, anywhere: bool, deadline: flo
     return any(wanted.fullmatch(c, timeout=max(deadline - time.monotonic(), 0)) for c in candidates)
 
 
-def file_matches(ws: Workspace, rel: str, pattern: regex.Pattern,
+def file_matches(ws: Workspace, rel: str, listed: set[str], pattern: regex.Pattern,
                  deadline: float) -> tuple[list[tuple[int, str]], int | None]:
     """The matching (line number, line) of one text file, and the line a deadline or MAX_FILE_BYTES stopped it at
     (None if it ran to the end); a binary, private-key or unopenable file has none. The file is opened once at the
-    listed name it resolves to, no link followed."""
+    listed name it resolves to, no link followed (open_listed)."""
     try:
-        file = os.fdopen(open_in_root(ws.root, resolved_name(ws.root, rel)), "rb")
+        file = os.fdopen(open_listed(ws.root, rel, listed), "rb")
     except RepoError:
         return [], None
     found, read = [], 0
@@ -118,6 +118,7 @@ def search(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
     pattern = compile_pattern(args["pattern"])
     end = time.monotonic() + TOTAL_BUDGET_S
     files = ws.files()
+    listed = set(files)
     if "path" in args:
         glob = args["path"]
         wanted = glob_filter(glob)
@@ -134,7 +135,7 @@ def search(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
             break
         searched += 1
         file_end = min(time.monotonic() + FILE_BUDGET_S, end)
-        matches, stopped_at = file_matches(ws, rel, pattern, file_end)
+        matches, stopped_at = file_matches(ws, rel, listed, pattern, file_end)
         for number, line in matches:
             total += 1
             if len(found) < MAX_MATCHES:
