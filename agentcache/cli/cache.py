@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from agentcache import cache_dir
+from agentcache import cache_dir, terminal
 from agentcache.errors import AgentcacheError
 
 cache_app = typer.Typer(help="See and manage the KV pages kept on disk between runs.", no_args_is_help=True)
@@ -36,11 +33,11 @@ def _root(directory: Path | None) -> Path:
 
 def _emit(report: dict[str, Any], as_json: bool, lines: list[str]) -> None:
     if as_json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        terminal.write_json(report)
         return
-    console = Console(highlight=False)
+    console = terminal.console()
     for line in lines:
-        console.print(line, markup=False)
+        console.print(terminal.inert(line), markup=False)
 
 
 @cache_app.command()
@@ -50,14 +47,14 @@ def stats(directory: Dir = None, as_json: Json = False) -> None:
     if as_json:
         _emit(report, True, [])
         return
-    table = Table(title=f"KV disk cache {report['dir']}")
+    table = Table(title=terminal.cell(f"KV disk cache {report['dir']}"))
     for column in ("model", "fingerprint", "files", "bytes", "tokens", "bytes/token"):
         table.add_column(column, justify="left" if column in ("model", "fingerprint") else "right")
     for m in report["models"] + [{**report, "model": "total", "fingerprint": ""}]:
         per_token = f"{m['bytes_per_token']:.0f}" if m["bytes_per_token"] else "-"
-        table.add_row(m["model"] or "?", m["fingerprint"][:12], str(m["files"]), str(m["bytes"]),
-                      str(m["tokens"]), per_token)
-    Console(highlight=False).print(table)
+        table.add_row(*map(terminal.cell, (m["model"] or "?", m["fingerprint"][:12], m["files"], m["bytes"],
+                                           m["tokens"], per_token)))
+    terminal.console().print(table)
 
 
 @cache_app.command()

@@ -3,16 +3,14 @@ a local vLLM fleet behind vllm-router, started and stopped."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 from urllib.parse import urlparse
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from agentcache import terminal
 from agentcache.fleet.status import fleet_status, router_workers
 
 fleet_app = typer.Typer(help="Look at a fleet of replicas behind a router.", no_args_is_help=True)
@@ -40,7 +38,7 @@ def status(
             router_metrics = f"http://{host}:{ROUTER_METRICS_PORT}"
     report = fleet_status(replicas, router_metrics)
     if as_json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        terminal.write_json(report)
         return
     render(report)
 
@@ -52,9 +50,10 @@ def render(report: dict[str, Any]) -> None:
         if i == len(rows) - 1:
             table.add_section()
         rate = "-" if row["hit_rate"] is None else f"{100 * row['hit_rate']:.1f}%"
-        table.add_row(row["url"], row["kind"], str(row["queries"]), str(row["hits"]), rate, str(row["requests"]),
-                      "-" if row["routed"] is None else str(row["routed"]))
-    Console(highlight=False).print(table)
+        routed = "-" if row["routed"] is None else row["routed"]
+        table.add_row(*map(terminal.cell, (row["url"], row["kind"], row["queries"], row["hits"], rate,
+                                           row["requests"], routed)))
+    terminal.console().print(table)
 
 
 State = Annotated[Path, typer.Option("--state", help="The fleet's folder: PID files, logs, fleet.json.")]
@@ -87,8 +86,8 @@ def up(
     spec = FleetSpec(vllm.resolve(), router.resolve(), folder, name, str(dtype).removeprefix("torch."),
                      state.resolve(), cores=list(range(replicas)), policy=policy)
     started = start_fleet(spec)
-    print(f"fleet up: {name} on {', '.join(started['replicas'])} behind {started['router_url']} ({policy}); "
-          f"use --backend openai --base-url {started['router_url']}/v1 --model {name}")
+    print(terminal.inert(f"fleet up: {name} on {', '.join(started['replicas'])} behind {started['router_url']} "
+                         f"({policy}); use --backend openai --base-url {started['router_url']}/v1 --model {name}"))
 
 
 @fleet_app.command()

@@ -1,16 +1,15 @@
 """`agentcache inspect`: its modes (session view, --explain, --diff, --layers), their options and tables."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from agentcache import PROMPTS_DIR
+from agentcache import PROMPTS_DIR, terminal
 from agentcache.cli.options import Debug
 from agentcache.errors import AgentcacheError
 from layers import Context, L2Config, TiktokenCounter, build_prefix, lint_blocks
@@ -58,23 +57,24 @@ def _print_json(context: Context, rows: list[dict[str, object]], findings: list[
         "blocks": rows,
         "lint": [f.to_dict() for f in findings],
     }
-    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    terminal.write_json(report)
 
 
 def _print_table(context: Context, rows: list[dict[str, object]], findings: list[Finding]) -> None:
-    console = Console(highlight=False)
+    console = terminal.console()
     table = Table(title="context layers")
     for column in ("layer", "kind", "key", "tokens", "hash", "status"):
         table.add_column(column, justify="right" if column == "tokens" else "left", overflow="fold")
     for row in rows:
-        table.add_row(row["layer"], row["kind"], row["key"], str(row["tokens"] if row["tokens"] is not None else "-"),
-                      str(row["hash"])[:12], str(row["status"] or "-"))
+        tokens = row["tokens"] if row["tokens"] is not None else "-"
+        table.add_row(*map(terminal.cell, (row["layer"], row["kind"], row["key"], tokens, str(row["hash"])[:12],
+                                           row["status"] or "-")))
     console.print(table)
     for layer, digest in context.layer_hashes().items():
-        console.print(f"{layer} hash     {digest}")
-    console.print(f"context id  {context.context_id}")
+        console.print(f"{layer} hash     {digest}", markup=False)
+    console.print(f"context id  {context.context_id}", markup=False)
     for finding in findings:
-        console.print(f"[yellow]warning:[/yellow] volatile content in {finding}", markup=True)
+        console.print(Text.assemble(("warning:", "yellow"), f" volatile content in {terminal.inert(str(finding))}"))
 
 
 def _read_session(repo: Path, ref: str) -> tuple[object, list[dict], list[int]]:
@@ -84,7 +84,7 @@ def _read_session(repo: Path, ref: str) -> tuple[object, list[dict], list[int]]:
     session = load_session(repo, ref)
     records, bad = session.read()
     for line in bad:
-        print(line.warning(session.id), file=sys.stderr)
+        print(terminal.inert(line.warning(session.id)), file=sys.stderr)
     if bad and not records:
         raise AgentcacheError(f"session {session.id} has no valid record")
     return session, records, [line.number for line in bad]
@@ -101,16 +101,16 @@ def _inspect_session(repo: Path, ref: str, as_json: bool, explain: bool, cache_t
         view = explain_view(session, records)
         view["bad_lines"] = bad
         if not as_json:
-            render_explain(view, Console(highlight=False))
+            render_explain(view, terminal.console())
     else:
         recorded = next((r.cache_ttl for r in reversed(requests_of(records)) if r.cache_ttl), None)
         configured = load_config(repo)[0].cache_ttl
         view = session_view(session.id, records, bad, cache_ttl or recorded or
                             (configured if configured != "auto" else "5m"))
         if not as_json:
-            render_session(view, records, Console(highlight=False))
+            render_session(view, records, terminal.console())
     if as_json:
-        sys.stdout.write(json.dumps(view, indent=2) + "\n")
+        terminal.write_json(view)
 
 
 def _inspect_diff(repo: Path, refs: tuple[str, str], as_json: bool) -> None:
@@ -118,11 +118,11 @@ def _inspect_diff(repo: Path, refs: tuple[str, str], as_json: bool) -> None:
 
     view = diff_view(repo, *refs)
     for session_id, line in view.pop("bad"):
-        print(line.warning(session_id), file=sys.stderr)
+        print(terminal.inert(line.warning(session_id)), file=sys.stderr)
     if as_json:
-        sys.stdout.write(json.dumps(view, indent=2) + "\n")
+        terminal.write_json(view)
     else:
-        render_diff(view, Console(highlight=False))
+        render_diff(view, terminal.console())
 
 
 def _add_status(repo: Path, rows: list[dict[str, object]], context: Context) -> list[dict[str, object]]:
@@ -137,7 +137,7 @@ def _add_status(repo: Path, rows: list[dict[str, object]], context: Context) -> 
         session = None
     records, bad = session.read() if session else ([], [])
     for line in bad:
-        print(line.warning(session.id), file=sys.stderr)
+        print(terminal.inert(line.warning(session.id)), file=sys.stderr)
     requests = requests_of(records)
     if not requests:
         return [{**row, "status": None, "cause": None} for row in rows]

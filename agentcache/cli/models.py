@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from agentcache import terminal
 from agentcache.config import QUANTS, RunConfig, default_model
 from agentcache.errors import AgentcacheError
 
@@ -41,14 +40,14 @@ def models(ctx: typer.Context,
         return
     report = registry_report()
     if as_json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        terminal.write_json(report)
         return
     table = Table("model", "size", "installed", "license", "install")
     for m in report["models"]:
         name = m["name"] + (" (default)" if m["name"] == report["default"] else "")
-        table.add_row(name, f"{m['bytes'] / 1e6:,.0f} MB", "yes" if m["installed"] else "no", m["license"],
-                      m["install"])
-    console = Console(highlight=False)
+        table.add_row(*map(terminal.cell, (name, f"{m['bytes'] / 1e6:,.0f} MB", "yes" if m["installed"] else "no",
+                                           m["license"], m["install"])))
+    console = terminal.console()
     console.print(table)
     console.print(f"dtype auto: {report['dtype']['auto']} here ({report['dtype']['reason']}); --dtype or `dtype:` in "
                   "agentcache.yaml picks another")

@@ -1,15 +1,13 @@
 """`agentcache run`: its options, and the turn lines and summary it prints."""
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from agentcache.cli.options import Debug, DtypeOption, QuantOption
+from agentcache import terminal
 
 
 def run(
@@ -54,13 +52,13 @@ def run(
                  "tools": tools.split(",") if tools else None, "mode": "full" if allow_shell else mode,
                  "backend": backend, "base_url": base_url, "disk_cache": False if no_disk_cache else None,
                  "dtype": dtype, "quant": quant, "routing": routing}
-    console = Console(highlight=False, stderr=as_json)
-    summary = run_task(repo, task, overrides, resume, api_key=api_key,
-                       on_line=lambda line: line and console.print(line, soft_wrap=True, markup=False))
+    console = terminal.console(stderr=as_json)
+    summary = run_task(repo, task, overrides, resume, api_key=api_key, on_line=lambda line: line and console.print(
+        terminal.inert(line), soft_wrap=True, markup=False))
     if as_json:
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        terminal.write_json(summary)
     else:
         console.print(f"[bold]{summary['reason']}[/bold] after {summary['turns']} turns; "
                       f"session {summary['session_id']}")
         if summary["answer"]:
-            console.print(summary["answer"], markup=False)
+            console.print(terminal.inert(summary["answer"]), markup=False)

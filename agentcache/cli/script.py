@@ -1,14 +1,12 @@
 """`agentcache script`: its options, the live view while it runs and the report it prints."""
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
+from agentcache import terminal
 from agentcache.cli.options import Debug
 
 
@@ -27,13 +25,13 @@ def script(
     from agentcache.script.view import ScriptView, render_report
     from agentcache.wiring import open_script_run
 
-    console = Console(highlight=False, stderr=as_json)
+    console = terminal.console(stderr=as_json)
     view = ScriptView(console)
     run_ = open_script_run(file, repo, model, view.on_event)
     with view.showing(run_):
         run_.run()
     report = script_report(run_)
     if as_json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        terminal.write_json(report)
     else:
         render_report(report, console)

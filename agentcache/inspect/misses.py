@@ -14,6 +14,7 @@ from agentcache.inspect.explain import Explainer, block_status
 from agentcache.inspect.session_view import load_session
 from agentcache.records import Request, block_texts, requests_of
 from agentcache.session import BadLine, Session
+from agentcache.terminal import cell, inert
 
 
 def tokenizer_for(requests: list[Request]) -> Any | None:
@@ -149,22 +150,22 @@ def _cost_text(miss: dict[str, Any]) -> str:
 
 
 def render_explain(view: dict[str, Any], console: Console) -> None:
-    table = Table(title=f"misses in session {view['session_id']}", box=box.SIMPLE_HEAD)
+    table = Table(title=cell(f"misses in session {view['session_id']}"), box=box.SIMPLE_HEAD)
     for column in ("#", "turn", "cached", "reusable", "miss", "cost"):
         table.add_column(column, justify="left" if column in ("miss", "cost") else "right", overflow="fold")
     for entry in view["requests"]:
         miss = entry["miss"]
-        table.add_row(str(entry["index"]), str(entry["turn"]), str(entry["cached_tokens"]),
-                      str(entry["reusable_tokens"]), _miss_text(miss), _cost_text(miss) if miss else "")
+        table.add_row(*map(cell, (entry["index"], entry["turn"], entry["cached_tokens"], entry["reusable_tokens"],
+                                  _miss_text(miss), _cost_text(miss) if miss else "")))
     console.print(table)
     for entry in view["requests"]:
         miss = entry["miss"]
         if miss and "tokens_after" in miss:
-            console.print(f"request {entry['index']}: ...{''.join(miss['tokens_before'])!r} | "
-                          f"now {''.join(miss['tokens_after'])!r}, before "
-                          f"{''.join(miss.get('previous_tokens_after', []))!r}", markup=False)
+            console.print(inert(f"request {entry['index']}: ...{''.join(miss['tokens_before'])!r} | "
+                                f"now {''.join(miss['tokens_after'])!r}, before "
+                                f"{''.join(miss.get('previous_tokens_after', []))!r}"), markup=False)
         if miss and miss.get("change"):
-            console.print(f"request {entry['index']}: {miss['change']}", markup=False)
+            console.print(inert(f"request {entry['index']}: {miss['change']}"), markup=False)
     misses = [e["miss"] for e in view["requests"] if e["miss"]]
     console.print(f"{len(misses)} of {len(view['requests'])} requests reused less than the previous prompt allowed; "
                   f"{sum(m['missed_tokens'] for m in misses)} tokens recomputed")
@@ -177,19 +178,20 @@ def render_ledger(book: dict[str, Any], console: Console) -> None:
         table.add_column(column, justify="left" if column == "cause" else "right")
     for tag, row in book["causes"].items():
         if row["misses"]:
-            table.add_row(tag, str(row["misses"]), str(row["tokens"]))
-    table.add_row("total", str(book["misses"]), str(book["missed_tokens"]))
+            table.add_row(*map(cell, (tag, row["misses"], row["tokens"])))
+    table.add_row(*map(cell, ("total", book["misses"], book["missed_tokens"])))
     console.print(table)
     console.print(f"unexplained misses: {book['unexplained']}")
 
 
 def render_diff(view: dict[str, Any], console: Console) -> None:
     entry = view["diff"][0]
-    table = Table(title=f"{entry['a']} -> {entry['b']}", box=box.SIMPLE_HEAD)
+    table = Table(title=cell(f"{entry['a']} -> {entry['b']}"), box=box.SIMPLE_HEAD)
     for column in ("layer", "kind", "key", "status", "cause", "hash"):
         table.add_column(column, overflow="fold")
     for row in entry["blocks"]:
-        table.add_row(row["layer"], row["kind"], row["key"], row["status"], row["cause"] or "", row["hash"][:12])
+        table.add_row(*map(cell, (row["layer"], row["kind"], row["key"], row["status"], row["cause"] or "",
+                                  row["hash"][:12])))
     console.print(table)
-    console.print(f"cached {entry['cached_tokens']} of {entry['reusable_tokens']} reusable tokens; "
-                  f"first miss: {_miss_text(entry['miss'])}", markup=False)
+    console.print(inert(f"cached {entry['cached_tokens']} of {entry['reusable_tokens']} reusable tokens; "
+                        f"first miss: {_miss_text(entry['miss'])}"), markup=False)

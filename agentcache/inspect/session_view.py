@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentcache.errors import AgentcacheError
+from agentcache.terminal import cell, inert
 from agentcache.inspect.compactions import compaction_rows
 from agentcache.inspect.cost import cost_view
 from agentcache.records import USAGE_FIELDS, Request, ratio, requests_of, reusable_after_previous
@@ -79,7 +80,7 @@ def render_routing(rows: list[dict[str, Any]], console: Console) -> None:
         return
     table = Table("turn", "routing key", "replica", title="routing", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
     for row in rows:
-        table.add_row(str(row["turn"]), row.get("routing_key") or "-", row.get("replica") or "-")
+        table.add_row(*map(cell, (row["turn"], row.get("routing_key") or "-", row.get("replica") or "-")))
     console.print(table)
 
 
@@ -91,15 +92,15 @@ def _bar(cached: int, computed: int, scale: int) -> str:
 
 def render_session(view: dict[str, Any], records: list[dict[str, Any]], console: Console) -> None:
     """The table for people: one row per request, a totals row, both hit rates and a cached-vs-computed bar chart."""
-    table = Table(title=f"session {view['session_id']}", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
+    table = Table(title=cell(f"session {view['session_id']}"), box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
     columns = ("turn", "prompt", "cached", "computed", "output", "reuse", "hit", "ttft s", "stop", "action")
     for column in columns:
         justify = "left" if column in ("stop", "action") else "right"
         table.add_column(column, justify=justify, no_wrap=True, min_width=max(len(column), 5))
     for row, request in zip(view["requests"], requests_of(records)):
-        table.add_row(str(row["turn"]), *(str(row[name]) for name in (*USAGE_FIELDS, "reusable_tokens")),
-                      _percent(row["hit_rate"]), _seconds(row["ttft_s"]), str(row["stop_reason"] or "-"),
-                      action(request))
+        table.add_row(*map(cell, (row["turn"], *(row[name] for name in (*USAGE_FIELDS, "reusable_tokens")),
+                                  _percent(row["hit_rate"]), _seconds(row["ttft_s"]), row["stop_reason"] or "-",
+                                  action(request))))
     totals = view["totals"]
     table.add_section()
     table.add_row("total", *(str(totals[name]) for name in (*USAGE_FIELDS, "reusable_tokens")),
@@ -128,9 +129,9 @@ def render_compactions(rows: list[dict[str, Any]], console: Console) -> None:
     for column in ("turn", "dropped", "summary in", "summary out", "extra prefill", "cost", "after", "saved", "net"):
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(*(str(row[name]) for name in ("turn", "dropped", "summary_computed_tokens",
-                                                      "summary_completion_tokens", "extra_prefill_tokens",
-                                                      "cost_tokens", "requests_after", "saved_tokens", "net_tokens")))
+        table.add_row(*(cell(row[name]) for name in ("turn", "dropped", "summary_computed_tokens",
+                                                     "summary_completion_tokens", "extra_prefill_tokens",
+                                                     "cost_tokens", "requests_after", "saved_tokens", "net_tokens")))
     console.print(table)
     net = sum(row["net_tokens"] for row in rows)
     usd = ", ".join(f"{name} ${sum(row['net_usd'][name] for row in rows):+.4f}" for name in rows[0]["net_usd"])
@@ -139,8 +140,9 @@ def render_compactions(rows: list[dict[str, Any]], console: Console) -> None:
 
 def render_cost(cost: dict[str, Any], console: Console) -> None:
     sent, work, bill = cost["transmitted"], cost["inference"], cost["billed"]
-    console.print(f"\ncost ({cost['backend']} backend)")
+    console.print(f"\ncost ({inert(cost['backend'])} backend)", markup=False)
     console.print(f"  transmitted  {sent['prompt_tokens']} prompt tokens, {sent['completion_tokens']} completion tokens")
     console.print(f"  inference    {work['computed_tokens']} computed of {work['attended_tokens']} attended prompt tokens")
     prices = ", ".join(f"{name} ({bill['models'][name]}) ${usd:.4f}" for name, usd in bill["usd"].items())
-    console.print(f"  billed       {prices}  [prices of {bill['prices_date']}, cache TTL {bill['cache_ttl']}]")
+    dated = f"[prices of {bill['prices_date']}, cache TTL {bill['cache_ttl']}]"
+    console.print(inert(f"  billed       {prices}  {dated}"), markup=False)

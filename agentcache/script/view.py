@@ -11,10 +11,10 @@ from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
-from rich.text import Text
 
 from agentcache.records import ratio
 from agentcache.script.run import AgentState, ScriptRun
+from agentcache.terminal import cell, inert
 from agentcache.wiring import turn_line
 
 ANSWER_PREVIEW = 200
@@ -47,7 +47,7 @@ class ScriptView:
         else:
             line = f"[{state.name}] {turn_line(record)}"
         with self._lock:
-            self.console.print(line, soft_wrap=True, markup=False)
+            self.console.print(inert(line), soft_wrap=True, markup=False)
 
     @contextlib.contextmanager
     def showing(self, run: ScriptRun) -> Iterator[None]:
@@ -62,24 +62,24 @@ class ScriptView:
         table = Table(title="agents", box=box.SIMPLE_HEAD)
         for column in ("agent", "role", "from", "state", "turns", "prompt", "cached", "hit"):
             table.add_column(column, justify="right" if column in ("turns", "prompt", "cached", "hit") else "left")
-        for s in self.states:  # plain Text cells: an error message is never read as rich markup
+        for s in self.states:  # inert Text cells: an error message is never read as rich markup
             cells = (s.name, s.role, s.parent or "", _state_text(s)[:60], str(s.turns), str(s.usage["prompt_tokens"]),
                      str(s.usage["cached_tokens"]), _percent(ratio(s.usage["cached_tokens"], s.usage["prompt_tokens"])))
-            table.add_row(*map(Text, cells))
+            table.add_row(*map(cell, cells))
         return table
 
 
 def render_report(report: dict[str, Any], console: Console) -> None:
     """Per-agent tokens and sessions, then the whole script against running it with no cache."""
-    table = Table(title=f"script {report['script']}", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
+    table = Table(title=cell(f"script {report['script']}"), box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
     columns = ("agent", "outcome", "turns", "prompt", "cached", "computed", "output", "reusable", "hit")
     for column in columns:
         table.add_column(column, justify="left" if column in ("agent", "outcome") else "right", no_wrap=True,
                          min_width=len(column))
     for a in report["agents"]:
-        table.add_row(a["name"], str(a["outcome"]), str(a["turns"]), str(a["prompt_tokens"]), str(a["cached_tokens"]),
-                      str(a["computed_tokens"]), str(a["completion_tokens"]), str(a["reusable_tokens"]),
-                      _percent(a["hit_rate"]))
+        table.add_row(*map(cell, (a["name"], a["outcome"], a["turns"], a["prompt_tokens"], a["cached_tokens"],
+                                  a["computed_tokens"], a["completion_tokens"], a["reusable_tokens"],
+                                  _percent(a["hit_rate"]))))
     console.print(table)
     t = report["totals"]
     console.print(f"prefill computed           {t['computed_tokens']} tokens "
@@ -89,4 +89,4 @@ def render_report(report: dict[str, Any], console: Console) -> None:
                   f"({t['reusable_cached_tokens']} of {t['reusable_tokens']} reusable tokens served from cache)")
     for a in report["agents"]:
         answer = " ".join((a["answer"] or a["error"] or f"(no answer: {a['outcome']})").split())[:ANSWER_PREVIEW]
-        console.print(f"{a['name']} (session {a['session_id']}): {answer}", markup=False, soft_wrap=True)
+        console.print(inert(f"{a['name']} (session {a['session_id']}): {answer}"), markup=False, soft_wrap=True)
