@@ -5,9 +5,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
-from agentcache.cli.options import Debug, DtypeOption, QuantOption
 from agentcache import terminal
+from agentcache.cli.options import Debug, DtypeOption, QuantOption
 
 
 def run(
@@ -58,7 +59,7 @@ def run(
     if as_json:
         terminal.write_json(summary)
     else:
-        console.print(f"[bold]{summary['reason']}[/bold] after {summary['turns']} turns; "
-                      f"session {summary['session_id']}")
+        console.print(Text.assemble((summary["reason"], "bold"), terminal.inert(  # a resumed session's id is data
+            f" after {summary['turns']} turns; session {summary['session_id']}")))
         if summary["answer"]:
             console.print(terminal.inert(summary["answer"]), markup=False)

@@ -208,6 +208,21 @@ def test_run_prints_a_hostile_answer_and_turn_lines_inert(small_repo, as_json):
         assert out.rstrip("\n").endswith(inert(HOSTILE)), out[-500:]
 
 
+def test_run_resuming_a_session_with_a_hostile_id_prints_it_inert(small_repo):
+    for resume in ([], ["--resume", "latest"]):
+        with RecordingServer([NO_MODEL_CARDS, NO_CONTEXTS, *REPLIES], repeat_last=True) as server:
+            code, out, err = run_cli("run", "Read the skill.", *resume, "--repo", str(small_repo), "--backend",
+                                     "openai", "--base-url", server.url + "/v1", "--model", "m", "--routing", "none")
+            # (routing: session would send the id as an HTTP header, where a non-ASCII id cannot go)
+        if not resume:
+            assert code == 0, err
+            [path] = (small_repo / ".agentcache" / "sessions").glob("*.jsonl")
+            path.rename(path.with_name(f"{SESSION_ID}.jsonl"))
+    assert_clean(code, out, err)
+    assert f"resume: verified against the last request of session {inert(SESSION_ID)}" in out
+    assert f"answered after 4 turns; session {inert(SESSION_ID)}\n" in out
+
+
 def test_script_prints_hostile_answers_and_its_file_name_inert(small_repo):
     script = small_repo / "[bold red]s\x9b\u202e.yaml"
     script.write_text("agents:\n  - name: a\n    role: coder\nsteps:\n  - run: a\n    task: Read the skill.\n")
