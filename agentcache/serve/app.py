@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import h11
@@ -42,6 +43,7 @@ IDLE_TIMEOUT_S = 10  # a client whose unfinished request sends nothing for this 
 REQUEST_TIMEOUT_S = 30  # ... and one whose headers and body are not all in this long after its first byte
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this
 SHUTDOWN_GRACE_S = 3  # on SIGTERM, requests still running after this are cancelled and the process exits
+DRAIN_S = 1  # ... once the cancelled ones have sent their 503 (or this long)
 SALT_HEADER = "x-cache-salt"  # GET and DELETE /v1/contexts/{id}: the owner's cache_salt (they have no body)
 
 
@@ -80,14 +82,29 @@ class KeyGuard:
         await self.app(scope, receive, send)
 
 
+class Inflight:
+    """How many HTTP requests are being answered; shutdown waits for the cancelled ones to send their last words."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def drained(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.count and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+
 class ShutdownGuard:
     """Plain ASGI middleware: a request still running SHUTDOWN_GRACE_S after SIGTERM is cancelled by uvicorn; it
     gets a 503 (a stream, an error event that ends it) instead of uvicorn's 500 and a logged traceback."""
 
-    def __init__(self, app: ASGIApp, service: ChatService) -> None:
-        self.app, self.service = app, service
+    def __init__(self, app: ASGIApp, service: ChatService, inflight: Inflight) -> None:
+        self.app, self.service, self.inflight = app, service, inflight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started: dict[str, Any] = {}
 
         async def tracked(message: dict[str, Any]) -> None:
@@ -95,11 +112,10 @@ class ShutdownGuard:
                 started.update(message)
             await send(message)
 
+        self.inflight.count += 1
         try:
             await self.app(scope, receive, tracked)
         except asyncio.CancelledError:
-            if scope["type"] != "http":
-                raise
             message = "the server is shutting down; send the request again when it is back"
             if not started:
                 await error_response(self.service, 503, message)(scope, receive, send)
@@ -109,13 +125,22 @@ class ShutdownGuard:
                          for name, value in started.get("headers", []))
             end = sse({"error": {"message": message, "type": error_type(503)}}).encode() if stream else b""
             await send({"type": "http.response.body", "body": end, "more_body": False})
+        finally:
+            self.inflight.count -= 1
 
 
 def create_app(service: ChatService, api_key: str | None = None) -> FastAPI:
-    app = FastAPI(title="agentcache", docs_url=None, redoc_url=None, openapi_url=None)
+    inflight = Inflight()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await inflight.drained(DRAIN_S)  # uvicorn shuts the app down after cancelling what still runs
+
+    app = FastAPI(title="agentcache", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     if api_key is not None:
         app.add_middleware(KeyGuard, service=service, api_key=api_key)
-    app.add_middleware(ShutdownGuard, service=service)
+    app.add_middleware(ShutdownGuard, service=service, inflight=inflight)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:

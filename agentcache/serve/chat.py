@@ -326,6 +326,16 @@ def salt_of(body: dict[str, Any]) -> str | None:
     return salt
 
 
+def owner_salt_of(body: dict[str, Any]) -> str | None:
+    """A new context's cache_salt: one the X-Cache-Salt header that names it on GET and DELETE can carry (HTTP
+    strips a header's surrounding spaces and tabs and allows no control characters)."""
+    salt = salt_of(body)
+    if salt is not None and (salt != salt.strip(" \t") or any(c < " " or c == "\x7f" for c in salt)):
+        raise BadRequest("a context's cache_salt cannot start or end with a space or tab or hold control characters "
+                         "(the X-Cache-Salt header could not carry it)")
+    return salt
+
+
 def context_id_of(body: dict[str, Any]) -> str | None:
     context_id = body.get("context_id")
     if context_id is not None and (not isinstance(context_id, str) or not context_id):
@@ -451,7 +461,7 @@ class ChatService:
             raise BadRequest(f"ttl_seconds must be a number in (0, {MAX_TTL_S}]")
         if body.get("model") is not None:
             self.check_model(body["model"])
-        salt = salt_of(body)
+        salt = owner_salt_of(body)
         function_tools(body.get("tools"))
         messages = chat_messages(body.get("messages"), body.get("tools"))
         if not messages:
