@@ -26,6 +26,7 @@ def serve(
     """Serve the engine over an OpenAI-compatible HTTP API with explicit context caching.
 
     Endpoints: POST /v1/chat/completions, GET /v1/models, POST/GET/DELETE /v1/contexts, GET /health, GET /metrics.
+    Limits: 4 MiB bodies, 25,000 messages (else 413); a client stalled 10 s mid-request is dropped.
     Example: agentcache serve --port 8000
     """
     from agentcache.config import default_model
