@@ -36,7 +36,8 @@ class OpenAIBackend:
         self.base_url, self.model = base_url, model
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0, timeout=timeout_s)
         self.use_contexts = use_contexts
-        self._contexts: dict[str | None, tuple[str, str, int]] = {}  # per routing key: (prefix id, server context
+        self._contexts: dict[tuple[str | None, str], tuple[str, str, int]] = {}  # per (routing key, salt): (prefix id,
+        # server context
         # id, its tokens); a router sends a key's requests to one replica, and a context lives on one
         self._checker = ReplyChecker()
         self._counter = TiktokenCounter()
@@ -73,18 +74,18 @@ class OpenAIBackend:
             body["prompt_cache_key"] = key
             body["extra_headers"] = routing_headers(key)
         started = time.perf_counter()
-        response, context_tokens = self._chat(context, body, key)
+        response, context_tokens = self._chat(context, body, key, settings.salt or "")
         reply = self._reply(response, context_tokens, time.perf_counter() - started)
         reply.routing_key = key
         return reply
 
-    def _chat(self, context: Context, body: dict[str, Any], key: str | None) -> tuple[Any, int]:
+    def _chat(self, context: Context, body: dict[str, Any], key: str | None, salt: str) -> tuple[Any, int]:
         """Send with the context id when the server has contexts; recreate an expired context once. A context the
         server still does not know right after creating it (a router sent the two to different replicas) turns
         contexts off: whole messages from then on."""
         messages = [block_message(b) for b in context]
         for attempt in range(3):
-            server_context = self._server_context(context, key) if self.use_contexts else None
+            server_context = self._server_context(context, key, salt) if self.use_contexts else None
             if server_context is None:
                 return self._call(self.client.chat.completions.create, messages=messages, **body), 0
             context_id, tokens = server_context
@@ -95,36 +96,37 @@ class OpenAIBackend:
             except RemoteError as exc:
                 if exc.status != 404:
                     raise
-                self._contexts.pop(key, None)  # expired or evicted on the server: create it again
+                self._contexts.pop((key, salt), None)  # expired or evicted on the server: create it again
                 if attempt == 1:  # created just now and still unknown: not where the chat request went
                     self.use_contexts = False
         raise AssertionError("unreachable")
 
-    def _server_context(self, context: Context, key: str | None) -> tuple[str, int] | None:
+    def _server_context(self, context: Context, key: str | None, salt: str) -> tuple[str, int] | None:
         """The server context of `context`'s L1+L2 for routing key `key` (created on the replica the key routes to,
-        once per prefix and key)."""
-        known = self._contexts.get(key)
+        once per prefix, key and salt: a context belongs to the salt that created it, docs/serve.md)."""
+        known = self._contexts.get((key, salt))
         if known is not None and known[0] == context.context_id:
             return known[1], known[2]
         prefix = [block_message(b) for b in context.prefix]
         try:
-            created = self._call(self.client.post, "/contexts", body={"model": self.model, "messages": prefix},
-                                 cast_to=object, options={"headers": routing_headers(key)})
+            body = {"model": self.model, "messages": prefix, **({"cache_salt": salt} if salt else {})}
+            created = self._call(self.client.post, "/contexts", body=body, cast_to=object,
+                                 options={"headers": routing_headers(key)})
         except RemoteError as exc:
             if exc.status not in (404, 405):
                 raise
             self.use_contexts = False  # the server has no /v1/contexts
             return None
         if known is not None:
-            self._forget(known[1], key)
-        self._contexts[key] = (context.context_id, created["context_id"], int(created["tokens"]))
-        return self._contexts[key][1], self._contexts[key][2]
+            self._forget(known[1], key, salt)
+        self._contexts[(key, salt)] = (context.context_id, created["context_id"], int(created["tokens"]))
+        return self._contexts[(key, salt)][1], self._contexts[(key, salt)][2]
 
-    def _forget(self, context_id: str, key: str | None) -> None:
+    def _forget(self, context_id: str, key: str | None, salt: str) -> None:
         """Delete a context the session no longer uses (the prefix changed); gone already is fine."""
+        headers = {**routing_headers(key), **({"X-Cache-Salt": salt} if salt else {})}
         try:
-            self._call(self.client.delete, f"/contexts/{context_id}", cast_to=object,
-                       options={"headers": routing_headers(key)})
+            self._call(self.client.delete, f"/contexts/{context_id}", cast_to=object, options={"headers": headers})
         except RemoteError as exc:
             if exc.status != 404:
                 raise

@@ -107,3 +107,24 @@ def http_ready(url: str) -> bool:
         return http("GET", url + "/health", headers={"Authorization": "Bearer k1"})[0] == 200
     except OSError:
         return False
+
+
+def test_a_salted_openai_backend_keeps_its_own_context_on_serve():
+    """The backend creates its context under its salt (a context belongs to the salt that made it), so a salted
+    session keeps sending only L3 after the context id, and no other tenant can see that context."""
+    from agentcache.backends import GenSettings
+    from agentcache.backends.openai import OpenAIBackend
+    from tests.agentcache.backends.test_remote import ENABLED, SPECS, context_with_turns
+
+    service = ChatService(load_model(MODEL, cache_dir=models_dir()))
+    with uvicorn_running(create_app(service)) as url:
+        backend = OpenAIBackend(url + "/v1", MODEL)
+        settings = GenSettings(max_tokens=4, salt="tenant-a")
+        first = backend.complete(context_with_turns(0), SPECS, ENABLED, settings)
+        second = backend.complete(context_with_turns(1), SPECS, ENABLED, settings)
+        [(_, context_id, tokens)] = backend._contexts.values()
+        owner = http("GET", f"{url}/v1/contexts/{context_id}", headers={"X-Cache-Salt": "tenant-a"})[0]
+        stranger = http("GET", f"{url}/v1/contexts/{context_id}")[0]
+    assert backend.use_contexts and first.trace["context_tokens"] == second.trace["context_tokens"] == tokens > 0
+    assert second.usage["cached_tokens"] >= tokens // PAGE * PAGE
+    assert (owner, stranger) == (200, 404)
