@@ -31,9 +31,9 @@ from agentcache.inspect.misses import explain_view
 from agentcache.records import USAGE_FIELDS, Request, requests_of
 from agentcache.session import Session
 from benchmarks.report import write_json
-from benchmarks.task_checks import (AllOf, Checker, DefinedIn, Edit, Number, Text, Verdict, count_asserts,
-                                    count_test_functions, file_number, modules_importing, python_number,
-                                    python_value, top_level_functions)
+from benchmarks.task_checks import (AllOf, Checker, DefinedIn, Edit, Number, Read, Text, Verdict, count_asserts,
+                                    count_test_functions, file_line, file_number, modules_importing, python_number,
+                                    python_value, ranking_helper, ranking_line, top_level_functions)
 from layers import LayersError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "repo"
@@ -44,8 +44,11 @@ ANSWER_CHARS = 200
 NOTES = [
     "Each task runs on a fresh copy of examples/repo; a model's tasks share one engine, so the L1+L2 prefix stays "
     "warm in its memory pool from task to task (the disk tier is off).",
-    "Questions are checked against the shipped repo (an agent's edits to its copy cannot move the answer); edits "
-    "pass when the copy's tests pass with the suite's own test for the task written beside them.",
+    "Questions are checked against the shipped repo (an agent's edits to its copy cannot move the answer) and pass "
+    "only on a final answer with one candidate (no plan, code fence or tool call); find-then-read questions also "
+    "need a tool output to have shown the line the answer stands on. Edits pass when the copy's tests pass, with "
+    "the shipped tests restored, the test configuration it added undone, and the suite's own test written beside "
+    "them.",
     "cached/prefix: the lowest cached_tokens / prefix_tokens over a task's requests after its first (none for a "
     "one-turn task). warm turn s: the engine's total time of each such request (queue, prefill, decode).",
     "unparseable: requests whose reply was not a valid tool call or answer.",
@@ -72,8 +75,13 @@ def multi_step(id: str, text: str, check: Checker) -> Task:
     return Task(id, "multi-step", text, check, 8)
 
 
+def read_number(path: str, pattern: str) -> Read:
+    """A number the answer must have read: `pattern`'s first group in the file at `path`, on a line a tool showed."""
+    return Read(Number(file_number(path, pattern)), file_line(path, pattern))
+
+
 def edit(id: str, text: str, test: str) -> Task:
-    return Task(id, "edit", text, Edit(test, SHIPPED_TESTS), 12)
+    return Task(id, "edit", text, Edit(test, EXAMPLE), 12)
 
 
 def long(id: str, text: str, check: Checker) -> Task:
@@ -99,16 +107,17 @@ TASKS = [
              Number(python_number("import dataclasses\nfrom textstats.stats import TextStats\n"
                                   "len(dataclasses.fields(TextStats))"))),
     multi_step("vowel-pattern", "Find the module that counts syllables and give the regular expression it uses to "
-               "find groups of vowels.", Text(python_value("from textstats.readability import VOWEL_GROUP\n"
-                                                           "VOWEL_GROUP.pattern"))),
+               "find groups of vowels.", Read(Text(python_value("from textstats.readability import VOWEL_GROUP\n"
+                                                                "VOWEL_GROUP.pattern")),
+                                              file_line("textstats/readability.py", r"^VOWEL_GROUP = "))),
     multi_step("rank-helper", "The command line gets its numbers from a function in another module. Which helper "
                "function does that function call to rank the most frequent words? Answer with its name.",
-               Text(lambda repo: "top_words")),
+               Read(Text(ranking_helper), ranking_line)),
     multi_step("rounding-places", "Find where the average word length is computed and say to how many decimal "
-               "places it is rounded.", Number(file_number("textstats/stats.py", r"round\(average, (\d+)\)"))),
+               "places it is rounded.", read_number("textstats/stats.py", r"round\(average, (\d+)\)")),
     multi_step("cli-test-words", "One test of the command line writes a small sample text to a file and checks the "
                "JSON it prints. How many words does that test expect the sample to have?",
-               Number(file_number("tests/test_cli.py", r'data\["words"\] == (\d+)'))),
+               read_number("tests/test_cli.py", r'data\["words"\] == (\d+)')),
     edit("fix-syllables-case", 'Fix a bug in the function `syllables`: case should not matter, but a capitalised '
          'word such as "Open" gets fewer syllables than "open". Keep the tests passing.',
          "from textstats.readability import syllables\n\n\n"
@@ -231,8 +240,10 @@ def run_one(task: Task, backend: Any, registry: Any, model: str, work: Path, too
     start = time.perf_counter()
     outcome = agent.run(task.text)
     wall_s = time.perf_counter() - start
-    verdict = task.check(outcome.answer, repo if task.kind == "edit" else EXAMPLE)
-    return task_record(task, outcome, verdict, requests_of(session.records()), wall_s, session)
+    requests = requests_of(session.records())
+    seen = [r.tool_result["output"] for r in requests if r.tool_result]  # what the agent's tool calls showed it
+    verdict = task.check(outcome.answer, repo if task.kind == "edit" else EXAMPLE, seen)
+    return task_record(task, outcome, verdict, requests, wall_s, session)
 
 
 def median(values: list[float]) -> float | None:

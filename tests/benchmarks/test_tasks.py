@@ -1,5 +1,6 @@
-"""benchmarks.tasks: every checker against hand-written right and wrong answers and the echoed question, the edit
-checkers on unmodified and hand-fixed copies, and a smoke run on the real embedded model."""
+"""benchmarks.tasks: every task's checker against hand-written right and wrong answers and the echoed question, the
+edit checkers on unmodified and hand-fixed copies, and a smoke run on the real embedded model. The checkers' rules on
+their own (non-answers, candidates, undoing test changes) are tests/benchmarks/test_task_checks.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import tasks
-from benchmarks.task_checks import NUMBER, names_module, whole
+from benchmarks.task_checks import NUMBER, PATH, module_named, whole
 from benchmarks.tasks import EXAMPLE, TASKS
 
 BY_ID = {task.id: task for task in TASKS}
@@ -21,6 +22,11 @@ EDITS = [task for task in TASKS if task.kind == "edit"]
 
 def source(path: str) -> str:
     return (EXAMPLE / path).read_text(encoding="utf-8")
+
+
+def everything_read() -> list[str]:
+    """Tool outputs as if the agent had read every file of the repo (what a find-then-read check needs to see)."""
+    return [p.read_text(encoding="utf-8") for p in sorted(EXAMPLE.rglob("*.py")) if "__pycache__" not in p.parts]
 
 
 def test_tests_in_the_example_repo_by_a_plain_text_count():
@@ -35,10 +41,10 @@ RIGHT = {
     "where-syllables": ("readability.py", "textstats/readability.py", "def syllables("),
     "syllables-of-banana": ("It returns 3.", "textstats/readability.py", 'VOWEL_GROUP = re.compile(r"[aeiouy]+")'),
     "top-default": ("5 words by default", "textstats/cli.py", '"--top", type=int, default=5,'),
-    "count-tests": ("There are 11 test functions in 4 files.", "tests/test_words.py", "def test_split_sentences"),
+    "count-tests": ("There are 11 test functions.", "tests/test_words.py", "def test_split_sentences"),
     "count-fields": ("TextStats has 5 fields.", "textstats/stats.py", "    top_words: list[tuple[str, int]]\n\n"),
     "vowel-pattern": ("textstats/readability.py uses `[aeiouy]+`", "textstats/readability.py", 'r"[aeiouy]+"'),
-    "rank-helper": ("compute_stats calls top_words", "textstats/stats.py", "top_words=top_words(tokens, top)"),
+    "rank-helper": ("It is `top_words`.", "textstats/stats.py", "top_words=top_words(tokens, top)"),
     "rounding-places": ("to 2 decimal places", "textstats/stats.py", "round(average, 2)"),
     "cli-test-words": ("The test expects 4 words.", "tests/test_cli.py", 'assert data["words"] == 4'),
 }
@@ -49,10 +55,10 @@ WRONG = {
     "where-syllables": ["textstats/words.py", "tests/test_readability.py"],
     "syllables-of-banana": ["2", "33", "3.5", "1, 2, 3, 4 or 5"],
     "top-default": ["10", "15", "5.5"],
-    "count-tests": ["9", "111", "1 2 3 4 5 6 7 8 9 10 11 12"],
+    "count-tests": ["9", "111", "1 2 3 4 5 6 7 8 9 10 11 12", "There are 11 test functions in 4 files."],
     "count-fields": ["4", "1, 2, 3, 4, 5", "50"],
     "vowel-pattern": ["[aeiou]+", "aeiouy"],
-    "rank-helper": ["Counter", "compute_top_words", "top"],
+    "rank-helper": ["Counter", "compute_top_words", "top", "compute_stats calls top_words"],
     "rounding-places": ["to 3 places", "12", "2.5"],
     "cli-test-words": ["3", "44", ""],
 }
@@ -68,13 +74,13 @@ def test_every_question_has_a_right_and_a_wrong_answer():
 def test_a_question_checker_accepts_the_right_answer(task_id):
     answer, path, evidence = RIGHT[task_id]
     assert evidence in source(path)
-    assert BY_ID[task_id].check(answer, EXAMPLE).passed
+    assert BY_ID[task_id].check(answer, EXAMPLE, everything_read()).passed
 
 
 @pytest.mark.parametrize("task_id", sorted(WRONG))
 def test_a_question_checker_rejects_wrong_answers(task_id):
     for answer in WRONG[task_id]:
-        assert not BY_ID[task_id].check(answer, EXAMPLE).passed, answer
+        assert not BY_ID[task_id].check(answer, EXAMPLE, everything_read()).passed, answer
 
 
 @pytest.mark.parametrize("task", QUESTIONS, ids=lambda t: t.id)
@@ -82,8 +88,8 @@ def test_the_expected_answer_is_not_in_the_question(task):
     expected = task.check.expected(EXAMPLE)
     assert expected not in NUMBER.findall(task.text)
     assert not whole(task.text, expected)
-    assert not names_module(task.text, expected)
-    assert not task.check(task.text, EXAMPLE).passed
+    assert expected not in {module_named(token, EXAMPLE) for token in PATH.findall(task.text)}
+    assert not task.check(task.text, EXAMPLE, everything_read()).passed
 
 
 @pytest.fixture()
@@ -132,20 +138,24 @@ def test_an_edit_checker_fails_on_the_unmodified_copy_and_passes_on_a_fixed_one(
     assert verdict.passed, verdict.detail
 
 
-def test_an_edit_checker_fails_when_a_shipped_test_fails_or_is_gone(copy):
+def test_an_edit_checker_fails_when_the_fix_breaks_a_shipped_test(copy):
     task = BY_ID["fix-words-per-sentence"]
     fix(copy, task.id)
-    replace(copy, "tests/test_stats.py", "assert stats.words == 8", "assert stats.words == 9")
+    replace(copy, "textstats/stats.py", "words=len(tokens),", "words=len(tokens) + 1,")
     assert not task.check(None, copy).passed
+
+
+def test_the_copy_is_fresh_and_neither_it_nor_the_source_is_touched_by_a_check(copy):
+    def files(root: Path) -> dict[Path, bytes]:
+        return {p.relative_to(root): p.read_bytes() for p in root.rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts}
+
+    before, copied = files(EXAMPLE), files(copy)
+    assert copied == before
     (copy / "tests" / "test_stats.py").unlink()
-    assert "tests/test_stats.py" in task.check(None, copy).detail
-
-
-def test_the_copy_is_fresh_and_the_source_untouched(copy):
-    before = sorted(p.relative_to(EXAMPLE) for p in EXAMPLE.rglob("*") if "__pycache__" not in p.parts)
     BY_ID["fix-syllables-case"].check(None, copy)
-    assert (copy / "tests" / "test_task_check.py").is_file()
-    assert sorted(p.relative_to(EXAMPLE) for p in EXAMPLE.rglob("*") if "__pycache__" not in p.parts) == before
+    assert files(EXAMPLE) == before
+    assert files(copy) == {p: data for p, data in copied.items() if p != Path("tests/test_stats.py")}
 
 
 def test_select_caps_turns_and_refuses_unknown_ids(capsys):
@@ -216,7 +226,7 @@ def test_the_long_tasks_expected_answers_by_a_plain_text_reading():
 def test_a_long_task_checker_takes_the_right_answer_and_refuses_wrong_ones(task_id):
     check = LONG[task_id].check
     assert check(LONG_RIGHT[task_id], EXAMPLE).passed
-    assert not any(check(wrong, EXAMPLE).passed for wrong in LONG_WRONG[task_id])
+    assert not [wrong for wrong in LONG_WRONG[task_id] if check(wrong, EXAMPLE).passed]
     assert not check(LONG[task_id].text, EXAMPLE).passed  # the question does not give its answer
 
 
