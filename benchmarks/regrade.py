@@ -36,7 +36,9 @@ def regrade_task(record: dict[str, Any], task: Task) -> dict[str, Any]:
     answer = record.get("answer")
     verdict = task.check(answer, EXAMPLE, None)
     on_answer = task.check.check(answer, EXAMPLE) if isinstance(task.check, Read) else verdict
-    if on_answer.passed and not verdict.passed and record.get("tools"):
+    if on_answer.passed and not verdict.passed:
+        if not record.get("tools"):
+            return {**row, "state": "fail", "check": "passes on the answer, but no tool was called to read it"}
         return {**row, "state": "unverified", "check": f"passes on the answer; {verdict.detail}"}
     if verdict.passed and answer is not None and len(answer) >= ANSWER_CHARS:
         return {**row, "state": "unverified", "check": f"passes on its first {ANSWER_CHARS} characters, all kept"}

@@ -316,3 +316,16 @@ def test_regrade_prints_a_table_and_writes_json(tmp_path, capsys):
     assert "strict pass" in capsys.readouterr().out
     [row] = json.loads(out.read_text())["models"]
     assert row["file"] == DEFAULT and row["strict_passed"] == 1
+
+
+def test_regrade_calls_unverified_only_what_the_record_cannot_tell():
+    def state(task_id: str, answer: str, tools: list[str]) -> str:
+        record = {"id": task_id, "passed": True, "answer": answer, "tools": tools}
+        return regrade.regrade_task(record, BY_ID[task_id])["state"]
+
+    assert state("rank-helper", "`top_words`", ["search"]) == "unverified"  # its search's output is not stored
+    assert state("rank-helper", "`top_words`", []) == "fail"  # nothing was read
+    assert state("where-syllables", "textstats/readability.py", []) == "pass"
+    cut = "The file is textstats/readability.py" + " " * (tasks.ANSWER_CHARS - 36)
+    assert len(cut) == tasks.ANSWER_CHARS and state("where-syllables", cut, ["search"]) == "unverified"
+    assert state("fix-syllables-case", "Fixed.", ["edit_file"]) == "not regraded"
