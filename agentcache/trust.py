@@ -18,8 +18,7 @@ import platformdirs
 from agentcache.errors import AgentcacheError
 
 TRUST_FILE = "trusted.json"
-DEFAULT_MODE = "edit"
-NARROW_MODES = ("read-only", "edit")
+REMOTE_BACKENDS = ("openai", "anthropic")  # an unknown value is not ignored but refused, as from a flag
 
 
 def config_dir() -> Path:
@@ -38,7 +37,7 @@ def _names_files(value: Any) -> bool:
 WIDENING = {
     "mode": lambda value: value == "full",
     "allow_shell": lambda value: value is True,
-    "backend": lambda value: isinstance(value, str) and value != "local",
+    "backend": lambda value: value in REMOTE_BACKENDS,
     "base_url": lambda value: bool(value),
     "model": _names_files,
 }
