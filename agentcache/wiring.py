@@ -15,6 +15,7 @@ from agentcache.config import BACKENDS, CONFIG_FILE, RunConfig, check_config, ch
 from agentcache.errors import AgentcacheError
 from agentcache.records import Compaction, Request, parse_record, requests_of
 from agentcache.session import Session
+from agentcache.terminal import inert
 from layers import ToolRegistry
 from layers.repo import open_repo
 
@@ -81,7 +82,7 @@ def check_resumable(session: Session) -> None:
         raise AgentcacheError(f"cannot resume session {session.id}: line {refused.number} is not a valid record "
                               f"({refused.problem}); nothing was run or appended")
     for line in bad:
-        print(line.warning(session.id), file=sys.stderr)
+        print(inert(line.warning(session.id)), file=sys.stderr)
 
 
 def run_task(repo: Path, task: str, overrides: dict[str, Any], resume: str | None,
@@ -195,6 +196,7 @@ def turn_line(record: dict, refill_cost: Callable[[int], str] | None = None) -> 
         return ""  # the user's task, an older compaction
     usage, call = request.usage, request.tool_call
     action = f"{call['name']} {json.dumps(call['arguments'], ensure_ascii=False)}" if call else request.reply or ""
+    action = action.replace("\r", "\\r").replace("\n", "\\n")  # a reply's newlines cannot forge a turn line
     if request.error:
         action = f"invalid reply: {request.error}"
     if request.stopped:

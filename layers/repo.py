@@ -267,13 +267,18 @@ def _hard_linked_to_hidden(root: Path, found: dict[str, os.stat_result], names: 
     return {rel for key, rels in linked.items() if any(p not in names for p in peers.get(key, [])) for rel in rels}
 
 
+# C0 and C1 controls, DEL, and the bidi controls that reorder what a reader sees (a name could forge a tree line or
+# show itself as another)
+UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def is_showable_name(path: str) -> bool:
     """A name a layer can carry as one line of UTF-8: not undecodable bytes, no control characters."""
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
         return False
-    return not any(ord(c) < 0x20 or c == "\x7f" for c in path)
+    return UNSHOWABLE.search(path) is None
 
 
 def safe_paths(paths: list[str]) -> list[str]:

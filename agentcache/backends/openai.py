@@ -10,6 +10,7 @@ every context, carries the request's routing key (docs/fleet.md), so a router ke
 from __future__ import annotations
 
 import time
+import urllib.parse
 from typing import Any
 
 import openai
@@ -46,7 +47,8 @@ class OpenAIBackend:
     def window(self) -> int:
         """The server's `max_model_len` for the model when it reports one (vLLM, agentcache serve)."""
         if self._window is None:
-            card = next((m for m in self._call(self.client.models.list).data if m.id == self.model), None)
+            card = next((m for m in self._call(self.client.models.list).data or [] if getattr(m, "id", None) == self.model),
+                        None)
             self._window = int(getattr(card, "max_model_len", None) or DEFAULT_WINDOW)
         return self._window
 
@@ -149,7 +151,13 @@ class OpenAIBackend:
 
 
 def routing_headers(key: str | None) -> dict[str, str]:
-    return {header: key for header in ROUTING_HEADERS} if key else {}
+    """The routing key as headers; a key that is not printable ASCII (an HTTP header cannot carry it) is sent
+    percent-encoded, the same key for every request of its session."""
+    if not key:
+        return {}
+    if not (key.isascii() and key.isprintable()):
+        key = urllib.parse.quote(key, safe="")
+    return {header: key for header in ROUTING_HEADERS}
 
 
 def request_timings(response: Any, elapsed_s: float) -> tuple[dict[str, float], str]:

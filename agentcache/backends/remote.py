@@ -34,6 +34,8 @@ def call_with_retries(sdk: Any, base_url: str, fn: Any, *args: Any, **kwargs: An
                               "(is the server overloaded, or the timeout too short?)") from None
         except sdk.APIConnectionError:
             raise RemoteError(f"cannot connect to {base_url} (is the server running?)") from None
+        except (ValueError, RecursionError) as exc:  # a body the SDK cannot parse: 5,000 digits, nesting too deep
+            raise RemoteError(f"{base_url} sent a response that is not usable JSON ({type(exc).__name__})") from None
         except sdk.APIStatusError as exc:
             status = exc.status_code
             if status == 401:

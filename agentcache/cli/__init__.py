@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if "--debug" in args or not isinstance(exc, _user_error_types()):
             raise
+        from agentcache.terminal import inert
+
         message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {inert(message)}", file=sys.stderr)
         raise SystemExit(2) from None

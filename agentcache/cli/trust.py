@@ -21,20 +21,22 @@ def trust(
 
     from agentcache.config import CONFIG_FILE, MAX_CONFIG_BYTES, load_config, parse_yaml
     from agentcache.errors import AgentcacheError
+    from agentcache.terminal import inert
     from agentcache.trust import set_trust, widening_settings
     from layers.repo import open_repo, read_capped
 
     root = open_repo(repo)
     path = (root / CONFIG_FILE).resolve()
+    name = inert(root.name or str(root))
     if revoke:
         set_trust(path, None)
-        print(f"{CONFIG_FILE} of {root.name or root} is no longer trusted")
+        print(f"{CONFIG_FILE} of {name} is no longer trusted")
         return
     if not (root / CONFIG_FILE).is_file():
-        raise AgentcacheError(f"no {CONFIG_FILE} in {root.name or root}: nothing to trust")
+        raise AgentcacheError(f"no {CONFIG_FILE} in {name}: nothing to trust")
     load_config(root)  # refuses a malformed, oversized or linked file before it is trusted
     data = read_capped(root, CONFIG_FILE, MAX_CONFIG_BYTES)
     values = parse_yaml(data.decode("utf-8")) or {}
     set_trust(path, data)
     settings = ", ".join(f"{name}: {json.dumps(values[name])}" for name in widening_settings(values))
-    print(f"trusted {CONFIG_FILE} of {root.name or root} as it is now (widening settings: {settings or 'none'}); a change to it is untrusted again")
+    print(f"trusted {CONFIG_FILE} of {name} as it is now (widening settings: {settings or 'none'}); a change to it is untrusted again")

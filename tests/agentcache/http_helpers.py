@@ -55,7 +55,7 @@ def http(method: str, url: str, body: Any = None, raw: bytes | None = None,
 
 
 class RecordingServer:
-    """Answers each request with the next scripted (status, JSON body) and records (method, path, parsed body),
+    """Answers each request with the next scripted (status, JSON body or raw bytes) and records (method, path, parsed body),
     and each request's headers in `headers`."""
 
     def __init__(self, script: list[tuple[int, Any]], repeat_last: bool = True) -> None:
@@ -72,7 +72,7 @@ class RecordingServer:
                 owner.headers.append({name.lower(): value for name, value in self.headers.items()})
                 status, body = owner.script.pop(0) if len(owner.script) > 1 or not owner.repeat_last \
                     else owner.script[0]
-                payload = json.dumps(body).encode()
+                payload = body if isinstance(body, bytes) else json.dumps(body).encode()  # bytes: sent as they are
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))

@@ -116,7 +116,7 @@ YAML_ONLY = [
     ("temperature", "2.5", "between 0 and 2"),
     ("temperature", ".nan", "between 0 and 2"),
     ("cache_ttl", "7m", "one of 5m, 1h"),
-    ("kv_capacity_mb", "0", "at least 1"),
+    ("kv_capacity_mb", "0", "between 1 and"),
     ("tools", "[read_file, bogus]", "tool names"),
     ("tools", "[[read_file]]", "tool names"),
 ]
