@@ -73,7 +73,8 @@ class Trace:
     stop_reason: str = "absent"
     segment_tokens: list[int] = field(default_factory=list)
     tiers: dict[str, int] = field(default_factory=dict)  # cached tokens by tier: device, host, disk
-    disk_rejected: list[dict] = field(default_factory=list)  # {hash, reason}: truncated, checksum, format, foreign
+    disk_rejected: list[dict] = field(default_factory=list)  # {hash, reason}: truncated, size, special (a link, FIFO,
+    # socket or directory), checksum, format, foreign
 
     to_dict = fields_dict
 
