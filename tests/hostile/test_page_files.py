@@ -4,7 +4,6 @@ unread, recomputes, gives the cold run's output, heals what it safely can, and n
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from engine.block_manager import chain_hashes, root_hash
 from engine.page_file import file_name
 from tests.engine.conftest import reference_logits, rel_err
 from tests.engine.disk_helpers import as_tensor, check_page_file, page_paths, start_worker
+from tests.hostile.test_state_dir import plant_socket
 
 P = 16  # the worker's engine page size (the default)
 PAGES = 4
@@ -114,13 +114,7 @@ def directory(path: Path) -> None:
 
 def unix_socket(path: Path) -> None:
     path.unlink()
-    here = Path.cwd()
-    os.chdir(path.parent)  # a socket's path must be short: bind by name
-    try:
-        with socket.socket(socket.AF_UNIX) as server:
-            server.bind(path.name)
-    finally:
-        os.chdir(here)
+    plant_socket(path)
 
 
 DAMAGES = {  # name: (plant, reason reported, whether the engine can put a valid page back)
