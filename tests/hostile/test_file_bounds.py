@@ -168,3 +168,11 @@ def test_a_bad_glob_is_one_clear_error(tmp_path, glob, fragment):
     repo = make_repo(tmp_path, {"a.txt": "x\n"})
     outcome = ToolBox(repo).run("search", {"pattern": "x", "path": glob})
     assert outcome.is_error and fragment in outcome.output and "\n" not in outcome.output, outcome.output
+
+
+@pytest.mark.parametrize("name", ["invoice\u202efdp.py", "a\x9b31m.md", "b\u2066c.txt", "tab\there.txt", "é-ok.txt"])
+def test_a_name_with_control_or_bidi_characters_is_left_out_of_layers(tmp_path, name):
+    repo = make_repo(tmp_path, {"README.md": "# r\n", name: "x\n"})
+    listed = list_files(repo)
+    assert (name in listed) == (name == "é-ok.txt")
+    assert ("é-ok.txt" in build_prefix(repo, PROMPTS_DIR).layer(Layer.L2)[0].text) == (name == "é-ok.txt")

@@ -26,7 +26,7 @@ OSC52 = "\x1b]52;c;aGVsbG8=\x07"  # writes "hello" to the clipboard
 CLEAR = "\x1b[2J\x1b[H"
 HOSTILE = f"[bold red]x[/]{OSC52}{CLEAR}\x9b31m\u202eab\u2066c\x00\x7f\r:smile:"
 SESSION_ID = "20991231-000000-000000-[bold red]x\x1b[2J\x9b\u202e"  # no "/" in a file name: no "[/]" either
-SKILL = "skills/[bold red]x[/]\x9b31m\u202eevil.md"  # "[/]" across a folder; C0 names are left out of layers
+SKILL = "skills/[bold red]x[/]:smile:evil.md"  # "[/]" across a folder; control and bidi names are left out of layers
 
 
 def unsafe(text: str) -> list[str]:
