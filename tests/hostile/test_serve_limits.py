@@ -270,7 +270,7 @@ class CountingTokenizer:
 def tokenizer():
     found = load_tokenizer(MODEL, cache_dir=models_dir())
     if found is None:
-        pytest.skip("the random model's tokenizer is not installed")
+        pytest.fail(f"the tokenizer of {MODEL} is not installed; run: make test (or agentcache models install)")
     return found
 
 
