@@ -105,7 +105,8 @@ class Agent:
     def step(self, turn: int) -> Outcome | None:
         self._compact_if_needed(turn)
         settings = GenSettings(max_tokens=self.config.max_tokens, temperature=self.config.temperature,
-                               salt=self.config.salt or None, tool_required=self._look_first(),
+                               seed=reply_seed(self.config, turn), salt=self.config.salt or None,
+                               tool_required=self._look_first(),
                                routing_key=self._routing_key())
         sent_at = time.time()
         reply = self._complete(self.context, self.enabled, settings)
@@ -305,6 +306,12 @@ class RepeatGuard:
         what = "failed" if outcome.is_error else "gave the same result"
         raise Stuck(ToolOutcome(f"{name}: this exact call {what} {count} times (same arguments); the run stops "
                                 f"as stuck. Result: {outcome.output}", is_error=True))
+
+
+def reply_seed(config: RunConfig, turn: int) -> int | None:
+    """The sampler's seed of one reply: none when decoding greedily, else the run's seed and the turn, so a run repeats
+    and no two of its replies share a draw."""
+    return None if config.temperature == 0 else (config.seed << 8) + turn
 
 
 def verify_resume(agent: Agent, records: list[dict[str, Any]]) -> ResumeCheck:

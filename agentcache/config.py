@@ -46,6 +46,7 @@ class RunConfig:
     mode: str = "edit"  # read-only, edit (writes inside the repo) or full (edit and the shell); see MODES
     tools: list[str] = field(default_factory=list)  # empty: every tool the mode allows
     temperature: float = 0.0
+    seed: int = 0  # with temperature > 0, the sampler's seed (each reply's: this and its turn), so a run repeats
     retries: int = 2
     backend: str = "local"  # local, openai or anthropic
     base_url: str = ""  # the openai backend's server, e.g. http://127.0.0.1:8000/v1
@@ -186,6 +187,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must b
     "max_tokens": _at_least(1),
     "token_budget": _at_least(1),
     "temperature": ("between 0 and 2", lambda value: math.isfinite(value) and 0 <= value <= 2),
+    "seed": ("between 0 and 2**31 - 1", lambda value: 0 <= value < 2**31),
     "retries": _at_least(0),
     "backend": _one_of(BACKENDS),
     "mode": _one_of(tuple(MODES)),

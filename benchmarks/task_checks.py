@@ -45,6 +45,7 @@ PLAN = re.compile(r"""
     | \blet(?:['’]s|\s+(?:me|us))\b""", re.IGNORECASE | re.VERBOSE)
 MAX_FRAME_WORDS = 30  # words an answer may put around its candidate (code spans not counted)
 SUITE_TEST = "tests/test_task_check.py"  # where an edit checker writes its test, in its scratch copy only
+NOT_SOURCE = ("tests", "docs", ".agentcache")  # top-level folders whose .py files are not the repo's modules
 TESTS = "tests"  # the snapshot's test folder, restored exactly before an edit is checked
 PYTEST_CONFIGS = ("pytest.ini", ".pytest.ini", "tox.ini", "setup.cfg", "pyproject.toml")
 SCRATCH_IGNORE = shutil.ignore_patterns("__pycache__", ".pytest_cache", ".agentcache")
@@ -64,20 +65,21 @@ class Checker(Protocol):
 
 
 def modules(repo: Path) -> list[str]:
-    """The repo's source modules (every .py file outside tests/ and the harness's state), repo-relative."""
+    """The repo's source modules (every .py file outside tests/, docs/ and the harness's state), repo-relative."""
     found = (p.relative_to(repo).as_posix() for p in repo.rglob("*.py"))
-    return sorted(p for p in found if p.split("/")[0] not in ("tests", ".agentcache") and "__pycache__" not in p)
+    return sorted(p for p in found if p.split("/")[0] not in NOT_SOURCE and "__pycache__" not in p)
 
 
 def module_named(token: str, repo: Path) -> str | None:
-    """The source module a path token names: its repo-relative path (also with a folder before it or ./), its bare
-    file name where no other module has that name, or its dotted module name (textstats.words)."""
+    """The source module a path token names: its repo-relative path (also with a folder before it or ./), its
+    trailing part where no other module ends so (its bare file name; cachetools/keys.py for src/cachetools/keys.py),
+    or its dotted module name (textstats.words)."""
     found, token = modules(repo), token.removeprefix("./")
     if re.fullmatch(r"\w+(?:\.\w+)+", token) and not token.endswith(".py"):
         token = token.replace(".", "/") + ".py"
     exact = [m for m in found if token == m or token.endswith("/" + m)]
-    bare = [m for m in found if m.rpartition("/")[2] == token]
-    return exact[0] if exact else bare[0] if len(bare) == 1 else None
+    tail = [m for m in found if m.endswith("/" + token)]  # cachetools/keys.py for src/cachetools/keys.py
+    return exact[0] if exact else tail[0] if len(tail) == 1 else None
 
 
 def whole(text: str, value: str) -> bool:
@@ -314,6 +316,7 @@ class Edit:
             work = Path(tmp) / "repo"
             shutil.copytree(repo, work, symlinks=True, ignore=SCRATCH_IGNORE, copy_function=copy_regular)
             undone = undo_test_changes(work, self.snapshot)
+            (work / SUITE_TEST).parent.mkdir(exist_ok=True)  # a snapshot without tests (tomli's sdist)
             (work / SUITE_TEST).write_text(self.test, encoding="utf-8")
             try:
                 proc = subprocess.run([sys.executable, "-B", "-m", "pytest", "-q", "-p", "no:cacheprovider", TESTS],
@@ -413,10 +416,11 @@ def undo_test_changes(work: Path, snapshot: Path) -> list[str]:
 
 
 def repo_env(repo: Path) -> dict[str, str]:
-    """The environment for running a repo's code: its root first on the path, no bytecode written into it, no pytest
-    settings of this process's (PYTEST_ADDOPTS, PYTEST_PLUGINS)."""
+    """The environment for running a repo's code: its root (and its src/, for a src layout) first on the path, no
+    bytecode written into it, no pytest settings of this process's (PYTEST_ADDOPTS, PYTEST_PLUGINS)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_")}
-    return {**env, "PYTHONPATH": str(repo), "PYTHONDONTWRITEBYTECODE": "1"}
+    path = [str(repo)] + ([str(repo / "src")] if (repo / "src").is_dir() else [])
+    return {**env, "PYTHONPATH": os.pathsep.join(path), "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def python_value(code: str) -> Callable[[Path], str]:

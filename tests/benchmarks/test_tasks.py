@@ -13,7 +13,8 @@ import pytest
 
 from benchmarks import tasks
 from benchmarks.task_checks import NUMBER, PATH, module_named, whole
-from benchmarks.tasks import EXAMPLE, TASKS
+from benchmarks.task_set import EXAMPLE, KINDS
+from benchmarks.tasks_textstats import LONG_TASKS, TASKS
 
 BY_ID = {task.id: task for task in TASKS}
 QUESTIONS = [task for task in TASKS if task.kind != "edit"]
@@ -30,7 +31,8 @@ def everything_read() -> list[str]:
 
 
 def test_tests_in_the_example_repo_by_a_plain_text_count():
-    count = sum(len(re.findall(r"^def test_", source(p), re.MULTILINE)) for p in tasks.SHIPPED_TESTS)
+    shipped = [p.relative_to(EXAMPLE).as_posix() for p in EXAMPLE.glob("tests/test_*.py")]
+    count = sum(len(re.findall(r"^def test_", source(p), re.MULTILINE)) for p in shipped)
     assert count == 11  # 2 in test_cli, 2 in test_readability, 3 in test_stats, 4 in test_words
 
 
@@ -66,7 +68,7 @@ WRONG = {
 
 def test_every_question_has_a_right_and_a_wrong_answer():
     assert set(RIGHT) == set(WRONG) == {task.id for task in QUESTIONS}
-    assert len(TASKS) >= 15 and {task.kind for task in TASKS + tasks.LONG_TASKS} == set(tasks.KINDS)
+    assert len(TASKS) >= 15 and {task.kind for task in TASKS + LONG_TASKS} == set(KINDS)
     assert len(QUESTIONS) - sum(t.kind == "multi-step" for t in QUESTIONS) >= 7 and len(EDITS) >= 4
 
 
