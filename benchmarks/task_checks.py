@@ -35,7 +35,8 @@ NUMBER_WORD = re.compile(rf"\b(?:{'|'.join(NUMBER_WORDS)})\b", re.IGNORECASE)
 PATH = re.compile(r"(?<![\w./-])[\w./-]*\w\.py\b")  # a token naming a .py file: words.py, textstats/words.py
 SPAN = re.compile(r"`([^`\n]+)`")
 QUOTED = re.compile(r"""(?<![\w"'])r?(["'])([^"'\n]+)\1(?!\w)""")
-CODE_SHAPED = re.compile(r"[\[\]{}*+?|\\^$=/<>]|\w_|_\w|\w\.\w|\w\(")  # what marks a bare word as code
+CODE_SHAPED = re.compile(r"[\[\]{}*+?|\\^$=/<>]|\w_|_\w|\w\.\w|\w\(|[a-z][A-Z]")  # what marks a bare word as code:
+# a bracket or operator, an underscore, a dot inside, a call, a capital inside (KeyError)
 NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*(?:\(.*\))?")  # a name, dotted or called: stats.top_words(x)
 TOOL_JSON = re.compile(r"""\{\s*["']\w+["']\s*:|</?tool_call>""")
 PLAN = re.compile(r"""
@@ -146,7 +147,8 @@ def short_answer(answer: str | None, items: Sequence[str] = ()) -> str | None:
 
 def code_items(answer: str) -> list[str]:
     """What an answer marks as code: its `spans`, its quoted strings, and bare words shaped like code (an
-    underscore, a dot or slash inside, a call, a bracket or a regex operator), sentence punctuation stripped."""
+    underscore, a dot or slash inside, a call, a bracket or a regex operator, a capital inside), sentence punctuation
+    stripped."""
     items = SPAN.findall(answer)
     rest = SPAN.sub(" ", answer)
     items += [m.group(2) for m in QUOTED.finditer(rest)]

@@ -4,6 +4,7 @@ bug planted in the agent's copy before it starts. The task lists are in `tasks_t
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "repo"
 REPOS = Path(__file__).resolve().parent / "repos"
 KINDS = ("question", "multi-step", "edit", "long")
+COPY_IGNORE = shutil.ignore_patterns("__pycache__", ".pytest_cache", ".agentcache")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +67,13 @@ def edit(id: str, text: str, test: str, repo: Path = EXAMPLE, plant: Plant | Non
 def long(id: str, text: str, check: Checker) -> Task:
     """A task that reads many files: what compaction is for (`--suite long`)."""
     return Task(id, "long", text, check, 16)
+
+
+def fresh_copy(task: Task, target: Path) -> Path:
+    """A copy of the task's repo at `target` (which must not exist), with its bug planted."""
+    if target.exists():
+        raise FileExistsError(f"{target} already exists: give --keep an empty folder")
+    shutil.copytree(task.repo, target, ignore=COPY_IGNORE)
+    if task.plant is not None:
+        task.plant(target)
+    return target
