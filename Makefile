@@ -13,7 +13,7 @@ FLEET_VENV ?= .venv-vllm
 FLEET_MODEL ?= $(DEFAULT_MODEL)
 VLLM_VERSION := 0.32.0
 
-.PHONY: install demo test peers router fleet fleet-stop clean-venv $(MODEL_TARGETS)
+.PHONY: install demo test peers peers-agents router fleet fleet-stop clean-venv $(MODEL_TARGETS)
 
 # The project, the default model, and SmolLM2 (the fast tests' model).
 install: $(VENV)/.installed model-$(DEFAULT_MODEL) model-smollm2-135m
@@ -43,6 +43,23 @@ test: install $(MODEL_TARGETS) router
 # from source for this CPU (several minutes on 2 cores).
 peers: $(VENV)/.installed
 	$(PIP) install --quiet llama-cpp-python==0.3.36
+
+# The peer agent harnesses the task suite compares against (docs/peer-agents.md), each in its own venv, never in the
+# project's: mini-swe-agent and Aider drive the model through `agentcache serve` (not part of `make test`).
+MINI_SWE_VENV ?= .venv-mini-swe
+AIDER_VENV ?= .venv-aider
+
+peers-agents: $(MINI_SWE_VENV)/.installed $(AIDER_VENV)/.installed
+
+$(MINI_SWE_VENV)/.installed:
+	python3 -m venv $(MINI_SWE_VENV)
+	$(MINI_SWE_VENV)/bin/pip install --quiet mini-swe-agent==2.4.6
+	touch $@
+
+$(AIDER_VENV)/.installed:
+	python3 -m venv $(AIDER_VENV)
+	$(AIDER_VENV)/bin/pip install --quiet aider-chat==0.86.2
+	touch $@
 
 # vllm-router (a 24 MB Rust binary in a wheel) in its own venv.
 router: $(ROUTER_VENV)/.installed
