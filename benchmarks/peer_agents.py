@@ -41,6 +41,11 @@ QUIET_ENV = {
     "AIDER_CHECK_UPDATE": "false", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "PAGER": "cat", "BROWSER": "true",
     "GIT_TERMINAL_PROMPT": "0", "PYTHONUNBUFFERED": "1",
 }
+# A peer's shell commands (mini-swe-agent's actions) run in their own mount and network namespace: the root file
+# system read-only except the task's repo and the scratch TMPDIR, no network at all. Used where `unshare` can do it.
+SANDBOX = ('mount --make-rprivate / && for d in "$PEER_REPO" "$TMPDIR"; do mount --bind "$d" "$d"; done && '
+           'mount -o remount,bind,ro / && for d in "$PEER_REPO" "$TMPDIR"; do mount -o remount,bind,rw "$d"; done && '
+           'cd "$PEER_CWD" && exec sh -c "$PEER_COMMAND"')
 GIT_ENV = {"GIT_AUTHOR_NAME": "peer", "GIT_AUTHOR_EMAIL": "peer@localhost", "GIT_COMMITTER_NAME": "peer",
            "GIT_COMMITTER_EMAIL": "peer@localhost", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
 
@@ -144,7 +149,7 @@ class Server:
 # Run by .venv-mini-swe/bin/python: its own DefaultAgent, text-based model (litellm) and LocalEnvironment, with the
 # shipped mini_textbased.yaml; a question is submitted as `echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT && echo ANSWER`.
 MINI_DRIVER = r'''
-import json, sys
+import json, os, shlex, sys
 import yaml
 from minisweagent import __version__, package_dir
 from minisweagent.agents.default import DefaultAgent
@@ -172,7 +177,15 @@ if job["seed"] is not None:
     model_kwargs["seed"] = job["seed"]
 model = LitellmTextbasedModel(model_name="openai/" + job["model"], model_kwargs=model_kwargs,
                               cost_tracking="ignore_errors", **config["model"])
-env = LocalEnvironment(cwd=job["repo"], **config["environment"])
+class SandboxedEnvironment(LocalEnvironment):
+    def execute(self, action, cwd="", *, timeout=None):
+        if not job["sandbox"]:
+            return super().execute(action, cwd, timeout=timeout)
+        os.environ.update(PEER_COMMAND=action.get("command", ""), PEER_CWD=cwd or job["repo"], PEER_REPO=job["repo"])
+        wrapped = {**action, "command": "unshare --mount --net --fork sh -c " + shlex.quote(job["sandbox"])}
+        return super().execute(wrapped, cwd, timeout=timeout)
+
+env = SandboxedEnvironment(cwd=job["repo"], **config["environment"])
 agent = DefaultAgent(model, env, **agent_config)
 try:
     info = agent.run(job["text"])
@@ -280,8 +293,8 @@ def aider_argv(job: dict[str, Any], work: Path) -> list[str]:
             "--edit-format", "ask" if job["question"] else "whole",
             "--yes-always", "--no-check-update", "--analytics-disable", "--no-show-release-notes",
             "--no-show-model-warnings", "--no-auto-commits", "--no-dirty-commits", "--no-gitignore",
-            "--no-auto-lint", "--no-auto-test", "--no-detect-urls", "--no-stream", "--no-pretty", "--no-fancy-input",
-            "--no-restore-chat-history", "--map-tokens", "1024",
+            "--no-auto-lint", "--no-auto-test", "--no-suggest-shell-commands", "--no-detect-urls", "--no-stream",
+            "--no-pretty", "--no-fancy-input", "--no-restore-chat-history", "--map-tokens", "1024",
             "--chat-history-file", str(work / "chat.md"), "--input-history-file", str(work / "input.txt"),
             "--llm-history-file", str(work / "llm.txt"), str(job["repo"])]
 
@@ -291,20 +304,32 @@ def init_git(repo: Path) -> bool:
     if (repo / ".git").exists():
         return False
     env = {**os.environ, **GIT_ENV}
-    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "--no-verify", "-m", "task snapshot"]):
+    for command in (["init", "-q"], ["config", "user.name", "peer"], ["config", "user.email", "peer@localhost"],
+                    ["add", "-A"], ["commit", "-q", "--no-verify", "-m", "task snapshot"]):
         subprocess.run(["git", "-c", "core.hooksPath=" + os.devnull, *command], cwd=repo, env=env, check=True,
                        capture_output=True)
     return True
 
 
+def sandbox_works(scratch: Path) -> bool:
+    """Whether SANDBOX runs here (it needs root or unprivileged user namespaces with mount rights)."""
+    if shutil.which("unshare") is None:
+        return False
+    env = {**os.environ, "PEER_REPO": str(scratch), "PEER_CWD": str(scratch), "TMPDIR": str(scratch),
+           "PEER_COMMAND": "true"}
+    probe = subprocess.run(["unshare", "--mount", "--net", "--fork", "sh", "-c", SANDBOX], env=env,
+                           capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
 def peer_env(home: Path) -> dict[str, str]:
     """The peer's environment: a scratch HOME (aider's caches, mini's config dir) and no secrets of ours."""
-    keep = {name: os.environ[name] for name in ("PATH", "LANG", "LC_ALL", "TERM", "TMPDIR") if name in os.environ}
+    keep = {name: os.environ[name] for name in ("PATH", "LANG", "LC_ALL", "TERM") if name in os.environ}
     aider_cache = home / ".aider" / "caches"
     aider_cache.mkdir(parents=True, exist_ok=True)
     (aider_cache / "model_prices_and_context_window.json").write_text('{"_offline": {}}')  # never fetched
     return {**keep, **QUIET_ENV, **GIT_ENV, "HOME": str(home), "MSWEA_GLOBAL_CONFIG_DIR": str(home / "mswea"),
-            "XDG_CONFIG_HOME": str(home / ".config"), "OPENAI_API_KEY": "none"}
+            "XDG_CONFIG_HOME": str(home / ".config"), "OPENAI_API_KEY": "none", "TMPDIR": str(home)}
 
 
 def run_driver(harness: str, job: dict[str, Any], env: dict[str, str], timeout_s: float) -> dict[str, Any] | None:
@@ -363,7 +388,9 @@ def run_peer(harness: str, text: str, kind: str, repo: Path, server: Server, mod
         work = Path(scratch)
         job = {"text": text, "question": kind in QUESTION_KINDS, "repo": str(repo), "base_url": server.base_url,
                "model": model, "max_turns": max_turns, "temperature": temperature, "seed": seed,
-               "out": str(work / "result.json")}
+               "out": str(work / "result.json"), "sandbox": None}
+        if harness == "mini-swe-agent" and sandbox_works(work):
+            job["sandbox"] = SANDBOX
         created_git = harness == "aider" and init_git(repo)
         if harness == "aider":
             job["argv"] = aider_argv(job, work)
