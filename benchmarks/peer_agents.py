@@ -42,10 +42,11 @@ QUIET_ENV = {
     "GIT_TERMINAL_PROMPT": "0", "PYTHONUNBUFFERED": "1",
 }
 # A peer's shell commands (mini-swe-agent's actions) run in their own mount and network namespace: the root file
-# system read-only except the task's repo and the scratch TMPDIR, no network at all. Used where `unshare` can do it.
+# system read-only except the task's repo and the scratch TMPDIR, no network at all, and no capabilities left to
+# remount with. Used where `unshare` and `setpriv` can do it.
 SANDBOX = ('mount --make-rprivate / && for d in "$PEER_REPO" "$TMPDIR"; do mount --bind "$d" "$d"; done && '
            'mount -o remount,bind,ro / && for d in "$PEER_REPO" "$TMPDIR"; do mount -o remount,bind,rw "$d"; done && '
-           'cd "$PEER_CWD" && exec sh -c "$PEER_COMMAND"')
+           'cd "$PEER_CWD" && exec setpriv --bounding-set=-all --inh-caps=-all sh -c "$PEER_COMMAND"')
 GIT_ENV = {"GIT_AUTHOR_NAME": "peer", "GIT_AUTHOR_EMAIL": "peer@localhost", "GIT_COMMITTER_NAME": "peer",
            "GIT_COMMITTER_EMAIL": "peer@localhost", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
 
@@ -313,7 +314,7 @@ def init_git(repo: Path) -> bool:
 
 def sandbox_works(scratch: Path) -> bool:
     """Whether SANDBOX runs here (it needs root or unprivileged user namespaces with mount rights)."""
-    if shutil.which("unshare") is None:
+    if shutil.which("unshare") is None or shutil.which("setpriv") is None:
         return False
     env = {**os.environ, "PEER_REPO": str(scratch), "PEER_CWD": str(scratch), "TMPDIR": str(scratch),
            "PEER_COMMAND": "true"}
