@@ -4,9 +4,10 @@ result file and model, the passes the file stored beside the strict ones, a tabl
     python -m benchmarks.regrade                                   # every committed tasks*.json
     python -m benchmarks.regrade benchmarks/results/tasks.json --json regrade.json
 
-A stored record keeps the answer's first ANSWER_CHARS characters and its tools' names, not their outputs or the edited
-copy. So a question whose stored answer passes but was cut there, or a find-then-read question whose answer passes but
-whose tool outputs are gone, is `unverified` (it may pass: only a rerun can tell), and an edit is `not regraded`.
+A stored record keeps the answer's first ANSWER_CHARS characters and its tools' names; only a record of `--records`
+keeps the tool outputs too, and none keeps the edited copy. So a question whose stored answer passes but was cut there,
+or a find-then-read question whose answer passes but whose tool outputs are not kept, is `unverified` (it may pass:
+only a rerun can tell), and an edit is `not regraded`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rich.table import Table
 
 from benchmarks.report import write_json
 from benchmarks.task_checks import Read
-from benchmarks.tasks import ANSWER_CHARS, EXAMPLE, LONG_TASKS, TASKS, Task
+from benchmarks.tasks import ANSWER_CHARS, LONG_TASKS, TASKS, Task
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BY_ID = {task.id: task for task in TASKS + LONG_TASKS}
@@ -34,8 +35,8 @@ def regrade_task(record: dict[str, Any], task: Task) -> dict[str, Any]:
     if task.kind == "edit":
         return {**row, "state": "not regraded", "check": "the edited copy was not kept"}
     answer = record.get("answer")
-    verdict = task.check(answer, EXAMPLE, None)
-    on_answer = task.check.check(answer, EXAMPLE) if isinstance(task.check, Read) else verdict
+    verdict = task.check(answer, task.repo, record.get("tool_outputs"))
+    on_answer = task.check.check(answer, task.repo) if isinstance(task.check, Read) else verdict
     if on_answer.passed and not verdict.passed:
         if not record.get("tools"):
             return {**row, "state": "fail", "check": "passes on the answer, but no tool was called to read it"}

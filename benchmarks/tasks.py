@@ -1,24 +1,33 @@
-"""Agent task suite: 15 tasks on examples/repo (questions with one right answer, find-read-answer questions and
-edits checked by the repo's own tests), each on a fresh copy of the repo, all of a model's tasks in one process on
-one engine; per task pass/fail, turns, wall time and tokens, per model the pass rate and medians.
+"""Agent task suite: questions (where is X defined, what does Y default to, which exception, counting), find-then-read
+questions and edits (additions, planted bugs), each checked strictly (benchmarks/task_checks.py), on three
+repositories: examples/repo and the real projects under benchmarks/repos/ (tasks_textstats.py, tasks_cachetools.py,
+tasks_tomli.py). Each task runs on a fresh copy of its repo, once greedily and `--seeds` more times sampled at
+`--temperature`; by agentcache's own loop on one engine per model, or by a peer harness (mini-swe-agent, Aider)
+driving the same model through `agentcache serve` (benchmarks/peer_agents.py). Per task pass/fail, turns, wall time
+and tokens; per harness and model the greedy pass rate, the sampled ones, per kind, and medians.
 
-    python -m benchmarks.tasks                                          # every task on smollm2-135m
-    python -m benchmarks.tasks --models smollm2-135m,qwen2.5-coder-0.5b --json out.json
-    python -m benchmarks.tasks --tasks where-split-sentences,fix-syllables-case --max-turns 3 --keep runs/
+    python -m benchmarks.tasks                                           # every task on the default model
+    python -m benchmarks.tasks --models qwen2.5-coder-1.5b,qwen2.5-coder-0.5b --json out.json
+    python -m benchmarks.tasks --harness agentcache,mini-swe-agent,aider --records runs.jsonl --json out.json
+    python -m benchmarks.tasks --tasks where-split-sentences,fix-syllables-case --seeds 0 --keep runs/
+
+`--records PATH` appends every finished task run to PATH (one JSON line, with the tool outputs it saw) and skips the
+runs PATH already holds, so a long run that stops resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
-import shutil
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from contextlib import ExitStack
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -32,19 +41,27 @@ from agentcache.records import USAGE_FIELDS, Request, requests_of
 from agentcache.session import Session
 from benchmarks.report import write_json
 from benchmarks.task_checks import Verdict
-from benchmarks.task_set import EXAMPLE, KINDS, Task
-from benchmarks.tasks_textstats import LONG_TASKS, TASKS
+from benchmarks.task_set import EXAMPLE, KINDS, Task, fresh_copy
+from benchmarks.tasks_cachetools import TASKS as CACHETOOLS_TASKS
+from benchmarks.tasks_textstats import LONG_TASKS
+from benchmarks.tasks_textstats import TASKS as TEXTSTATS_TASKS
+from benchmarks.tasks_tomli import TASKS as TOMLI_TASKS
 from layers import LayersError
 
-COPY_IGNORE = shutil.ignore_patterns("__pycache__", ".pytest_cache", ".agentcache")
+TASKS = TEXTSTATS_TASKS + CACHETOOLS_TASKS + TOMLI_TASKS
+HARNESSES = ("agentcache", "mini-swe-agent", "aider")
 ANSWER_CHARS = 200
+TEMPERATURE = 0.7  # the seeded runs' sampling temperature
 NOTES = [
-    "Each task runs on a fresh copy of examples/repo; a model's tasks share one engine, so the L1+L2 prefix stays "
-    "warm in its memory pool from task to task (the disk tier is off).",
+    "Each task runs on a fresh copy of its repo (a fix's bug planted in the copy); agentcache's tasks of one model "
+    "share one engine, so each repo's L1+L2 prefix stays warm in its memory pool from task to task (the disk tier "
+    "is off). A peer harness drives the same model through one `agentcache serve` process.",
+    "greedy: temperature 0. sampled: each seed's run at the suite's temperature, every reply seeded by the seed and "
+    "its turn.",
     "Questions are checked against the shipped repo (an agent's edits to its copy cannot move the answer) and pass "
     "only on a final answer with one candidate (no plan, code fence or tool call); find-then-read questions also "
     "need a tool output to have shown the line the answer stands on. Edits pass when the copy's tests pass, with "
-    "the shipped tests restored, the test configuration it added undone, and the suite's own test written beside "
+    "the shipped tests restored, the test configuration it added undone, and the suite's hidden test written beside "
     "them.",
     "cached/prefix: the lowest cached_tokens / prefix_tokens over a task's requests after its first (none for a "
     "one-turn task). warm turn s: the engine's total time of each such request (queue, prefill, decode).",
@@ -55,7 +72,7 @@ NOTES = [
 ]
 
 
-SUITES = {"default": TASKS, "long": LONG_TASKS}
+SUITES = {"default": TASKS, "textstats": TEXTSTATS_TASKS, "long": LONG_TASKS}
 
 
 def select(ids: str | None, max_turns: int | None, suite: str = "default") -> list[Task]:
@@ -71,14 +88,15 @@ def select(ids: str | None, max_turns: int | None, suite: str = "default") -> li
         raise AgentcacheError(f"--max-turns must be at least 1, got {max_turns}")
     chosen = [task for task in chosen_suite if task.id in wanted]
     cap = max_turns or max(task.max_turns for task in chosen_suite)
-    return [Task(t.id, t.kind, t.text, t.check, min(t.max_turns, cap)) for t in chosen]
+    return [Task(t.id, t.kind, t.text, t.check, min(t.max_turns, cap), t.repo, t.plant) for t in chosen]
 
 
-def task_config(model: str, task: Task, tool_choice: str, compact_at: int = 0) -> RunConfig:
+def task_config(model: str, task: Task, tool_choice: str, compact_at: int = 0, temperature: float = 0.0,
+                seed: int = 0) -> RunConfig:
     """The run settings of one task: the defaults, its turns, no disk tier, compaction past `compact_at` tokens
-    (0: at the window); where the config has a `mode`, questions run read-only and edits in edit mode."""
+    (0: at the window), sampling at `temperature` with `seed`; questions run read-only and edits in edit mode."""
     config = RunConfig(model=model, max_turns=task.max_turns, disk_cache=False, tool_choice=tool_choice,
-                       compact_at=compact_at)
+                       compact_at=compact_at, temperature=temperature, seed=seed)
     if "mode" in {item.name for item in fields(RunConfig)}:
         setattr(config, "mode", "edit" if task.kind == "edit" else "read-only")
     return check_config(config)
@@ -87,8 +105,14 @@ def task_config(model: str, task: Task, tool_choice: str, compact_at: int = 0) -
 def copy_example(target: Path) -> Path:
     if target.exists():
         raise AgentcacheError(f"{target} already exists: give --keep an empty folder")
-    shutil.copytree(EXAMPLE, target, ignore=COPY_IGNORE)
-    return target
+    return fresh_copy(TEXTSTATS_TASKS[0], target)
+
+
+def task_copy(task: Task, target: Path) -> Path:
+    try:
+        return fresh_copy(task, target)
+    except FileExistsError as exc:
+        raise AgentcacheError(str(exc)) from None
 
 
 def slug(name: str) -> str:
@@ -119,7 +143,7 @@ def task_record(task: Task, outcome: Outcome, verdict: Verdict, requests: list[R
     requests = [r for r in requests if r.purpose is None]  # the agent's turns (not its summary requests)
     warm = [r.timings["total_s"] for r in requests[1:] if r.timings.get("total_s") is not None]
     return {
-        "id": task.id, "kind": task.kind, "passed": verdict.passed, "check": verdict.detail,
+        "id": task.id, "kind": task.kind, "repo": task.repo.name, "passed": verdict.passed, "check": verdict.detail,
         "reason": outcome.reason, "turns": outcome.turns, "wall_s": round(wall_s, 3), **sums,
         "cached_over_prefix_min": cached_over_prefix_min(requests), "warm_turn_s": [round(s, 3) for s in warm],
         "unparseable": sum(1 for r in requests if r.error), "tools": [r.tool for r in requests if r.tool],
@@ -128,60 +152,213 @@ def task_record(task: Task, outcome: Outcome, verdict: Verdict, requests: list[R
     }
 
 
+def check(task: Task, answer: str | None, repo: Path, seen: list[str]) -> Verdict:
+    """The task's verdict: a question against the shipped repo (the agent's copy cannot move the answer), an edit on
+    the agent's copy."""
+    return task.check(answer, repo if task.kind == "edit" else task.repo, seen)
+
+
 def run_one(task: Task, backend: Any, registry: Any, model: str, work: Path, tool_choice: str,
-            compact_at: int = 0) -> dict[str, Any]:
-    """One task on its own copy of the example repo; the checker reads the shipped repo for a question."""
-    repo = copy_example(work / task.id)
+            compact_at: int = 0, temperature: float = 0.0, seed: int = 0) -> dict[str, Any]:
+    """One task on its own copy of its repo, by agentcache's loop; the record keeps the tool outputs it saw."""
+    repo = task_copy(task, work / task.id)
     session = Session.create(repo)
-    agent = Agent(repo, backend, task_config(model, task, tool_choice, compact_at), session, registry=registry)
+    config = task_config(model, task, tool_choice, compact_at, temperature, seed)
+    agent = Agent(repo, backend, config, session, registry=registry)
     start = time.perf_counter()
     outcome = agent.run(task.text)
     wall_s = time.perf_counter() - start
     requests = requests_of(session.records())
     seen = [r.tool_result["output"] for r in requests if r.tool_result]  # what the agent's tool calls showed it
-    verdict = task.check(outcome.answer, repo if task.kind == "edit" else EXAMPLE, seen)
-    return task_record(task, outcome, verdict, requests, wall_s, session)
+    verdict = check(task, outcome.answer, repo, seen)
+    return {**task_record(task, outcome, verdict, requests, wall_s, session), "tool_outputs": seen}
+
+
+def peer_record(task: Task, run: Any, verdict: Verdict) -> dict[str, Any]:
+    """A peer harness's task run (benchmarks.peer_agents.PeerRun) in the suite's record shape; what the peer does
+    not report (the engine's per-request timings, agentcache's own ledgers) is None."""
+    return {
+        "id": task.id, "kind": task.kind, "repo": task.repo.name, "passed": verdict.passed, "check": verdict.detail,
+        "reason": run.reason, "turns": run.turns, "wall_s": round(run.wall_s, 3),
+        "prompt_tokens": run.prompt_tokens, "cached_tokens": run.cached_tokens,
+        "computed_tokens": run.prompt_tokens - run.cached_tokens, "completion_tokens": run.completion_tokens,
+        "cached_over_prefix_min": None, "warm_turn_s": [], "unparseable": None, "tools": [],
+        "answer": (run.answer or "")[:ANSWER_CHARS] or None, "session_id": None, "misses": {},
+        "unexplained_misses": None, "compactions": [], "tool_outputs": run.tool_outputs,
+    }
 
 
 def median(values: list[float]) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
 
-def model_report(name: str, records: list[dict[str, Any]], load_s: float) -> dict[str, Any]:
+def rate(records: list[dict[str, Any]]) -> float | None:
+    return round(sum(r["passed"] for r in records) / len(records), 3) if records else None
+
+
+def total(records: list[dict[str, Any]], name: str) -> int | None:
+    values = [r[name] if isinstance(r[name], int) else len(r[name]) for r in records if r[name] is not None]
+    return sum(values) if values else None
+
+
+def public(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as the report shows it: without the tool outputs (those stay in --records)."""
+    return {name: value for name, value in record.items() if name != "tool_outputs"}
+
+
+def model_report(name: str, records: list[dict[str, Any]], load_s: float | None,
+                 sampled: dict[int, list[dict[str, Any]]] | None = None, harness: str = "agentcache",
+                 quant: str | None = None) -> dict[str, Any]:
+    """One harness on one model: the greedy run's pass rate, per kind, medians and tokens (today's keys), and the
+    sampled runs' pass rates, one per seed."""
+    sampled = sampled or {}
+    every = records + [r for runs in sampled.values() for r in runs]
+    rates = [rate(runs) for _, runs in sorted(sampled.items())]
     return {
-        "name": name, "pass_rate": round(sum(r["passed"] for r in records) / len(records), 3),
+        "name": name, "harness": harness, "quant": quant, "pass_rate": rate(records),
         "passed": sum(r["passed"] for r in records), "tasks_run": len(records),
-        "median_turns": median([r["turns"] for r in records]),
-        "median_wall_s": median([r["wall_s"] for r in records]),
-        "median_warm_turn_s": median([s for r in records for s in r["warm_turn_s"]]),
-        "unparseable": sum(r["unparseable"] for r in records), "load_s": round(load_s, 3),
-        "unexplained_misses": sum(r["unexplained_misses"] for r in records),
-        "compactions": sum(len(r["compactions"]) for r in records),
+        "kind_pass_rate": {kind: rate([r for r in records if r["kind"] == kind])
+                           for kind in KINDS if any(r["kind"] == kind for r in records)},
+        "sampled_pass_rates": rates, "sampled_seeds": sorted(sampled),
+        "sampled_pass_rate_mean": round(statistics.mean(rates), 3) if rates else None,
+        "sampled_pass_rate_min": min(rates) if rates else None, "sampled_pass_rate_max": max(rates) if rates else None,
+        "sampled_kind_pass_rate": {kind: rate([r for runs in sampled.values() for r in runs if r["kind"] == kind])
+                                   for kind in KINDS if any(r["kind"] == kind for r in every)} if sampled else {},
+        "median_turns": median([r["turns"] for r in every]),
+        "median_wall_s": median([r["wall_s"] for r in every]),
+        "median_warm_turn_s": median([s for r in every for s in r["warm_turn_s"]]),
+        "median_tokens": {field: median([r[field] for r in every]) for field in USAGE_FIELDS},
+        "unparseable": total(records, "unparseable"), "load_s": None if load_s is None else round(load_s, 3),
+        "unexplained_misses": total(records, "unexplained_misses"),
+        "compactions": total(records, "compactions"),
         "compaction_net_tokens": sum(c["net_tokens"] for r in records for c in r["compactions"]),
-        "tasks": records,
+        "tasks": [public(r) for r in records],
+        "sampled": [{"seed": seed, "pass_rate": rate(runs), "tasks": [public(r) for r in runs]}
+                    for seed, runs in sorted(sampled.items())],
     }
+
+
+class RecordLog:
+    """The finished task runs of `--records`: read once, appended to (one JSON line each, flushed) as runs finish,
+    so a rerun skips what is done. None keeps them in memory only."""
+
+    def __init__(self, path: Path | None):
+        self.path, self.done = path, {}
+        if path is not None and path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    self.done[self.key(record["harness"], record["model"], record["quant"], record["seed"],
+                                       record["id"])] = record
+
+    @staticmethod
+    def key(harness: str, model: str, quant: str, seed: int | None, task_id: str) -> str:
+        return f"{harness}|{model}|{quant}|{'greedy' if seed is None else seed}|{task_id}"
+
+    def run(self, harness: str, model: str, quant: str, seed: int | None, task: Task,
+            run: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+        """The record of `task` in this run: the stored one, or `run()`'s, stored. Also whether it was stored."""
+        key = self.key(harness, model, quant, seed, task.id)
+        if key in self.done:
+            return self.done[key], True
+        record = {**run(), "harness": harness, "model": model, "quant": quant, "seed": seed}
+        self.done[key] = record
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as file:
+                file.write(json.dumps(record) + "\n")
+        return record, False
+
+
+def run_label(seed: int | None) -> str:
+    return "greedy" if seed is None else f"seed-{seed}"
+
+
+def progress(console: Console, harness: str, name: str, seed: int | None, record: dict[str, Any],
+             stored: bool) -> None:
+    console.print(f"{harness} {name} {run_label(seed)} {record['id']}: {'pass' if record['passed'] else 'FAIL'} "
+                  f"({record['reason']}, {record['turns']} turns, {record['wall_s']:.1f}s"
+                  f"{', stored' if stored else ''}) {record['check']}", markup=False)
+
+
+def seeds_of(count: int) -> list[int | None]:
+    """The runs of each task: greedy, then seeds 1..count."""
+    return [None, *range(1, count + 1)]
+
+
+def split_runs(records: dict[int | None, list[dict[str, Any]]], name: str, load_s: float | None, harness: str,
+               quant: str) -> dict[str, Any]:
+    greedy = records.pop(None)
+    return model_report(name, greedy, load_s, records, harness, quant)
 
 
 def run_model(name: str, tasks: list[Task], work: Path, console: Console, tool_format: str = "auto",
               tool_choice: str = RunConfig().tool_choice, quant: str = RunConfig().quant,
-              compact_at: int = 0) -> dict[str, Any]:
-    """Every task on one model and one engine, loaded once (weights quantized by `quant`); the backend replies in
-    `tool_format`, `tool_choice`."""
+              compact_at: int = 0, seeds: int = 0, temperature: float = TEMPERATURE,
+              log: RecordLog | None = None) -> dict[str, Any]:
+    """Every task on one model by agentcache's loop, on one engine loaded once (only when a run is not stored),
+    weights quantized by `quant`; the backend replies in `tool_format`, `tool_choice`. Greedy, then `seeds` sampled
+    runs at `temperature`."""
     from agentcache.backends.local import LocalBackend
     from agentcache.wiring import load_registry, local_engine
 
-    start = time.perf_counter()
-    model, engine = local_engine(check_config(RunConfig(model=name, disk_cache=False, quant=quant)))
-    load_s = time.perf_counter() - start
-    backend, registry = LocalBackend(model, engine, tool_format, tool_choice), load_registry()
-    (work / slug(name)).mkdir(parents=True, exist_ok=True)
-    records = []
-    for task in tasks:
-        record = run_one(task, backend, registry, name, work / slug(name), tool_choice, compact_at)
-        console.print(f"{name} {task.id}: {'pass' if record['passed'] else 'FAIL'} ({record['reason']}, "
-                      f"{record['turns']} turns, {record['wall_s']:.1f}s) {record['check']}", markup=False)
-        records.append(record)
-    return model_report(name, records, load_s)
+    log = log or RecordLog(None)
+    loaded: list[Any] = []
+    load_s = None
+
+    def engine() -> tuple[Any, Any]:
+        nonlocal load_s
+        if not loaded:
+            start = time.perf_counter()
+            model, engine = local_engine(check_config(RunConfig(model=name, disk_cache=False, quant=quant)))
+            load_s = time.perf_counter() - start
+            loaded.extend([LocalBackend(model, engine, tool_format, tool_choice), load_registry()])
+        return loaded[0], loaded[1]
+
+    runs: dict[int | None, list[dict[str, Any]]] = {}
+    for seed in seeds_of(seeds):
+        folder = work / "agentcache" / slug(name) / run_label(seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        for task in tasks:
+            def one() -> dict[str, Any]:
+                backend, registry = engine()
+                return run_one(task, backend, registry, name, folder, tool_choice, compact_at,
+                               0.0 if seed is None else temperature, seed or 0)
+
+            record, stored = log.run("agentcache", name, quant, seed, task, one)
+            progress(console, "agentcache", name, seed, record, stored)
+            runs.setdefault(seed, []).append(record)
+    return split_runs(runs, name, load_s, "agentcache", quant)
+
+
+def run_peer_model(harness: str, name: str, tasks: list[Task], work: Path, console: Console, quant: str,
+                   seeds: int = 0, temperature: float = TEMPERATURE, log: RecordLog | None = None) -> dict[str, Any]:
+    """Every task on one model by a peer harness, through one `agentcache serve` process started only when a run
+    is not stored; the same checkers grade what it answers or edits."""
+    from benchmarks.peer_agents import Server, run_peer
+
+    log = log or RecordLog(None)
+    servers: list[Any] = []
+    runs: dict[int | None, list[dict[str, Any]]] = {}
+    with ExitStack() as stack:
+        for seed in seeds_of(seeds):
+            folder = work / harness / slug(name) / run_label(seed)
+            folder.mkdir(parents=True, exist_ok=True)
+            for task in tasks:
+                def one() -> dict[str, Any]:
+                    if not servers:
+                        log_file = work / harness / f"{slug(name)}-serve.log"
+                        servers.append(stack.enter_context(Server(name, quant, log=log_file)))
+                    repo = task_copy(task, folder / task.id)
+                    run = run_peer(harness, task.text, task.kind, repo, servers[0], name, task.max_turns,
+                                   0.0 if seed is None else temperature, seed)
+                    return peer_record(task, run, check(task, run.answer, repo, run.tool_outputs)) | {
+                        "harness_version": run.version}
+
+                record, stored = log.run(harness, name, quant, seed, task, one)
+                progress(console, harness, name, seed, record, stored)
+                runs.setdefault(seed, []).append(record)
+    return split_runs(runs, name, None, harness, quant)
 
 
 def cell(value: Any) -> str:
@@ -191,40 +368,60 @@ def cell(value: Any) -> str:
 
 
 def model_table(report: dict[str, Any]) -> Table:
-    t = Table(title=f"tasks, {report['name']}: {report['passed']}/{report['tasks_run']} passed")
-    columns = ("id", "kind", "pass", "reason", "turns", "wall s", "prompt", "cached", "computed", "completion",
-               "cached/prefix", "misses", "unexpl.", "compactions (net tokens)")
+    t = Table(title=f"tasks, {report['harness']} on {report['name']}: {report['passed']}/{report['tasks_run']} "
+                    "passed greedily")
+    seeds = [run["seed"] for run in report["sampled"]]
+    sampled = {run["seed"]: {r["id"]: r["passed"] for r in run["tasks"]} for run in report["sampled"]}
+    columns = ("id", "kind", "repo", "pass", *(f"seed {s}" for s in seeds), "reason", "turns", "wall s", "prompt",
+               "cached", "computed", "completion", "cached/prefix", "misses", "unexpl.", "compactions (net tokens)")
     for name in columns:
-        t.add_column(name, justify="left" if name in ("id", "kind", "reason") else "right")
+        t.add_column(name, justify="left" if name in ("id", "kind", "repo", "reason") else "right")
     for r in report["tasks"]:
         misses = ", ".join(f"{tag} {n}" for tag, n in r["misses"].items()) or "-"
         nets = ", ".join(f"{c['net_tokens']:+d}" for c in r["compactions"]) or "-"
-        t.add_row(r["id"], r["kind"], "yes" if r["passed"] else "no", r["reason"], str(r["turns"]),
-                  f"{r['wall_s']:.1f}", *(str(r[name]) for name in USAGE_FIELDS), cell(r["cached_over_prefix_min"]),
-                  misses, str(r["unexplained_misses"]), nets)
+        marks = ["yes" if sampled[s].get(r["id"]) else "no" if r["id"] in sampled[s] else "-" for s in seeds]
+        t.add_row(r["id"], r["kind"], r.get("repo", "repo"), "yes" if r["passed"] else "no", *marks, r["reason"],
+                  str(r["turns"]), f"{r['wall_s']:.1f}", *(str(r[name]) for name in USAGE_FIELDS),
+                  cell(r["cached_over_prefix_min"]), misses, cell(r["unexplained_misses"]), nets)
     return t
 
 
 def summary_table(reports: list[dict[str, Any]]) -> Table:
-    t = Table(title="tasks, per model")
-    for name in ("model", "pass rate", "median turns", "median wall s", "median warm turn s", "unparseable",
-                 "load s", "unexplained misses", "compactions", "compaction net tokens"):
-        t.add_column(name, justify="left" if name == "model" else "right")
+    t = Table(title="tasks, per harness and model")
+    kinds = [kind for kind in KINDS if any(kind in r["kind_pass_rate"] for r in reports)]
+    for name in ("harness", "model", "greedy pass", "sampled pass: mean (min-max)", *kinds, "median turns",
+                 "median wall s", "median warm turn s", "median prompt", "median cached", "median computed",
+                 "median completion", "unparseable", "load s"):
+        t.add_column(name, justify="left" if name in ("harness", "model") else "right")
     for r in reports:
-        t.add_row(r["name"], f"{r['pass_rate']:.2f}", cell(r["median_turns"]), cell(r["median_wall_s"]),
-                  cell(r["median_warm_turn_s"]), str(r["unparseable"]), f"{r['load_s']:.1f}",
-                  str(r["unexplained_misses"]), str(r["compactions"]), f"{r['compaction_net_tokens']:+d}")
+        spread = (f"{r['sampled_pass_rate_mean']:.2f} ({r['sampled_pass_rate_min']:.2f}-"
+                  f"{r['sampled_pass_rate_max']:.2f})" if r["sampled_pass_rates"] else "-")
+        t.add_row(r["harness"], r["name"], f"{r['passed']}/{r['tasks_run']}", spread,
+                  *(cell(r["kind_pass_rate"].get(kind)) for kind in kinds), cell(r["median_turns"]),
+                  cell(r["median_wall_s"]), cell(r["median_warm_turn_s"]),
+                  *(cell(r["median_tokens"][name]) for name in USAGE_FIELDS), cell(r["unparseable"]),
+                  cell(r["load_s"]))
     return t
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=RunConfig().model, help="comma-separated model names, run one after another")
+    p.add_argument("--harness", default="agentcache",
+                   help=f"comma-separated harnesses, run one after another: {', '.join(HARNESSES)} (the peers "
+                        "need `make peers-agents`)")
     p.add_argument("--suite", default="default", choices=tuple(SUITES),
-                   help=f"the {len(TASKS)} tasks, or the {len(LONG_TASKS)} long ones that read many files")
+                   help=f"the {len(TASKS)} tasks on three repos, the {len(TEXTSTATS_TASKS)} on examples/repo, or "
+                        f"the {len(LONG_TASKS)} long ones that read many files")
     p.add_argument("--tasks", help="comma-separated task ids of the suite (default: all)")
     p.add_argument("--max-turns", type=int, help="cap every task's turns at this")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="sampled runs of each task after its greedy one (seeds 1..N; default 3; 0: greedy only)")
+    p.add_argument("--temperature", type=float, default=TEMPERATURE, help="the sampled runs' temperature")
     p.add_argument("--json", type=Path, help="write the report here")
+    p.add_argument("--records", type=Path,
+                   help="append each finished task run here (JSON lines, with its tool outputs) and skip the runs "
+                        "it holds")
     p.add_argument("--tool-format", default="auto", choices=("auto", "native", "json"),
                    help="how replies are written (auto: the template's native format when it has one)")
     p.add_argument("--tool-choice", default=RunConfig().tool_choice, choices=TOOL_CHOICES,
@@ -237,15 +434,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def names(text: str, what: str) -> list[str]:
+    found = [name.strip() for name in text.split(",") if name.strip()]
+    if not found:
+        raise AgentcacheError(f"--{what} names nothing")
+    return found
+
+
 def run_suite(args: argparse.Namespace, work: Path, console: Console) -> dict[str, Any]:
     tasks = select(args.tasks, args.max_turns, args.suite)
-    names = [name.strip() for name in args.models.split(",") if name.strip()]
-    if not names:
-        raise AgentcacheError("--models names no model")
-    reports = [run_model(name, tasks, work, console, args.tool_format, args.tool_choice, args.quant, args.compact_at)
-               for name in names]
+    models, harnesses = names(args.models, "models"), names(args.harness, "harness")
+    if unknown := [h for h in harnesses if h not in HARNESSES]:
+        raise AgentcacheError(f"unknown harness {', '.join(map(repr, unknown))} (known: {', '.join(HARNESSES)})")
+    if args.seeds < 0:
+        raise AgentcacheError(f"--seeds must be at least 0, got {args.seeds}")
+    log = RecordLog(args.records)
+    reports = []
+    for harness in harnesses:
+        for name in models:
+            if harness == "agentcache":
+                reports.append(run_model(name, tasks, work, console, args.tool_format, args.tool_choice, args.quant,
+                                         args.compact_at, args.seeds, args.temperature, log))
+            else:
+                reports.append(run_peer_model(harness, name, tasks, work, console, args.quant, args.seeds,
+                                              args.temperature, log))
     return {"models": reports, "settings": {"suite": args.suite, "tasks": [t.id for t in tasks],
-                                            "max_turns": args.max_turns,
+                                            "harnesses": harnesses, "max_turns": args.max_turns,
+                                            "seeds": args.seeds, "temperature": args.temperature,
                                             "tool_format": args.tool_format, "tool_choice": args.tool_choice,
                                             "quant": args.quant, "max_tokens": RunConfig().max_tokens,
                                             "compact_at": args.compact_at},
@@ -256,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine import EngineError
 
     args = parse_args(argv)
-    console = Console(width=140)
+    console = Console(width=160)
     try:
         with tempfile.TemporaryDirectory(prefix="agentcache-tasks-") as tmp:
             report = run_suite(args, args.keep or Path(tmp), console)

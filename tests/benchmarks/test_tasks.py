@@ -178,15 +178,32 @@ def session_requests(path: Path) -> list[dict]:
 def test_a_two_task_run_on_the_real_model(tmp_path):
     out, keep = tmp_path / "tasks.json", tmp_path / "runs"
     ids = ["where-syllables", "fix-syllables-case"]
-    assert tasks.main(["--tasks", ",".join(ids), "--max-turns", "2", "--json", str(out), "--keep", str(keep)]) == 0
+    records = tmp_path / "records.jsonl"
+    args = ["--tasks", ",".join(ids), "--max-turns", "2", "--seeds", "1", "--records", str(records)]
+    assert tasks.main([*args, "--json", str(out), "--keep", str(keep)]) == 0
     report = json.loads(out.read_text())
+    stored = [json.loads(line) for line in records.read_text().splitlines()]
+    assert [(r["seed"], r["id"]) for r in stored] == [(None, ids[0]), (None, ids[1]), (1, ids[0]), (1, ids[1])]
+    assert all(isinstance(r["tool_outputs"], list) for r in stored)
+    again = tmp_path / "again.json"  # a rerun on the same records runs nothing: no engine is loaded
+    assert tasks.main([*args, "--json", str(again)]) == 0
+    rerun = json.loads(again.read_text())["models"][0]
+    assert rerun["load_s"] is None and report["models"][0]["load_s"] > 0
+    assert {**rerun, "load_s": None} == {**report["models"][0], "load_s": None}
     [model] = report["models"]
     assert model["name"] == "smollm2-135m" and [t["id"] for t in model["tasks"]] == ids
-    assert model["pass_rate"] == sum(t["passed"] for t in model["tasks"]) / 2
+    assert model["harness"] == "agentcache" and model["pass_rate"] == sum(t["passed"] for t in model["tasks"]) / 2
+    assert model["kind_pass_rate"] == {t["kind"]: float(t["passed"]) for t in model["tasks"]}
+    [sampled] = model["sampled"]
+    assert sampled["seed"] == 1 and [t["id"] for t in sampled["tasks"]] == ids
+    assert model["sampled_pass_rates"] == [sum(t["passed"] for t in sampled["tasks"]) / 2]
+    runs = keep / "agentcache" / "smollm2-135m"
+    assert sorted(p.name for p in runs.iterdir()) == ["greedy", "seed-1"]
+    keep = runs / "greedy"
     for record in model["tasks"]:
         assert {"id", "passed", "turns", "wall_s", "cached_over_prefix_min"} <= set(record)
         assert isinstance(record["passed"], bool) and record["wall_s"] > 0
-        session = keep / "smollm2-135m" / record["id"] / ".agentcache" / "sessions"
+        session = keep / record["id"] / ".agentcache" / "sessions"
         requests = session_requests(session / f"{record['session_id']}.jsonl")
         assert record["turns"] == len(requests)
         for name in ("prompt_tokens", "cached_tokens", "computed_tokens", "completion_tokens"):
@@ -194,10 +211,10 @@ def test_a_two_task_run_on_the_real_model(tmp_path):
         ratios = [r["usage"]["cached_tokens"] / r["prefix_tokens"] for r in requests[1:]]
         assert record["cached_over_prefix_min"] == (round(min(ratios), 3) if ratios else None)
         assert record["tools"] == [r["tool_call"]["name"] for r in requests if r.get("tool_call")]
-    edited = keep / "smollm2-135m" / "fix-syllables-case"
+    edited = keep / "fix-syllables-case"
     assert BY_ID["fix-syllables-case"].check(None, edited).passed == model["tasks"][1]["passed"]
     warm = [r["timings"]["total_s"] for t in model["tasks"] for r in session_requests(
-        next((keep / "smollm2-135m" / t["id"] / ".agentcache" / "sessions").glob("*.jsonl")))[1:]]
+        next((keep / t["id"] / ".agentcache" / "sessions").glob("*.jsonl")))[1:]]
     assert model["median_warm_turn_s"] == (round(statistics.median(warm), 3) if warm else None)
 
 
