@@ -15,6 +15,7 @@ from benchmarks import tasks
 from benchmarks.task_checks import NUMBER, PATH, module_named, whole
 from benchmarks.task_set import EXAMPLE, KINDS
 from benchmarks.tasks_textstats import LONG_TASKS, TASKS
+from tests.benchmarks.repo_files import everything_read, replace
 
 BY_ID = {task.id: task for task in TASKS}
 QUESTIONS = [task for task in TASKS if task.kind != "edit"]
@@ -23,11 +24,6 @@ EDITS = [task for task in TASKS if task.kind == "edit"]
 
 def source(path: str) -> str:
     return (EXAMPLE / path).read_text(encoding="utf-8")
-
-
-def everything_read() -> list[str]:
-    """Tool outputs as if the agent had read every file of the repo (what a find-then-read check needs to see)."""
-    return [p.read_text(encoding="utf-8") for p in sorted(EXAMPLE.rglob("*.py")) if "__pycache__" not in p.parts]
 
 
 def test_tests_in_the_example_repo_by_a_plain_text_count():
@@ -76,13 +72,13 @@ def test_every_question_has_a_right_and_a_wrong_answer():
 def test_a_question_checker_accepts_the_right_answer(task_id):
     answer, path, evidence = RIGHT[task_id]
     assert evidence in source(path)
-    assert BY_ID[task_id].check(answer, EXAMPLE, everything_read()).passed
+    assert BY_ID[task_id].check(answer, EXAMPLE, everything_read(EXAMPLE)).passed
 
 
 @pytest.mark.parametrize("task_id", sorted(WRONG))
 def test_a_question_checker_rejects_wrong_answers(task_id):
     for answer in WRONG[task_id]:
-        assert not BY_ID[task_id].check(answer, EXAMPLE, everything_read()).passed, answer
+        assert not BY_ID[task_id].check(answer, EXAMPLE, everything_read(EXAMPLE)).passed, answer
 
 
 @pytest.mark.parametrize("task", QUESTIONS, ids=lambda t: t.id)
@@ -91,18 +87,12 @@ def test_the_expected_answer_is_not_in_the_question(task):
     assert expected not in NUMBER.findall(task.text)
     assert not whole(task.text, expected)
     assert expected not in {module_named(token, EXAMPLE) for token in PATH.findall(task.text)}
-    assert not task.check(task.text, EXAMPLE, everything_read()).passed
+    assert not task.check(task.text, EXAMPLE, everything_read(EXAMPLE)).passed
 
 
 @pytest.fixture()
 def copy(tmp_path) -> Path:
     return tasks.copy_example(tmp_path / "repo")
-
-
-def replace(repo: Path, path: str, old: str, new: str) -> None:
-    text = (repo / path).read_text(encoding="utf-8")
-    assert text.count(old) == 1
-    (repo / path).write_text(text.replace(old, new), encoding="utf-8")
 
 
 FIXES = {  # path, old, new: a right fix of each edit task, by hand

@@ -11,6 +11,7 @@ import pytest
 from benchmarks.task_checks import NUMBER, PATH, module_named, whole
 from benchmarks.task_set import fresh_copy
 from benchmarks.tasks_cachetools import CACHETOOLS, TASKS
+from tests.benchmarks.repo_files import everything_read, replace
 
 BY_ID = {task.id: task for task in TASKS}
 QUESTIONS = [task for task in TASKS if task.kind != "edit"]
@@ -19,10 +20,6 @@ EDITS = [task for task in TASKS if task.kind == "edit"]
 
 def source(path: str) -> str:
     return (CACHETOOLS / path).read_text(encoding="utf-8")
-
-
-def everything_read() -> list[str]:
-    return [p.read_text(encoding="utf-8") for p in sorted(CACHETOOLS.rglob("*.py")) if "__pycache__" not in p.parts]
 
 
 INIT, KEYS, FUNC = "src/cachetools/__init__.py", "src/cachetools/keys.py", "src/cachetools/func.py"
@@ -59,14 +56,14 @@ def test_every_question_has_right_and_wrong_answers():
 def test_a_question_checker_accepts_the_right_answer(task_id):
     answer, path, evidence = RIGHT[task_id]
     assert evidence in source(path)
-    verdict = BY_ID[task_id].check(answer, CACHETOOLS, everything_read())
+    verdict = BY_ID[task_id].check(answer, CACHETOOLS, everything_read(CACHETOOLS))
     assert verdict.passed, verdict.detail
 
 
 @pytest.mark.parametrize("task_id", sorted(WRONG))
 def test_a_question_checker_rejects_wrong_answers_and_non_answers(task_id):
     for answer in WRONG[task_id] + NON_ANSWERS:
-        assert not BY_ID[task_id].check(answer, CACHETOOLS, everything_read()).passed, answer
+        assert not BY_ID[task_id].check(answer, CACHETOOLS, everything_read(CACHETOOLS)).passed, answer
 
 
 @pytest.mark.parametrize("task_id", ["ct-kwmark-class", "ct-rr-choice", "ct-cacheinfo-fields"])
@@ -82,13 +79,7 @@ def test_the_expected_answer_is_not_in_the_question(task):
     assert str(expected) not in NUMBER.findall(task.text)
     assert not whole(task.text, str(expected))
     assert expected not in {module_named(token, CACHETOOLS) for token in PATH.findall(task.text)}
-    assert not task.check(task.text, CACHETOOLS, everything_read()).passed
-
-
-def replace(repo: Path, path: str, old: str, new: str) -> None:
-    text = (repo / path).read_text(encoding="utf-8")
-    assert text.count(old) == 1, old
-    (repo / path).write_text(text.replace(old, new), encoding="utf-8")
+    assert not task.check(task.text, CACHETOOLS, everything_read(CACHETOOLS)).passed
 
 
 FIXES = {  # path, old, new: a right fix of each edit task, by hand

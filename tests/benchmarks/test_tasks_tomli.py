@@ -16,6 +16,7 @@ import pytest
 from benchmarks.task_checks import NUMBER, PATH, module_named, python_value, repo_env, whole
 from benchmarks.task_set import KINDS
 from benchmarks.tasks_tomli import PARSER, RE, SAMPLE, SAMPLE_VALUE, TASKS, TOMLI
+from tests.benchmarks.repo_files import everything_read, replace
 
 BY_ID = {task.id: task for task in TASKS}
 QUESTIONS = [task for task in TASKS if task.kind != "edit"]
@@ -24,11 +25,6 @@ EDITS = [task for task in TASKS if task.kind == "edit"]
 
 def source(path: str) -> str:
     return (TOMLI / path).read_text(encoding="utf-8")
-
-
-def everything_read() -> list[str]:
-    """Tool outputs as if the agent had read every file of the snapshot."""
-    return [p.read_text(encoding="utf-8") for p in sorted(TOMLI.rglob("*.py")) if "__pycache__" not in p.parts]
 
 
 def test_the_task_list_is_tomlis_own():
@@ -93,7 +89,7 @@ def test_every_question_has_a_right_and_a_wrong_answer():
 def test_a_question_checker_accepts_the_right_answer(task_id):
     answer, path, evidence = RIGHT[task_id]
     assert evidence in source(path)
-    verdict = BY_ID[task_id].check(answer, TOMLI, everything_read())
+    verdict = BY_ID[task_id].check(answer, TOMLI, everything_read(TOMLI))
     assert verdict.passed, verdict.detail
 
 
@@ -101,7 +97,7 @@ def test_a_question_checker_accepts_the_right_answer(task_id):
 def test_a_question_checker_rejects_wrong_answers(task_id):
     expected = BY_ID[task_id].check.expected(TOMLI)
     for answer in WRONG[task_id] + non_answers(expected):
-        assert not BY_ID[task_id].check(answer, TOMLI, everything_read()).passed, answer
+        assert not BY_ID[task_id].check(answer, TOMLI, everything_read(TOMLI)).passed, answer
 
 
 @pytest.mark.parametrize("task", [t for t in QUESTIONS if t.kind == "multi-step"], ids=lambda t: t.id)
@@ -109,7 +105,7 @@ def test_a_find_then_read_answer_fails_unless_a_tool_output_showed_its_line(task
     answer = RIGHT[task.id][0]
     line = task.check.line(TOMLI)
     assert not task.check(answer, TOMLI, None).passed and not task.check(answer, TOMLI, []).passed
-    unread = [text for text in everything_read() if line not in text]
+    unread = [text for text in everything_read(TOMLI) if line not in text]
     assert not task.check(answer, TOMLI, unread).passed
     assert task.check(answer, TOMLI, [f"{PARSER}:1: {line}"]).passed
 
@@ -120,7 +116,7 @@ def test_the_expected_answer_is_not_in_the_question(task):
     assert expected not in NUMBER.findall(task.text)
     assert not whole(task.text, expected)
     assert expected not in {module_named(token, TOMLI) for token in PATH.findall(task.text)}
-    assert not task.check(task.text, TOMLI, everything_read()).passed
+    assert not task.check(task.text, TOMLI, everything_read(TOMLI)).passed
 
 
 def test_the_sample_value_is_what_the_snapshot_and_tomllib_parse():
@@ -131,12 +127,6 @@ def test_the_sample_value_is_what_the_snapshot_and_tomllib_parse():
 @pytest.fixture()
 def copy(tmp_path) -> Path:
     return Path(shutil.copytree(TOMLI, tmp_path / "repo", ignore=shutil.ignore_patterns("__pycache__")))
-
-
-def replace(repo: Path, path: str, old: str, new: str) -> None:
-    text = (repo / path).read_text(encoding="utf-8")
-    assert text.count(old) == 1, old
-    (repo / path).write_text(text.replace(old, new), encoding="utf-8")
 
 
 INIT = "src/tomli/__init__.py"
