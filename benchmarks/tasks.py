@@ -233,7 +233,8 @@ def model_report(name: str, records: list[dict[str, Any]], load_s: float | None,
         "compactions": total(records, "compactions"),
         "compaction_net_tokens": sum(c["net_tokens"] for r in records for c in r["compactions"]),
         "tasks": [public(r) for r in records],
-        "sampled": [{"seed": seed, "pass_rate": rate(runs), "tasks": [public(r) for r in runs]}
+        "sampled": [{"seed": seed, "pass_rate": rate(runs), "passed": sum(r["passed"] for r in runs),
+                     "tasks_run": len(runs), "tasks": [public(r) for r in runs]}
                     for seed, runs in sorted(sampled.items())],
     }
 
@@ -422,6 +423,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--records", type=Path,
                    help="append each finished task run here (JSON lines, with its tool outputs) and skip the runs "
                         "it holds")
+    p.add_argument("--report", action="store_true",
+                   help="run nothing: report every harness and model --records holds a greedy run of, with the seeds "
+                        "it holds")
     p.add_argument("--tool-format", default="auto", choices=("auto", "native", "json"),
                    help="how replies are written (auto: the template's native format when it has one)")
     p.add_argument("--tool-choice", default=RunConfig().tool_choice, choices=TOOL_CHOICES,
@@ -441,6 +445,24 @@ def names(text: str, what: str) -> list[str]:
     return found
 
 
+def stored_reports(log: RecordLog, tasks: list[Task]) -> list[dict[str, Any]]:
+    """The report of every harness, model and quant `log` holds a greedy run of, from its records alone (nothing is
+    run): the greedy run and each seed's, over the tasks of `tasks` each holds, in suite order."""
+    order = {task.id: i for i, task in enumerate(tasks)}
+    groups: dict[tuple[str, str, str], dict[int | None, list[dict[str, Any]]]] = {}
+    for record in log.done.values():
+        if record["id"] in order:
+            runs = groups.setdefault((record["harness"], record["model"], record["quant"]), {})
+            runs.setdefault(record["seed"], []).append(record)
+    reports = []
+    for (harness, name, quant), runs in groups.items():
+        for records in runs.values():
+            records.sort(key=lambda r: order[r["id"]])
+        if None in runs:
+            reports.append(split_runs(runs, name, None, harness, quant))
+    return reports
+
+
 def run_suite(args: argparse.Namespace, work: Path, console: Console) -> dict[str, Any]:
     tasks = select(args.tasks, args.max_turns, args.suite)
     models, harnesses = names(args.models, "models"), names(args.harness, "harness")
@@ -450,6 +472,10 @@ def run_suite(args: argparse.Namespace, work: Path, console: Console) -> dict[st
         raise AgentcacheError(f"--seeds must be at least 0, got {args.seeds}")
     log = RecordLog(args.records)
     reports = []
+    if args.report:
+        if args.records is None or not log.done:
+            raise AgentcacheError("--report needs --records with stored runs")
+        harnesses, reports = [], stored_reports(log, tasks)
     for harness in harnesses:
         for name in models:
             if harness == "agentcache":
@@ -459,7 +485,7 @@ def run_suite(args: argparse.Namespace, work: Path, console: Console) -> dict[st
                 reports.append(run_peer_model(harness, name, tasks, work, console, args.quant, args.seeds,
                                               args.temperature, log))
     return {"models": reports, "settings": {"suite": args.suite, "tasks": [t.id for t in tasks],
-                                            "harnesses": harnesses, "max_turns": args.max_turns,
+                                            "harnesses": sorted({r["harness"] for r in reports}), "max_turns": args.max_turns,
                                             "seeds": args.seeds, "temperature": args.temperature,
                                             "tool_format": args.tool_format, "tool_choice": args.tool_choice,
                                             "quant": args.quant, "max_tokens": RunConfig().max_tokens,

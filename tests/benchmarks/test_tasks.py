@@ -180,6 +180,8 @@ def test_a_two_task_run_on_the_real_model(tmp_path):
     rerun = json.loads(again.read_text())["models"][0]
     assert rerun["load_s"] is None and report["models"][0]["load_s"] > 0
     assert {**rerun, "load_s": None} == {**report["models"][0], "load_s": None}
+    assert tasks.main(["--report", "--tasks", ",".join(ids), "--records", str(records), "--json", str(again)]) == 0
+    assert json.loads(again.read_text())["models"] == [rerun]  # the same report from the records alone
     [model] = report["models"]
     assert model["name"] == "smollm2-135m" and [t["id"] for t in model["tasks"]] == ids
     assert model["harness"] == "agentcache" and model["pass_rate"] == sum(t["passed"] for t in model["tasks"]) / 2
