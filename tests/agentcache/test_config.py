@@ -56,3 +56,23 @@ def test_a_bad_mode_is_one_error_line_and_exit_2(repo, yaml_text, args, message)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and lines == [message]
     assert not (repo / ".agentcache" / "sessions").exists()  # refused before anything ran
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"seed": -1}, "seed must be between 0 and 2**31 - 1, got -1"),
+    ({"seed": 2**31}, f"seed must be between 0 and 2**31 - 1, got {2**31}"),
+    ({"seed": "7"}, "'seed' must be int, got str"),
+])
+def test_bad_seeds_are_refused(data, message):
+    with pytest.raises(AgentcacheError, match=message.replace("*", r"\*")):
+        check_config(config_from(data))
+
+
+def test_a_sampled_run_seeds_each_reply_by_its_seed_and_turn():
+    from agentcache.agent import reply_seed
+
+    assert reply_seed(check_config(config_from({"seed": 5})), 1) is None  # greedy: no seed
+    sampled = [check_config(config_from({"temperature": 0.7, "seed": seed})) for seed in (1, 2)]
+    seeds = [reply_seed(config, turn) for config in sampled for turn in range(1, 9)]
+    assert len(set(seeds)) == len(seeds)
+    assert reply_seed(sampled[0], 3) == reply_seed(check_config(config_from({"temperature": 0.7, "seed": 1})), 3)
