@@ -35,8 +35,8 @@ def regrade_task(record: dict[str, Any], task: Task) -> dict[str, Any]:
     if task.kind == "edit":
         return {**row, "state": "not regraded", "check": "the edited copy was not kept"}
     answer = record.get("answer")
-    verdict = task.check(answer, task.repo, record.get("tool_outputs"))
-    on_answer = task.check.check(answer, task.repo) if isinstance(task.check, Read) else verdict
+    verdict = task.check(answer, task.repo, record.get("tool_outputs"), task.text)
+    on_answer = task.check.check(answer, task.repo, asked=task.text) if isinstance(task.check, Read) else verdict
     if on_answer.passed and not verdict.passed:
         if not record.get("tools"):
             return {**row, "state": "fail", "check": "passes on the answer, but no tool was called to read it"}

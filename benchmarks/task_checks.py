@@ -60,9 +60,12 @@ class Verdict:
 
 
 class Checker(Protocol):
-    """`seen`: the outputs of the session's tool calls, in order (None where they were not recorded)."""
+    """`seen`: the outputs of the session's tool calls, in order (None where they were not recorded). `asked`: the
+    task's text; what the answer repeats of it is the sentence frame, not a rival candidate ("`parse_float` of
+    `loads` defaults to `float`")."""
 
-    def __call__(self, answer: str | None, repo: Path, seen: Sequence[str] | None = None) -> Verdict: ...
+    def __call__(self, answer: str | None, repo: Path, seen: Sequence[str] | None = None,
+                 asked: str = "") -> Verdict: ...
 
 
 def modules(repo: Path) -> list[str]:
@@ -173,15 +176,23 @@ def stands_for(item: str, expected: str) -> bool:
     return item.strip() == expected or re.search(literal, item) is not None
 
 
-def rivals(items: Sequence[str], expected: Sequence[str], repo: Path) -> list[str]:
+def echoed(item: str, asked: str) -> bool:
+    """`item` repeats a name of the question: it stands whole in `asked`, or its last dotted part does (tomli.loads
+    where the question says `loads`)."""
+    item = item.strip()
+    return bool(asked) and (whole(asked, item) or whole(asked, item.rpartition(".")[2]))
+
+
+def rivals(items: Sequence[str], expected: Sequence[str], repo: Path, asked: str = "") -> list[str]:
     """The items that stand for none of `expected` but are of their kind, so compete with them. Where names are
     expected: other names (a source module's path or dotted name says where they are, not what). Where paths are:
-    other paths. Else (a pattern): anything but a name or a source module's path."""
+    other paths. Else (a pattern): anything but a name or a source module's path. What the question names
+    (`echoed`) is none of them."""
     kind = ("name" if all(re.fullmatch(r"\w+", e) for e in expected) else
             "path" if all(e.endswith(".py") for e in expected) else "other")
     found = []
     for item in items:
-        if any(stands_for(item, e) for e in expected):
+        if any(stands_for(item, e) for e in expected) or echoed(item, asked):
             continue
         named = NAME.fullmatch(item.strip()) is not None
         place = module_named(item.strip(), repo) is not None
@@ -205,11 +216,13 @@ class DefinedIn:
             raise RuntimeError(f"'{self.name}' is defined in {len(found)} modules of {repo}, not one")
         return found[0]
 
-    def __call__(self, answer: str | None, repo: Path, seen: Sequence[str] | None = None) -> Verdict:
+    def __call__(self, answer: str | None, repo: Path, seen: Sequence[str] | None = None,
+                 asked: str = "") -> Verdict:
         if problem := short_answer(answer):
             return Verdict(False, problem)
         expected = self.expected(repo)
-        named = {module_named(token, repo) or token for token in PATH.findall(answer or "")}
+        tokens = [token for token in PATH.findall(answer or "") if not echoed(token, asked)]
+        named = {module_named(token, repo) or token for token in tokens}
         if expected not in named:
             return Verdict(False, f"does not name {expected}")
         if len(named) > 1:
@@ -219,17 +232,21 @@ class DefinedIn:
 
 @dataclass(frozen=True, slots=True)
 class Number:
-    """The answer's one number is the expected one (12 is not 2, 2.5 is not 2; 2.0 and two are): "3 or 4" fails."""
+    """The answer's one number is the expected one (12 is not 2, 2.5 is not 2; 2.0 and two are): "3 or 4" fails; a
+    number the question gave is not a second one."""
 
     value: Callable[[Path], int]
 
     def expected(self, repo: Path) -> str:
         return str(self.value(repo))
 
-    def __call__(self, answer: str | None, repo: Path, seen: Sequence[str] | None = None) -> Verdict:
+    def __call__(self, answer: str | None, repo: Path, seen: Sequence[str] | None = None,
+                 asked: str = "") -> Verdict:
         if problem := short_answer(answer):
             return Verdict(False, problem)
         expected, found = self.expected(repo), numbers_in(answer or "")
+        found = {value: text for value, text in found.items()
+                 if value == float(expected) or value not in numbers_in(asked)}  # the question's own numbers
         if float(expected) not in found:
             return Verdict(False, f"no {expected} in the answer")
         if len(found) > 1:
@@ -248,11 +265,12 @@ class Text:
     def expected(self, repo: Path) -> str:
         return self.value(repo)
 
-    def __call__(self, answer: str | None, repo: Path, seen: Sequence[str] | None = None) -> Verdict:
+    def __call__(self, answer: str | None, repo: Path, seen: Sequence[str] | None = None,
+                 asked: str = "") -> Verdict:
         if problem := short_answer(answer):
             return Verdict(False, problem)
         expected, items = self.expected(repo), code_items(answer or "")
-        if others := rivals(items, [expected], repo):
+        if others := rivals(items, [expected], repo, asked):
             return Verdict(False, f"other candidates: {', '.join(others)}")
         if not (any(stands_for(i, expected) for i in items) or whole(answer or "", expected)):
             return Verdict(False, f"no {expected!r} in the answer")
@@ -269,14 +287,15 @@ class AllOf:
     def expected(self, repo: Path) -> list[str]:
         return self.values(repo)
 
-    def __call__(self, answer: str | None, repo: Path, seen: Sequence[str] | None = None) -> Verdict:
+    def __call__(self, answer: str | None, repo: Path, seen: Sequence[str] | None = None,
+                 asked: str = "") -> Verdict:
         expected = self.expected(repo)
         if problem := short_answer(answer, expected):
             return Verdict(False, problem)
         missing = [name for name in expected if not whole(answer or "", name)]
         if missing:
             return Verdict(False, f"misses {len(missing)} of {len(expected)}: {', '.join(missing)}")
-        if others := rivals(code_items(answer or ""), expected, repo):
+        if others := rivals(code_items(answer or ""), expected, repo, asked):
             return Verdict(False, f"names others too: {', '.join(others)}")
         return Verdict(True, ", ".join(expected))
 
@@ -292,8 +311,9 @@ class Read:
     def expected(self, repo: Path) -> Any:
         return self.check.expected(repo)  # type: ignore[attr-defined]
 
-    def __call__(self, answer: str | None, repo: Path, seen: Sequence[str] | None = None) -> Verdict:
-        verdict = self.check(answer, repo)
+    def __call__(self, answer: str | None, repo: Path, seen: Sequence[str] | None = None,
+                 asked: str = "") -> Verdict:
+        verdict = self.check(answer, repo, asked=asked)
         if not verdict.passed:
             return verdict
         line = self.line(repo)
@@ -313,7 +333,8 @@ class Edit:
     test: str
     snapshot: Path
 
-    def __call__(self, answer: str | None, repo: Path, seen: Sequence[str] | None = None) -> Verdict:
+    def __call__(self, answer: str | None, repo: Path, seen: Sequence[str] | None = None,
+                 asked: str = "") -> Verdict:
         with tempfile.TemporaryDirectory(prefix="agentcache-check-") as tmp:
             work = Path(tmp) / "repo"
             shutil.copytree(repo, work, symlinks=True, ignore=SCRATCH_IGNORE, copy_function=copy_regular)

@@ -147,7 +147,7 @@ def task_record(task: Task, outcome: Outcome, verdict: Verdict, requests: list[R
         "reason": outcome.reason, "turns": outcome.turns, "wall_s": round(wall_s, 3), **sums,
         "cached_over_prefix_min": cached_over_prefix_min(requests), "warm_turn_s": [round(s, 3) for s in warm],
         "unparseable": sum(1 for r in requests if r.error), "tools": [r.tool for r in requests if r.tool],
-        "answer": (outcome.answer or "")[:ANSWER_CHARS] or None, "session_id": session.id,
+        "answer": outcome.answer or None, "session_id": session.id,
         **cache_accounts(session),
     }
 
@@ -155,7 +155,7 @@ def task_record(task: Task, outcome: Outcome, verdict: Verdict, requests: list[R
 def check(task: Task, answer: str | None, repo: Path, seen: list[str]) -> Verdict:
     """The task's verdict: a question against the shipped repo (the agent's copy cannot move the answer), an edit on
     the agent's copy."""
-    return task.check(answer, repo if task.kind == "edit" else task.repo, seen)
+    return task.check(answer, repo if task.kind == "edit" else task.repo, seen, task.text)
 
 
 def run_one(task: Task, backend: Any, registry: Any, model: str, work: Path, tool_choice: str,
@@ -183,7 +183,7 @@ def peer_record(task: Task, run: Any, verdict: Verdict) -> dict[str, Any]:
         "prompt_tokens": run.prompt_tokens, "cached_tokens": run.cached_tokens,
         "computed_tokens": run.prompt_tokens - run.cached_tokens, "completion_tokens": run.completion_tokens,
         "cached_over_prefix_min": None, "warm_turn_s": [], "unparseable": None, "tools": [],
-        "answer": (run.answer or "")[:ANSWER_CHARS] or None, "session_id": None, "misses": {},
+        "answer": run.answer or None, "session_id": None, "misses": {},
         "unexplained_misses": None, "compactions": [], "tool_outputs": run.tool_outputs,
     }
 
@@ -202,8 +202,20 @@ def total(records: list[dict[str, Any]], name: str) -> int | None:
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
-    """A record as the report shows it: without the tool outputs (those stay in --records)."""
-    return {name: value for name, value in record.items() if name != "tool_outputs"}
+    """A record as the report shows it: its answer's first ANSWER_CHARS characters and no tool outputs (--records
+    keeps both whole)."""
+    shown = {name: value for name, value in record.items() if name != "tool_outputs"}
+    return shown | {"answer": (record["answer"] or "")[:ANSWER_CHARS] or None}
+
+
+def regraded(record: dict[str, Any], task: Task) -> dict[str, Any]:
+    """A stored question's record graded again by today's checker from its whole answer and tool outputs (an edit,
+    whose copy is gone, or a record whose answer was stored cut, keeps its verdict)."""
+    answer = record["answer"]
+    if task.kind == "edit" or answer is not None and len(answer) == ANSWER_CHARS and "answer_chars" not in record:
+        return record
+    verdict = check(task, answer, task.repo, record["tool_outputs"])
+    return record | {"passed": verdict.passed, "check": verdict.detail}
 
 
 def model_report(name: str, records: list[dict[str, Any]], load_s: float | None,
@@ -263,6 +275,7 @@ class RecordLog:
         if key in self.done:
             return self.done[key], True
         record = {**run(), "harness": harness, "model": model, "quant": quant, "seed": seed}
+        record["answer_chars"] = len(record["answer"] or "")  # the answer is kept whole
         self.done[key] = record
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -447,13 +460,14 @@ def names(text: str, what: str) -> list[str]:
 
 def stored_reports(log: RecordLog, tasks: list[Task]) -> list[dict[str, Any]]:
     """The report of every harness, model and quant `log` holds a greedy run of, from its records alone (nothing is
-    run): the greedy run and each seed's, over the tasks of `tasks` each holds, in suite order."""
-    order = {task.id: i for i, task in enumerate(tasks)}
+    run; questions `regraded`): the greedy run and each seed's, over the tasks of `tasks` each holds, in suite
+    order."""
+    order, by_id = {task.id: i for i, task in enumerate(tasks)}, {task.id: task for task in tasks}
     groups: dict[tuple[str, str, str], dict[int | None, list[dict[str, Any]]]] = {}
     for record in log.done.values():
         if record["id"] in order:
             runs = groups.setdefault((record["harness"], record["model"], record["quant"]), {})
-            runs.setdefault(record["seed"], []).append(record)
+            runs.setdefault(record["seed"], []).append(regraded(record, by_id[record["id"]]))
     reports = []
     for (harness, name, quant), runs in groups.items():
         for records in runs.values():

@@ -15,7 +15,9 @@ import pytest
 from benchmarks import regrade, tasks
 from benchmarks.task_checks import (SUITE_TEST, DefinedIn, Number, Text, numbers_in, ranking_helper, ranking_line,
                                     repo_env)
-from benchmarks.tasks import EXAMPLE, LONG_TASKS, TASKS
+from benchmarks.task_set import EXAMPLE
+from benchmarks.tasks_textstats import LONG_TASKS, TASKS
+from tests.benchmarks.repo_files import everything_read
 
 BY_ID = {task.id: task for task in TASKS + LONG_TASKS}
 QUESTIONS = [task for task in TASKS if task.kind != "edit"]
@@ -30,13 +32,8 @@ def stored(file: str, task_id: str, model: str = "qwen2.5-coder-1.5b") -> dict:
     return record
 
 
-def everything_read() -> list[str]:
-    """Tool outputs as if the agent had read every file of the repo."""
-    return [p.read_text(encoding="utf-8") for p in sorted(EXAMPLE.rglob("*.py")) if "__pycache__" not in p.parts]
-
-
 def check(task_id: str, answer: str | None) -> bool:
-    return BY_ID[task_id].check(answer, EXAMPLE, everything_read()).passed
+    return BY_ID[task_id].check(answer, EXAMPLE, everything_read(EXAMPLE)).passed
 
 
 # The issue's non-answers, as the committed runs stored them (their first 200 characters): each passed before.
@@ -329,3 +326,22 @@ def test_regrade_calls_unverified_only_what_the_record_cannot_tell():
     cut = "The file is textstats/readability.py" + " " * (tasks.ANSWER_CHARS - 36)
     assert len(cut) == tasks.ANSWER_CHARS and state("where-syllables", cut, ["search"]) == "unverified"
     assert state("fix-syllables-case", "Fixed.", ["edit_file"]) == "not regraded"
+
+
+def test_names_and_numbers_the_question_gave_are_the_frame_not_rivals():
+    from benchmarks.tasks_tomli import TASKS as TOMLI_TASKS
+
+    task = {t.id: t for t in TOMLI_TASKS}["tomli-parse-float-default"]
+    right = "The parameter `parse_float` of `loads` defaults to `float`."
+    assert not task.check(right, task.repo).passed  # without the question, `loads` competes with `float`
+    assert task.check(right, task.repo, None, task.text).passed
+    assert task.check("`tomli.loads` uses `float` for `parse_float`.", task.repo, None, task.text).passed
+    for wrong in ("`parse_float` defaults to `float` or `int`.", "`loads` defaults to `Decimal`.",
+                  "The parameter `parse_float` of `loads` defaults to `parse_float`."):
+        assert not task.check(wrong, task.repo, None, task.text).passed, wrong
+    count = Number(lambda repo: 4)
+    asked = "Of the 11 tests, how many check words? Answer with the number."
+    assert count("4 of the 11 tests", EXAMPLE, None, asked).passed
+    assert not count("4 of the 11 tests", EXAMPLE).passed
+    assert not count("4 or 5 of the 11 tests", EXAMPLE, None, asked).passed
+    assert not count("11", EXAMPLE, None, asked).passed
