@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,8 +26,8 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.report import write_json
+from benchmarks.task_set import EXAMPLE, fresh_copy
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "repo"
 TASK = "In which file is the function split_sentences defined? Answer with its path."
 OVERRIDES = {"mode": "read-only", "max_turns": 4, "disk_cache": False}  # the Makefile's demo, disk tier off
 CHECKED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
@@ -109,7 +108,7 @@ def run_config(config: Config, work: Path) -> dict[str, Any]:
     wiring.local_engine = local_engine
 
     repo = work / config.name
-    shutil.copytree(EXAMPLE, repo, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", ".agentcache"))
+    fresh_copy(EXAMPLE, repo)
     overrides = {**OVERRIDES, "quant": config.quant}
     start = time.perf_counter()
     summary = wiring.run_task(repo, TASK, overrides, None, on_line=lambda line: line and print(line, file=sys.stderr))

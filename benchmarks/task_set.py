@@ -8,6 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from agentcache.errors import AgentcacheError
 from benchmarks.task_checks import Checker, Edit, Number, Read, file_line, file_number
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,11 +70,11 @@ def long(id: str, text: str, check: Checker) -> Task:
     return Task(id, "long", text, check, 16)
 
 
-def fresh_copy(task: Task, target: Path) -> Path:
-    """A copy of the task's repo at `target` (which must not exist), with its bug planted."""
+def fresh_copy(repo: Path, target: Path, plant: Plant | None = None) -> Path:
+    """A copy of the snapshot `repo` at `target` (which must not exist), with `plant`'s bug planted."""
     if target.exists():
-        raise FileExistsError(f"{target} already exists: give --keep an empty folder")
-    shutil.copytree(task.repo, target, ignore=COPY_IGNORE)
-    if task.plant is not None:
-        task.plant(target)
+        raise AgentcacheError(f"{target} already exists: give --keep an empty folder")
+    shutil.copytree(repo, target, ignore=COPY_IGNORE)
+    if plant is not None:
+        plant(target)
     return target

@@ -102,19 +102,6 @@ def task_config(model: str, task: Task, tool_choice: str, compact_at: int = 0, t
     return check_config(config)
 
 
-def copy_example(target: Path) -> Path:
-    if target.exists():
-        raise AgentcacheError(f"{target} already exists: give --keep an empty folder")
-    return fresh_copy(TEXTSTATS_TASKS[0], target)
-
-
-def task_copy(task: Task, target: Path) -> Path:
-    try:
-        return fresh_copy(task, target)
-    except FileExistsError as exc:
-        raise AgentcacheError(str(exc)) from None
-
-
 def slug(name: str) -> str:
     """A model name as one folder name (a hub id holds a slash)."""
     return re.sub(r"[^\w.-]+", "_", name)
@@ -161,7 +148,7 @@ def check(task: Task, answer: str | None, repo: Path, seen: list[str]) -> Verdic
 def run_one(task: Task, backend: Any, registry: Any, model: str, work: Path, tool_choice: str,
             compact_at: int = 0, temperature: float = 0.0, seed: int = 0) -> dict[str, Any]:
     """One task on its own copy of its repo, by agentcache's loop; the record keeps the tool outputs it saw."""
-    repo = task_copy(task, work / task.id)
+    repo = fresh_copy(task.repo, work / task.id, task.plant)
     session = Session.create(repo)
     config = task_config(model, task, tool_choice, compact_at, temperature, seed)
     agent = Agent(repo, backend, config, session, registry=registry)
@@ -363,7 +350,7 @@ def run_peer_model(harness: str, name: str, tasks: list[Task], work: Path, conso
                     if not servers:
                         log_file = work / harness / f"{slug(name)}-serve.log"
                         servers.append(stack.enter_context(Server(name, quant, log=log_file)))
-                    repo = task_copy(task, folder / task.id)
+                    repo = fresh_copy(task.repo, folder / task.id, task.plant)
                     run = run_peer(harness, task.text, task.kind, repo, servers[0], name, task.max_turns,
                                    0.0 if seed is None else temperature, seed)
                     return peer_record(task, run, check(task, run.answer, repo, run.tool_outputs)) | {

@@ -15,7 +15,7 @@ import pytest
 from benchmarks import regrade, tasks
 from benchmarks.task_checks import (SUITE_TEST, DefinedIn, Number, Text, numbers_in, ranking_helper, ranking_line,
                                     repo_env)
-from benchmarks.task_set import EXAMPLE
+from benchmarks.task_set import EXAMPLE, fresh_copy
 from benchmarks.tasks_textstats import LONG_TASKS, TASKS
 from tests.benchmarks.repo_files import everything_read
 
@@ -164,7 +164,7 @@ def test_text_takes_a_name_or_pattern_with_its_place_but_no_rival_of_its_kind():
 
 def test_the_ranking_helper_is_worked_out_from_the_repo(tmp_path):
     assert (ranking_helper(EXAMPLE), ranking_line(EXAMPLE)) == ("top_words", "top_words=top_words(tokens, top),")
-    copy = tasks.copy_example(tmp_path / "repo")
+    copy = fresh_copy(EXAMPLE, tmp_path / "repo")
     for path in ("textstats/stats.py", "textstats/cli.py"):
         text = (copy / path).read_text(encoding="utf-8")
         (copy / path).write_text(text.replace("top_words(", "most_frequent("), encoding="utf-8")
@@ -211,7 +211,7 @@ def test_expected_values_are_not_typed_into_the_checkers():
 # Edit checks: an agent's ways to make the tests pass without the fix, each of which passes pytest as it stands.
 @pytest.fixture()
 def copy(tmp_path) -> Path:
-    return tasks.copy_example(tmp_path / "repo")
+    return fresh_copy(EXAMPLE, tmp_path / "repo")
 
 
 def write(repo: Path, path: str, text: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks import tasks
 from benchmarks.task_checks import NUMBER, PATH, module_named, whole
-from benchmarks.task_set import EXAMPLE, KINDS
+from benchmarks.task_set import EXAMPLE, KINDS, fresh_copy
 from benchmarks.tasks_textstats import LONG_TASKS, TASKS
 from tests.benchmarks.repo_files import everything_read, replace
 
@@ -92,7 +92,7 @@ def test_the_expected_answer_is_not_in_the_question(task):
 
 @pytest.fixture()
 def copy(tmp_path) -> Path:
-    return tasks.copy_example(tmp_path / "repo")
+    return fresh_copy(EXAMPLE, tmp_path / "repo")
 
 
 FIXES = {  # path, old, new: a right fix of each edit task, by hand

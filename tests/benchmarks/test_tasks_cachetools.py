@@ -109,7 +109,7 @@ def test_every_edit_task_has_a_fix():
 
 @pytest.mark.parametrize("task", EDITS, ids=lambda t: t.id)
 def test_an_edit_checker_fails_on_the_fresh_copy_and_passes_on_a_fixed_one(task, tmp_path):
-    copy = fresh_copy(task, tmp_path / "repo")
+    copy = fresh_copy(task.repo, tmp_path / "repo", task.plant)
     verdict = task.check(task.text, copy)
     assert not verdict.passed, verdict.detail
     replace(copy, *FIXES[task.id])
@@ -121,5 +121,5 @@ def test_an_edit_checker_fails_on_the_fresh_copy_and_passes_on_a_fixed_one(task,
 def test_a_plant_changes_only_the_copy(tmp_path):
     task = BY_ID["ct-fix-kwargs-order"]
     before = source(KEYS)
-    copy = fresh_copy(task, tmp_path / "repo")
+    copy = fresh_copy(task.repo, tmp_path / "repo", task.plant)
     assert source(KEYS) == before and (copy / KEYS).read_text(encoding="utf-8") != before

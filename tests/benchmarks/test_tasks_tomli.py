@@ -5,7 +5,6 @@ hidden tests parse against an independent parser (the standard library's tomllib
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.task_checks import NUMBER, PATH, module_named, python_value, repo_env, whole
-from benchmarks.task_set import KINDS
+from benchmarks.task_set import KINDS, fresh_copy
 from benchmarks.tasks_tomli import PARSER, RE, SAMPLE, SAMPLE_VALUE, TASKS, TOMLI
 from tests.benchmarks.repo_files import everything_read, replace
 
@@ -126,7 +125,7 @@ def test_the_sample_value_is_what_the_snapshot_and_tomllib_parse():
 
 @pytest.fixture()
 def copy(tmp_path) -> Path:
-    return Path(shutil.copytree(TOMLI, tmp_path / "repo", ignore=shutil.ignore_patterns("__pycache__")))
+    return fresh_copy(TOMLI, tmp_path / "repo")
 
 
 INIT = "src/tomli/__init__.py"
