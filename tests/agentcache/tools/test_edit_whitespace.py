@@ -22,8 +22,8 @@ def test_a_block_copied_without_its_indentation_is_matched_and_new_reindented(re
     old = 'if name:\n    return f"hello {name}"\n'
     new = 'if name:\n    return f"hi {name}"\nif name == "":\n    return "nobody"\n'
     outcome = box.run("edit_file", {"path": "greet.py", "old": old, "new": new})
-    assert outcome.output == ("edited greet.py: replaced 1 occurrence at line 3 (matched ignoring whitespace at line 3; "
-                              "new re-indented by +8)")
+    assert outcome.output == ("edited greet.py: replaced 1 occurrence at line 3 "
+                              "(matched ignoring whitespace at line 3; new re-indented by +8)")
     assert (repo / "greet.py").read_text() == SOURCE.replace(
         '        if name:\n            return f"hello {name}"\n',
         '        if name:\n            return f"hi {name}"\n        if name == "":\n            return "nobody"\n')
