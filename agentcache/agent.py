@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from agentcache import PROMPTS_DIR
+from agentcache.answers import not_an_answer
 from agentcache.backends import Backend, GenSettings, Reply
 from agentcache.backends.constrain import Answer, ToolCallError, valid_text
-from agentcache.config import RunConfig
+from agentcache.config import RunConfig, role_of
 from agentcache.inspect.explain import divergence, identity, prefix_change
 from agentcache.records import (BlockText, Compaction, Request, ResumeCheck, Usage, UserTurn, block_refs,
                                 block_texts, parse_record, requests_of)
 from agentcache.render import RETRY_HINT, reply_text
 from agentcache.session import Session
 from agentcache.tools import ToolBox, ToolOutcome
-from agentcache.tools.toolbox import SHELL_TOOL, mode_tools
+from agentcache.tools.toolbox import SHELL_TOOL, WRITE_TOOLS, mode_tools
 from layers import Block, Context, Layer, ToolRegistry, ToolResult, UserInput, build_prefix, canonical_json
 from layers.l3 import AssistantMessage, ToolCall
 
@@ -55,7 +57,7 @@ class Agent:
         self.specs = list(registry)
         self.enabled = set(self.toolbox.names())
         self.context = (Context(context.blocks) if context is not None
-                        else build_prefix(repo, PROMPTS_DIR, role=config.role, tools=registry))
+                        else build_prefix(repo, PROMPTS_DIR, role=role_of(config), tools=registry))
         self.on_turn = on_turn
         self.lineage = lineage or session.id
         self.spent = 0
@@ -116,6 +118,11 @@ class Agent:
             parsed = self.backend.parse(reply.text, self.specs, self.enabled)
         except ToolCallError as exc:
             return self._invalid(turn, reply, record, str(exc))
+        answer = parsed.text if isinstance(parsed, Answer) else parsed.arguments.get("answer") \
+            if parsed.name == "finish" else None
+        if answer is not None and not self._changed() and \
+                (why := not_an_answer(answer, self.toolbox.tools, self.enabled, self.task())):
+            return self._invalid(turn, reply, record, why)
         if isinstance(parsed, Answer):
             self._append([AssistantMessage(reply_text(parsed, self._tool_format())).to_block()], record.to_json())
             return Outcome("answered", parsed.text, turn)
@@ -126,6 +133,8 @@ class Agent:
             outcome, record.stopped = stuck.outcome, "stuck"
         record.tool_call = {"name": parsed.name, "arguments": parsed.arguments}
         record.tool_result = {"output": outcome.output, "is_error": outcome.is_error}
+        if outcome.change is not None:  # what a write replaced, kept in the session (never in L3): reversible
+            record.tool_result["change"] = dataclasses.asdict(outcome.change)
         blocks = [ToolCall(parsed.name, parsed.arguments).to_block(),
                   ToolResult(parsed.name, outcome.output, outcome.is_error).to_block()]
         self._append(blocks, record.to_json())
@@ -155,6 +164,15 @@ class Agent:
         if self.errors > self.config.retries:
             return Outcome("invalid_output", None, turn)
         return None
+
+    def task(self) -> str:
+        """The text of the task this run was given (the first L3 entry), or "" before it starts."""
+        return next((b.text for b in self.context.l3 if b.kind == "user"), "")
+
+    def _changed(self) -> bool:
+        """Whether a write tool has succeeded in this run: after one, an answer is a report of what was done, and
+        advice to the user in it ("you can run the tests") is not a plan standing in for the work."""
+        return any(b.kind == "tool_result" and b.key in WRITE_TOOLS for b in self.context.l3)
 
     def _look_first(self) -> bool:
         """tool_choice "first": until the task has made a tool call, the reply must be one (look, then answer)."""

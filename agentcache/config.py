@@ -32,6 +32,10 @@ QUANTS = ("auto", "none", "int8", "int4", "gguf")  # engine.quant.QUANT_CHOICES,
 ROUTINGS = ("session", "prefix", "none")  # what an OpenAI-compatible request's routing key is (docs/fleet.md)
 
 
+ROLE_OF_MODE = {"read-only": "ask", "edit": "coder", "full": "coder"}  # role auto: answering from evidence when
+# nothing may change, implementing and testing when edits may
+
+
 def default_model() -> str:
     return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
 
@@ -39,7 +43,7 @@ def default_model() -> str:
 @dataclass(slots=True)
 class RunConfig:
     model: str = field(default_factory=default_model)
-    role: str = "coder"
+    role: str = "auto"  # a file in prompts/roles/, or auto: the mode's (ROLE_OF_MODE: ask in read-only, else coder)
     max_turns: int = 8
     max_tokens: int = 512  # per reply: room for an edit_file call with its old and new text
     token_budget: int = 200_000
@@ -200,6 +204,11 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must b
     "routing": _one_of(ROUTINGS),
     "compact_at": _at_least(0),
 }
+
+
+def role_of(config: RunConfig) -> str:
+    """The role a run's L1 is built for: the configured one, or under `auto` the mode's."""
+    return ROLE_OF_MODE[config.mode] if config.role == "auto" else config.role
 
 
 def check_text(name: str, value: str) -> str:

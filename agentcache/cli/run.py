@@ -16,7 +16,8 @@ def run(
     repo: Annotated[Path, typer.Option(help="Repository root the agent works in.")] = Path("."),
     model: Annotated[Optional[str], typer.Option(help="Model: a name from `agentcache models` (default: "
                                                  "$AGENTCACHE_MODEL, else the default one), a local HF dir or a hub id.")] = None,
-    role: Annotated[Optional[str], typer.Option(help="Agent role: a file in prompts/roles/.")] = None,
+    role: Annotated[Optional[str], typer.Option(help="Agent role: a file in prompts/roles/, or auto (the default: ask "
+                                               "in read-only mode, coder otherwise).")] = None,
     max_turns: Annotated[Optional[int], typer.Option(help="Stop after this many requests (at least 1).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per reply (at least 1).")] = None,
     mode: Annotated[Optional[str], typer.Option(help="Permission mode: read-only (no writes), edit (writes inside "
