@@ -58,6 +58,8 @@ def block_message(block: Block) -> dict[str, str]:
         return {"role": ROLE_OF_KIND.get(block.kind, "user"), "content": block.text}
     if block.kind == "tools":
         return tools_message(block.text)
+    if block.layer == Layer.L2 and block.kind == "map":
+        return {"role": "system", "content": f"Outline of {block.key} (line, definition, docstring):\n{block.text}"}
     if block.layer == Layer.L2 and block.kind != "tree":
         return {"role": "system", "content": f"File {block.key}:\n{block.text}"}
     if block.kind == "tree":

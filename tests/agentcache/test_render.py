@@ -45,6 +45,15 @@ def test_serve_states_its_tools_in_the_same_message_shape_as_the_tools_block():
     assert block_message(BLOCKS[1]) == tools_message(BLOCKS[1].text)
 
 
+def test_a_map_block_renders_as_a_titled_outline():
+    block = Block(Layer.L2, "map", "pkg/words.py", b"  15 def split_sentences(text: str) -> list[str]\n")
+    assert block_message(block) == {
+        "role": "system",
+        "content": "Outline of pkg/words.py (line, definition, docstring):\n"
+                   "  15 def split_sentences(text: str) -> list[str]\n",
+    }
+
+
 def test_a_parsed_reply_goes_back_to_l3_as_canonical_json():
     assert reply_text(ToolCall("read_file", {"path": "a.md", "end_line": 3})) == \
         '{"arguments":{"end_line":3,"path":"a.md"},"name":"read_file"}'
