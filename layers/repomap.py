@@ -157,32 +157,45 @@ def map_blocks(root: Path, paths: list[str], dirty: set[str], budget: int, count
 
 
 def lookup(root: Path | str, task: str, limit: int = 8) -> str | None:
-    """Lines "path:line  signature" (or "path  (N definitions)") for the names and files a task mentions that the
-    repo's outlines define; None when nothing matched."""
+    """Lines "path:line  signature" (a member adds "(in Class)"; a file is "path  (N definitions)") for the names
+    and files a task mentions that the repo's outlines define, in the task's order, at most `limit`; None when
+    nothing matched. A method name defined in several classes keeps only the classes the task names, if any."""
     base = open_repo(root)
     files = file_outlines(base, list_files(base))
+    tokens = list(dict.fromkeys(TASK_TOKEN.findall(task)))
+    mentioned = {part for token in tokens for part in re.split(r"[./]", token)}
     lines: list[str] = []
-    for token in dict.fromkeys(TASK_TOKEN.findall(task)):
-        for line in _hits(files, token):
+    for token in tokens:
+        for line in _hits(files, token, mentioned):
             if line not in lines and len(lines) < limit:
                 lines.append(line)
     return "\n".join(lines) if lines else None
 
 
-def _hits(files: list[FileOutline], token: str) -> list[str]:
+def _hits(files: list[FileOutline], token: str, mentioned: set[str]) -> list[str]:
     if "." in token or "/" in token:
-        found = _symbol_hits(files, token) or _file_hits(files, token)
+        found = _symbol_hits(files, token, mentioned) or _file_hits(files, token)
         if found:
             return found
-        return [hit for part in re.split(r"[./]", token) for hit in _symbol_hits(files, part)]
-    return _symbol_hits(files, token)
+        return [hit for part in re.split(r"[./]", token) for hit in _symbol_hits(files, part, mentioned)]
+    return _symbol_hits(files, token, mentioned)
 
 
-def _symbol_hits(files: list[FileOutline], name: str) -> list[str]:
+def _symbol_hits(files: list[FileOutline], name: str, mentioned: set[str]) -> list[str]:
     if len(name.rsplit(".", 1)[-1]) < MIN_NAME:
         return []
-    return [f"{f.path}:{s.line}  {s.signature}" for f in files for s in f.symbols
-            if s.name == name or s.name.endswith("." + name)]
+    found = [(f.path, s) for f in files for s in f.symbols if s.name == name or s.name.endswith("." + name)]
+    named_owner = [(p, s) for p, s in found if _owner(s) in mentioned]
+    return [_hit_line(p, s) for p, s in named_owner or found]
+
+
+def _owner(symbol: Symbol) -> str:
+    return symbol.name.rsplit(".", 1)[0] if "." in symbol.name else ""
+
+
+def _hit_line(path: str, symbol: Symbol) -> str:
+    owner = _owner(symbol)
+    return f"{path}:{symbol.line}  {symbol.signature}" + (f"  (in {owner})" if owner else "")
 
 
 def _file_hits(files: list[FileOutline], token: str) -> list[str]:

@@ -181,6 +181,16 @@ def test_lookup_finds_qualified_names_and_files():
     assert lines[1].startswith("textstats/words.py  (") and lines[1].endswith(" definitions)")
 
 
+def test_lookup_of_a_method_keeps_the_classes_the_task_names(tmp_path):
+    files = {"caches.py": "class FifoCache:\n    def popitem(self):\n        pass\n\n\n"
+                          "class LruCache:\n    def popitem(self):\n        pass\n"}
+    root = repo_with(tmp_path, files)
+    both = ["caches.py:2  def popitem(self)  (in FifoCache)", "caches.py:7  def popitem(self)  (in LruCache)"]
+    assert lookup(root, "popitem is wrong") == "\n".join(both)
+    assert lookup(root, "popitem of LruCache is wrong") == both[1] + "\ncaches.py:6  class LruCache"
+    assert lookup(root, "LruCache.popitem is wrong") == both[1]
+
+
 def test_lookup_misses_and_limits(tmp_path):
     assert lookup(EXAMPLE, "Why is the sky blue? Please explain it to me.") is None
     files = {"a.py": "".join(f"def handler_{i}():\n    pass\n" for i in range(12)), "b.py": "def f(): pass\n"}
