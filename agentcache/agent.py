@@ -22,6 +22,7 @@ from agentcache.tools import ToolBox, ToolOutcome
 from agentcache.tools.toolbox import SHELL_TOOL, WRITE_TOOLS, mode_tools
 from layers import Block, Context, Layer, ToolRegistry, ToolResult, UserInput, build_prefix, canonical_json
 from layers.l3 import AssistantMessage, ToolCall
+from layers.repomap import lookup
 
 KEEP_RECENT = 2  # L3 entries kept after a compaction besides the task: the last call and its result
 SUMMARY_TOKENS = 256  # the longest summary the model may write
@@ -30,6 +31,7 @@ PAYBACK_TURNS = 2  # a compaction must pay for itself within this many requests 
 # estimates, since a summary's length is only known once written, and for sessions that end sooner)
 COMPACT_PROMPT = PROMPTS_DIR / "compact.md"
 ECHO_CHARS = 8000  # the most of an invalid reply that goes back to the model (a hostile server's can be MBs)
+LOOKUP_HEADER = "Where the names in the task are defined (from the repository's outline; path:line  definition):"
 OnTurn = Callable[[dict[str, Any]], None]
 TurnCheck = Callable[[], str | None]  # a reason to stop before the next turn, or None to go on
 
@@ -52,8 +54,10 @@ class Agent:
         which a resumed session keeps)."""
         self.repo, self.backend, self.config, self.session = repo, backend, config, session
         registry = registry if registry is not None else ToolRegistry.from_dir(PROMPTS_DIR / "tools")
-        enabled = mode_tools(config.mode, config.tools)  # the grammar's mask and the ToolBox's refusal
-        self.toolbox = ToolBox(repo, allow_shell=SHELL_TOOL in enabled, enabled=enabled, registry=registry)
+        enabled = mode_tools(config.mode, config.tools, bool(config.test_command))  # the grammar's mask and the
+        # ToolBox's refusal
+        self.toolbox = ToolBox(repo, allow_shell=SHELL_TOOL in enabled, enabled=enabled, registry=registry,
+                               test_command=config.test_command)
         self.specs = list(registry)
         self.enabled = set(self.toolbox.names())
         self.context = (Context(context.blocks) if context is not None
@@ -89,7 +93,13 @@ class Agent:
         return last_id
 
     def run_start(self, task: str) -> None:
-        self._append([UserInput(task).to_block()], UserTurn().to_json())
+        """The task, and after it (setting `lookup`) one note with the definitions of the names it mentions that the
+        repository's outline knows: L3, so the prefix never changes with the task."""
+        blocks = [UserInput(task).to_block()]
+        note = lookup(self.repo, task) if self.config.lookup else None
+        if note is not None:
+            blocks.append(Block(Layer.L3, "user", "lookup", f"{LOOKUP_HEADER}\n{note}".encode("utf-8")))
+        self._append(blocks, UserTurn().to_json())
 
     def run(self, task: str, check: TurnCheck | None = None) -> Outcome:
         """The loop: `check`, called before each turn, stops it with the reason it returns (a script's limits)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -49,6 +50,7 @@ class RunConfig:
     token_budget: int = 200_000
     mode: str = "edit"  # read-only, edit (writes inside the repo) or full (edit and the shell); see MODES
     tools: list[str] = field(default_factory=list)  # empty: every tool the mode allows
+    test_command: str = ""  # the project's test command: the run_tests tool runs exactly it, in edit and full modes
     temperature: float = 0.0
     seed: int = 0  # with temperature > 0, the sampler's seed (each reply's: this and its turn), so a run repeats
     retries: int = 2
@@ -67,6 +69,7 @@ class RunConfig:
     # int8 or int4 (engine.quant)
     compact_at: int = 0  # also compact L3 past this many prompt tokens when compacting pays for itself (agent.py
     # entries_to_keep); 0: only when the next request would not fit the model's window
+    lookup: bool = True  # a note after the task with where the names it mentions are defined (agent.run_start)
     routing: str = "session"  # openai backend: the routing key each request carries: session (the session lineage:
     # forks and resumes keep their parent's), prefix (the L1+L2 context id) or none
 
@@ -183,6 +186,14 @@ def memory_mb() -> int:
 
 
 MEMORY_MB = memory_mb()
+
+
+def _splits(command: str) -> bool:
+    try:
+        shlex.split(command)
+    except ValueError:
+        return False
+    return True
 NON_EMPTY = ("a non-empty string", lambda value: value.strip() != "")
 RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must be, in words, and the test
     "model": NON_EMPTY,
@@ -203,6 +214,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must b
     "quant": _one_of(QUANTS),
     "routing": _one_of(ROUTINGS),
     "compact_at": _at_least(0),
+    "test_command": ("a command line with balanced quotes (run without a shell)", lambda value: _splits(value)),
 }
 
 
@@ -232,5 +244,5 @@ def check_config(config: RunConfig) -> RunConfig:
     known = sorted(FUNCTIONS)
     if not all(isinstance(name, str) and name in known for name in config.tools):
         raise AgentcacheError(f"tools must be a list of tool names from {', '.join(known)}, got {config.tools!r}")
-    mode_tools(config.mode, config.tools)
+    mode_tools(config.mode, config.tools, bool(config.test_command))
     return config

@@ -13,7 +13,7 @@ from layers import PromptError, ToolRegistry, ToolSpec, build_l1
 from layers.tools import load_tool_spec
 from tests.layers.conftest import PROMPTS_DIR
 
-EXPECTED_TOOLS = ["edit_file", "finish", "list_files", "read_file", "run_command", "search", "write_file"]
+EXPECTED_TOOLS = ["edit_file", "finish", "list_files", "read_file", "run_command", "run_tests", "search", "write_file"]
 BUNDLED = list(ToolRegistry.from_dir(PROMPTS_DIR / "tools"))
 
 
