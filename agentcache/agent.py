@@ -20,7 +20,7 @@ from agentcache.render import RETRY_HINT, reply_text
 from agentcache.session import Session
 from agentcache.tools import ToolBox, ToolOutcome
 from agentcache.tools.toolbox import SHELL_TOOL, WRITE_TOOLS, mode_tools
-from layers import Block, Context, Layer, ToolRegistry, ToolResult, UserInput, build_prefix, canonical_json
+from layers import Block, Context, L2Config, Layer, ToolRegistry, ToolResult, UserInput, build_prefix, canonical_json
 from layers.l3 import AssistantMessage, ToolCall
 from layers.repomap import lookup
 
@@ -61,7 +61,8 @@ class Agent:
         self.specs = list(registry)
         self.enabled = set(self.toolbox.names())
         self.context = (Context(context.blocks) if context is not None
-                        else build_prefix(repo, PROMPTS_DIR, role=role_of(config), tools=registry))
+                        else build_prefix(repo, PROMPTS_DIR, role=role_of(config), tools=registry,
+                                     config=L2Config(map_tokens=config.map_tokens)))
         self.on_turn = on_turn
         self.lineage = lineage or session.id
         self.spent = 0

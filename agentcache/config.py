@@ -18,6 +18,7 @@ from agentcache.render import TOOL_FORMATS
 from agentcache.tools.toolbox import FUNCTIONS, MODES, mode_tools
 from agentcache.trust import is_trusted, widening_settings
 from layers.errors import RepoError
+from layers.repomap import MAP_TOKENS
 from layers.repo import read_capped
 
 CONFIG_FILE = "agentcache.yaml"
@@ -69,6 +70,7 @@ class RunConfig:
     # int8 or int4 (engine.quant)
     compact_at: int = 0  # also compact L3 past this many prompt tokens when compacting pays for itself (agent.py
     # entries_to_keep); 0: only when the next request would not fit the model's window
+    map_tokens: int = MAP_TOKENS  # the repo map's budget in L2 (layers.repomap; 0: no map)
     lookup: bool = True  # a note after the task with where the names it mentions are defined (agent.run_start)
     routing: str = "session"  # openai backend: the routing key each request carries: session (the session lineage:
     # forks and resumes keep their parent's), prefix (the L1+L2 context id) or none
@@ -214,6 +216,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must b
     "quant": _one_of(QUANTS),
     "routing": _one_of(ROUTINGS),
     "compact_at": _at_least(0),
+    "map_tokens": _at_least(0),
     "test_command": ("a command line with balanced quotes (run without a shell)", lambda value: _splits(value)),
 }
 

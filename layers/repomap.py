@@ -22,7 +22,8 @@ from layers.tokens import TokenCounter
 IDENTIFIER = re.compile(r"\b[A-Za-z_]\w*\b")
 ATTRIBUTE = re.compile(r"\.\s*([A-Za-z_]\w*)")
 TASK_TOKEN = re.compile(r"[A-Za-z_][\w-]*(?:[./][\w-]+)*")
-MAP_TOKENS = 1024  # the default budget of the map, as Aider's --map-tokens
+MAP_TOKENS = 2048  # the default budget of the map: twice Aider's --map-tokens, since it is cached (tomli's parser
+# module alone is ~1,200)
 MIN_NAME = 3
 MAX_DEFINING_FILES = 5
 DAMPING = 0.85
