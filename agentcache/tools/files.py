@@ -8,6 +8,7 @@ file is unchanged and the message says what would have been lost.
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -22,6 +23,7 @@ MAX_LINES = 2000
 MAX_OUTPUT_BYTES = 256 * 1024
 MAX_LINE_CHARS = 2000
 MAX_EDIT_BYTES = 1024 * 1024
+PATH_LINE = re.compile(r"(.+?):(\d{1,9})(?::\d{1,9})?")  # path:line or path:line:column
 MAX_LINE_BYTES = 4 * MAX_LINE_CHARS  # of a line held in memory: a 300 MB one-line file is read 8 KB at a time
 MAX_NAMED = 10  # dropped definitions or line ranges a refusal names
 MIN_GUARDED_LINES = 10  # a file without an outline and with fewer non-blank lines may be rewritten whole
@@ -69,9 +71,19 @@ def decode_line(raw: bytes, length: int, number: int, shown_as: str) -> str:
     return text
 
 
+def line_address(ws: Workspace, args: dict[str, Any]) -> tuple[str, int]:
+    """The path to read and its first line: a path written `path:line` (as search, the repo map and the lookup show
+    a definition) that names no file, where `path` does, is read from that line unless start_line says otherwise."""
+    path, start = args["path"], args.get("start_line", 1)
+    written = PATH_LINE.fullmatch(path)
+    if written is None or ws.name_of(path) is None or os.path.lexists(ws.root / path):
+        return path, start
+    return written.group(1), args.get("start_line", int(written.group(2)))
+
+
 def read_file(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
-    shown_as = args["path"]
-    start, end = args.get("start_line", 1), args.get("end_line")
+    shown_as, start = line_address(ws, args)
+    end = args.get("end_line")
     if end is not None and end < start:
         raise ToolError(f"end_line {end} is before start_line {start}")
     lines: list[str] = []
