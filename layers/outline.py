@@ -33,7 +33,7 @@ def outline(path: str, text: str) -> list[Symbol] | None:
     language = language_of(path)
     if language == "python":
         tree = _python_tree(text)
-        return None if tree is None else list(_python_symbols(tree.body, ""))
+        return None if tree is None else list(_python_symbols(tree.body, "", text))
     root = _ts_root(language, path, text) if language else None
     if root is None or root.has_error:
         return None
@@ -102,18 +102,18 @@ def _python_error(text: str) -> str | None:
     return None
 
 
-def _python_symbols(body: list[ast.stmt], owner: str) -> Iterator[Symbol]:
+def _python_symbols(body: list[ast.stmt], owner: str, text: str) -> Iterator[Symbol]:
     for node in body:
         if isinstance(node, ast.ClassDef):
             yield _python_symbol(node, "class", owner)
-            yield from _python_symbols(node.body, f"{owner}{node.name}.")
+            yield from _python_symbols(node.body, f"{owner}{node.name}.", text)
         elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             yield _python_symbol(node, "method" if owner else "function", owner)
         elif isinstance(node, ast.Assign | ast.AnnAssign):
-            yield from _python_constants(node, owner)
+            yield from _python_constants(node, owner, text)
         elif isinstance(node, ast.If | ast.Try):
             for part in (node.body, getattr(node, "handlers", []), node.orelse, getattr(node, "finalbody", [])):
-                yield from _python_symbols(_flat(part), owner)
+                yield from _python_symbols(_flat(part), owner, text)
 
 
 def _flat(part: list[Any]) -> list[ast.stmt]:
@@ -135,9 +135,11 @@ def _python_signature(node: ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDe
     return f"{prefix} {node.name}({ast.unparse(node.args)}){returns}"
 
 
-def _python_constants(node: ast.Assign | ast.AnnAssign, owner: str) -> Iterator[Symbol]:
+def _python_constants(node: ast.Assign | ast.AnnAssign, owner: str, text: str) -> Iterator[Symbol]:
+    """A constant's value as its source writes it (`r"[aeiouy]+"` stays a raw string), when short."""
     targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-    value = "..." if node.value is None else _short(ast.unparse(node.value))
+    source = None if node.value is None else ast.get_source_segment(text, node.value)
+    value = "..." if node.value is None else _short(source if source is not None else ast.unparse(node.value))
     for target in targets:
         if isinstance(target, ast.Name) and CONSTANT_NAME.match(target.id):
             end = node.end_lineno or node.lineno

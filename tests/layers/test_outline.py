@@ -279,3 +279,10 @@ def test_tree_sitter_syntax_errors_name_the_line(path, text, line):
                                        ("a.hpp", CPP), ("a.c", C)])
 def test_clean_sources_have_no_syntax_error(path, text):
     assert syntax_error(path, text) is None
+
+
+def test_a_constant_shows_its_value_as_the_source_writes_it():
+    text = 'import re\nVOWELS = re.compile(r"[aeiouy]+")\nSEP: str = "\\n"\nQUOTED = \'x\'\n'
+    values = [s.signature for s in outline("m.py", text)]
+    assert values == ['VOWELS = re.compile(r"[aeiouy]+")', 'SEP = "\\n"', "QUOTED = 'x'"]
+    assert all(value.split(" = ", 1)[1] in text for value in values)  # each is a slice of the file
