@@ -1,16 +1,11 @@
 """Plans are not answers: the detector on the shapes small models write, and, end to end over loopback HTTP, a run
 that sends a plan back with the retry hint and takes the answer that follows; read-only runs get the `ask` role."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 from agentcache.answers import not_an_answer
 from agentcache.config import RunConfig, role_of
-from tests.agentcache.http_helpers import RecordingServer
+from tests.agentcache.http_helpers import chat_reply, run_scripted
 
 TOOLS = ["edit_file", "finish", "list_files", "read_file", "run_command", "search", "write_file"]
 READ_ONLY = ["finish", "list_files", "read_file", "search"]
@@ -66,45 +61,22 @@ def test_role_auto_follows_the_mode():
     assert role_of(RunConfig(mode="read-only", role="reviewer")) == "reviewer"
 
 
-def completion(content):
-    return (200, {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
-                  "choices": [{"index": 0, "message": {"role": "assistant", "content": json.dumps(content)},
-                               "finish_reason": "stop"}],
-                  "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}})
-
-
 def run_read_only(repo, replies):
-    """`run --mode read-only --json` on the openai backend against fixed replies: the summary, the session's
-    requests and what the server was sent."""
-    script = [(200, {"object": "list", "data": []}), (404, {"error": {"message": "Not Found"}}), *replies]
-    with RecordingServer(script, repeat_last=True) as server:
-        proc = subprocess.run(
-            [sys.executable, "-m", "agentcache.cli", "run", "Where is split_sentences defined?", "--repo", str(repo),
-             "--backend", "openai", "--base-url", server.url + "/v1", "--model", "m", "--mode", "read-only",
-             "--max-turns", "4", "--json"],
-            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
-        sent = [body for method, path, body in server.requests if path.endswith("/chat/completions")]
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads(proc.stdout)
-    session = repo / ".agentcache" / "sessions" / f"{summary['session_id']}.jsonl"
-    records = [json.loads(line) for line in session.read_text().splitlines()]
-    return summary, [r for r in records if r["type"] == "request"], sent
+    return run_scripted(repo, "Where is split_sentences defined?", replies, "--mode", "read-only", "--max-turns", "4")
 
 
 def test_a_plan_gets_the_retry_hint_and_the_answer_after_it_stands(repo):
-    plan = completion({"answer": "To find it, I will use the `run_command` function to grep the repository."})
-    answer = completion({"answer": "textstats/words.py"})
-    summary, requests, sent = run_read_only(repo, [plan, answer])
-    assert summary["reason"] == "answered" and summary["answer"] == "textstats/words.py"
-    assert len(requests) == 2 and requests[0]["error"].startswith("that reply is a plan ('To find it, I')")
-    retry = sent[1]["messages"][-1]["content"]
+    plan = chat_reply({"answer": "To find it, I will use the `run_command` function to grep the repository."})
+    run = run_read_only(repo, [plan, chat_reply({"answer": "textstats/words.py"})])
+    assert run.summary["reason"] == "answered" and run.summary["answer"] == "textstats/words.py"
+    assert len(run.requests) == 2 and run.requests[0]["error"].startswith("that reply is a plan ('To find it, I')")
+    retry = run.sent[1]["messages"][-1]["content"]
     assert "that reply is a plan" in retry and "reply with one valid JSON object" in retry
-    system = "\n".join(m["content"] for m in sent[0]["messages"] if m["role"] == "system")
+    system = "\n".join(m["content"] for m in run.sent[0]["messages"] if m["role"] == "system")
     assert "Your role: ask." in system and "Your role: coder." not in system
 
 
 def test_plans_until_the_retries_run_out_end_the_run_as_invalid_output(repo):
-    plan = completion({"answer": "Let me search for split_sentences."})
-    summary, requests, _ = run_read_only(repo, [plan])
-    assert summary["reason"] == "invalid_output" and summary["answer"] is None
-    assert len(requests) == RunConfig().retries + 1
+    run = run_read_only(repo, [chat_reply({"answer": "Let me search for split_sentences."})])
+    assert run.summary["reason"] == "invalid_output" and run.summary["answer"] is None
+    assert len(run.requests) == RunConfig().retries + 1

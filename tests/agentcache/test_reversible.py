@@ -1,40 +1,19 @@
 """Every edit is reversible from the session: a write or edit's request record keeps what it replaced (never L3),
 end to end over loopback HTTP with fixed replies; putting `before` back restores the file byte for byte."""
 
-import json
-import os
-import subprocess
-import sys
-
-from tests.agentcache.http_helpers import RecordingServer
-
-
-def completion(content):
-    return (200, {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
-                  "choices": [{"index": 0, "message": {"role": "assistant", "content": json.dumps(content)},
-                               "finish_reason": "stop"}],
-                  "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}})
+from tests.agentcache.http_helpers import chat_reply, run_scripted
 
 
 def test_write_and_edit_records_keep_what_they_replaced(repo):
     original = (repo / "README.md").read_text()
     line = original.splitlines()[0]
-    edit = completion({"name": "edit_file", "arguments": {"path": "README.md", "old": line, "new": "# Changed"}})
-    write = completion({"name": "write_file", "arguments": {"path": "NOTES.md", "content": "new notes\n"}})
-    script = [(200, {"object": "list", "data": []}), (404, {"error": {"message": "Not Found"}}), edit, write,
-              completion({"answer": "done"})]
-    with RecordingServer(script, repeat_last=True) as server:
-        proc = subprocess.run(
-            [sys.executable, "-m", "agentcache.cli", "run", "Retitle the README.", "--repo", str(repo),
-             "--backend", "openai", "--base-url", server.url + "/v1", "--model", "m", "--max-turns", "4", "--json"],
-            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads(proc.stdout)
-    session = repo / ".agentcache" / "sessions" / f"{summary['session_id']}.jsonl"
-    requests = [r for r in map(json.loads, session.read_text().splitlines()) if r["type"] == "request"]
+    edit = chat_reply({"name": "edit_file", "arguments": {"path": "README.md", "old": line, "new": "# Changed"}})
+    write = chat_reply({"name": "write_file", "arguments": {"path": "NOTES.md", "content": "new notes\n"}})
+    requests = run_scripted(repo, "Retitle the README.", [edit, write, chat_reply({"answer": "done"})],
+                            "--max-turns", "4").requests
     edited, created = requests[0]["tool_result"]["change"], requests[1]["tool_result"]["change"]
     assert edited == {"path": "README.md", "line": 1, "before": line, "after": "# Changed"}
     assert created == {"path": "NOTES.md", "line": 1, "before": None, "after": "new notes\n"}
-    assert all("before" not in e["text"] for r in requests for e in r["appended"] if e["kind"] == "tool_result")
+    assert all(line not in e["text"] for r in requests for e in r["appended"] if e["kind"] == "tool_result")
     changed = (repo / "README.md").read_text()
     assert changed != original and changed.replace(edited["after"], edited["before"], 1) == original

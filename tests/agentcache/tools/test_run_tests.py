@@ -2,8 +2,6 @@
 agentcache.yaml it is ignored like every widening setting. End to end over loopback HTTP with fixed replies."""
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
@@ -12,7 +10,7 @@ from agentcache.config import RunConfig, check_config
 from agentcache.errors import AgentcacheError
 from agentcache.tools.base import ToolError
 from agentcache.tools.toolbox import ToolBox, mode_tools
-from tests.agentcache.http_helpers import RecordingServer
+from tests.agentcache.http_helpers import chat_reply, run_scripted
 
 PASSING = f"{sys.executable} -c \"print('3 passed')\""
 
@@ -47,27 +45,11 @@ def test_a_command_with_unbalanced_quotes_is_one_clear_line():
         check_config(RunConfig(test_command="pytest 'oops"))
 
 
-def answer(content):
-    return (200, {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
-                  "choices": [{"index": 0, "message": {"role": "assistant", "content": json.dumps(content)},
-                               "finish_reason": "stop"}],
-                  "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}})
-
-
 def run_with(repo, *flags):
-    script = [(200, {"object": "list", "data": []}), (404, {"error": {"message": "Not Found"}}),
-              answer({"name": "run_tests", "arguments": {}}), answer({"answer": "done"})]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTCACHE_CONFIG_DIR": str(repo.parent / "config")}
-    with RecordingServer(script, repeat_last=True) as server:
-        proc = subprocess.run(
-            [sys.executable, "-m", "agentcache.cli", "run", "Check the tests.", "--repo", str(repo), "--backend",
-             "openai", "--base-url", server.url + "/v1", "--model", "m", "--max-turns", "3", "--json", *flags],
-            capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads(proc.stdout)
-    session = repo / ".agentcache" / "sessions" / f"{summary['session_id']}.jsonl"
-    requests = [r for r in map(json.loads, session.read_text().splitlines()) if r["type"] == "request"]
-    return proc.stderr, requests[0]
+    replies = [chat_reply({"name": "run_tests", "arguments": {}}), chat_reply({"answer": "done"})]
+    run = run_scripted(repo, "Check the tests.", replies, "--max-turns", "3", *flags,
+                       env={"AGENTCACHE_CONFIG_DIR": str(repo.parent / "config")})
+    return run.stderr, run.requests[0]
 
 
 def test_the_flag_enables_it_and_an_untrusted_yaml_does_not(repo):
