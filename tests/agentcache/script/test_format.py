@@ -128,7 +128,7 @@ def test_an_answer_from_the_same_or_a_later_step_is_rejected(tmp_path):
     ("  - run: planner\n    task: Plan it.\n", "",
      "s.yaml line 2: agent 'planner' is defined but no step runs it"),
     ("tools: [read_file, finish]", "tools: [read_file, fly]", "s.yaml line 6: unknown tool 'fly' (known: "
-     "edit_file, finish, list_files, read_file, run_command, search, write_file)"),
+     "edit_file, finish, list_files, read_file, run_command, run_tests, search, write_file)"),
     ("    role: planner\n", "    role: planner\n    max_turns: 0\n",
      "s.yaml line 4: 'max_turns' must be a positive integer, got 0"),
     ("agents:", "agent:", "s.yaml line 1: unknown key 'agent' in script (known: model, limits, agents, steps)"),
