@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -165,6 +166,15 @@ def test_a_block_value_is_its_lines_each_with_its_newline(grammar, lines, value)
 def test_the_parse_refuses_what_the_grammar_would_not_write(grammar, reply, message):
     with pytest.raises(ToolCallError, match=re.escape(message)):
         grammar.parse(reply)
+
+
+@pytest.mark.parametrize("body", ["a" * 900_000, "`` x\n" * 150_000, "\n" * 900_000, "\n```\n" * 100_000])
+def test_a_hostile_block_is_refused_in_linear_time(grammar, body):
+    reply = '{"name": "write_file", "arguments": {"path": "a"}}\n```\n' + body
+    started = time.perf_counter()
+    with pytest.raises(ToolCallError, match="write_file: "):
+        grammar.parse(reply)
+    assert time.perf_counter() - started < 2.0
 
 
 def test_a_call_without_raw_parameters_and_answers_parse_as_before(grammar):

@@ -12,8 +12,9 @@ NO_MODEL_CARDS = (200, {"object": "list", "data": []})
 NO_CONTEXTS = (404, {"error": {"message": "Not Found"}})
 
 
-def completion(call):
-    content = json.dumps(call)
+def completion(call, *blocks):
+    """A reply: the call's JSON, then a ``` block per raw argument (lines, each with its newline)."""
+    content = json.dumps(call) + "".join(f"\n```\n{block}```" for block in blocks)
     return (200, {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
                   "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                                "finish_reason": "stop"}],
@@ -21,7 +22,7 @@ def completion(call):
 
 
 def edit(old):
-    return completion({"name": "edit_file", "arguments": {"path": "README.md", "old": old, "new": "changed"}})
+    return completion({"name": "edit_file", "arguments": {"path": "README.md"}}, f"{old}\n", "changed\n")
 
 
 def run_against(repo, replies):
@@ -77,8 +78,8 @@ def test_the_same_call_with_the_same_result_is_told_it_repeats_then_ends_the_run
 
 
 def test_the_same_call_whose_result_changed_is_not_a_repeat(repo):
-    write = completion({"name": "write_file", "arguments": {"path": "notes.md", "content": "second"}})
-    first = completion({"name": "write_file", "arguments": {"path": "notes.md", "content": "first"}})
+    write = completion({"name": "write_file", "arguments": {"path": "notes.md"}}, "second\n")
+    first = completion({"name": "write_file", "arguments": {"path": "notes.md"}}, "first\n")
     answer = completion({"answer": "done"})
     summary, _, requests = run_against(repo, [first, read("notes.md"), write, read("notes.md"), answer])
     outputs = [r["tool_result"]["output"] for r in requests[:4]]
