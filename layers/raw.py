@@ -63,7 +63,8 @@ def read_blocks(text: str, names: tuple[str, ...]) -> list[str]:
         values.append(found.group(1))
         at = found.end()
     if text[at:].strip():
-        raise ValueError(f"unexpected text after the JSON object{' and its blocks' if names else ''}: {text[at:][:80]!r}")
+        after = "the JSON object and its blocks" if names else "the JSON object"
+        raise ValueError(f"unexpected text after {after}: {text[at:][:80]!r}")
     return values
 
 
