@@ -146,7 +146,7 @@ class Agent:
         record.tool_result = {"output": outcome.output, "is_error": outcome.is_error}
         if outcome.change is not None:  # what a write replaced, kept in the session (never in L3): reversible
             record.tool_result["change"] = dataclasses.asdict(outcome.change)
-        blocks = [ToolCall(parsed.name, parsed.arguments).to_block(),
+        blocks = [ToolCall(parsed.name, parsed.arguments, parsed.raw).to_block(),
                   ToolResult(parsed.name, outcome.output, outcome.is_error).to_block()]
         self._append(blocks, record.to_json())
         if record.stopped is not None:

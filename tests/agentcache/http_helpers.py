@@ -101,10 +101,12 @@ class RecordingServer:
         self.server.server_close()
 
 
-def chat_reply(content: Any) -> tuple[int, dict[str, Any]]:
-    """A scripted chat completion whose message is `content` as JSON (a tool call or {"answer": ...})."""
+def chat_reply(content: Any, *blocks: str) -> tuple[int, dict[str, Any]]:
+    """A scripted chat completion whose message is `content` as JSON (a tool call or {"answer": ...}), then a ```
+    block for each of `blocks` (a raw argument's lines, each with its newline)."""
+    text = json.dumps(content) + "".join(f"\n```\n{block}```" for block in blocks)
     return (200, {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
-                  "choices": [{"index": 0, "message": {"role": "assistant", "content": json.dumps(content)},
+                  "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                "finish_reason": "stop"}],
                   "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}})
 

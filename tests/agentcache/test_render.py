@@ -15,8 +15,12 @@ BLOCKS = [
     Block(Layer.L3, "tool_result", "r1", b"done"),
 ]
 FORMAT = (
-    "Reply with exactly one JSON object and nothing else.\n"
+    "Reply with exactly one JSON object (and the ``` blocks its call takes) and nothing else.\n"
     'To call a tool: {"name": "<tool name>", "arguments": {<arguments matching the tool\'s parameters>}}\n'
+    "A parameter written as a ``` block is not in the JSON arguments: after the call, write it as a block of lines, "
+    "each such parameter its own block in the order listed. For example:\n"
+    '{"name": "<tool name>", "arguments": {"path": "hello.py"}}\n'
+    '```\nprint("hello")\n```\n'
     'To give the final answer: {"answer": "<your answer>"}\n'
     "Call one tool at a time; its result comes back in the next message.\n"
 )

@@ -5,7 +5,7 @@ from tests.agentcache.http_helpers import chat_reply, run_scripted
 
 
 def edit(old):
-    return chat_reply({"name": "edit_file", "arguments": {"path": "README.md", "old": old, "new": "changed"}})
+    return chat_reply({"name": "edit_file", "arguments": {"path": "README.md"}}, f"{old}\n", "changed\n")
 
 
 def run_against(repo, replies):
@@ -53,8 +53,8 @@ def test_the_same_call_with_the_same_result_is_told_it_repeats_then_ends_the_run
 
 
 def test_the_same_call_whose_result_changed_is_not_a_repeat(repo):
-    write = chat_reply({"name": "write_file", "arguments": {"path": "notes.md", "content": "second"}})
-    first = chat_reply({"name": "write_file", "arguments": {"path": "notes.md", "content": "first"}})
+    write = chat_reply({"name": "write_file", "arguments": {"path": "notes.md"}}, "second\n")
+    first = chat_reply({"name": "write_file", "arguments": {"path": "notes.md"}}, "first\n")
     answer = chat_reply({"answer": "done"})
     summary, _, requests = run_against(repo, [first, read("notes.md"), write, read("notes.md"), answer])
     outputs = [r["tool_result"]["output"] for r in requests[:4]]

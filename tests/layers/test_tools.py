@@ -47,7 +47,7 @@ def test_render_is_canonical_json_sorted_by_name():
 
 @given(st.randoms(use_true_random=False))
 def test_tool_order_and_schema_key_order_do_not_change_the_bytes(rng):
-    specs = [ToolSpec(s.name, s.description, shuffled(s.parameters, rng)) for s in BUNDLED]
+    specs = [ToolSpec(s.name, s.description, shuffled(s.parameters, rng), s.raw) for s in BUNDLED]
     rng.shuffle(specs)
     assert ToolRegistry(specs).render() == ToolRegistry(BUNDLED).render()
 

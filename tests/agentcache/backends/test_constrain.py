@@ -176,7 +176,7 @@ def test_mask_follows_a_shorter_history(smol):
 
 def test_mask_step_is_fast(smol):
     grammar = ToolCallGrammar(smol.tokenizer, ALL_TOOLS)
-    call = json.dumps({"name": "write_file", "arguments": {"path": "notes.md", "content": "line\n" * 12}})
+    call = json.dumps({"name": "write_file", "arguments": {"path": "notes.md"}}) + "\n```\n" + "line\n" * 12 + "```"
     ids = smol.tokenizer.encode(call, add_special_tokens=False)
     mask = tensor_mask(grammar.new_mask(smol.config.vocab_size))
     steps = []
