@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from agentcache import PROMPTS_DIR
+from agentcache.answers import not_an_answer
 from agentcache.backends import Backend, GenSettings, Reply
 from agentcache.backends.constrain import Answer, ToolCallError, valid_text
-from agentcache.config import RunConfig
+from agentcache.config import RunConfig, role_of
 from agentcache.inspect.explain import divergence, identity, prefix_change
 from agentcache.records import (BlockText, Compaction, Request, ResumeCheck, Usage, UserTurn, block_refs,
                                 block_texts, parse_record, requests_of)
 from agentcache.render import RETRY_HINT, reply_text
 from agentcache.session import Session
 from agentcache.tools import ToolBox, ToolOutcome
-from agentcache.tools.toolbox import SHELL_TOOL, mode_tools
-from layers import Block, Context, Layer, ToolRegistry, ToolResult, UserInput, build_prefix, canonical_json
+from agentcache.tools.toolbox import SHELL_TOOL, WRITE_TOOLS, mode_tools
+from layers import Block, Context, L2Config, Layer, ToolRegistry, ToolResult, UserInput, build_prefix, canonical_json
 from layers.l3 import AssistantMessage, ToolCall
+from layers.repomap import lookup
 
 KEEP_RECENT = 2  # L3 entries kept after a compaction besides the task: the last call and its result
 SUMMARY_TOKENS = 256  # the longest summary the model may write
@@ -28,6 +31,7 @@ PAYBACK_TURNS = 2  # a compaction must pay for itself within this many requests 
 # estimates, since a summary's length is only known once written, and for sessions that end sooner)
 COMPACT_PROMPT = PROMPTS_DIR / "compact.md"
 ECHO_CHARS = 8000  # the most of an invalid reply that goes back to the model (a hostile server's can be MBs)
+LOOKUP_HEADER = "Where the names in the task are defined (from the repository's outline; path:line  definition):"
 OnTurn = Callable[[dict[str, Any]], None]
 TurnCheck = Callable[[], str | None]  # a reason to stop before the next turn, or None to go on
 
@@ -50,12 +54,15 @@ class Agent:
         which a resumed session keeps)."""
         self.repo, self.backend, self.config, self.session = repo, backend, config, session
         registry = registry if registry is not None else ToolRegistry.from_dir(PROMPTS_DIR / "tools")
-        enabled = mode_tools(config.mode, config.tools)  # the grammar's mask and the ToolBox's refusal
-        self.toolbox = ToolBox(repo, allow_shell=SHELL_TOOL in enabled, enabled=enabled, registry=registry)
+        enabled = mode_tools(config.mode, config.tools, bool(config.test_command))  # the grammar's mask and the
+        # ToolBox's refusal
+        self.toolbox = ToolBox(repo, allow_shell=SHELL_TOOL in enabled, enabled=enabled, registry=registry,
+                               test_command=config.test_command)
         self.specs = list(registry)
         self.enabled = set(self.toolbox.names())
         self.context = (Context(context.blocks) if context is not None
-                        else build_prefix(repo, PROMPTS_DIR, role=config.role, tools=registry))
+                        else build_prefix(repo, PROMPTS_DIR, role=role_of(config), tools=registry,
+                                     config=L2Config(map_tokens=config.map_tokens)))
         self.on_turn = on_turn
         self.lineage = lineage or session.id
         self.spent = 0
@@ -87,7 +94,13 @@ class Agent:
         return last_id
 
     def run_start(self, task: str) -> None:
-        self._append([UserInput(task).to_block()], UserTurn().to_json())
+        """The task, and after it (setting `lookup`) one note with the definitions of the names it mentions that the
+        repository's outline knows: L3, so the prefix never changes with the task."""
+        blocks = [UserInput(task).to_block()]
+        note = lookup(self.repo, task) if self.config.lookup else None
+        if note is not None:
+            blocks.append(Block(Layer.L3, "user", "lookup", f"{LOOKUP_HEADER}\n{note}".encode("utf-8")))
+        self._append(blocks, UserTurn().to_json())
 
     def run(self, task: str, check: TurnCheck | None = None) -> Outcome:
         """The loop: `check`, called before each turn, stops it with the reason it returns (a script's limits)."""
@@ -116,6 +129,11 @@ class Agent:
             parsed = self.backend.parse(reply.text, self.specs, self.enabled)
         except ToolCallError as exc:
             return self._invalid(turn, reply, record, str(exc))
+        answer = parsed.text if isinstance(parsed, Answer) else parsed.arguments.get("answer") \
+            if parsed.name == "finish" else None
+        if answer is not None and not self._changed() and \
+                (why := not_an_answer(answer, self.toolbox.tools, self.enabled, self.task())):
+            return self._invalid(turn, reply, record, why)
         if isinstance(parsed, Answer):
             self._append([AssistantMessage(reply_text(parsed, self._tool_format())).to_block()], record.to_json())
             return Outcome("answered", parsed.text, turn)
@@ -126,7 +144,9 @@ class Agent:
             outcome, record.stopped = stuck.outcome, "stuck"
         record.tool_call = {"name": parsed.name, "arguments": parsed.arguments}
         record.tool_result = {"output": outcome.output, "is_error": outcome.is_error}
-        blocks = [ToolCall(parsed.name, parsed.arguments).to_block(),
+        if outcome.change is not None:  # what a write replaced, kept in the session (never in L3): reversible
+            record.tool_result["change"] = dataclasses.asdict(outcome.change)
+        blocks = [ToolCall(parsed.name, parsed.arguments, parsed.raw).to_block(),
                   ToolResult(parsed.name, outcome.output, outcome.is_error).to_block()]
         self._append(blocks, record.to_json())
         if record.stopped is not None:
@@ -155,6 +175,15 @@ class Agent:
         if self.errors > self.config.retries:
             return Outcome("invalid_output", None, turn)
         return None
+
+    def task(self) -> str:
+        """The text of the task this run was given (the first L3 entry), or "" before it starts."""
+        return next((b.text for b in self.context.l3 if b.kind == "user"), "")
+
+    def _changed(self) -> bool:
+        """Whether a write tool has succeeded in this run: after one, an answer is a report of what was done, and
+        advice to the user in it ("you can run the tests") is not a plan standing in for the work."""
+        return any(b.kind == "tool_result" and b.key in WRITE_TOOLS for b in self.context.l3)
 
     def _look_first(self) -> bool:
         """tool_choice "first": until the task has made a tool call, the reply must be one (look, then answer)."""

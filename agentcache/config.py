@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +18,7 @@ from agentcache.render import TOOL_FORMATS
 from agentcache.tools.toolbox import FUNCTIONS, MODES, mode_tools
 from agentcache.trust import is_trusted, widening_settings
 from layers.errors import RepoError
+from layers.repomap import MAP_TOKENS
 from layers.repo import read_capped
 
 CONFIG_FILE = "agentcache.yaml"
@@ -32,6 +34,10 @@ QUANTS = ("auto", "none", "int8", "int4", "gguf")  # engine.quant.QUANT_CHOICES,
 ROUTINGS = ("session", "prefix", "none")  # what an OpenAI-compatible request's routing key is (docs/fleet.md)
 
 
+ROLE_OF_MODE = {"read-only": "ask", "edit": "coder", "full": "coder"}  # role auto: answering from evidence when
+# nothing may change, implementing and testing when edits may
+
+
 def default_model() -> str:
     return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
 
@@ -39,12 +45,13 @@ def default_model() -> str:
 @dataclass(slots=True)
 class RunConfig:
     model: str = field(default_factory=default_model)
-    role: str = "coder"
+    role: str = "auto"  # a file in prompts/roles/, or auto: the mode's (ROLE_OF_MODE: ask in read-only, else coder)
     max_turns: int = 8
     max_tokens: int = 512  # per reply: room for an edit_file call with its old and new text
     token_budget: int = 200_000
     mode: str = "edit"  # read-only, edit (writes inside the repo) or full (edit and the shell); see MODES
     tools: list[str] = field(default_factory=list)  # empty: every tool the mode allows
+    test_command: str = ""  # the project's test command: the run_tests tool runs exactly it, in edit and full modes
     temperature: float = 0.0
     seed: int = 0  # with temperature > 0, the sampler's seed (each reply's: this and its turn), so a run repeats
     retries: int = 2
@@ -63,6 +70,8 @@ class RunConfig:
     # int8 or int4 (engine.quant)
     compact_at: int = 0  # also compact L3 past this many prompt tokens when compacting pays for itself (agent.py
     # entries_to_keep); 0: only when the next request would not fit the model's window
+    map_tokens: int = MAP_TOKENS  # the repo map's budget in L2 (layers.repomap; 0: no map)
+    lookup: bool = True  # a note after the task with where the names it mentions are defined (agent.run_start)
     routing: str = "session"  # openai backend: the routing key each request carries: session (the session lineage:
     # forks and resumes keep their parent's), prefix (the L1+L2 context id) or none
 
@@ -179,6 +188,14 @@ def memory_mb() -> int:
 
 
 MEMORY_MB = memory_mb()
+
+
+def _splits(command: str) -> bool:
+    try:
+        shlex.split(command)
+    except ValueError:
+        return False
+    return True
 NON_EMPTY = ("a non-empty string", lambda value: value.strip() != "")
 RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must be, in words, and the test
     "model": NON_EMPTY,
@@ -199,7 +216,14 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must b
     "quant": _one_of(QUANTS),
     "routing": _one_of(ROUTINGS),
     "compact_at": _at_least(0),
+    "map_tokens": _at_least(0),
+    "test_command": ("a command line with balanced quotes (run without a shell)", lambda value: _splits(value)),
 }
+
+
+def role_of(config: RunConfig) -> str:
+    """The role a run's L1 is built for: the configured one, or under `auto` the mode's."""
+    return ROLE_OF_MODE[config.mode] if config.role == "auto" else config.role
 
 
 def check_text(name: str, value: str) -> str:
@@ -223,5 +247,5 @@ def check_config(config: RunConfig) -> RunConfig:
     known = sorted(FUNCTIONS)
     if not all(isinstance(name, str) and name in known for name in config.tools):
         raise AgentcacheError(f"tools must be a list of tool names from {', '.join(known)}, got {config.tools!r}")
-    mode_tools(config.mode, config.tools)
+    mode_tools(config.mode, config.tools, bool(config.test_command))
     return config

@@ -9,6 +9,7 @@ FORMAT_INSTRUCTIONS beside the tool schemas; it works with any model. "native": 
 template was trained on, when the template has one the renderer knows (Qwen's and Hermes' `<tool_call>` tags): the
 tools block becomes the template's own tool text, a call is `<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>`
 and an answer is plain text. Block texts (and so layer hashes) are the same in both: only rendering differs.
+In both, a call's raw parameters (layers.raw: code) follow its JSON as ``` blocks, in history as in the reply.
 """
 
 from __future__ import annotations
@@ -20,14 +21,20 @@ from typing import Any
 
 from agentcache.errors import AgentcacheError
 from layers import Block, Layer, canonical_json
+from layers.raw import call_text
 
 ROLE_OF_KIND = {"user": "user", "assistant": "assistant", "tool_call": "assistant",
                 "tool_result": "tool", "tool_error": "tool"}
 PROBE = [{"role": "system", "content": "a"}, {"role": "system", "content": "b"},
          {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}, {"role": "tool", "content": "e"}]
+RAW_EXAMPLE = '{"name": "<tool name>", "arguments": {"path": "hello.py"}}'
+RAW_BLOCK = '```\nprint("hello")\n```\n'
+RAW_INSTRUCTIONS = ("A parameter written as a ``` block is not in the JSON arguments: after the call, write it as a "
+                    "block of lines, each such parameter its own block in the order listed. For example:\n")
 FORMAT_INSTRUCTIONS = (
-    "Reply with exactly one JSON object and nothing else.\n"
+    "Reply with exactly one JSON object (and the ``` blocks its call takes) and nothing else.\n"
     'To call a tool: {"name": "<tool name>", "arguments": {<arguments matching the tool\'s parameters>}}\n'
+    f"{RAW_INSTRUCTIONS}{RAW_EXAMPLE}\n{RAW_BLOCK}"
     'To give the final answer: {"answer": "<your answer>"}\n'
     "Call one tool at a time; its result comes back in the next message.\n"
 )
@@ -35,8 +42,11 @@ FORMAT_INSTRUCTIONS = (
 
 TOOL_FORMATS = ("auto", "json", "native")
 NATIVE_CALL_OPEN, NATIVE_CALL_CLOSE = "<tool_call>", "</tool_call>"
-RETRY_HINT = {"json": "reply with one valid JSON object",
-              "native": f"reply with one {NATIVE_CALL_OPEN} holding a JSON call, or a plain answer"}
+NATIVE_RAW_INSTRUCTIONS = (f"{RAW_INSTRUCTIONS.replace('after the call', f'after {NATIVE_CALL_CLOSE}')}"
+                           f"{NATIVE_CALL_OPEN}\n{RAW_EXAMPLE}\n{NATIVE_CALL_CLOSE}\n{RAW_BLOCK.rstrip()}")
+RETRY_HINT = {"json": "reply with one valid JSON object (and after it the ``` blocks its call takes)",
+              "native": f"reply with one {NATIVE_CALL_OPEN} holding a JSON call (and after it the ``` blocks the call "
+                        "takes), or a plain answer"}
 SENTINEL = "\x00agentcache-system\x00"
 SYSTEM_JOIN = "\n"
 SYSTEM_TURN = "system-turn"  # the layout of a request whose leading system messages are one system turn
@@ -58,6 +68,8 @@ def block_message(block: Block) -> dict[str, str]:
         return {"role": ROLE_OF_KIND.get(block.kind, "user"), "content": block.text}
     if block.kind == "tools":
         return tools_message(block.text)
+    if block.layer == Layer.L2 and block.kind == "map":
+        return {"role": "system", "content": f"Outline of {block.key} (line, definition, docstring):\n{block.text}"}
     if block.layer == Layer.L2 and block.kind != "tree":
         return {"role": "system", "content": f"File {block.key}:\n{block.text}"}
     if block.kind == "tree":
@@ -66,9 +78,10 @@ def block_message(block: Block) -> dict[str, str]:
 
 
 def reply_text(call_or_answer: Any, tool_format: str = "json") -> str:
-    """The canonical text of a parsed reply, as it is appended to L3 (a native answer is its plain text)."""
+    """The canonical text of a parsed reply, as it is appended to L3 (a native answer is its plain text); a call's
+    raw parameters follow its JSON as blocks."""
     if hasattr(call_or_answer, "name"):
-        return canonical_json({"name": call_or_answer.name, "arguments": call_or_answer.arguments})
+        return call_text(call_or_answer.name, call_or_answer.arguments, getattr(call_or_answer, "raw", ()))
     return call_or_answer.text if tool_format == "native" else canonical_json({"answer": call_or_answer.text})
 
 
@@ -87,11 +100,13 @@ def segment_ids(tokenizer: Any, segments: list[str]) -> list[list[int]]:
     return [tokenizer.encode(segment, add_special_tokens=False) for segment in segments]
 
 
-def native_call_text(call_json: str) -> str:
-    """A tool_call block's canonical JSON as the native template writes a call (its `tojson` separators)."""
+def native_call_text(call_text: str) -> str:
+    """A tool_call block's text as the native template writes a call (its `tojson` separators): the canonical JSON
+    (the first line) in the tags, then the call's raw blocks (the rest) as they are."""
+    call_json, newline, blocks = call_text.partition("\n")
     call = json.loads(call_json)
     body = json.dumps({"name": call["name"], "arguments": call["arguments"]}, ensure_ascii=False)
-    return f"{NATIVE_CALL_OPEN}\n{body}\n{NATIVE_CALL_CLOSE}"
+    return f"{NATIVE_CALL_OPEN}\n{body}\n{NATIVE_CALL_CLOSE}{newline}{blocks}"
 
 
 class ChatRenderer:
@@ -172,7 +187,7 @@ class ChatRenderer:
         """The template's own tool text for the tools block (rendered once per distinct block text)."""
         if schemas not in self._tools_texts:
             tools = [{"type": "function", "function": spec} for spec in json.loads(schemas)]
-            self._tools_texts[schemas] = self._template_tools(tools)
+            self._tools_texts[schemas] = f"{self._template_tools(tools)}\n\n{NATIVE_RAW_INSTRUCTIONS}"
         return self._tools_texts[schemas]
 
     def _template_tools(self, tools: list[dict[str, Any]] | None = None) -> str | None:

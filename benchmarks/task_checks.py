@@ -60,7 +60,8 @@ class Verdict:
 
 
 class Checker(Protocol):
-    """`seen`: the outputs of the session's tool calls, in order (None where they were not recorded). `asked`: the
+    """`seen`: what the agent was shown of the repo: its harness's context (for agentcache, L2 and the lookup note)
+    and the outputs of its tool calls, in order (None where they were not recorded). `asked`: the
     task's text; what the answer repeats of it is the sentence frame, not a rival candidate ("`parse_float` of
     `loads` defaults to `float`")."""
 
@@ -302,8 +303,9 @@ class AllOf:
 
 @dataclass(frozen=True, slots=True)
 class Read:
-    """A find-then-read task: `check` passes on the answer, and one of the session's tool outputs showed `line` (the
-    line of the repo the answer stands on), so the answer was read there, not guessed from a first look."""
+    """A find-then-read task: `check` passes on the answer, and `line` (the line of the repo the answer stands on)
+    was shown to the agent, by one of its tool outputs or by what its harness put in its context (agentcache's repo
+    map and lookup note), so the answer was read there, not guessed from a first look."""
 
     check: Checker
     line: Callable[[Path], str]
@@ -320,7 +322,7 @@ class Read:
         if seen is None:
             return Verdict(False, f"the session's tool outputs are not recorded: nothing shows {line!r} was read")
         if not any(line in output for output in seen):
-            return Verdict(False, f"no tool output showed {line!r}")
+            return Verdict(False, f"nothing the agent was shown held {line!r}")
         return verdict
 
 

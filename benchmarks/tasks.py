@@ -157,8 +157,16 @@ def run_one(task: Task, backend: Any, registry: Any, model: str, work: Path, too
     wall_s = time.perf_counter() - start
     requests = requests_of(session.records())
     seen = [r.tool_result["output"] for r in requests if r.tool_result]  # what the agent's tool calls showed it
-    verdict = check(task, outcome.answer, repo, seen)
-    return {**task_record(task, outcome, verdict, requests, wall_s, session), "tool_outputs": seen}
+    shown = context_shown(agent.context)
+    verdict = check(task, outcome.answer, repo, shown + seen)
+    return {**task_record(task, outcome, verdict, requests, wall_s, session), "tool_outputs": seen,
+            "context_shown": shown}
+
+
+def context_shown(context: Any) -> list[str]:
+    """What the harness itself showed the agent about the repo, besides its tool results: the L2 blocks (tree,
+    docs, skills, repo map) and the lookup note after the task. A find-then-read answer may rest on a line of it."""
+    return [b.text for b in context if b.layer.name == "L2" or (b.kind == "user" and b.key == "lookup")]
 
 
 def peer_record(task: Task, run: Any, verdict: Verdict) -> dict[str, Any]:
@@ -189,9 +197,9 @@ def total(records: list[dict[str, Any]], name: str) -> int | None:
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
-    """A record as the report shows it: its answer's first ANSWER_CHARS characters and no tool outputs (--records
-    keeps both whole)."""
-    shown = {name: value for name, value in record.items() if name != "tool_outputs"}
+    """A record as the report shows it: its answer's first ANSWER_CHARS characters, no tool outputs and no context
+    (--records keeps them whole)."""
+    shown = {name: value for name, value in record.items() if name not in ("tool_outputs", "context_shown")}
     return shown | {"answer": (record["answer"] or "")[:ANSWER_CHARS] or None}
 
 
@@ -201,7 +209,7 @@ def regraded(record: dict[str, Any], task: Task) -> dict[str, Any]:
     answer = record["answer"]
     if task.kind == "edit" or answer is not None and len(answer) == ANSWER_CHARS and "answer_chars" not in record:
         return record
-    verdict = check(task, answer, task.repo, record["tool_outputs"])
+    verdict = check(task, answer, task.repo, record.get("context_shown", []) + record["tool_outputs"])
     return record | {"passed": verdict.passed, "check": verdict.detail}
 
 

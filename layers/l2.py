@@ -2,9 +2,10 @@
 
 Chunks, in this order: one "tree" block (key "."), one "doc" block per root AGENTS.md,
 SPEC.md, CLAUDE.md, README* (in that order), one "skill" block per file under the skills
-folder (default "skills/", sorted by path). Within docs and skills, files clean in git come
-before files with uncommitted changes. Binary, undecodable and private-key files are skipped;
-an unreadable file raises RepoError.
+folder (default "skills/", sorted by path), then one "map" block per source file outline that
+the repo map keeps within map_tokens (layers.repomap). Within docs, skills and map, files clean
+in git come before files with uncommitted changes. Binary, undecodable and private-key files are
+skipped; an unreadable file raises RepoError.
 """
 from __future__ import annotations
 
@@ -16,20 +17,23 @@ from layers.block import Block, Layer
 from layers.canonical import normalize_text
 from layers.errors import RepoError
 from layers.repo import dirty_paths, list_files, open_repo, read_text, safe_paths
+from layers.repomap import MAP_TOKENS, map_blocks
 from layers.tokens import TiktokenCounter, TokenCounter
 
 DOC_NAMES = ("agents.md", "spec.md", "claude.md")
 README_NAMES = ("readme.md", "readme", "readme.rst", "readme.txt")
-KIND_ORDER = ("tree", "doc", "skill")
+KIND_ORDER = ("tree", "doc", "skill", "map")
 
 
 @dataclass(frozen=True, slots=True)
 class L2Config:
-    """skills_dir is repo-relative; token_budget caps the summed tokens of all L2 blocks."""
+    """skills_dir is repo-relative; map_tokens caps the repo map (0: no map); token_budget caps the summed
+    tokens of all L2 blocks."""
 
     skills_dir: str = "skills"
     max_tree_entries: int = 500
     token_budget: int | None = None
+    map_tokens: int = MAP_TOKENS
 
 
 def render_tree(paths: Iterable[str], max_entries: int) -> str:
@@ -59,13 +63,16 @@ def _file_chunks(root: Path, kind: str, paths: list[str], dirty: set[str], liste
     return blocks
 
 
-def l2_chunks(root: Path, config: L2Config) -> list[Block]:
+def l2_chunks(root: Path, config: L2Config, counter: TokenCounter | None = None) -> list[Block]:
     paths = list_files(root)
     dirty = dirty_paths(root)
     tree = Block(Layer.L2, "tree", ".", render_tree(paths, config.max_tree_entries).encode("utf-8"))
     docs = _file_chunks(root, "doc", doc_paths(paths), dirty, set(paths))
     skills = _file_chunks(root, "skill", skill_paths(paths, config.skills_dir), dirty, set(paths))
-    return [tree, *docs, *skills]
+    if config.map_tokens <= 0:
+        return [tree, *docs, *skills]
+    outlines = map_blocks(root, paths, dirty, config.map_tokens, counter or TiktokenCounter())
+    return [tree, *docs, *skills, *outlines]
 
 
 def _marker(dropped_lines: int, total_lines: int, dropped: list[Block]) -> str:
@@ -111,7 +118,9 @@ def fit_to_budget(blocks: list[Block], budget: int, counter: TokenCounter) -> li
 
 def build_l2(repo: Path | str, config: L2Config | None = None, counter: TokenCounter | None = None) -> list[Block]:
     config = config or L2Config()
-    blocks = l2_chunks(open_repo(repo), config)
+    needs_counter = config.token_budget is not None or config.map_tokens > 0
+    counter = counter or (TiktokenCounter() if needs_counter else None)
+    blocks = l2_chunks(open_repo(repo), config, counter)
     if config.token_budget is None:
         return blocks
-    return fit_to_budget(blocks, config.token_budget, counter or TiktokenCounter())
+    return fit_to_budget(blocks, config.token_budget, counter)

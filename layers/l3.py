@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from layers.block import Block, Layer
-from layers.canonical import canonical_json
+from layers.raw import call_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,10 +28,10 @@ class AssistantMessage:
 class ToolCall:
     name: str
     arguments: dict[str, Any]
+    raw: tuple[str, ...] = ()  # the tool's raw parameters: shown as ``` blocks after the JSON (layers.raw)
 
     def to_block(self) -> Block:
-        payload = canonical_json({"name": self.name, "arguments": self.arguments})
-        return Block(Layer.L3, "tool_call", self.name, payload.encode("utf-8"))
+        return Block(Layer.L3, "tool_call", self.name, call_text(self.name, self.arguments, self.raw).encode("utf-8"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,18 +5,29 @@ The model replies with exactly one JSON object and nothing else, in one of two s
     {"name": "read_file", "arguments": {"path": "README.md"}}    a call to one enabled tool
     {"answer": "The tests pass."}                                a final answer (when allowed)
 
-The grammar is a JSON Schema `anyOf` with one alternative per enabled tool (`name` a const, `arguments`
-that tool's parameter schema) plus the answer alternative, compiled by llguidance with fixed separators
-(`", "` and `": "`), keys in schema order and no free whitespace. Disabling a tool changes only this
-grammar, never the tool list in the prompt. End of sequence is allowed only once the object is complete.
-The prompt states this format (`agentcache.render.format_instructions`). In the "native" tool format (see
-agentcache.render) the reply is instead `<tool_call>` (the template's special token), a newline, the same call
-object, a newline and `</tool_call>`; or a plain-text answer, which may not start with `<` or white space.
+A tool with raw parameters (layers.raw: write_file's `content`, edit_file's `old` and `new`) leaves them out of
+the object, which is followed by one ``` block per raw parameter, in the order its spec lists them:
+
+    {"name": "write_file", "arguments": {"path": "hello.py"}}
+    ```
+    print("hi")
+    ```
+
+The grammar is a Lark grammar: the JSON Schema `anyOf` of the tools without raw parameters (`name` a const,
+`arguments` that tool's parameter schema) and the answer, as one `%json`; each raw tool's object as its own `%json`
+followed by its blocks. llguidance compiles the JSON with fixed separators (`", "` and `": "`), keys in schema order
+and no free whitespace. Disabling a tool changes only this grammar, never the tool list in the prompt. End of
+sequence is allowed only once the reply is complete. The prompt states this format
+(`agentcache.render.format_instructions`). In the "native" tool format (see agentcache.render) the reply is instead
+`<tool_call>` (the template's special token), a newline, the same call object, a newline and `</tool_call>`, then
+the call's blocks; or a plain-text answer, which may not start with `<`, a backtick or white space.
 Masks are numpy bools, no torch: the local backend turns them into the tensor the engine takes.
 
 Every reply is parsed here, for every backend, under bounds (`reply_json`): at most MAX_REPLY_CHARS characters,
 nesting at most MAX_DEPTH deep, integers within INT_BOUND, finite numbers only, no lone surrogate in a string. A
-reply past a bound is a ToolCallError like any malformed reply: the agent tells the model and retries.
+reply past a bound is a ToolCallError like any malformed reply: the agent tells the model and retries. The parse
+fills each raw parameter from its block; a raw parameter inside the JSON is refused with a message that says where
+it goes.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from llguidance import LLMatcher, LLTokenizer
 
 from agentcache.errors import AgentcacheError
 from agentcache.render import NATIVE_CALL_CLOSE, NATIVE_CALL_OPEN
+from layers.raw import BLOCK_REGEX, FENCE, read_blocks, where
 from layers.tokens import DEFAULT_ENCODING
 from layers.tools import ToolSpec
 
@@ -62,7 +74,8 @@ class ToolCallError(AgentcacheError):
 @dataclass(frozen=True, slots=True)
 class ToolCall:
     name: str
-    arguments: dict[str, Any]
+    arguments: dict[str, Any]  # every argument, the raw ones (filled from their blocks) included
+    raw: tuple[str, ...] = ()  # the tool's raw parameters (layers.raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +139,8 @@ def matcher_mask(matcher: LLMatcher, vocab_size: int) -> AllowedIds:
 
 
 def tool_schema(spec: ToolSpec) -> dict[str, Any]:
-    properties = {"name": {"const": spec.name}, "arguments": spec.parameters}
+    """The schema of a call's JSON object: its raw parameters are not in it (their blocks follow it)."""
+    properties = {"name": {"const": spec.name}, "arguments": spec.json_parameters()}
     return {"type": "object", "properties": properties, "required": ["name", "arguments"],
             "additionalProperties": False}
 
@@ -149,18 +163,50 @@ def unpack_bitmask(bitmask: bytes, vocab_size: int) -> np.ndarray:
     return np.unpackbits(packed, count=vocab_size, bitorder="little").view(np.bool_)
 
 
+def json_schema_text(alternatives: list[dict[str, Any]]) -> str:
+    return json.dumps({"anyOf": alternatives, "x-guidance": JSON_OPTIONS})
+
+
+def blocks_rule(spec: ToolSpec) -> str:
+    return "".join(" BLOCK" for _ in spec.raw)
+
+
+def json_grammar(tools: Iterable[ToolSpec], allow_answer: bool = True) -> str:
+    """The Lark grammar of a json-format reply: a call object, the raw tools' followed by their blocks, or an answer."""
+    tools = list(tools)
+    plain = [tool_schema(spec) for spec in tools if not spec.raw] + ([answer_schema()] if allow_answer else [])
+    raw = [spec for spec in tools if spec.raw]
+    if not plain and not raw:
+        raise ToolCallError("no tool is enabled and answers are not allowed: the model could say nothing")
+    starts = (["plain"] if plain else []) + [f"raw_{spec.name}" for spec in raw]
+    rules = [f"start: {' | '.join(starts)}"]
+    if plain:
+        rules.append(f"plain: %json {json_schema_text(plain)}")
+    rules += [f"raw_{spec.name}: %json {json_schema_text([tool_schema(spec)])}{blocks_rule(spec)}" for spec in raw]
+    if raw:
+        rules.append(f"BLOCK: /{BLOCK_REGEX}/")
+    return "\n".join(rules) + "\n"
+
+
 def native_grammar(tools: Iterable[ToolSpec], allow_answer: bool = True) -> str:
-    """The Lark grammar of a native reply: a tagged call to one enabled tool, or (when allowed) a plain answer."""
-    calls = [tool_schema(spec) for spec in tools]
-    starts = (["call"] if calls else []) + (["answer"] if allow_answer else [])
+    """The Lark grammar of a native reply: a tagged call to one enabled tool (then its blocks), or (when allowed) a
+    plain answer. The call object may also come bare or in a ```json fence."""
+    tools = list(tools)
+    plain = [tool_schema(spec) for spec in tools if not spec.raw]
+    raw = [spec for spec in tools if spec.raw]
+    heads = ([("call", plain, "")] if plain else []) + \
+        [(f"call_{spec.name}", [tool_schema(spec)], blocks_rule(spec)) for spec in raw]
+    starts = [name for name, _, _ in heads] + (["answer"] if allow_answer else [])
     if not starts:
         raise ToolCallError("no tool is enabled and answers are not allowed: the model could say nothing")
     rules = [f"start: {' | '.join(starts)}"]
-    if calls:
-        schema = json.dumps({"anyOf": calls, "x-guidance": JSON_OPTIONS})
-        rules.append(f'call: <tool_call> "\\n" %json {schema} "\\n" </tool_call> | bare | fenced')
-        rules.append(f"bare: %json {schema}")
-        rules.append(f'fenced: "{FENCE_OPEN_LARK}" %json {schema} "{FENCE_CLOSE_LARK}"')
+    for name, calls, blocks in heads:
+        schema = json_schema_text(calls)
+        rules.append(f"{name}: {name}_head{blocks}")
+        rules.append(f'{name}_head: <tool_call> "\\n" %json {schema} "\\n" </tool_call> | %json {schema} | '
+                     f'"{FENCE_OPEN_LARK}" %json {schema} "{FENCE_CLOSE_LARK}"')
+    if raw:
+        rules.append(f"BLOCK: /{BLOCK_REGEX}/")
     if allow_answer:
         rules.append(r"answer: /[^<\s{`][^<]*/")
     return "\n".join(rules) + "\n"
@@ -190,8 +236,9 @@ class ToolCallGrammar:
             self._calls = schema_matcher(self.ll_tokenizer, reply_schema(self.tools.values(), allow_answer=False)) \
                 if self.tools else None
         else:
-            self._matcher = schema_matcher(self.ll_tokenizer, reply_schema(self.tools.values(), allow_answer))
-            self._calls = self._matcher
+            self._matcher = grammar_matcher(self.ll_tokenizer, json_grammar(self.tools.values(), allow_answer))
+            self._calls = schema_matcher(self.ll_tokenizer, reply_schema(self.tools.values(), allow_answer=False)) \
+                if self.tools else None
 
     def new_matcher(self) -> LLMatcher:
         return self._matcher.deep_copy()
@@ -207,46 +254,68 @@ class ToolCallGrammar:
                                 "reply may have")
         if self.tool_format == "native":
             return self._parse_native(text)
-        reply = self._load(text)
+        reply, rest = self._load(text.strip())
         if set(reply) == {"answer"} and isinstance(reply["answer"], str):
             if not self.allow_answer:
                 raise ToolCallError("a plain answer is not allowed here: call one of the enabled tools")
+            self._blocks("answer", rest, ())
             return Answer(reply["answer"])
-        return self._call(reply)
+        return self._call(reply, rest)
 
-    def _call(self, reply: dict[str, Any]) -> ToolCall:
-        """A call object checked against the enabled tools and their parameters."""
+    def _call(self, reply: dict[str, Any], rest: str) -> ToolCall:
+        """A call object checked against the enabled tools and their parameters, its raw arguments read from the
+        blocks in `rest` (the text after the object)."""
         if set(reply) != {"name", "arguments"} or not isinstance(reply["arguments"], dict):
             raise ToolCallError('a reply must be {"name": ..., "arguments": {...}} or {"answer": "..."}')
         name, arguments = reply["name"], reply["arguments"]
         if name not in self.tools:
             raise ToolCallError(f"unknown or disabled tool {name!r} (enabled: {', '.join(sorted(self.tools))})")
-        self._check_arguments(self.tools[name], arguments)
-        return ToolCall(name, arguments)
+        spec = self.tools[name]
+        inside = [key for key in spec.raw if key in arguments]
+        if inside:
+            raise ToolCallError(f"{name}: {' and '.join(inside)} must not be inside the JSON arguments; "
+                                f"{where(spec.raw)}")
+        values = self._blocks(name, rest, spec.raw)
+        self._check_arguments(spec, arguments)
+        return ToolCall(name, {**arguments, **dict(zip(spec.raw, values))}, spec.raw)
+
+    def _blocks(self, what: str, rest: str, raw: tuple[str, ...]) -> list[str]:
+        """The values of the blocks `rest` holds, one per raw parameter and nothing else."""
+        try:
+            return read_blocks(rest, raw)
+        except ValueError as exc:
+            raise ToolCallError(f"{what}: {exc}" + (f"; {where(raw)}" if raw else "")) from None
 
     def _parse_native(self, text: str) -> ToolCall | Answer:
         stripped = text.strip()
         if stripped.startswith("{"):
-            return self._call(self._load(stripped))
+            return self._call(*self._load(stripped))
         if stripped.startswith(FENCE_OPEN.strip()):
-            if not stripped.endswith(FENCE_CLOSE.strip()):
-                raise ToolCallError(f"the {FENCE_OPEN.strip()} block is not closed (was it cut off?)")
-            return self._call(self._load(stripped[len(FENCE_OPEN.strip()):-len(FENCE_CLOSE.strip())].strip()))
+            return self._wrapped(stripped, FENCE_OPEN.strip(), FENCE, f"the {FENCE_OPEN.strip()} block")
         if not stripped.startswith(NATIVE_CALL_OPEN):
             if not self.allow_answer:
                 raise ToolCallError("a plain answer is not allowed here: call one of the enabled tools")
             if not stripped:
                 raise ToolCallError("the reply is empty")
             return Answer(stripped)
-        if not stripped.endswith(NATIVE_CALL_CLOSE):
-            raise ToolCallError(f"the {NATIVE_CALL_OPEN} is not closed (was it cut off?)")
-        return self._call(self._load(stripped[len(NATIVE_CALL_OPEN):-len(NATIVE_CALL_CLOSE)].strip()))
+        return self._wrapped(stripped, NATIVE_CALL_OPEN, NATIVE_CALL_CLOSE, f"the {NATIVE_CALL_OPEN}")
 
-    def _load(self, text: str) -> dict[str, Any]:
-        reply = reply_json(text)
+    def _wrapped(self, text: str, open_: str, close: str, shown_as: str) -> ToolCall:
+        """A call object between `open_` and `close` (the tags, or a ```json fence), its blocks after `close`."""
+        body = text[len(open_):].lstrip()
+        if close not in body:
+            raise ToolCallError(f"{shown_as} is not closed (was it cut off?)")
+        reply, rest = self._load(body)
+        if not rest.lstrip().startswith(close):
+            raise ToolCallError(f"{shown_as} is not closed (was it cut off?)")
+        return self._call(reply, rest.lstrip()[len(close):])
+
+    def _load(self, text: str) -> tuple[dict[str, Any], str]:
+        """The JSON object `text` starts with, and the text after it."""
+        reply, end = reply_json_prefix(text)
         if not isinstance(reply, dict):
             raise ToolCallError("the reply must be a JSON object")
-        return reply
+        return reply, text[end:]
 
     def _check_arguments(self, spec: ToolSpec, arguments: dict[str, Any]) -> None:
         """Match the canonical rendering of the call, keys in schema order, against the grammar itself."""
@@ -262,8 +331,17 @@ class ToolCallGrammar:
 
 def reply_json(text: str) -> Any:
     """`text` parsed as JSON within the reply bounds (module docstring); ToolCallError for anything else."""
+    value, end = reply_json_prefix(text.lstrip())
+    if text.lstrip()[end:].strip():
+        raise ToolCallError("the reply is not one complete JSON object (was it cut off?)")
+    return value
+
+
+def reply_json_prefix(text: str) -> tuple[Any, int]:
+    """The JSON value `text` starts with, within the reply bounds, and where it ends; ToolCallError if none."""
+    decoder = json.JSONDecoder(parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
     try:
-        value = json.loads(text, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
+        value, end = decoder.raw_decode(text)
     except _OutOfBounds as exc:
         raise ToolCallError(f"the reply holds {exc}") from None
     except RecursionError:
@@ -273,7 +351,7 @@ def reply_json(text: str) -> Any:
     problem = _out_of_bounds(value)
     if problem is not None:
         raise ToolCallError(f"the reply holds {problem}")
-    return value
+    return value, end
 
 
 class _OutOfBounds(ValueError):

@@ -1,7 +1,8 @@
 """The openai backend: any OpenAI-compatible server (vLLM, SGLang, `agentcache serve`) over HTTP.
 
 Messages are rendered from the layers exactly as the local backend renders them (`render.block_message`),
-the reply is constrained with `response_format` json_schema (the tool grammar's schema), and cached tokens
+the reply is constrained with `response_format` json_schema (the tool grammar's schema) unless an enabled tool
+has raw parameters (a schema cannot hold their ``` blocks: the reply is then checked by the parse), cached tokens
 are read from `usage.prompt_tokens_details.cached_tokens`. When the server offers `/v1/contexts`, L1+L2 are
 sent once as a context and each request carries the context id plus the L3 messages only. Every request, and
 every context, carries the request's routing key (docs/fleet.md), so a router keeps them on one replica.
@@ -60,12 +61,15 @@ class OpenAIBackend:
         return self._checker.parse(text, tools, enabled)
 
     def complete(self, context: Context, tools: list[ToolSpec], enabled: set[str], settings: GenSettings) -> Reply:
-        schema = reply_schema([t for t in tools if t.name in enabled], allow_answer=not settings.tool_required)
+        chosen = [t for t in tools if t.name in enabled]
         body: dict[str, Any] = {
             "model": self.model, "max_tokens": settings.max_tokens, "temperature": settings.temperature,
             "top_p": settings.top_p,
-            "response_format": {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}},
         }
+        if not any(t.raw for t in chosen):  # a JSON schema cannot hold the ``` blocks of raw parameters: then the
+            # reply is free text, and the parse checks it against the format the prompt states
+            schema = reply_schema(chosen, allow_answer=not settings.tool_required)
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
         if settings.seed is not None:
             body["seed"] = settings.seed
         if settings.salt:  # vLLM's and agentcache serve's: requests with different salts share no cached KV

@@ -12,12 +12,12 @@ from rich.text import Text
 from agentcache import PROMPTS_DIR, terminal
 from agentcache.cli.options import Debug
 from agentcache.errors import AgentcacheError
-from layers import Context, L2Config, TiktokenCounter, build_prefix, lint_blocks
+from layers import MAP_TOKENS, Context, L2Config, TiktokenCounter, build_prefix, lint_blocks
 from layers.lint import Finding
 
 MODE_FLAGS = ("explain", "diff", "layers")  # none of them: the session view
 MODE_NAMES = {"view": "the session view", "explain": "--explain", "diff": "--diff", "layers": "--layers"}
-LAYERS_ONLY = ("role", "prompts", "skills", "max_tree", "budget", "strict")
+LAYERS_ONLY = ("role", "prompts", "skills", "max_tree", "budget", "map_tokens", "strict")
 APPLIES_TO = {"session": ("view", "explain"), "cache_ttl": ("view",), **{name: ("layers",) for name in LAYERS_ONLY}}
 
 
@@ -158,6 +158,8 @@ def inspect(
     skills: Annotated[str, typer.Option(help="Skills folder, relative to the repo root.")] = "skills",
     max_tree: Annotated[int, typer.Option(min=1, help="Most paths listed in the tree block.")] = 500,
     budget: Annotated[Optional[int], typer.Option(min=1, help="Token budget for L2 (cut deterministically).")] = None,
+    map_tokens: Annotated[int, typer.Option("--map-tokens", min=0, help="Token budget for the repo map "
+                                            "(whole file outlines, best-ranked first); 0: no map.")] = MAP_TOKENS,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on volatile content in L1/L2.")] = False,
     explain: Annotated[bool, typer.Option("--explain", help="Explain every request that reused less than "
@@ -178,8 +180,8 @@ def inspect(
               agentcache inspect --diff SESSION_A SESSION_B --repo examples/repo
               agentcache inspect --layers --repo examples/repo --role coder
 
-    --role, --prompts, --skills, --max-tree, --budget and --strict apply only to --layers, --cache-ttl only to the
-    session view; an option given to a mode it does not apply to is refused.
+    --role, --prompts, --skills, --max-tree, --budget, --map-tokens and --strict apply only to --layers, --cache-ttl
+    only to the session view; an option given to a mode it does not apply to is refused.
     """
     _check_options(ctx, diff)
     if diff is not None:
@@ -188,7 +190,7 @@ def inspect(
     if not layers:
         _inspect_session(repo, session or "latest", as_json, explain, cache_ttl)
         return
-    config = L2Config(skills_dir=skills, max_tree_entries=max_tree, token_budget=budget)
+    config = L2Config(skills_dir=skills, max_tree_entries=max_tree, token_budget=budget, map_tokens=map_tokens)
     context = build_prefix(repo, prompts or PROMPTS_DIR, role=role, config=config)
     findings = lint_blocks(context, strict=strict)
     rows = _add_status(repo, _block_rows(context), context)

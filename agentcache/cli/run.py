@@ -16,7 +16,8 @@ def run(
     repo: Annotated[Path, typer.Option(help="Repository root the agent works in.")] = Path("."),
     model: Annotated[Optional[str], typer.Option(help="Model: a name from `agentcache models` (default: "
                                                  "$AGENTCACHE_MODEL, else the default one), a local HF dir or a hub id.")] = None,
-    role: Annotated[Optional[str], typer.Option(help="Agent role: a file in prompts/roles/.")] = None,
+    role: Annotated[Optional[str], typer.Option(help="Agent role: a file in prompts/roles/, or auto (the default: ask "
+                                               "in read-only mode, coder otherwise).")] = None,
     max_turns: Annotated[Optional[int], typer.Option(help="Stop after this many requests (at least 1).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per reply (at least 1).")] = None,
     mode: Annotated[Optional[str], typer.Option(help="Permission mode: read-only (no writes), edit (writes inside "
@@ -25,6 +26,8 @@ def run(
     tools: Annotated[Optional[str], typer.Option(help="Comma-separated tools to enable, within the mode (default: "
                                                  "all the mode allows; an unknown name is refused with the list "
                                                  "of known ones).")] = None,
+    test_command: Annotated[Optional[str], typer.Option(help="The project's test command: in edit and full modes the "
+                            "agent may run exactly it (the run_tests tool), e.g. 'python -m pytest -q'.")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue a session: its id or 'latest'.")] = None,
     backend: Annotated[Optional[str], typer.Option(help="local (the engine in-process), openai or anthropic.")] = None,
     base_url: Annotated[Optional[str], typer.Option(help="Server for --backend openai, e.g. http://127.0.0.1:8000/v1.")] = None,
@@ -35,6 +38,8 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary at the end.")] = False,
     no_disk_cache: Annotated[bool, typer.Option("--no-disk-cache", help="Neither read nor write KV pages on disk.")]
     = False,
+    no_lookup: Annotated[bool, typer.Option("--no-lookup", help="No note after the task with where the names it "
+                                            "mentions are defined.")] = False,
     dtype: DtypeOption = None,
     quant: QuantOption = None,
     debug: Debug = False,
@@ -52,6 +57,7 @@ def run(
     overrides = {"model": model, "role": role, "max_turns": max_turns, "max_tokens": max_tokens,
                  "tools": tools.split(",") if tools else None, "mode": "full" if allow_shell else mode,
                  "backend": backend, "base_url": base_url, "disk_cache": False if no_disk_cache else None,
+                 "lookup": False if no_lookup else None, "test_command": test_command,
                  "dtype": dtype, "quant": quant, "routing": routing}
     console = terminal.console(stderr=as_json)
     summary = run_task(repo, task, overrides, resume, api_key=api_key, on_line=lambda line: line and console.print(

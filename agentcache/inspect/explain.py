@@ -106,6 +106,11 @@ def prefill_seconds_per_token(request: Request) -> float | None:
     return max(float(request.ttft_s) - float(request.queue_s or 0.0), 0.0) / computed
 
 
+def rebuilds(prompt: Prompt, request: Request) -> bool:
+    """Whether the prompt rebuilt from the session has the request's recorded token count in every segment."""
+    return prompt.tokens is not None and [len(p) for p in prompt.tokens] == request.segment_tokens
+
+
 class Explainer:
     """Explains request pairs; block texts come from each request's own session."""
 
@@ -126,6 +131,10 @@ class Explainer:
              current_texts: dict[str, str], missed: int) -> dict[str, Any]:
         before = build_prompt(previous, previous_texts, self.tokenizer)
         after = build_prompt(current, current_texts, self.tokenizer)
+        rebuilt = rebuilds(after, current)
+        if not (rebuilt and rebuilds(before, previous)):  # rendered since with other bytes (new format
+            # instructions): only the blocks and the recorded token counts are to be trusted
+            before, after = (Prompt(p.blocks, p.texts, None, None) for p in (before, after))
         cached, page = current.usage.cached_tokens, current.page_size
         position = self._first_token_difference(before, after, previous, current)
         if position // page * page > cached or position >= cached + missed:
@@ -136,7 +145,6 @@ class Explainer:
             miss.update(source="content", change=prefix_change(previous.blocks, current.blocks, previous_texts,
                                                                current_texts))
         seconds = prefill_seconds_per_token(current)
-        rebuilt = after.tokens is not None and [len(p) for p in after.tokens] == current.segment_tokens
         miss.update(missed_tokens=missed, missed_prefill_s=None if seconds is None else missed * seconds,
                     stop_reason=current.stop_reason, prompt_rebuilt=rebuilt)
         return miss

@@ -1,4 +1,5 @@
-"""What every tool shares: the outcome it returns, the error it raises, and the Tool record."""
+"""What every tool shares: the outcome it returns (with the change a write made), the error it raises, and the Tool
+record."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -17,11 +18,22 @@ class ToolError(AgentcacheError):
 
 
 @dataclass(frozen=True, slots=True)
+class Change:
+    """What a write or edit replaced, enough to undo it: `after` now stands at `line` of `path` where `before` was
+    (`before` is None for a file the write created)."""
+    path: str
+    line: int
+    before: str | None
+    after: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolOutcome:
     output: str
     is_error: bool = False
     finished: bool = False
     answer: str | None = None
+    change: Change | None = None
 
 
 ToolFunction = Callable[["Workspace", dict[str, Any]], ToolOutcome]

@@ -1,11 +1,21 @@
-"""The file tools: list_files, read_file (numbered lines), write_file and edit_file (one exact replacement)."""
+"""The file tools: list_files, read_file (numbered lines), write_file and edit_file (one replacement).
+
+A write or edit never loses what a file had without saying so: write_file over an existing file is refused when
+the new content drops a definition the old one had (or, for a file with no outline, more than half of its
+non-blank lines), and either tool is refused when it would leave a file that parsed unparsable. Refused means the
+file is unchanged and the message says what would have been lost.
+"""
 from __future__ import annotations
 
 import os
+import re
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from agentcache.tools.base import ToolError, ToolOutcome
+from agentcache.tools.base import Change, ToolError, ToolOutcome
 from agentcache.tools.workspace import Workspace
+from layers.outline import defined_names, syntax_error
 from layers.repo import BINARY_SNIFF_BYTES, capped_lines, has_private_key
 
 MAX_LIST_FILES = 2000
@@ -13,7 +23,11 @@ MAX_LINES = 2000
 MAX_OUTPUT_BYTES = 256 * 1024
 MAX_LINE_CHARS = 2000
 MAX_EDIT_BYTES = 1024 * 1024
+PATH_LINE = re.compile(r"(.+?):(\d{1,9})(?::\d{1,9})?")  # path:line or path:line:column
 MAX_LINE_BYTES = 4 * MAX_LINE_CHARS  # of a line held in memory: a 300 MB one-line file is read 8 KB at a time
+MAX_NAMED = 10  # dropped definitions or line ranges a refusal names
+MIN_GUARDED_LINES = 10  # a file without an outline and with fewer non-blank lines may be rewritten whole
+KEEP_HINT = "use edit_file to change part of the file, or write the whole file with them kept"
 
 
 def list_files(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
@@ -57,9 +71,19 @@ def decode_line(raw: bytes, length: int, number: int, shown_as: str) -> str:
     return text
 
 
+def line_address(ws: Workspace, args: dict[str, Any]) -> tuple[str, int]:
+    """The path to read and its first line: a path written `path:line` (as search, the repo map and the lookup show
+    a definition) that names no file, where `path` does, is read from that line unless start_line says otherwise."""
+    path, start = args["path"], args.get("start_line", 1)
+    written = PATH_LINE.fullmatch(path)
+    if written is None or ws.name_of(path) is None or os.path.lexists(ws.root / path):
+        return path, start
+    return written.group(1), args.get("start_line", int(written.group(2)))
+
+
 def read_file(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
-    shown_as = args["path"]
-    start, end = args.get("start_line", 1), args.get("end_line")
+    shown_as, start = line_address(ws, args)
+    end = args.get("end_line")
     if end is not None and end < start:
         raise ToolError(f"end_line {end} is before start_line {start}")
     lines: list[str] = []
@@ -95,15 +119,90 @@ def replace_content(file: BinaryIO, data: bytes) -> None:
 
 
 def write_file(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
-    data = args["content"].encode("utf-8")
-    file, existed = ws.write_handle(args["path"])
+    shown_as, content = args["path"], args["content"]
+    data = content.encode("utf-8")
+    problem = syntax_error(shown_as, content)
+    if problem is not None and is_new_file(ws, shown_as):
+        raise ToolError(f"the content for {shown_as} does not parse ({problem}); the file was not created")
+    file, existed = ws.write_handle(shown_as)
+    before = None
     with file:
         try:
-            check_no_key(args["path"], file)
+            check_no_key(shown_as, file)
         except ToolError:
-            raise ToolError(f"path '{args['path']}' holds a private key; tools may not overwrite it") from None
+            raise ToolError(f"path '{shown_as}' holds a private key; tools may not overwrite it") from None
+        if existed:
+            before = previous_text(shown_as, file)
+            check_still_parses(shown_as, before, problem)
+            check_keeps(shown_as, before, content)
         replace_content(file, data)
-    return ToolOutcome(f"{'replaced' if existed else 'created'} {args['path']} ({len(data)} bytes)")
+    return ToolOutcome(f"{'replaced' if existed else 'created'} {shown_as} ({len(data)} bytes)",
+                       change=Change(shown_as, 1, before, content))
+
+
+def is_new_file(ws: Workspace, path: str) -> bool:
+    """Whether `path` names no file yet; the path checks of write_handle come first, so their refusals win."""
+    resolved = ws.resolve(path)
+    ws.check_allowed(path, resolved)
+    ws.check_not_config(path, resolved)
+    return not os.path.lexists(resolved)
+
+
+def previous_text(shown_as: str, file: BinaryIO) -> str:
+    if os.fstat(file.fileno()).st_size > MAX_EDIT_BYTES:
+        raise ToolError(f"{shown_as} is larger than {MAX_EDIT_BYTES // 1024} KiB; write_file will not replace a huge "
+                        "file whole")
+    file.seek(0)
+    return file.read(MAX_EDIT_BYTES + 1).decode("utf-8", errors="replace")
+
+
+def check_still_parses(shown_as: str, before: str, problem: str | None) -> None:
+    """Refuse new text that does not parse (`problem`, from syntax_error) over a file that did; a file that did not
+    parse before may be mid-repair, so it is let through."""
+    if problem is not None and syntax_error(shown_as, before) is None:
+        raise ToolError(f"{shown_as} would no longer parse ({problem}); {shown_as} is unchanged")
+
+
+def check_keeps(shown_as: str, before: str, after: str) -> None:
+    """Refuse a whole-file write that drops what the file had: a definition (its outline's names) or, for a file
+    with no outline or no definitions, more than half of its non-blank lines (files under MIN_GUARDED_LINES such
+    lines excepted)."""
+    names = defined_names(shown_as, before)
+    if names:
+        lost = sorted(names - (defined_names(shown_as, after) or set()))
+        if lost:
+            raise ToolError(f"the new content drops {len(lost)} of the names {shown_as} defines: {capped(lost)}; "
+                            f"{KEEP_HINT}. {shown_as} is unchanged")
+        return
+    old = [(n, line.strip()) for n, line in enumerate(before.splitlines(), 1) if line.strip()]
+    if len(old) < MIN_GUARDED_LINES:
+        return
+    kept = Counter(line.strip() for line in after.splitlines() if line.strip())
+    dropped = []
+    for number, line in old:
+        if kept[line]:
+            kept[line] -= 1
+        else:
+            dropped.append(number)
+    if 2 * len(dropped) > len(old):
+        raise ToolError(f"the new content drops {len(dropped)} of the {len(old)} non-blank lines {shown_as} has "
+                        f"(lines {capped(line_ranges(dropped))}); {KEEP_HINT}. {shown_as} is unchanged")
+
+
+def capped(items: list[str]) -> str:
+    shown = ", ".join(items[:MAX_NAMED])
+    return shown + (f" and {len(items) - MAX_NAMED} more" if len(items) > MAX_NAMED else "")
+
+
+def line_ranges(numbers: list[int]) -> list[str]:
+    """Ascending line numbers as ranges: [3, 4, 5, 9] -> ["3-5", "9"]."""
+    ranges: list[list[int]] = []
+    for number in numbers:
+        if ranges and number == ranges[-1][1] + 1:
+            ranges[-1][1] = number
+        else:
+            ranges.append([number, number])
+    return [f"{a}-{b}" if a != b else str(a) for a, b in ranges]
 
 
 def edit_file(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
@@ -115,22 +214,83 @@ def edit_file(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
             raise ToolError(f"{shown_as} is larger than {MAX_EDIT_BYTES // 1024} KiB; edit_file refuses huge files")
         data = file.read(MAX_EDIT_BYTES + 1)
         check_text(shown_as, data)
-        text, line = checked_edit(shown_as, data, old, new)
-        replace_content(file, text.encode("utf-8"))
-    return ToolOutcome(f"edited {shown_as}: replaced 1 occurrence at line {line}")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ToolError(f"{shown_as} is not UTF-8 text; only text files can be edited") from None
+        edit = located_edit(shown_as, text, old, new)
+        after = text[:edit.start] + edit.new + text[edit.end:]
+        check_still_parses(shown_as, text, syntax_error(shown_as, after))
+        replace_content(file, after.encode("utf-8"))
+    line = text.count("\n", 0, edit.start) + 1
+    shifted = f"; new re-indented by {edit.shift:+d}" if edit.shift else ""
+    how = "" if edit.exact else f" (matched ignoring whitespace at line {line}{shifted})"
+    return ToolOutcome(f"edited {shown_as}: replaced 1 occurrence at line {line}{how}",
+                       change=Change(shown_as, line, text[edit.start:edit.end], edit.new))
 
 
-def checked_edit(shown_as: str, data: bytes, old: str, new: str) -> tuple[str, int]:
-    """The file's text with its one occurrence of `old` replaced by `new`, and the line it starts on; refused for
-    none or several."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ToolError(f"{shown_as} is not UTF-8 text; only text files can be edited") from None
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """Replace text[start:end] with `new`; a loose (not exact) match re-indented `new` by `shift` characters."""
+    start: int
+    end: int
+    new: str
+    exact: bool = True
+    shift: int = 0
+
+
+def located_edit(shown_as: str, text: str, old: str, new: str) -> Edit:
+    """Where the one occurrence of `old` is, exact first, else whole lines ignoring trailing whitespace and the
+    block's common indentation (`new` re-indented by the same offset); refused for none or several."""
     count = text.count(old)
-    if count == 0:
-        raise ToolError(f"old text not found in {shown_as}; read the file and copy the text exactly")
+    if count == 1:
+        start = text.index(old)
+        return Edit(start, start + len(old), new)
     if count > 1:
         raise ToolError(f"old text occurs {count} times in {shown_as}; include more context so it occurs once")
-    index = text.index(old)
-    return text[:index] + new + text[index + len(old):], text.count("\n", 0, index) + 1
+    found = loose_matches(text, old)
+    if not found:
+        raise ToolError(f"old text not found in {shown_as}; read the file and copy the text exactly")
+    if len(found) > 1:
+        lines = capped([str(text.count("\n", 0, start) + 1) for start, *_ in found])
+        raise ToolError(f"old text is not in {shown_as} exactly, and ignoring whitespace it matches {len(found)} "
+                        f"places (lines {lines}); include more context so it occurs once")
+    start, end, indent, old_indent = found[0]
+    return Edit(start, end, reindented(new, old_indent, indent), exact=False, shift=len(indent) - len(old_indent))
+
+
+def block_shape(lines: list[str]) -> tuple[str, list[str]]:
+    """A block's common indentation, and its lines without it and without trailing whitespace."""
+    stripped = [line.rstrip() for line in lines]
+    common = os.path.commonprefix([line[: len(line) - len(line.lstrip())] for line in stripped if line])
+    return common, [line[len(common):] for line in stripped]
+
+
+def loose_matches(text: str, old: str) -> list[tuple[int, int, str, str]]:
+    """The whole-line blocks of `text` that are `old` up to trailing whitespace and common indentation: (start,
+    end, the block's indentation, old's). A trailing newline of `old` takes the block's with it."""
+    with_newline = old.endswith("\n")
+    old_indent, wanted = block_shape(old.removesuffix("\n").split("\n"))
+    if not any(wanted):
+        return []
+    lines = text.split("\n")
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line) + 1)
+    found = []
+    for i in range(len(lines) - len(wanted) + 1):
+        if lines[i].strip() != wanted[0].strip():
+            continue
+        indent, shape = block_shape(lines[i:i + len(wanted)])
+        if shape == wanted:
+            end = starts[i + len(wanted)] - (0 if with_newline else 1)
+            found.append((starts[i], min(end, len(text)), indent, old_indent))
+    return found
+
+
+def reindented(new: str, old_indent: str, indent: str) -> str:
+    """`new` with `old_indent` swapped for `indent` at the start of each non-blank line that has it."""
+    if old_indent == indent:
+        return new
+    return "\n".join(indent + line[len(old_indent):] if line.strip() and line.startswith(old_indent) else line
+                     for line in new.split("\n"))

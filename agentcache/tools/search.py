@@ -1,5 +1,10 @@
 """The search tool: a regex over the repo's safe text files, filtered by an optional glob, under a time budget.
 
+Hits are grouped by file: the path once, then each hit as `N: text`, preceded by the header lines of the classes and
+functions that hold it (`N- text`, from the file's outline) when those are not hits themselves, so a hit in a
+docstring or a method body shows whose it is. A file is outlined only when it has a hit and is at most
+MAX_OUTLINE_BYTES; a file with no outline (another language, or text that does not parse) shows its hits alone.
+
 The pattern and the glob both run on the `regex` module with a timeout, so catastrophic backtracking in either
 stops: the glob and the whole search share TOTAL_BUDGET_S, and each file gets FILE_BUDGET_S seconds; the output says
 where it stopped. Files are read a bounded line at a time (MAX_LINE_BYTES of a line, MAX_FILE_BYTES of a file). The
@@ -19,9 +24,12 @@ import regex
 from agentcache.tools.base import ToolError, ToolOutcome
 from agentcache.tools.workspace import Workspace
 from layers.errors import RepoError
+from layers.outline import enclosing, outline
 from layers.repo import BINARY_SNIFF_BYTES, capped_lines, has_private_key, open_listed
 
 MAX_MATCHES = 200
+MAX_FILE_MATCHES = 20  # hits shown per file; the rest are counted
+MAX_OUTLINE_BYTES = 1024 * 1024  # of a file outlined for the scope lines above its hits
 MAX_MATCH_CHARS = 300
 MAX_LINE_BYTES = 64 * 1024  # of one line searched; the rest of a longer line is not
 MAX_FILE_BYTES = 16 * 1024 * 1024  # of one file searched; the rest is not, and the output says so
@@ -67,33 +75,56 @@ def matches_glob(path: str, wanted: regex.Pattern, anywhere: bool, deadline: flo
 
 
 def file_matches(ws: Workspace, rel: str, listed: set[str], pattern: regex.Pattern,
-                 deadline: float) -> tuple[list[tuple[int, str]], int | None]:
-    """The matching (line number, line) of one text file, and the line a deadline or MAX_FILE_BYTES stopped it at
-    (None if it ran to the end); a binary, private-key or unopenable file has none. The file is opened once at the
-    listed name it resolves to, no link followed (open_listed)."""
+                 deadline: float) -> tuple[list[tuple[int, str]], int | None, list[str] | None]:
+    """The matching (line number, line) of one text file, the line a deadline or MAX_FILE_BYTES stopped it at
+    (None if it ran to the end), and all its lines when it was read whole and is at most MAX_OUTLINE_BYTES (else
+    None); a binary, private-key or unopenable file has none. The file is opened once at the listed name it
+    resolves to, no link followed (open_listed)."""
     try:
         file = os.fdopen(open_listed(ws.root, rel, listed), "rb")
     except RepoError:
-        return [], None
+        return [], None, None
     found, read = [], 0
+    lines: list[str] | None = []
     with file:
         if b"\0" in file.read(BINARY_SNIFF_BYTES):
-            return [], None
+            return [], None, None
         file.seek(0)
         for number, (raw, length) in enumerate(capped_lines(file, MAX_LINE_BYTES), 1):
             if has_private_key(raw):
-                return [], None
+                return [], None, None
             if read >= MAX_FILE_BYTES:
-                return found, number
+                return found, number, None
             read += length
             line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            if read > MAX_OUTLINE_BYTES or length > len(raw):
+                lines = None
+            elif lines is not None:
+                lines.append(line)
             try:
                 hit = pattern.search(line, timeout=max(deadline - time.monotonic(), 0))
             except TimeoutError:
-                return found, number
+                return found, number, None
             if hit:
                 found.append((number, line))
-    return found, None
+    return found, None, lines
+
+
+def file_group(rel: str, matches: list[tuple[int, str]], lines: list[str] | None, shown: int) -> list[str]:
+    """One file's part of the output: its path, then its first `shown` hits, each after the header lines of the
+    classes and functions holding it that are not hits and not shown yet, then how many hits were left out."""
+    symbols = outline(rel, "\n".join(lines) + "\n") if lines is not None else None
+    hits = {number for number, _ in matches}
+    group, scopes = [rel], set()
+    for number, line in matches[:shown]:
+        for symbol in enclosing(symbols, number) if symbols else []:
+            if symbol.line not in hits and symbol.line not in scopes:
+                scopes.add(symbol.line)
+                group.append(f"  {symbol.line}- {shorten(lines[symbol.line - 1])}")
+        group.append(f"  {number}: {shorten(line)}")
+    if len(matches) > shown:
+        group.append(f"  [{len(matches) - shown} more in this file]")
+    return group
 
 
 def stop_reason(file_end: float, end: float) -> str:
@@ -129,22 +160,24 @@ def search(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
                             "names; use a simpler glob") from None
     found: list[str] = []
     stopped: list[str] = []
-    total = searched = 0
+    shown = untold = searched = 0
     for rel in files:
         if time.monotonic() >= end:
             break
         searched += 1
         file_end = min(time.monotonic() + FILE_BUDGET_S, end)
-        matches, stopped_at = file_matches(ws, rel, listed, pattern, file_end)
-        for number, line in matches:
-            total += 1
-            if len(found) < MAX_MATCHES:
-                found.append(f"{rel}:{number}:{shorten(line)}")
+        matches, stopped_at, source = file_matches(ws, rel, listed, pattern, file_end)
+        room = min(MAX_FILE_MATCHES, MAX_MATCHES - shown)
+        if matches and room:
+            found += file_group(rel, matches, source if time.monotonic() < end else None, room)
+            shown += min(room, len(matches))
+        else:
+            untold += len(matches)
         if stopped_at is not None:
             stopped.append(f"[search stopped in {rel} at line {stopped_at}: {stop_reason(file_end, end)}; later lines "
                            "were not searched]")
-    if total > len(found):
-        found.append(f"[truncated: {total - len(found)} more matches]")
+    if untold:
+        found.append(f"[truncated: {untold} more matches]")
     if not found and not stopped:
         return ToolOutcome(f"(no matches in {len(files)} files){NO_MATCH_HINT}")
     lines = found or [f"(no matches in {searched} searched files){NO_MATCH_HINT}"]

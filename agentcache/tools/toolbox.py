@@ -9,11 +9,12 @@ from agentcache.tools.base import Tool, ToolError, ToolFunction, ToolOutcome
 from agentcache.tools.files import edit_file, list_files, read_file, write_file
 from agentcache.tools.schema import check_arguments
 from agentcache.tools.search import search
-from agentcache.tools.shell import run_command
+from agentcache.tools.shell import run_command, test_runner
 from agentcache.tools.workspace import Workspace
 from layers import LayersError, ToolRegistry
 
 SHELL_TOOL = "run_command"
+TEST_TOOL = "run_tests"  # the user's test command (--test-command, a trusted test_command:), in edit and full modes
 WRITE_TOOLS = ("write_file", "edit_file")  # the tools that change files: masked in read-only mode
 READ_TOOLS = ("list_files", "read_file", "search", "finish")
 MODES: dict[str, tuple[str, ...]] = {  # permission mode -> the tools it allows
@@ -27,17 +28,25 @@ def finish(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
     return ToolOutcome(args["answer"], finished=True, answer=args["answer"])
 
 
+def no_tests(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
+    raise ToolError("no test command is set (--test-command, or test_command: in a trusted agentcache.yaml)")
+
+
 FUNCTIONS: dict[str, ToolFunction] = {
     "list_files": list_files, "read_file": read_file, "search": search, "write_file": write_file,
-    "edit_file": edit_file, "run_command": run_command, "finish": finish,
+    "edit_file": edit_file, "run_command": run_command, "run_tests": no_tests, "finish": finish,
 }
 
 
-def mode_tools(mode: str, tools: list[str] | None = None) -> set[str]:
-    """The tools a run in `mode` may call: the mode's, narrowed to `tools` when given. A named tool the mode
-    leaves out is refused, so `--tools` never looks as if it widened the mode."""
-    allowed = set(MODES[mode])
+def mode_tools(mode: str, tools: list[str] | None = None, tests: bool = False) -> set[str]:
+    """The tools a run in `mode` may call: the mode's (with run_tests when the user set a test command and the mode
+    may edit), narrowed to `tools` when given. A named tool the mode leaves out is refused, so `--tools` never looks
+    as if it widened the mode."""
+    allowed = set(MODES[mode]) | ({TEST_TOOL} if tests and mode != "read-only" else set())
     outside = sorted(set(tools or ()) - allowed)
+    if TEST_TOOL in outside and mode != "read-only":
+        raise ToolError(f"{TEST_TOOL} needs a test command (--test-command, or test_command: in a trusted "
+                        "agentcache.yaml)")
     if outside:
         wider = next((name for name, names in MODES.items() if set(outside) <= set(names)), "full")
         raise ToolError(f"mode {mode} does not allow {', '.join(outside)} (mode {wider} does)")
@@ -58,10 +67,13 @@ def load_tools(tools_dir: Path = PROMPTS_DIR / "tools", registry: ToolRegistry |
 
 class ToolBox:
     def __init__(self, root: Path | str, allow_shell: bool = False, enabled: set[str] | None = None,
-                 tools_dir: Path = PROMPTS_DIR / "tools", registry: ToolRegistry | None = None) -> None:
+                 tools_dir: Path = PROMPTS_DIR / "tools", registry: ToolRegistry | None = None,
+                 test_command: str = "") -> None:
         self.workspace = Workspace.open(root)
         self.allow_shell = allow_shell
         self.tools = load_tools(tools_dir, registry)
+        if test_command and TEST_TOOL in self.tools:
+            self.tools[TEST_TOOL] = Tool(self.tools[TEST_TOOL].spec, test_runner(test_command))
         unknown = sorted((enabled or set()) - set(self.tools))
         if unknown:
             raise ToolError(f"unknown tools: {', '.join(unknown)} (known: {', '.join(sorted(self.tools))})")

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Iterator
 
 import uvicorn
@@ -94,3 +99,41 @@ class RecordingServer:
     def __exit__(self, *exc: Any) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def chat_reply(content: Any, *blocks: str) -> tuple[int, dict[str, Any]]:
+    """A scripted chat completion whose message is `content` as JSON (a tool call or {"answer": ...}), then a ```
+    block for each of `blocks` (a raw argument's lines, each with its newline)."""
+    text = json.dumps(content) + "".join(f"\n```\n{block}```" for block in blocks)
+    return (200, {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
+                  "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                               "finish_reason": "stop"}],
+                  "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}})
+
+
+@dataclass
+class ScriptedRun:
+    """An `agentcache run --json` against fixed replies: its summary, stderr, the session's request records and the
+    chat requests the server was sent."""
+    summary: dict[str, Any]
+    stderr: str
+    requests: list[dict[str, Any]]
+    sent: list[dict[str, Any]]
+
+
+def run_scripted(repo: Path, task: str, replies: list[tuple[int, Any]], *flags: str,
+                 env: dict[str, str] | None = None) -> ScriptedRun:
+    """`agentcache run TASK --json` on the openai backend against a loopback server answering `replies` in order
+    (the last one repeated), after an empty model list and no contexts endpoint."""
+    script = [(200, {"object": "list", "data": []}), (404, {"error": {"message": "Not Found"}}), *replies]
+    with RecordingServer(script, repeat_last=True) as server:
+        proc = subprocess.run(
+            [sys.executable, "-m", "agentcache.cli", "run", task, "--repo", str(repo), "--backend", "openai",
+             "--base-url", server.url + "/v1", "--model", "m", "--json", *flags],
+            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=120)
+        sent = [body for _, path, body in server.requests if path.endswith("/chat/completions")]
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    session = repo / ".agentcache" / "sessions" / f"{summary['session_id']}.jsonl"
+    records = [json.loads(line) for line in session.read_text().splitlines()]
+    return ScriptedRun(summary, proc.stderr, [r for r in records if r["type"] == "request"], sent)

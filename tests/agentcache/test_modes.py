@@ -1,5 +1,5 @@
 """Permission modes: which tools each mode lets the agent call, enforced by the reply grammar and by the ToolBox,
-while L1 (and so the cached prefix) stays byte-identical across modes."""
+while L1 (and so the cached prefix) stays byte-identical across modes for one role; role auto picks the mode's."""
 
 import pytest
 
@@ -67,7 +67,7 @@ def test_tools_narrow_a_mode_but_never_widen_it(repo, backend):
 
 
 def test_l1_and_its_hash_are_identical_across_modes_while_the_grammar_masks_differ(repo, backend):
-    agents = {mode: agent_in(mode, repo, backend) for mode in EXPECTED}
+    agents = {mode: agent_in(mode, repo, backend, role="coder") for mode in EXPECTED}
     l1 = {mode: [b for b in agent.context if b.layer == Layer.L1] for mode, agent in agents.items()}
     segments = {mode: backend.renderer.block_segments(blocks) for mode, blocks in l1.items()}
     hashes = {mode: agent.context.layer_hashes()["L1"] for mode, agent in agents.items()}
@@ -80,3 +80,13 @@ def test_l1_and_its_hash_are_identical_across_modes_while_the_grammar_masks_diff
     assert [admits(backend, agents[m], write) for m in EXPECTED] == [False, True, True]
     assert [admits(backend, agents[m], shell) for m in EXPECTED] == [False, False, True]
     assert [admits(backend, agents[m], read) for m in EXPECTED] == [True, True, True]
+
+
+def test_role_auto_gives_read_only_the_ask_role_and_the_others_coder(repo, backend):
+    agents = {mode: agent_in(mode, repo, backend) for mode in EXPECTED}
+    roles = {mode: next(b.key for b in agent.context if b.kind == "role") for mode, agent in agents.items()}
+    assert roles == {"read-only": "roles/ask.md", "edit": "roles/coder.md", "full": "roles/coder.md"}
+    hashes = {mode: agent.context.layer_hashes()["L1"] for mode, agent in agents.items()}
+    assert hashes["edit"] == hashes["full"] != hashes["read-only"]
+    again = agent_in("read-only", repo, backend)
+    assert again.context.layer_hashes()["L1"] == hashes["read-only"]  # one role, one byte-stable L1

@@ -15,8 +15,12 @@ BLOCKS = [
     Block(Layer.L3, "tool_result", "r1", b"done"),
 ]
 FORMAT = (
-    "Reply with exactly one JSON object and nothing else.\n"
+    "Reply with exactly one JSON object (and the ``` blocks its call takes) and nothing else.\n"
     'To call a tool: {"name": "<tool name>", "arguments": {<arguments matching the tool\'s parameters>}}\n'
+    "A parameter written as a ``` block is not in the JSON arguments: after the call, write it as a block of lines, "
+    "each such parameter its own block in the order listed. For example:\n"
+    '{"name": "<tool name>", "arguments": {"path": "hello.py"}}\n'
+    '```\nprint("hello")\n```\n'
     'To give the final answer: {"answer": "<your answer>"}\n'
     "Call one tool at a time; its result comes back in the next message.\n"
 )
@@ -43,6 +47,15 @@ def test_serve_states_its_tools_in_the_same_message_shape_as_the_tools_block():
     assert head == {"role": "system", "content": f"{TOOL_FORMAT}\nTools (JSON Schema):\n{canonical_json(tools)}"}
     assert head == tools_message(canonical_json(tools), TOOL_FORMAT)
     assert block_message(BLOCKS[1]) == tools_message(BLOCKS[1].text)
+
+
+def test_a_map_block_renders_as_a_titled_outline():
+    block = Block(Layer.L2, "map", "pkg/words.py", b"  15 def split_sentences(text: str) -> list[str]\n")
+    assert block_message(block) == {
+        "role": "system",
+        "content": "Outline of pkg/words.py (line, definition, docstring):\n"
+                   "  15 def split_sentences(text: str) -> list[str]\n",
+    }
 
 
 def test_a_parsed_reply_goes_back_to_l3_as_canonical_json():

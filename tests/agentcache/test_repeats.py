@@ -1,41 +1,17 @@
 """The repetition guard, end to end: `agentcache run` on the openai backend against a loopback server whose replies
 are fixed. The same failing call a second time is told it repeats; a third ends the run as `stuck`."""
 
-import json
-import os
-import subprocess
-import sys
-
-from tests.agentcache.http_helpers import RecordingServer
-
-NO_MODEL_CARDS = (200, {"object": "list", "data": []})
-NO_CONTEXTS = (404, {"error": {"message": "Not Found"}})
-
-
-def completion(call):
-    content = json.dumps(call)
-    return (200, {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
-                  "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                               "finish_reason": "stop"}],
-                  "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}})
+from tests.agentcache.http_helpers import chat_reply, run_scripted
 
 
 def edit(old):
-    return completion({"name": "edit_file", "arguments": {"path": "README.md", "old": old, "new": "changed"}})
+    return chat_reply({"name": "edit_file", "arguments": {"path": "README.md"}}, f"{old}\n", "changed\n")
 
 
 def run_against(repo, replies):
     """`run --json` with the replies in order; the summary, the stderr turn lines and the session's requests."""
-    with RecordingServer([NO_MODEL_CARDS, NO_CONTEXTS, *replies], repeat_last=True) as server:
-        proc = subprocess.run(
-            [sys.executable, "-m", "agentcache.cli", "run", "Which exception is raised?", "--repo", str(repo),
-             "--backend", "openai", "--base-url", server.url + "/v1", "--model", "m", "--max-turns", "8", "--json"],
-            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads(proc.stdout)
-    session = repo / ".agentcache" / "sessions" / f"{summary['session_id']}.jsonl"
-    records = [json.loads(line) for line in session.read_text().splitlines()]
-    return summary, proc.stderr, [r for r in records if r["type"] == "request"]
+    run = run_scripted(repo, "Which exception is raised?", replies, "--max-turns", "8")
+    return run.summary, run.stderr, run.requests
 
 
 def test_the_same_failing_call_is_told_it_repeats_then_ends_the_run_as_stuck(repo):
@@ -53,7 +29,7 @@ def test_the_same_failing_call_is_told_it_repeats_then_ends_the_run_as_stuck(rep
 
 
 def test_a_different_failing_call_is_not_a_repeat(repo):
-    answer = completion({"answer": "ValueError"})
+    answer = chat_reply({"answer": "ValueError"})
     summary, _, requests = run_against(repo, [edit("first"), edit("second"), edit("first"), edit("second"), answer])
     outputs = [r["tool_result"]["output"] for r in requests[:4]]
     assert summary["reason"] == "answered" and summary["turns"] == 5
@@ -62,7 +38,7 @@ def test_a_different_failing_call_is_not_a_repeat(repo):
 
 
 def read(path):
-    return completion({"name": "read_file", "arguments": {"path": path}})
+    return chat_reply({"name": "read_file", "arguments": {"path": path}})
 
 
 def test_the_same_call_with_the_same_result_is_told_it_repeats_then_ends_the_run_as_stuck(repo):
@@ -77,9 +53,9 @@ def test_the_same_call_with_the_same_result_is_told_it_repeats_then_ends_the_run
 
 
 def test_the_same_call_whose_result_changed_is_not_a_repeat(repo):
-    write = completion({"name": "write_file", "arguments": {"path": "notes.md", "content": "second"}})
-    first = completion({"name": "write_file", "arguments": {"path": "notes.md", "content": "first"}})
-    answer = completion({"answer": "done"})
+    write = chat_reply({"name": "write_file", "arguments": {"path": "notes.md"}}, "second\n")
+    first = chat_reply({"name": "write_file", "arguments": {"path": "notes.md"}}, "first\n")
+    answer = chat_reply({"answer": "done"})
     summary, _, requests = run_against(repo, [first, read("notes.md"), write, read("notes.md"), answer])
     outputs = [r["tool_result"]["output"] for r in requests[:4]]
     assert summary["reason"] == "answered" and summary["turns"] == 5

@@ -190,6 +190,23 @@ def test_a_find_then_read_answer_passes_only_where_a_tool_showed_its_line():
         assert task.check(RIGHT[task_id], EXAMPLE, [task.check.line(EXAMPLE)]).passed
 
 
+def test_what_the_harness_showed_counts_as_read_when_the_record_keeps_it():
+    """A line in agentcache's own context (the repo map in L2 shows `VOWEL_GROUP = re.compile(...)`) was shown to
+    the agent as much as a tool output; a record without `context_shown` (a peer's, an older run's) has only its
+    tool outputs."""
+    from layers import build_l2
+
+    task = BY_ID["vowel-pattern"]
+    line = task.check.line(EXAMPLE)
+    shown = [block.text for block in build_l2(EXAMPLE)]
+    assert any(line in text for text in shown)  # the map holds the constant with its value
+    record = {"answer": RIGHT["vowel-pattern"], "tool_outputs": ["textstats/readability.py"], "passed": False,
+              "check": ""}
+    assert not tasks.regraded(record, task)["passed"]
+    assert tasks.regraded(record | {"context_shown": shown}, task)["passed"]
+    assert not tasks.regraded(record | {"context_shown": shown[:1]}, task)["passed"]  # the tree alone does not
+
+
 def test_the_long_lists_name_every_item_and_no_other():
     functions, imports = BY_ID["long-all-functions"].check, BY_ID["long-re-imports"].check
     listed = "main, syllables, words_per_sentence, top_words, compute_stats, words and split_sentences"

@@ -137,7 +137,7 @@ def test_a_one_line_file_of_many_megabytes_is_read_in_bounded_memory(tmp_path, s
     code = (f"box = ToolBox({str(repo)!r})\nr = box.run('read_file', {{'path': 'long.txt'}})\n"
             "assert not r.is_error and 'line truncated' in r.output and len(r.output) < 10000, r.output[:300]\n"
             "s = box.run('search', {'pattern': 'needle'})\n"
-            "assert 'long.txt:1:needle' in s.output and 'first 16 MiB' in s.output, s.output[:300]\n")
+            "assert 'long.txt\\n  1: needle' in s.output and 'first 16 MiB' in s.output, s.output[:300]\n")
     assert peak_rss_delta_mb(code) < size_mb / 2
 
 

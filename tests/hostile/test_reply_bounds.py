@@ -128,10 +128,15 @@ def test_the_bounds_are_exact():
 def test_replies_within_the_bounds_still_parse(grammar):
     assert grammar.parse(read_call("2")) == ToolCall("read_file", {"path": "README.md", "start_line": 2})
     assert grammar.parse('{"answer": "x"}') == Answer("x")
-    content = "z" * 200_000  # one long word: the grammar check tokenizes it greedily, in linear time
-    reply = json.dumps({"name": "write_file", "arguments": {"path": "a", "content": content}})
+    content = "z" * 200_000 + "\n"  # one long line in a raw block: read by one regular expression, in linear time
+    reply = json.dumps({"name": "write_file", "arguments": {"path": "a"}}) + f"\n```\n{content}```"
     done = within_bound(lambda: grammar.parse(reply))
-    assert done.get("value") == ToolCall("write_file", {"path": "a", "content": content}), done.get("error")
+    assert done.get("value") == ToolCall("write_file", {"path": "a", "content": content}, ("content",)), \
+        done.get("error")
+    long_string = json.dumps({"name": "read_file", "arguments": {"path": "z" * 200_000}})  # one long word in the
+    # JSON: the grammar check tokenizes it greedily, in linear time
+    done = within_bound(lambda: grammar.parse(long_string))
+    assert done.get("value") == ToolCall("read_file", {"path": "z" * 200_000}), done.get("error")
     assert len(reply) < MAX_REPLY_CHARS
     with pytest.raises(ToolCallError, match="do not match its parameters"):  # the schema's own bound still holds
         grammar.parse(read_call("1000001"))
@@ -143,11 +148,10 @@ def test_the_local_models_tokenizer_checks_calls_the_same_way(models_dir):
     tokenizer = load_tokenizer("smollm2-135m", cache_dir=models_dir)
     assert tokenizer is not None, "smollm2-135m is not installed"
     local = ToolCallGrammar(tokenizer, SPECS, allow_answer=True, tool_format="json")
-    content = "word, " * 20_000 + "q" * 50_000
-    reply = json.dumps({"name": "write_file", "arguments": {"path": "src/a b.py", "content": content}},
-                       ensure_ascii=False)
+    content = "word, " * 20_000 + "q" * 50_000 + "\n"
+    reply = json.dumps({"name": "write_file", "arguments": {"path": "src/a b.py"}}) + f"\n```\n{content}```"
     assert within_bound(lambda: local.parse(reply)).get("value") == ToolCall(
-        "write_file", {"path": "src/a b.py", "content": content})
+        "write_file", {"path": "src/a b.py", "content": content}, ("content",))
     with pytest.raises(ToolCallError, match="do not match its parameters"):
         local.parse(read_call("0"))
     for name in ("int of 5000 digits", "arrays 100000 deep", "NaN", "a 3 MB answer"):

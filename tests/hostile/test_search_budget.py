@@ -64,8 +64,10 @@ def test_a_pattern_that_backtracks_forever_stops_at_the_file_budget(repo: Path) 
     result = run_search(repo, {"pattern": r"(a|aa)+$|needle"})
     assert not result["is_error"]
     assert result["output"].splitlines() == [
-        "ok.txt:1:a needle",
-        "slow.txt:1:needle first",
+        "ok.txt",
+        "  1: a needle",
+        "slow.txt",
+        "  1: needle first",
         f"[search stopped in slow.txt at line 2: the pattern ran past the {FILE_BUDGET_S:g} s per-file budget; "
         "later lines were not searched]",
     ]

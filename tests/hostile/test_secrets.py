@@ -44,7 +44,7 @@ def test_no_layer_block_holds_a_marker_or_names_a_planted_path(hostile):
         assert hostile.marker.encode() not in block.content, (block.kind, block.key)
     l2 = list(context.layer(Layer.L2))
     assert [(b.kind, b.key) for b in l2] == [("tree", "."), ("doc", "AGENTS.md"), ("doc", "README.md"),
-                                             ("skill", "skills/ok.md")]
+                                             ("skill", "skills/ok.md"), ("map", "src/app.py")]
     assert l2[0].text.splitlines() == LISTED
 
 

@@ -19,7 +19,7 @@ def test_l1_blocks_are_system_role_tools():
 
 
 def test_bundled_prompts_have_every_role_and_no_volatile_content():
-    assert available_roles(PROMPTS_DIR) == ["coder", "planner", "reviewer", "worker"]
+    assert available_roles(PROMPTS_DIR) == ["ask", "coder", "planner", "reviewer", "worker"]
     for role in available_roles(PROMPTS_DIR):
         assert lint_blocks(build_l1(role, PROMPTS_DIR), hostname="") == []
 

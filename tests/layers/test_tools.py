@@ -13,7 +13,7 @@ from layers import PromptError, ToolRegistry, ToolSpec, build_l1
 from layers.tools import load_tool_spec
 from tests.layers.conftest import PROMPTS_DIR
 
-EXPECTED_TOOLS = ["edit_file", "finish", "list_files", "read_file", "run_command", "search", "write_file"]
+EXPECTED_TOOLS = ["edit_file", "finish", "list_files", "read_file", "run_command", "run_tests", "search", "write_file"]
 BUNDLED = list(ToolRegistry.from_dir(PROMPTS_DIR / "tools"))
 
 
@@ -47,7 +47,7 @@ def test_render_is_canonical_json_sorted_by_name():
 
 @given(st.randoms(use_true_random=False))
 def test_tool_order_and_schema_key_order_do_not_change_the_bytes(rng):
-    specs = [ToolSpec(s.name, s.description, shuffled(s.parameters, rng)) for s in BUNDLED]
+    specs = [ToolSpec(s.name, s.description, shuffled(s.parameters, rng), s.raw) for s in BUNDLED]
     rng.shuffle(specs)
     assert ToolRegistry(specs).render() == ToolRegistry(BUNDLED).render()
 

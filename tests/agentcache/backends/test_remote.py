@@ -56,9 +56,18 @@ def test_openai_retries_429_then_succeeds_with_full_messages_when_server_has_no_
     assert "cache_salt" not in bodies[1]
     chat_headers = [h for h, (_, path, _) in zip(server.headers, server.requests) if path.endswith("/completions")]
     assert all(h["x-session-id"] == h["x-smg-routing-key"] == "session-1" for h in chat_headers)
-    assert bodies[1]["response_format"]["json_schema"]["schema"] == json.loads(json.dumps(reply_schema(SPECS)))
+    assert "response_format" not in bodies[1]  # write_file's and edit_file's ``` blocks: no JSON schema holds them
     assert reply.usage == {"prompt_tokens": 100, "cached_tokens": 64, "computed_tokens": 36, "completion_tokens": 5}
     assert isinstance(backend.parse(reply.text, SPECS, ENABLED), Answer)
+
+
+def test_openai_constrains_the_reply_with_its_schema_when_no_enabled_tool_has_raw_parameters():
+    plain = [s for s in SPECS if not s.raw]
+    with RecordingServer([(404, {"error": {"message": "Not Found"}}), (200, COMPLETION)]) as server:
+        OpenAIBackend(server.url + "/v1", "m", "key").complete(context_with_turns(1), SPECS, {s.name for s in plain},
+                                                                GenSettings(max_tokens=32))
+    (body,) = chat_bodies(server)
+    assert body["response_format"]["json_schema"]["schema"] == json.loads(json.dumps(reply_schema(plain)))
 
 
 def test_openai_sends_context_id_and_only_l3_and_recreates_an_expired_context():
@@ -200,10 +209,11 @@ def test_anthropic_skips_breakpoints_below_the_model_minimum():
     l1 = sum(1 for b in context.prefix if b.layer == Layer.L1)
     l1_tokens = sum(counter.count(block_message(b)["content"]) for b in context.prefix[:l1])
     l2_tokens = sum(counter.count(block_message(b)["content"]) for b in context.prefix)
-    assert l1_tokens < 1024 <= l2_tokens  # on a 1024 model only the L2 and last-turn breakpoints cache
+    assert 1024 <= l2_tokens  # so a 1024 model caches the end of L2
+    expected = [("system", l1 - 1, {"type": "ephemeral"})] if l1_tokens >= 1024 else []
+    expected += [("system", len(context.prefix) - 1, {"type": "ephemeral"}), ("message", 0, {"type": "ephemeral"})]
     bodies, _ = run_anthropic_turns("claude-sonnet-4-6", "5m", 1)
-    assert marks(bodies[0]) == [("system", len(context.prefix) - 1, {"type": "ephemeral"}),
-                                ("message", 0, {"type": "ephemeral"})]
+    assert marks(bodies[0]) == expected  # a breakpoint only where the prefix up to it reaches the minimum
 
 
 @pytest.mark.parametrize("args, message", [

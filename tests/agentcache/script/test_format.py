@@ -71,7 +71,7 @@ def test_answer_templates_are_found_and_filled():
 
 def test_unknown_role_names_the_line_and_the_known_roles(tmp_path):
     message = error_of(tmp_path, GOOD.replace("role: worker", "role: critic"))
-    assert message == "s.yaml line 5: unknown role 'critic' (known: coder, planner, reviewer, worker)"
+    assert message == "s.yaml line 5: unknown role 'critic' (known: ask, coder, planner, reviewer, worker)"
 
 
 def test_malformed_yaml_names_its_line(tmp_path):
@@ -128,7 +128,7 @@ def test_an_answer_from_the_same_or_a_later_step_is_rejected(tmp_path):
     ("  - run: planner\n    task: Plan it.\n", "",
      "s.yaml line 2: agent 'planner' is defined but no step runs it"),
     ("tools: [read_file, finish]", "tools: [read_file, fly]", "s.yaml line 6: unknown tool 'fly' (known: "
-     "edit_file, finish, list_files, read_file, run_command, search, write_file)"),
+     "edit_file, finish, list_files, read_file, run_command, run_tests, search, write_file)"),
     ("    role: planner\n", "    role: planner\n    max_turns: 0\n",
      "s.yaml line 4: 'max_turns' must be a positive integer, got 0"),
     ("agents:", "agent:", "s.yaml line 1: unknown key 'agent' in script (known: model, limits, agents, steps)"),
@@ -146,11 +146,11 @@ def test_cli_reports_a_bad_script_as_one_line_and_exit_code_2(tmp_path):
     path = write(tmp_path, GOOD.replace("role: worker", "role: critic"), "review.yaml")
     result = run_cli("script", str(path), "--repo", str(ROOT / "examples" / "repo"))
     assert result.returncode == 2
-    assert result.stderr == "error: review.yaml line 5: unknown role 'critic' (known: coder, planner, reviewer, worker)\n"
+    assert result.stderr == "error: review.yaml line 5: unknown role 'critic' (known: ask, coder, planner, reviewer, worker)\n"
     assert result.stdout == ""
 
 
-ROLES = "(known: coder, planner, reviewer, worker)"
+ROLES = "(known: ask, coder, planner, reviewer, worker)"
 
 
 @pytest.mark.parametrize("old, new, expected", [

@@ -1,4 +1,4 @@
-"""search: regex matches as path:line:text, glob filtering, caps and invalid patterns."""
+"""search: regex matches grouped by file (the path, then `N: text`), glob filtering, caps and invalid patterns."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 
 from agentcache.tools import ToolBox
-from agentcache.tools.search import MAX_MATCHES
+from agentcache.tools.search import MAX_FILE_MATCHES, MAX_MATCHES
 
 
 def test_search_finds_matches_in_order(box: ToolBox) -> None:
     outcome = box.run("search", {"pattern": r"def \w+\(\)"})
     assert not outcome.is_error
-    assert outcome.output == "src/app.py:1:def main():\nsrc/util.py:1:def helper():"
+    assert outcome.output == "src/app.py\n  1: def main():\nsrc/util.py\n  1: def helper():"
 
 
 def test_search_no_matches(box: ToolBox) -> None:
@@ -33,14 +33,15 @@ def test_search_glob_filters_files(repo: Path, box: ToolBox, glob: str, expected
     (repo / "src" / "deep").mkdir()
     (repo / "src" / "deep" / "inner.txt").write_text("e\n")
     output = box.run("search", {"pattern": "e", "path": glob}).output
-    files = sorted({line.split(":", 1)[0] for line in output.splitlines() if not line.startswith("(")})
+    files = sorted(line for line in output.splitlines() if not line.startswith(("(", " ")))
     assert files == expected
 
 
 def test_search_glob_double_star_reaches_nested_files(repo: Path, box: ToolBox) -> None:
     (repo / "src" / "deep").mkdir()
     (repo / "src" / "deep" / "inner.py").write_text("needle = 1\n")
-    assert box.run("search", {"pattern": "needle", "path": "src/**/*.py"}).output == "src/deep/inner.py:1:needle = 1"
+    outcome = box.run("search", {"pattern": "needle", "path": "src/**/*.py"})
+    assert outcome.output == "src/deep/inner.py\n  1: needle = 1"
     assert box.run("search", {"pattern": "needle", "path": "src/*.py"}).output.startswith("(no matches")
 
 
@@ -58,12 +59,21 @@ def test_search_skips_binary_and_ignored(repo: Path, box: ToolBox) -> None:
     (repo / "blob.bin").write_bytes(b"needle\0\1\2")
     (repo / "build" / "gen.txt").write_text("needle\n")
     (repo / "plain.txt").write_text("a needle here\n")
-    assert box.run("search", {"pattern": "needle"}).output == "plain.txt:1:a needle here"
+    assert box.run("search", {"pattern": "needle"}).output == "plain.txt\n  1: a needle here"
 
 
 def test_search_is_capped_with_marker(repo: Path, box: ToolBox) -> None:
-    (repo / "many.txt").write_text("hit\n" * (MAX_MATCHES + 37))
+    files = MAX_MATCHES // MAX_FILE_MATCHES + 2
+    for i in range(files):
+        (repo / f"many{i:02d}.txt").write_text("hit\n" * MAX_FILE_MATCHES)
     lines = box.run("search", {"pattern": "^hit$"}).output.splitlines()
-    assert len(lines) == MAX_MATCHES + 1
-    assert lines[0] == "many.txt:1:hit"
-    assert lines[-1] == "[truncated: 37 more matches]"
+    hits = [line for line in lines if line.startswith("  ")]
+    assert len(hits) == MAX_MATCHES and all(line.endswith(": hit") for line in hits)
+    assert lines[:2] == ["many00.txt", "  1: hit"]
+    assert lines[-1] == f"[truncated: {2 * MAX_FILE_MATCHES} more matches]"
+
+
+def test_search_caps_the_hits_of_one_file(repo: Path, box: ToolBox) -> None:
+    (repo / "many.txt").write_text("hit\n" * (MAX_FILE_MATCHES + 37))
+    lines = box.run("search", {"pattern": "^hit$"}).output.splitlines()
+    assert lines == ["many.txt", *[f"  {n}: hit" for n in range(1, MAX_FILE_MATCHES + 1)], "  [37 more in this file]"]

@@ -1,0 +1,40 @@
+"""What is not a final answer: a plan ("I will search...", "you can use...") or a reply that names a tool, written
+where the answer should be. The agent sends such a reply back with the retry hint, as it does an invalid call."""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+# Intent, not result: the writer (or the reader) is to do something still. "I have added" is a result and passes.
+PLAN = re.compile(r"""
+    \b(?:I|we)(?:['’]ll|\s+(?:will|would|need\s+to|must|should|am\s+going\s+to|are\s+going\s+to|can\s+now))\b
+    | \byou\s+(?:can|could|should|would|will|need\s+to|may|might|have\s+to)(?:\s+need\s+to)?\s+
+          (?:use|search|run|call|look|find|check|read|open|try|grep|execute|add|write|modify|change|create|edit)\b
+    | \blet(?:['’]s|\s+(?:me|us))\b
+    | \bto\s+(?:find|locate|answer|determine|verify|check)\b[^.\n]*,\s+(?:I|we|you)\b""", re.IGNORECASE | re.VERBOSE)
+
+
+def named_tool(text: str, tools: Iterable[str]) -> str | None:
+    """The first of `tools` the text names as a tool: a name with an underscore standing whole, or any name in
+    backticks, called (`search(`) or followed by "function" or "tool"."""
+    for name in sorted(tools):
+        as_tool = rf"`{re.escape(name)}`|\b{re.escape(name)}\s*\(|\b{re.escape(name)}\s+(?:function|tool)\b"
+        whole = rf"(?<![\w.]){re.escape(name)}(?![\w(])" if "_" in name else None
+        if re.search(as_tool, text, re.IGNORECASE) or (whole and re.search(whole, text)):
+            return name
+    return None
+
+
+def not_an_answer(text: str, tools: Iterable[str], enabled: Iterable[str], asked: str = "") -> str | None:
+    """Why `text` is not a final answer, to send back to the model; None when it may stand as one. A tool name the
+    task itself uses (`asked`: a question about a function called `search`) is the subject, not a tool named."""
+    if plan := PLAN.search(text):
+        return (f"that reply is a plan ({plan.group(0)!r}), not an answer: if you still need to look, call the tool "
+                "now; otherwise reply with the answer itself")
+    enabled = set(enabled)
+    if (tool := named_tool(text, [t for t in tools if named_tool(asked, [t]) is None])) is not None:
+        if tool not in enabled:
+            return (f"that reply names the tool {tool}, which is not enabled here (enabled: "
+                    f"{', '.join(sorted(enabled)) or 'none'}); reply with the answer itself")
+        return f"that reply names the tool {tool} instead of calling it: call it, or reply with the answer itself"
+    return None

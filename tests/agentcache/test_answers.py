@@ -1,0 +1,82 @@
+"""Plans are not answers: the detector on the shapes small models write, and, end to end over loopback HTTP, a run
+that sends a plan back with the retry hint and takes the answer that follows; read-only runs get the `ask` role."""
+
+import pytest
+
+from agentcache.answers import not_an_answer
+from agentcache.config import RunConfig, role_of
+from tests.agentcache.http_helpers import chat_reply, run_scripted
+
+TOOLS = ["edit_file", "finish", "list_files", "read_file", "run_command", "search", "write_file"]
+READ_ONLY = ["finish", "list_files", "read_file", "search"]
+
+PLANS = [  # the shapes the task suite's stored answers and the issue show
+    "To find the module, you can search for `split_sentences` in the repository.",
+    "To verify the correctness of the change, I will run the project's tests.",
+    "I need to search for the function first.",
+    "you would need to add the following code to `textstats/readability.py`",
+    "Let me read the file `textstats/words.py`.",
+    "Let's look at the tests.",
+    "We should check cli.py.",
+]
+ANSWERS = [
+    "textstats/words.py",
+    "The function `split_sentences` is defined in `textstats/words.py`.",
+    "ValueError",
+    "It defaults to 3.",
+    "The parameter `places` of `round_to` defaults to 2.",
+    "I have added `is_valid` to `src/tomli/_parser.py`.",
+]
+
+
+@pytest.mark.parametrize("text", PLANS)
+def test_plans_are_not_answers(text):
+    why = not_an_answer(text, TOOLS, READ_ONLY)
+    assert why is not None and why.startswith("that reply is a plan")
+
+
+@pytest.mark.parametrize("text", ANSWERS)
+def test_answers_stand(text):
+    assert not_an_answer(text, TOOLS, READ_ONLY) is None
+
+
+def test_a_tool_named_is_not_an_answer_and_a_disabled_one_is_said_so():
+    disabled = not_an_answer("Run `run_command` with pytest.", TOOLS, READ_ONLY)
+    assert "names the tool run_command, which is not enabled here" in disabled
+    assert "list_files, read_file, search" in disabled
+    assert "instead of calling it" in not_an_answer("Use the `search` tool on words.py.", TOOLS, READ_ONLY)
+    assert not_an_answer("The result of read_file shows 3.", TOOLS, READ_ONLY) is not None  # underscore: whole name
+
+
+def test_a_tool_name_the_task_asks_about_is_its_subject():
+    asked = "In which file is the function `search` defined?"
+    assert not_an_answer("`search` is defined in agentcache/tools/search.py.", TOOLS, READ_ONLY, asked) is None
+    assert not_an_answer("`search` is defined in agentcache/tools/search.py.", TOOLS, READ_ONLY) is not None
+
+
+def test_role_auto_follows_the_mode():
+    assert role_of(RunConfig(mode="read-only")) == "ask"
+    assert role_of(RunConfig(mode="edit")) == "coder"
+    assert role_of(RunConfig(mode="full")) == "coder"
+    assert role_of(RunConfig(mode="read-only", role="reviewer")) == "reviewer"
+
+
+def run_read_only(repo, replies):
+    return run_scripted(repo, "Where is split_sentences defined?", replies, "--mode", "read-only", "--max-turns", "4")
+
+
+def test_a_plan_gets_the_retry_hint_and_the_answer_after_it_stands(repo):
+    plan = chat_reply({"answer": "To find it, I will use the `run_command` function to grep the repository."})
+    run = run_read_only(repo, [plan, chat_reply({"answer": "textstats/words.py"})])
+    assert run.summary["reason"] == "answered" and run.summary["answer"] == "textstats/words.py"
+    assert len(run.requests) == 2 and run.requests[0]["error"].startswith("that reply is a plan ('To find it, I')")
+    retry = run.sent[1]["messages"][-1]["content"]
+    assert "that reply is a plan" in retry and "reply with one valid JSON object" in retry
+    system = "\n".join(m["content"] for m in run.sent[0]["messages"] if m["role"] == "system")
+    assert "Your role: ask." in system and "Your role: coder." not in system
+
+
+def test_plans_until_the_retries_run_out_end_the_run_as_invalid_output(repo):
+    run = run_read_only(repo, [chat_reply({"answer": "Let me search for split_sentences."})])
+    assert run.summary["reason"] == "invalid_output" and run.summary["answer"] is None
+    assert len(run.requests) == RunConfig().retries + 1
