@@ -111,6 +111,12 @@ def rebuilds(prompt: Prompt, request: Request) -> bool:
     return prompt.tokens is not None and [len(p) for p in prompt.tokens] == request.segment_tokens
 
 
+def mismatched(prompt: Prompt, request: Request) -> bool:
+    """Whether the prompt rebuilt from the session was tokenized and differs from the request's recorded counts
+    (without a tokenizer its bytes cannot be checked, and are used as they are)."""
+    return prompt.tokens is not None and not rebuilds(prompt, request)
+
+
 class Explainer:
     """Explains request pairs; block texts come from each request's own session."""
 
@@ -132,8 +138,8 @@ class Explainer:
         before = build_prompt(previous, previous_texts, self.tokenizer)
         after = build_prompt(current, current_texts, self.tokenizer)
         rebuilt = rebuilds(after, current)
-        if not (rebuilt and rebuilds(before, previous)):  # rendered since with other bytes (new format
-            # instructions): only the blocks and the recorded token counts are to be trusted
+        if mismatched(after, current) or mismatched(before, previous):  # rendered since with other bytes (new
+            # format instructions): only the blocks and the recorded token counts are to be trusted
             before, after = (Prompt(p.blocks, p.texts, None, None) for p in (before, after))
         cached, page = current.usage.cached_tokens, current.page_size
         position = self._first_token_difference(before, after, previous, current)

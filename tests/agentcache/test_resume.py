@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 
 from agentcache.agent import Agent
-from agentcache.backends.local import LocalBackend
 from agentcache.cache_dir import models_dir
 from agentcache.config import RunConfig
 from agentcache.session import Session
+from agentcache.wiring import build_backend
 from benchmarks.resume import git_copy
-from engine import Engine, load_model
 
 MODEL = "smollm2-135m"
 SETTINGS = ["--max-turns", "1", "--max-tokens", "24"]
@@ -57,10 +56,10 @@ def test_resume_in_a_new_process_reuses_what_the_same_process_would(tmp_path, en
     assert any(line.startswith("resume: verified against the last request") for line in lines), lines
     assert first["usage"]["disk_tokens"] > 0  # served from the disk tier: a new process has an empty pool
 
-    model = load_model(MODEL, cache_dir=models_dir())
-    backend = LocalBackend(model, Engine(model, capacity_bytes=256 << 20), tool_choice="first")
     same = git_repo(tmp_path / "b")
     config = RunConfig(model=MODEL, max_turns=1, max_tokens=24, disk_cache=False)
+    backend = build_backend(config, None)  # as `run` builds it (dtype and quant auto): the same numerics, so the
+    # same greedy replies on a near-tie
     session = Session.create(same)
     agent = Agent(same, backend, config, session)
     agent.run("Where are words counted?")
