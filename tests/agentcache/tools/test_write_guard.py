@@ -10,7 +10,7 @@ import pytest
 from agentcache.tools import ToolBox
 from agentcache.tools.base import Change
 from agentcache.tools.files import MAX_EDIT_BYTES, MAX_NAMED, MIN_GUARDED_LINES
-from layers.outline import defined_names, outline
+from layers.outline import defined_names
 
 LRU = (Path(__file__).parent / "data" / "lru.py").read_text()
 LRU_NAMES = ["CacheError", "DEFAULT_SIZE", "LRUCache", "LRUCache.__getitem__", "LRUCache.__init__",
@@ -149,7 +149,6 @@ def test_an_edit_returns_what_it_replaced(box: ToolBox, lru: Path) -> None:
 JS = "function add(a, b) {\n  return a + b;\n}\n\nfunction sub(a, b) {\n  return a - b;\n}\n"
 
 
-@pytest.mark.skipif(outline("a.js", JS) is None, reason="no JavaScript grammar (tree-sitter) installed")
 def test_javascript_is_guarded_through_tree_sitter(repo: Path, box: ToolBox) -> None:
     (repo / "math.js").write_text(JS)
     outcome = box.run("edit_file", {"path": "math.js", "old": "return a + b;", "new": "return (a + b;"})
