@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 
 from agentcache.tools.base import Change, ToolError, ToolOutcome
 from agentcache.tools.workspace import Workspace
-from layers.outline import defined_names, syntax_error
+from layers.outline import defined_names, outline, syntax_error
 from layers.repo import BINARY_SNIFF_BYTES, capped_lines, has_private_key
 
 MAX_LIST_FILES = 2000
@@ -81,11 +81,31 @@ def line_address(ws: Workspace, args: dict[str, Any]) -> tuple[str, int]:
     return written.group(1), args.get("start_line", int(written.group(2)))
 
 
+def definition_end(ws: Workspace, shown_as: str, start: int, end: int) -> tuple[int, str | None]:
+    """`end` moved to the last line of the class or function that starts in [start, end] and runs past it (the
+    outermost), with its name: a read of a definition's first line shows the whole definition."""
+    with ws.read_handle(shown_as) as f:
+        data = f.read(MAX_EDIT_BYTES + 1)
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return end, None
+    symbols = outline(shown_as, text) if len(data) <= MAX_EDIT_BYTES else None
+    cut = [s for s in symbols or [] if s.kind != "constant" and start <= s.line <= end < s.end_line]
+    if not cut:
+        return end, None
+    widest = max(cut, key=lambda s: s.end_line)
+    return widest.end_line, widest.name
+
+
 def read_file(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
     shown_as, start = line_address(ws, args)
     end = args.get("end_line")
     if end is not None and end < start:
         raise ToolError(f"end_line {end} is before start_line {start}")
+    widened = None
+    if end is not None:
+        end, widened = definition_end(ws, shown_as, start, end)
     lines: list[str] = []
     size = omitted = total = 0
     with ws.read_handle(shown_as) as f:
@@ -109,6 +129,8 @@ def read_file(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
         raise ToolError(f"start_line {start} is past the end of {shown_as} ({total} lines)")
     if omitted:
         lines.append(f"[truncated: {omitted} more lines; continue with start_line={start + len(lines)}]")
+    elif widened:
+        lines.append(f"[shown to line {end}, the end of `{widened}`, which starts in the lines asked for]")
     return ToolOutcome("\n".join(lines))
 
 
