@@ -25,6 +25,7 @@ TASK_TOKEN = re.compile(r"[A-Za-z_][\w-]*(?:[./][\w-]+)*")
 MAP_TOKENS = 2048  # the default budget of the map: twice Aider's --map-tokens, since it is cached (tomli's parser
 # module alone is ~1,200)
 MIN_NAME = 3
+CODE_SHAPE = re.compile(r"[_./\d]|.[A-Z]")
 MAX_DEFINING_FILES = 5
 DAMPING = 0.85
 ITERATIONS = 20
@@ -163,7 +164,7 @@ def lookup(root: Path | str, task: str, limit: int = 8) -> str | None:
     nothing matched. A method name defined in several classes keeps only the classes the task names, if any."""
     base = open_repo(root)
     files = file_outlines(base, list_files(base))
-    tokens = list(dict.fromkeys(TASK_TOKEN.findall(task)))
+    tokens = sorted(dict.fromkeys(TASK_TOKEN.findall(task)), key=lambda token: not _code_like(token, task))
     mentioned = {part for token in tokens for part in re.split(r"[./]", token)}
     lines: list[str] = []
     for token in tokens:
@@ -171,6 +172,12 @@ def lookup(root: Path | str, task: str, limit: int = 8) -> str | None:
             if line not in lines and len(lines) < limit:
                 lines.append(line)
     return "\n".join(lines) if lines else None
+
+
+def _code_like(token: str, task: str) -> bool:
+    """A name written as code (in backticks, or with _ . / digits or inner capitals), not a plain word such as
+    "decorator": its definitions come first in the note."""
+    return f"`{token}`" in task or bool(CODE_SHAPE.search(token))
 
 
 def _hits(files: list[FileOutline], token: str, mentioned: set[str]) -> list[str]:

@@ -27,6 +27,7 @@ PATH_LINE = re.compile(r"(.+?):(\d{1,9})(?::\d{1,9})?")  # path:line or path:lin
 MAX_LINE_BYTES = 4 * MAX_LINE_CHARS  # of a line held in memory: a 300 MB one-line file is read 8 KB at a time
 MAX_NAMED = 10  # dropped definitions or line ranges a refusal names
 MIN_GUARDED_LINES = 10  # a file without an outline and with fewer non-blank lines may be rewritten whole
+WHOLE_FILE_LINES = 150  # a longer file is changed by edit_file (search/replace), never rewritten whole
 KEEP_HINT = "use edit_file to change part of the file, or write the whole file with them kept"
 
 
@@ -155,6 +156,7 @@ def write_file(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
             raise ToolError(f"path '{shown_as}' holds a private key; tools may not overwrite it") from None
         if existed:
             before = previous_text(shown_as, file)
+            check_short(shown_as, before)
             check_still_parses(shown_as, before, problem)
             check_keeps(shown_as, before, content)
         replace_content(file, data)
@@ -176,6 +178,15 @@ def previous_text(shown_as: str, file: BinaryIO) -> str:
                         "file whole")
     file.seek(0)
     return file.read(MAX_EDIT_BYTES + 1).decode("utf-8", errors="replace")
+
+
+def check_short(shown_as: str, before: str) -> None:
+    """Refuse to rewrite a long file whole: retyping hundreds of lines to change a few is where small models drop
+    or mangle code, so a file over WHOLE_FILE_LINES lines is changed with edit_file."""
+    lines = before.count("\n") + (not before.endswith("\n") and bool(before))
+    if lines > WHOLE_FILE_LINES:
+        raise ToolError(f"{shown_as} has {lines} lines; write_file rewrites only files of up to {WHOLE_FILE_LINES} "
+                        f"lines: use edit_file with the exact old lines and the new ones. {shown_as} is unchanged")
 
 
 def check_still_parses(shown_as: str, before: str, problem: str | None) -> None:

@@ -187,7 +187,7 @@ def test_lookup_of_a_method_keeps_the_classes_the_task_names(tmp_path):
     root = repo_with(tmp_path, files)
     both = ["caches.py:2  def popitem(self)  (in FifoCache)", "caches.py:7  def popitem(self)  (in LruCache)"]
     assert lookup(root, "popitem is wrong") == "\n".join(both)
-    assert lookup(root, "popitem of LruCache is wrong") == both[1] + "\ncaches.py:6  class LruCache"
+    assert lookup(root, "popitem of LruCache is wrong") == "caches.py:6  class LruCache\n" + both[1]
     assert lookup(root, "LruCache.popitem is wrong") == both[1]
 
 
@@ -219,3 +219,13 @@ def test_inspect_layers_lists_the_map_blocks():
     assert "textstats/words.py" in expected
     assert [b["key"] for b in blocks() if b["kind"] == "map"] == expected
     assert [b for b in blocks("--map-tokens", "0") if b["kind"] == "map"] == []
+
+
+def test_lookup_puts_names_written_as_code_before_plain_words(tmp_path):
+    files = {"tests/test_func.py": "class Mixin:\n    def decorator(self):\n        pass\n",
+             "func.py": "def ttl_cache(maxsize=128):\n    pass\n"}
+    root = repo_with(tmp_path, files)
+    note = lookup(root, "Which file defines the decorator `ttl_cache`?")
+    assert note == "func.py:1  def ttl_cache(maxsize=128)\ntests/test_func.py:2  def decorator(self)  (in Mixin)"
+    assert lookup(root, "Which file defines the decorator ttl_cache?") == note
+    assert lookup(root, "the decorator is wrong") == "tests/test_func.py:2  def decorator(self)  (in Mixin)"

@@ -9,7 +9,7 @@ import pytest
 
 from agentcache.tools import ToolBox
 from agentcache.tools.base import Change
-from agentcache.tools.files import MAX_EDIT_BYTES, MAX_NAMED, MIN_GUARDED_LINES
+from agentcache.tools.files import MAX_EDIT_BYTES, MAX_NAMED, MIN_GUARDED_LINES, WHOLE_FILE_LINES
 from layers.outline import defined_names
 
 LRU = (Path(__file__).parent / "data" / "lru.py").read_text()
@@ -156,3 +156,20 @@ def test_javascript_is_guarded_through_tree_sitter(repo: Path, box: ToolBox) -> 
     outcome = box.run("write_file", {"path": "math.js", "content": "function mul(a, b) {\n  return a * b;\n}\n"})
     assert outcome.is_error and "drops 2 of the names math.js defines: add, sub;" in outcome.output
     assert (repo / "math.js").read_text() == JS
+
+
+def test_a_file_over_the_whole_file_limit_is_changed_by_edit_file_not_rewritten(box: ToolBox, repo: Path) -> None:
+    long = "".join(f"X{n} = {n}\n" for n in range(WHOLE_FILE_LINES + 1))
+    (repo / "consts.py").write_text(long)
+    outcome = box.run("write_file", {"path": "consts.py", "content": long + "Y = 1\n"})
+    assert outcome.is_error and outcome.change is None
+    assert outcome.output == (f"write_file: consts.py has {WHOLE_FILE_LINES + 1} lines; write_file rewrites only "
+                              f"files of up to {WHOLE_FILE_LINES} lines: use edit_file with the exact old lines and "
+                              "the new ones. consts.py is unchanged")
+    assert (repo / "consts.py").read_text() == long
+    edited = box.run("edit_file", {"path": "consts.py", "old": f"X{WHOLE_FILE_LINES} = {WHOLE_FILE_LINES}\n",
+                                   "new": f"X{WHOLE_FILE_LINES} = {WHOLE_FILE_LINES}\nY = 1\n"})
+    assert not edited.is_error and (repo / "consts.py").read_text() == long + "Y = 1\n"
+    at_limit = long[: long.index(f"X{WHOLE_FILE_LINES} =")]
+    (repo / "short.py").write_text(at_limit)
+    assert not box.run("write_file", {"path": "short.py", "content": at_limit + "Y = 1\n"}).is_error
