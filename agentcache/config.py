@@ -72,6 +72,7 @@ class RunConfig:
     # entries_to_keep); 0: only when the next request would not fit the model's window
     map_tokens: int = MAP_TOKENS  # the repo map's budget in L2 (layers.repomap; 0: no map)
     lookup: bool = True  # a note after the task with where the names it mentions are defined (agent.run_start)
+    samples: int = 1  # best-of-n: candidates per task run at once on the shared prefix (agentcache.samples)
     routing: str = "session"  # openai backend: the routing key each request carries: session (the session lineage:
     # forks and resumes keep their parent's), prefix (the L1+L2 context id) or none
 
@@ -217,6 +218,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must b
     "routing": _one_of(ROUTINGS),
     "compact_at": _at_least(0),
     "map_tokens": _at_least(0),
+    "samples": ("between 1 and 16", lambda value: 1 <= value <= 16),
     "test_command": ("a command line with balanced quotes (run without a shell)", lambda value: _splits(value)),
 }
 

@@ -70,7 +70,7 @@ TEXT: Check = ("a string", _text)
 TEXT_OR_NONE: Check = ("a string or null", _text_or_none)
 ENTRIES: Check = ("a list of {kind, key, text} strings", _list_of(_entry))
 COMMON: dict[str, Check] = {"turn": ("a count", _count), "context_id": TEXT_OR_NONE, "appended": ENTRIES}
-REQUIRED = {"request": ("turn", "usage"), "block": ("hash", "text"), "compaction": ("l3",), "resume": ("problems",)}
+REQUIRED = {"request": ("turn", "usage"), "block": ("hash", "text"), "compaction": ("l3",), "resume": ("problems",), "samples": ("candidates", "pick")}
 BY_TYPE: dict[str, dict[str, Check]] = {  # the checks of the keys a record of each type has
     "request": {
         "usage": (f"an object of token counts ({', '.join(USAGE_FIELDS)})", _usage),
@@ -93,6 +93,8 @@ BY_TYPE: dict[str, dict[str, Check]] = {  # the checks of the keys a record of e
     "resume": {"problems": ("a list of strings", _list_of(_text)),
                **{name: ("a count", _count) for name in ("matched_blocks", "blocks", "reusable_tokens",
                                                         "recompute_tokens")}},
+    "samples": {"candidates": ("a list of objects", _list_of(lambda value: isinstance(value, dict))),
+                "pick": ("a count", _count), "how": TEXT, "task": TEXT},
     "agent": {"forked_from": ("null or an object", lambda value: value is None or isinstance(value, dict)),
               **{name: TEXT_OR_NONE for name in ("script", "agent", "role")}},
 }

@@ -99,7 +99,11 @@ def run_task(repo: Path, task: str, overrides: dict[str, Any], resume: str | Non
     session = Session.open(root, resume) if resume else Session.create(root)
     if resume:
         check_resumable(session)
+    if resume and config.samples > 1:
+        raise AgentcacheError("--samples cannot continue a session: resume it with one sample")
     backend = build_backend(config, api_key)
+    if config.samples > 1:
+        return sampled_task(root, task, backend, config, session, on_line)
     agent = Agent(root, backend, config, session, registry=load_registry())
     agent.on_turn = lambda record: on_line(turn_line(record, lambda tokens: refill_cost_text(agent, tokens)))
     if resume:
@@ -114,6 +118,22 @@ def run_task(repo: Path, task: str, overrides: dict[str, Any], resume: str | Non
         "context_id": agent.context.context_id,
         "prefix_tokens": requests[-1].prefix_tokens if requests else None,
         "requests": [run_request(r) for r in requests],
+    }
+
+
+def sampled_task(root: Path, task: str, backend: Backend, config: RunConfig, session: Session,
+                 on_line: Callable[[str], Any]) -> dict[str, Any]:
+    """`run --samples N`: the candidates and the pick (agentcache.samples); the summary is the pick's, under the run's
+    own session, which holds the samples record."""
+    from agentcache.samples import best_of
+
+    outcome, pick = best_of(root, task, backend, config, session, load_registry(), config.samples, on_line)
+    requests = requests_of(pick.session.records())
+    return {
+        "session_id": session.id, "reason": outcome.reason, "answer": outcome.answer, "turns": outcome.turns,
+        "context_id": requests[-1].context_id if requests else None,
+        "prefix_tokens": requests[-1].prefix_tokens if requests else None,
+        "requests": [run_request(r) for r in requests], "samples": session.records()[-1],
     }
 
 

@@ -28,6 +28,9 @@ def run(
                                                  "of known ones).")] = None,
     test_command: Annotated[Optional[str], typer.Option(help="The project's test command: in edit and full modes the "
                             "agent may run exactly it (the run_tests tool), e.g. 'python -m pytest -q'.")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="Best-of-n: run N candidates at once on the shared prefix; a "
+                       "question's answer by vote, an edit's by the test command in each candidate's copy of the repo "
+                       "(default 1).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue a session: its id or 'latest'.")] = None,
     backend: Annotated[Optional[str], typer.Option(help="local (the engine in-process), openai or anthropic.")] = None,
     base_url: Annotated[Optional[str], typer.Option(help="Server for --backend openai, e.g. http://127.0.0.1:8000/v1.")] = None,
@@ -57,7 +60,7 @@ def run(
     overrides = {"model": model, "role": role, "max_turns": max_turns, "max_tokens": max_tokens,
                  "tools": tools.split(",") if tools else None, "mode": "full" if allow_shell else mode,
                  "backend": backend, "base_url": base_url, "disk_cache": False if no_disk_cache else None,
-                 "lookup": False if no_lookup else None, "test_command": test_command,
+                 "lookup": False if no_lookup else None, "test_command": test_command, "samples": samples,
                  "dtype": dtype, "quant": quant, "routing": routing}
     console = terminal.console(stderr=as_json)
     summary = run_task(repo, task, overrides, resume, api_key=api_key, on_line=lambda line: line and console.print(

@@ -55,15 +55,25 @@ def request_row(previous: Request | None, record: Request) -> dict[str, Any]:
 def session_view(session_id: str, records: list[dict[str, Any]], bad_lines: list[int] | None = None,
                  cache_ttl: str = "5m") -> dict[str, Any]:
     """The `--json` object: one row per request, session totals with both hit rates, cost (cache writes priced
-    for `cache_ttl`), bad line numbers."""
+    for `cache_ttl`), bad line numbers, and a best-of-n run's candidates and pick."""
     requests = requests_of(records)
     rows = [request_row(previous, record) for previous, record in zip([None, *requests], requests)]
     totals: dict[str, Any] = {name: sum(r[name] for r in rows) for name in (*USAGE_FIELDS, "reusable_tokens")}
     totals["hit_rate"] = ratio(totals["cached_tokens"], totals["prompt_tokens"])
     totals["reusable_hit_rate"] = ratio(totals["cached_tokens"], totals["reusable_tokens"])
     backend = requests[-1].backend if requests else "local"
-    return {"session_id": session_id, "requests": rows, "totals": totals, "cost": cost_view(rows, backend, cache_ttl),
+    view = {"session_id": session_id, "requests": rows, "totals": totals, "cost": cost_view(rows, backend, cache_ttl),
             "compactions": compaction_rows(records, cache_ttl), "bad_lines": bad_lines or []}
+    samples = samples_view(records)
+    return view if samples is None else {**view, "samples": samples}  # only a best-of-n run's session has the key
+
+
+def samples_view(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A best-of-n run's candidates, the votes or test results, and the pick (its `samples` record), or None."""
+    record = next((r for r in records if r.get("type") == "samples"), None)
+    if record is None:
+        return None
+    return {name: record.get(name) for name in ("task", "how", "pick", "votes", "applied", "candidates")}
 
 
 def _percent(value: float | None) -> str:
@@ -111,6 +121,7 @@ def render_session(view: dict[str, Any], records: list[dict[str, Any]], console:
     console.print(f"hit rate (cached / reusable tokens)  {_percent(totals['reusable_hit_rate'])}")
     render_cost(view["cost"], console)
     render_compactions(view["compactions"], console)
+    render_samples(view.get("samples"), console)
     if not view["requests"]:
         console.print("no requests in this session yet")
         return
@@ -119,6 +130,30 @@ def render_session(view: dict[str, Any], records: list[dict[str, Any]], console:
     for row in view["requests"]:
         console.print(f"{row['turn']!s:>4} {_bar(row['cached_tokens'], row['computed_tokens'], scale)} "
                       f"{row['cached_tokens']}/{row['prompt_tokens']}")
+
+
+def render_samples(samples: dict[str, Any] | None, console: Console) -> None:
+    """One row per candidate: its session, sampling, outcome, what it voted for or its tests, and the pick."""
+    if not samples:
+        return
+    votes = samples.get("votes") or {}
+    table = Table("#", "session", "temp", "seed", "outcome", "turns", "votes" if samples["how"] == "vote" else "tests",
+                  "answer or changed files", title=cell(f"samples: {len(samples['candidates'])} candidates, pick by "
+                                                        f"{samples['how']}"), box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
+    for c in samples["candidates"]:
+        if samples["how"] == "vote":
+            judged = ", ".join(f"{key} {votes.get(key, 0)}" for key in c.get("keys") or []) or "-"
+        else:
+            tests = c.get("tests") or {}
+            judged = f"exit {tests.get('exit_code')}, {tests.get('passed', 0)} passed"
+        shown = c.get("answer") if samples["how"] == "vote" else ", ".join(c.get("changed") or []) or "(none)"
+        mark = "*" if c["index"] == samples["pick"] else ""
+        table.add_row(*map(cell, (f"{mark}{c['index'] + 1}", c["session_id"], c["temperature"], c["seed"],
+                                  c["reason"], c["turns"], judged, (shown or "-")[:80].replace("\n", " "))))
+    console.print(table)
+    applied = samples.get("applied")
+    tail = f"; its changes written: {', '.join(applied) or '(none)'}" if applied is not None else ""
+    console.print(inert(f"pick: candidate {samples['pick'] + 1}{tail}"), markup=False)
 
 
 def render_compactions(rows: list[dict[str, Any]], console: Console) -> None:

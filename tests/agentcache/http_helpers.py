@@ -60,7 +60,8 @@ def http(method: str, url: str, body: Any = None, raw: bytes | None = None,
 
 
 class RecordingServer:
-    """Answers each request with the next scripted (status, JSON body or raw bytes) and records (method, path, parsed body),
+    """Answers each request with the next scripted (status, JSON body or raw bytes), or what a scripted function of
+    the request's path and parsed body returns, and records (method, path, parsed body),
     and each request's headers in `headers`."""
 
     def __init__(self, script: list[tuple[int, Any]], repeat_last: bool = True) -> None:
@@ -73,10 +74,11 @@ class RecordingServer:
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                owner.requests.append((self.command, self.path, json.loads(raw) if raw else None))
+                parsed = json.loads(raw) if raw else None
+                owner.requests.append((self.command, self.path, parsed))
                 owner.headers.append({name.lower(): value for name, value in self.headers.items()})
-                status, body = owner.script.pop(0) if len(owner.script) > 1 or not owner.repeat_last \
-                    else owner.script[0]
+                item = owner.script.pop(0) if len(owner.script) > 1 or not owner.repeat_last else owner.script[0]
+                status, body = item(self.path, parsed) if callable(item) else item  # a function of the request
                 payload = body if isinstance(body, bytes) else json.dumps(body).encode()  # bytes: sent as they are
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -121,11 +123,15 @@ class ScriptedRun:
     sent: list[dict[str, Any]]
 
 
-def run_scripted(repo: Path, task: str, replies: list[tuple[int, Any]], *flags: str,
+MODELS_THEN_NO_CONTEXTS = [(200, {"object": "list", "data": []}), (404, {"error": {"message": "Not Found"}})]
+
+
+def run_scripted(repo: Path, task: str, replies: list[Any], *flags: str,
                  env: dict[str, str] | None = None) -> ScriptedRun:
     """`agentcache run TASK --json` on the openai backend against a loopback server answering `replies` in order
-    (the last one repeated), after an empty model list and no contexts endpoint."""
-    script = [(200, {"object": "list", "data": []}), (404, {"error": {"message": "Not Found"}}), *replies]
+    (the last one repeated), after an empty model list and no contexts endpoint; a reply that is a function of the
+    request's path and body answers every request from there on, those two included."""
+    script = replies if callable(replies[0]) else [*MODELS_THEN_NO_CONTEXTS, *replies]
     with RecordingServer(script, repeat_last=True) as server:
         proc = subprocess.run(
             [sys.executable, "-m", "agentcache.cli", "run", task, "--repo", str(repo), "--backend", "openai",
