@@ -194,7 +194,7 @@ class Agent:
         return {"session": self.lineage, "prefix": self.context.context_id, "none": None}[self.config.routing]
 
     def _tool_format(self) -> str:
-        return getattr(self.backend, "tool_format", "json")
+        return self.backend.tool_format
 
     def _request_record(self, turn: int, reply: Reply, sent_at: float, context: Context | None = None) -> Request:
         """The record of a request on `context` (the agent's own by default)."""
@@ -202,14 +202,14 @@ class Agent:
         self._store_block_texts(context)
         return Request(
             turn=turn, usage=Usage.from_json(reply.usage), context_id=context.context_id,
-            backend=self.backend.name, model=getattr(self.backend, "model_name", self.config.model),
-            fingerprint=getattr(self.backend, "fingerprint", None), salt=self.config.salt,
+            backend=self.backend.name, model=self.backend.model_name,
+            fingerprint=self.backend.fingerprint, salt=self.config.salt,
             cache_ttl=reply.trace.get("cache_ttl", self.config.cache_ttl), layers=context.layer_hashes(),
             blocks=block_refs(context),
             segment_tokens=reply.trace.get("segment_tokens", []), prefix_tokens=reply.prefix_tokens,
             timings=reply.timings, trace=reply.trace, enabled_tools=sorted(self.enabled), reply=reply.text,
-            finish_reason=reply.finish_reason, layout=getattr(self.backend, "layout", None),
-            routing_key=reply.routing_key, replica=reply.replica, at=sent_at,
+            finish_reason=reply.finish_reason, layout=self.backend.layout,
+            routing_key=reply.routing_key, replica=reply.replica, at=sent_at, tool_format=self.backend.tool_format,
         )
 
     def _store_block_texts(self, context: Context) -> None:
@@ -237,7 +237,7 @@ class Agent:
             return
         if self.config.compact_at and tokens > self.config.compact_at:
             trigger = "compact_at"
-        elif getattr(self.backend, "prefix_expired", lambda: False)():
+        elif self.backend.prefix_expired():
             trigger = "expired"
         else:
             return
@@ -256,10 +256,9 @@ class Agent:
         and reply; the rest is a cache hit) and the prefill again of what comes after the task (the summary and the
         kept entries)."""
         prefix = len(self.context.prefix)
-        if hasattr(self.backend, "segment_counts"):
-            tokens = self.backend.segment_counts(self.context)[prefix + 1:len(self.context)]
-        else:
-            tokens = [self.backend.count_tokens(Context([block])) for block in self.context.l3[1:]]
+        counts = self.backend.segment_counts(self.context)
+        tokens = (counts[prefix + 1:len(self.context)] if counts is not None
+                  else [self.backend.count_tokens(Context([block])) for block in self.context.l3[1:]])
         for keep in (KEEP_RECENT, 0):
             kept = sum(tokens[len(tokens) - keep:]) if keep else 0
             saved = sum(tokens) - kept - SUMMARY_TOKENS
@@ -352,7 +351,7 @@ def verify_resume(agent: Agent, records: list[dict[str, Any]]) -> ResumeCheck:
     if not requests:
         return ResumeCheck([])
     last, backend, problems = requests[-1], agent.backend, []
-    model, fingerprint = getattr(backend, "model_name", agent.config.model), getattr(backend, "fingerprint", None)
+    model, fingerprint = backend.model_name, backend.fingerprint
     if (last.model, last.fingerprint) != (model, fingerprint):
         problems.append(f"the model changed ({last.model} -> {model}): no page of the last request can be reused")
     if (last.salt or "") != (agent.config.salt or ""):
@@ -365,8 +364,8 @@ def verify_resume(agent: Agent, records: list[dict[str, Any]]) -> ResumeCheck:
     matched = len(last.blocks) if matched is None else matched
     if change is not None:
         problems.append(change)
-    counts = backend.segment_counts(agent.context) if hasattr(backend, "segment_counts") else None
-    if counts is not None and last.segment_tokens and last.layout == getattr(backend, "layout", None):
+    counts = backend.segment_counts(agent.context)
+    if counts is not None and last.segment_tokens and last.layout == backend.layout:
         for index in range(min(matched, len(last.segment_tokens))):
             if counts[index] != last.segment_tokens[index]:
                 problems.append(f"block {index + 1} ({' '.join(p for p in identity(last.blocks[index]) if p)}) is "

@@ -85,7 +85,8 @@ BY_TYPE: dict[str, dict[str, Check]] = {  # the checks of the keys a record of e
         "backend": TEXT,
         "at": ("a number of seconds or null", _seconds),
         **{name: TEXT_OR_NONE for name in ("error", "reply", "model", "salt", "fingerprint", "cache_ttl",
-                                           "stopped", "layout", "routing_key", "replica", "purpose")},
+                                           "stopped", "layout", "routing_key", "replica", "purpose",
+                                           "tool_format")},
     },
     "block": {"hash": TEXT, "text": TEXT},
     "compaction": {"l3": ENTRIES, "dropped": ("a count", _count), "trigger": TEXT_OR_NONE,
@@ -153,7 +154,8 @@ class Usage:
 
 
 # request keys written only when set
-OPTIONAL_KEYS = ("tool_call", "tool_result", "error", "stopped", "layout", "routing_key", "replica", "at", "purpose")
+OPTIONAL_KEYS = ("tool_call", "tool_result", "error", "stopped", "layout", "routing_key", "replica", "at", "purpose",
+                 "tool_format")
 
 
 @dataclass(slots=True)
@@ -178,7 +180,7 @@ class Request:
     reply: str | None = None
     finish_reason: str | None = None
     appended: list[dict[str, str]] = field(default_factory=list)
-    tool_call: dict[str, Any] | None = None  # the nine below are written only when set
+    tool_call: dict[str, Any] | None = None  # the ten below are written only when set
     tool_result: dict[str, Any] | None = None
     error: str | None = None
     stopped: str | None = None  # why the run ended after this request when the loop itself stopped it ("stuck")
@@ -187,6 +189,7 @@ class Request:
     replica: str | None = None  # which replica served it, where the server says so
     at: float | None = None  # when it was sent, Unix seconds: the gap between requests (a provider's cache TTL)
     purpose: str | None = None  # "compaction": the request that wrote a summary, not an agent turn
+    tool_format: str | None = None  # how the reply was to be written: "json" or "native" (agentcache.render)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Request:

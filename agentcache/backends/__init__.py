@@ -34,8 +34,21 @@ class Reply:
 
 
 class Backend(Protocol):
+    """Everything the agent reads of a backend; each backend defines all of it (nothing is probed with getattr)."""
+
     name: str
     tool_format: str  # how replies are written: "json" or "native" (agentcache.render)
+    layout: str | None  # how L1+L2 are laid out in the prompt, recorded so inspect rebuilds it; None: not known
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def fingerprint(self) -> str | None: ...  # the weights' identity, where the backend knows them (local)
+
+    def segment_counts(self, context: Context) -> list[int] | None: ...  # tokens per prompt segment, None: unknown
+
+    def prefix_expired(self) -> bool: ...  # whether the cached prefix has expired by now (hosted caches' TTL)
 
     def complete(self, context: Context, tools: list[ToolSpec], enabled: set[str], settings: GenSettings) -> Reply: ...
 

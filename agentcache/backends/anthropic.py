@@ -65,6 +65,19 @@ class AnthropicBackend:
     name = "anthropic"
     tool_format = "json"
 
+    layout = None  # the server lays the messages out
+
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    @property
+    def fingerprint(self) -> None:
+        return None  # the server's weights are not known here
+
+    def segment_counts(self, context: Context) -> None:
+        return None  # the server's tokenizer is not at hand
+
     def __init__(self, model: str, api_key: str | None = None, base_url: str | None = None, ttl: str = "5m",
                  timeout_s: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
         """`ttl`: 5m or 1h for the L1 and L2 breakpoints, or auto (every breakpoint's, by break_even_ttl)."""

@@ -55,6 +55,9 @@ class LocalBackend:
     def window(self) -> int:
         return self.model.max_len
 
+    def prefix_expired(self) -> bool:
+        return False  # the engine's pool evicts by need, not by time
+
     def count_tokens(self, context: Context) -> int:
         """Prompt tokens of a context."""
         return sum(self.segment_counts(context))

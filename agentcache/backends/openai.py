@@ -31,6 +31,19 @@ class OpenAIBackend:
     name = "openai"
     tool_format = "json"
 
+    layout = None  # the server lays the messages out
+
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    @property
+    def fingerprint(self) -> None:
+        return None  # the server's weights are not known here
+
+    def segment_counts(self, context: Context) -> None:
+        return None  # the server's tokenizer is not at hand
+
     def __init__(self, base_url: str, model: str, api_key: str | None = None, use_contexts: bool = True,
                  timeout_s: float = 600.0) -> None:
         if not base_url:
@@ -52,6 +65,9 @@ class OpenAIBackend:
                         None)
             self._window = int(getattr(card, "max_model_len", None) or DEFAULT_WINDOW)
         return self._window
+
+    def prefix_expired(self) -> bool:
+        return False  # a server's prefix cache evicts by need, not by time
 
     def count_tokens(self, context: Context) -> int:
         """An estimate (tiktoken over the message texts): the server's tokenizer is not at hand."""

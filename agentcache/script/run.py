@@ -44,9 +44,23 @@ class IssueOrder:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self.name = backend.name
+        self.name, self.tool_format, self.layout = backend.name, backend.tool_format, backend.layout
         self._next = 0
         self._lock = threading.Lock()
+
+    @property
+    def model_name(self) -> str:
+        return self.backend.model_name
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.backend.fingerprint
+
+    def segment_counts(self, context: Context) -> list[int] | None:
+        return self.backend.segment_counts(context)
+
+    def prefix_expired(self) -> bool:
+        return self.backend.prefix_expired()
 
     def complete(self, context: Context, tools: list[ToolSpec], enabled: set[str], settings: GenSettings) -> Reply:
         with self._lock:

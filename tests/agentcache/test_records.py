@@ -59,7 +59,8 @@ def test_the_agent_writes_the_keys_the_previous_code_wrote(repo):
     session = Session.create(repo)
     Agent(repo, random_chat_backend(), RunConfig(max_turns=2, max_tokens=16, retries=5), session).run("Do it.")
     old = [json.loads(line) for line in raw_lines(DATA / f"{PREVIOUS_ID}.jsonl")]
-    optional = {"tool_call", "tool_result", "error", "layout", "at"}  # "at": new, and older readers ignore it
+    optional = {"tool_call", "tool_result", "error", "layout", "at", "tool_format"}  # "at", "tool_format": new, and
+    # older readers ignore them
     keys = {(r["type"], frozenset(set(r) - optional)) for r in old}
     for line in raw_lines(session.path):
         record = json.loads(line)
