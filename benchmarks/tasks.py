@@ -134,6 +134,7 @@ def task_record(task: Task, outcome: Outcome, verdict: Verdict, requests: list[R
         "reason": outcome.reason, "turns": outcome.turns, "wall_s": round(wall_s, 3), **sums,
         "cached_over_prefix_min": cached_over_prefix_min(requests), "warm_turn_s": [round(s, 3) for s in warm],
         "unparseable": sum(1 for r in requests if r.error), "tools": [r.tool for r in requests if r.tool],
+        "refused": [{"reply": r.reply, "error": r.error} for r in requests if r.error],  # what was sent back, and why
         "answer": outcome.answer or None, "session_id": session.id,
         **cache_accounts(session),
     }
