@@ -145,7 +145,7 @@ def best_of(root: Path, task: str, backend: Backend, config: RunConfig, session:
             n: int, on_line: Callable[[str], Any]) -> tuple[Outcome, Candidate]:
     """Run N candidates of `task` concurrently and pick one (see the module's docstring); the record of every
     candidate and the pick goes into `session`. Returns the pick's outcome and the pick."""
-    from agentcache.wiring import turn_line
+    from agentcache.display import turn_line
 
     editing = config.mode != "read-only"
     if editing and not config.test_command:

@@ -15,7 +15,7 @@ from rich.table import Table
 from agentcache.records import ratio
 from agentcache.script.run import AgentState, ScriptRun
 from agentcache.terminal import cell, inert
-from agentcache.wiring import turn_line
+from agentcache.display import turn_line
 
 ANSWER_PREVIEW = 200
 

@@ -16,7 +16,7 @@ from agentcache.cache_dir import models_dir
 from agentcache.config import RunConfig
 from agentcache.render import ChatRenderer
 from agentcache.session import Session
-from agentcache.wiring import turn_line
+from agentcache.display import turn_line
 from engine import load_model
 from layers import Context, Layer
 

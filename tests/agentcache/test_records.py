@@ -13,7 +13,7 @@ from agentcache.config import RunConfig
 from agentcache.records import (AgentStart, BlockText, Compaction, Request, Usage, UserTurn, parse_record,
                                 record_problem, reusable_after_previous, shared_block_tokens)
 from agentcache.session import Session
-from agentcache.wiring import run_request
+from agentcache.display import run_request
 from tests.agentcache.conftest import random_chat_backend
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -204,7 +204,7 @@ def test_the_previous_session_reads_through_the_turn_line_the_table_and_the_laye
                                                                                          monkeypatch):
     """The readers `inspect --json` does not reach, each against the raw lines: the on_turn printer, the session
     table's action column, and --layers' status against the session's last request."""
-    from agentcache.wiring import turn_line
+    from agentcache.display import turn_line
 
     raw = [json.loads(line) for line in raw_lines(DATA / f"{PREVIOUS_ID}.jsonl")]
     assert [turn_line(r) for r in raw] == [expected_turn_line(r) for r in raw]
