@@ -66,8 +66,8 @@ class RunConfig:
     # auto (a plain answer allowed) or required (every reply a tool call)
     tool_format: str = "auto"  # local backend: native (the chat template's tool calls), json, or auto (native if any)
     dtype: str = "auto"  # local backend: auto (the fastest for the hardware: engine.hardware), or a dtype's name
-    quant: str = "auto"  # local backend: weight-only quantization: auto (int8 on a CPU with the int8 kernel), none,
-    # int8 or int4 (engine.quant)
+    quant: str = "auto"  # local backend: weight-only quantization: auto (the model file's GGUF blocks where their
+    # kernels run, else int8 on a CPU with the int8 kernel, else none), none, int8, int4 or gguf (engine.quant)
     compact_at: int = 0  # also compact L3 past this many prompt tokens when compacting pays for itself (agent.py
     # entries_to_keep); 0: only when the next request would not fit the model's window
     map_tokens: int = MAP_TOKENS  # the repo map's budget in L2 (layers.repomap; 0: no map)

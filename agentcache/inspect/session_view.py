@@ -60,7 +60,10 @@ def session_view(session_id: str, records: list[dict[str, Any]], bad_lines: list
     rows = [request_row(previous, record) for previous, record in zip([None, *requests], requests)]
     totals: dict[str, Any] = {name: sum(r[name] for r in rows) for name in (*USAGE_FIELDS, "reusable_tokens")}
     totals["hit_rate"] = ratio(totals["cached_tokens"], totals["prompt_tokens"])
-    totals["reusable_hit_rate"] = ratio(totals["cached_tokens"], totals["reusable_tokens"])
+    kept = sum(min(r["cached_tokens"], r["reusable_tokens"]) for r in rows)  # of the reusable tokens, those served
+    totals["reusable_hit_rate"] = ratio(kept, totals["reusable_tokens"])  # at most 1
+    totals["cached_beyond_reusable"] = totals["cached_tokens"] - kept  # the previous reply's pages, other sessions'
+    # prefix, the disk tier
     backend = requests[-1].backend if requests else "local"
     view = {"session_id": session_id, "requests": rows, "totals": totals, "cost": cost_view(rows, backend, cache_ttl),
             "compactions": compaction_rows(records, cache_ttl), "bad_lines": bad_lines or []}
@@ -117,8 +120,10 @@ def render_session(view: dict[str, Any], records: list[dict[str, Any]], console:
                   _percent(totals["hit_rate"]), "", "", "", style="bold")
     console.print(table)
     render_routing(view["requests"], console)
-    console.print(f"hit rate (cached / prompt tokens)    {_percent(totals['hit_rate'])}")
-    console.print(f"hit rate (cached / reusable tokens)  {_percent(totals['reusable_hit_rate'])}")
+    console.print(f"hit rate (cached / prompt tokens)             {_percent(totals['hit_rate'])}")
+    console.print(f"hit rate (reusable tokens served from cache)  {_percent(totals['reusable_hit_rate'])}")
+    console.print(f"cached beyond the reusable tokens  {totals['cached_beyond_reusable']} (the previous reply, other "
+                  "sessions' prefix, the disk tier)")
     render_cost(view["cost"], console)
     render_compactions(view["compactions"], console)
     render_samples(view.get("samples"), console)

@@ -79,7 +79,9 @@ def test_json_numbers_match_the_raw_records(session_repo, capsys):
     assert totals["reusable_tokens"] == reusable > 0
     cached = sum(r["usage"]["cached_tokens"] for r in records)
     assert totals["hit_rate"] == pytest.approx(cached / sum(r["usage"]["prompt_tokens"] for r in records))
-    assert totals["reusable_hit_rate"] == pytest.approx(cached / reusable)
+    kept = sum(min(r["usage"]["cached_tokens"], expected_reusable(p, r)) for p, r in zip([None, *records], records))
+    assert totals["reusable_hit_rate"] == pytest.approx(kept / reusable) and totals["reusable_hit_rate"] <= 1
+    assert totals["cached_beyond_reusable"] == cached - kept
 
 
 def test_reusable_tokens_are_what_a_fresh_engine_actually_hits(session_repo, capsys):
@@ -104,7 +106,7 @@ def test_table_shows_every_turn_totals_and_both_hit_rates(session_repo, capsys, 
         assert row and str(record["usage"]["prompt_tokens"]) in row[0] and action in row[0]
     total_prompt = sum(r["usage"]["prompt_tokens"] for r in records)
     assert any("total" in line and str(total_prompt) in line for line in lines)
-    assert "cached / prompt tokens" in out and "cached / reusable tokens" in out
+    assert "cached / prompt tokens" in out and "reusable tokens served from cache" in out
     assert out.count("█") > 0 and "per turn" in out
 
 
