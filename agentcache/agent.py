@@ -19,7 +19,7 @@ from agentcache.records import (BlockText, Compaction, Request, ResumeCheck, Usa
 from agentcache.render import RETRY_HINT, reply_text
 from agentcache.session import Session
 from agentcache.tools import ToolBox, ToolOutcome
-from agentcache.tools.toolbox import SHELL_TOOL, WRITE_TOOLS, mode_tools
+from agentcache.tools.toolbox import CODE_BLOCK, SHELL_TOOL, WRITE_TOOLS, mode_tools
 from layers import Block, Context, L2Config, Layer, ToolRegistry, ToolResult, UserInput, build_prefix, canonical_json
 from layers.l3 import AssistantMessage, ToolCall
 from layers.repomap import lookup
@@ -129,6 +129,8 @@ class Agent:
             parsed = self.backend.parse(reply.text, self.specs, self.enabled)
         except ToolCallError as exc:
             return self._invalid(turn, reply, record, str(exc))
+        if isinstance(parsed, Answer) and (applied := self.toolbox.apply_code(parsed.text)):
+            return self._code_applied(turn, parsed.text, record, applied)
         answer = parsed.text if isinstance(parsed, Answer) else parsed.arguments.get("answer") \
             if parsed.name == "finish" else None
         if answer is not None and not self._changed() and \
@@ -157,6 +159,21 @@ class Agent:
             return Outcome("token_budget", None, turn)
         return None
 
+    def _code_applied(self, turn: int, text: str, record: Request, applied: list[tuple[str, ToolOutcome]]) -> \
+            Outcome | None:
+        """A reply whose code blocks name files, applied to them as edits: the reply stays as written, and what each
+        block did comes back as the result of a `code_block` call (recorded with the changes, reversible)."""
+        output = "\n".join(outcome.output for _, outcome in applied)
+        record.tool_call = {"name": CODE_BLOCK, "arguments": {"paths": [path for path, _ in applied]}}
+        record.tool_result = {"output": output, "is_error": all(outcome.is_error for _, outcome in applied)}
+        changes = [dataclasses.asdict(outcome.change) for _, outcome in applied if outcome.change is not None]
+        if changes:
+            record.tool_result["changes"] = changes
+        blocks = [AssistantMessage(text).to_block(),
+                  ToolResult(CODE_BLOCK, output, record.tool_result["is_error"]).to_block()]
+        self._append(blocks, record.to_json())
+        return Outcome("token_budget", None, turn) if self.spent >= self.config.token_budget else None
+
     def _complete(self, context: Context, enabled: set[str], settings: GenSettings) -> Reply:
         """The backend's reply to `context`, its text valid UTF-8 (the session and the next prompt must hold it)."""
         reply = self.backend.complete(context, self.specs, enabled, settings)
@@ -183,7 +200,7 @@ class Agent:
     def _changed(self) -> bool:
         """Whether a write tool has succeeded in this run: after one, an answer is a report of what was done, and
         advice to the user in it ("you can run the tests") is not a plan standing in for the work."""
-        return any(b.kind == "tool_result" and b.key in WRITE_TOOLS for b in self.context.l3)
+        return any(b.kind == "tool_result" and b.key in (*WRITE_TOOLS, CODE_BLOCK) for b in self.context.l3)
 
     def _look_first(self) -> bool:
         """tool_choice "first": until the task has made a tool call, the reply must be one (look, then answer)."""

@@ -11,7 +11,9 @@ PLAN = re.compile(r"""
     | \byou\s+(?:can|could|should|would|will|need\s+to|may|might|have\s+to)(?:\s+need\s+to)?\s+
           (?:use|search|run|call|look|find|check|read|open|try|grep|execute|add|write|modify|change|create|edit)\b
     | \blet(?:['’]s|\s+(?:me|us))\b
-    | \bto\s+(?:find|locate|answer|determine|verify|check)\b[^.\n]*,\s+(?:I|we|you)\b""", re.IGNORECASE | re.VERBOSE)
+    | \bto\s+(?:find|locate|answer|determine|verify|check)\b[^.\n]*,\s+(?:I|we|you)
+          (?:['’](?:ll|d)|\s+(?:will|would|need|must|should|can|could|may|might|have\s+to|am|are))\b""",
+                  re.IGNORECASE | re.VERBOSE)  # "To find it, I searched ..." reports what was done: not a plan
 
 
 def named_tool(text: str, tools: Iterable[str]) -> str | None:

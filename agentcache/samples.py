@@ -115,9 +115,10 @@ def changed_paths(session: Session) -> list[str]:
     """The files a candidate's recorded changes touched, in order."""
     paths: list[str] = []
     for request in requests_of(session.records()):
-        change = (request.tool_result or {}).get("change")
-        if isinstance(change, dict) and isinstance(change.get("path"), str) and change["path"] not in paths:
-            paths.append(change["path"])
+        result = request.tool_result or {}
+        for change in [result.get("change"), *(result.get("changes") or [])]:
+            if isinstance(change, dict) and isinstance(change.get("path"), str) and change["path"] not in paths:
+                paths.append(change["path"])
     return paths
 
 

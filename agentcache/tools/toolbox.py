@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from agentcache import PROMPTS_DIR
 from agentcache.tools.base import Tool, ToolError, ToolFunction, ToolOutcome
+from agentcache.tools.code_blocks import apply_block, code_blocks
 from agentcache.tools.files import edit_file, list_files, read_file, write_file
 from agentcache.tools.schema import check_arguments
 from agentcache.tools.search import search
@@ -16,6 +17,7 @@ from layers import LayersError, ToolRegistry
 SHELL_TOOL = "run_command"
 TEST_TOOL = "run_tests"  # the user's test command (--test-command, a trusted test_command:), in edit and full modes
 WRITE_TOOLS = ("write_file", "edit_file")  # the tools that change files: masked in read-only mode
+CODE_BLOCK = "code_block"  # a reply's fenced code for a file, applied as an edit (tools.code_blocks)
 READ_TOOLS = ("list_files", "read_file", "search", "finish")
 MODES: dict[str, tuple[str, ...]] = {  # permission mode -> the tools it allows
     "read-only": READ_TOOLS,
@@ -83,8 +85,19 @@ class ToolBox:
         return sorted(n for n in self.enabled if n != SHELL_TOOL or self.allow_shell)
 
     def run(self, name: str, arguments: Any) -> ToolOutcome:
+        return self._guarded(name, lambda: self._run(name, arguments))
+
+    def apply_code(self, text: str) -> list[tuple[str, ToolOutcome]]:
+        """A reply's fenced code blocks that name files of the repo, each merged into its file by definition
+        (tools.code_blocks), when writes are enabled: (path, outcome) per block; [] when there is none."""
+        if "edit_file" not in self.enabled:
+            return []
+        return [(block.path, self._guarded(CODE_BLOCK, lambda block=block: apply_block(self.workspace, block)))
+                for block in code_blocks(text, self.workspace)]
+
+    def _guarded(self, name: str, run: Callable[[], ToolOutcome]) -> ToolOutcome:
         try:
-            return self._run(name, arguments)
+            return run()
         except ToolError as exc:
             return ToolOutcome(f"{name}: {exc}", is_error=True)
         except OSError as exc:

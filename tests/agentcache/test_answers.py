@@ -18,6 +18,8 @@ PLANS = [  # the shapes the task suite's stored answers and the issue show
     "Let me read the file `textstats/words.py`.",
     "Let's look at the tests.",
     "We should check cli.py.",
+    "To find where it is defined, I am going to read `textstats/words.py`.",
+    "To answer this, you could read the tests.",
 ]
 ANSWERS = [
     "textstats/words.py",
@@ -26,6 +28,7 @@ ANSWERS = [
     "It defaults to 3.",
     "The parameter `places` of `round_to` defaults to 2.",
     "I have added `is_valid` to `src/tomli/_parser.py`.",
+    "To find the file where `split_sentences` is defined, I searched the repository: it is `textstats/words.py`.",
 ]
 
 
@@ -69,7 +72,7 @@ def test_a_plan_gets_the_retry_hint_and_the_answer_after_it_stands(repo):
     plan = chat_reply({"answer": "To find it, I will use the `run_command` function to grep the repository."})
     run = run_read_only(repo, [plan, chat_reply({"answer": "textstats/words.py"})])
     assert run.summary["reason"] == "answered" and run.summary["answer"] == "textstats/words.py"
-    assert len(run.requests) == 2 and run.requests[0]["error"].startswith("that reply is a plan ('To find it, I')")
+    assert len(run.requests) == 2 and run.requests[0]["error"].startswith("that reply is a plan ('To find it, I will')")
     retry = run.sent[1]["messages"][-1]["content"]
     assert "that reply is a plan" in retry and "reply with one valid JSON object" in retry
     system = "\n".join(m["content"] for m in run.sent[0]["messages"] if m["role"] == "system")
