@@ -24,8 +24,12 @@ from agentcache.tools.base import Change, ToolError, ToolOutcome
 from agentcache.tools.files import MAX_EDIT_BYTES, check_keeps, check_text, previous_text, replace_content
 from agentcache.tools.workspace import Workspace
 from layers.outline import Symbol, language_of, outline, syntax_error
+from layers.repo import list_files
+from layers.repomap import file_outlines
 
-FENCED = re.compile(r"^```[A-Za-z0-9_+.#-]*[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
+FENCED = re.compile(r"^```([A-Za-z0-9_+.#-]*)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
+SUFFIX_OF_INFO = {"python": ".py", "py": ".py", "javascript": ".js", "js": ".js", "typescript": ".ts", "ts": ".ts",
+                  "go": ".go", "rust": ".rs", "rs": ".rs", "java": ".java", "c": ".c", "cpp": ".cpp", "c++": ".cpp"}
 PATH = r"[\w.-]+(?:/[\w.-]+)*\.\w+"
 PATH_COMMENT = re.compile(rf"^\s*(?:#|//|--|/\*)\s*(?:file(?:name)?\s*:\s*)?`?({PATH})`?\s*(?:\*/)?\s*$", re.I)
 PATH_BEFORE = re.compile(rf"`({PATH})`|(?<![\w/.-])({PATH})(?![\w/-])")
@@ -40,10 +44,11 @@ class CodeBlock:
 
 def code_blocks(text: str, ws: Workspace) -> list[CodeBlock]:
     """The fenced blocks of a reply that name an existing file of the repository, in order: by a path comment on
-    the block's first line (taken off the code), else by the last path written in the text just before it."""
+    the block's first line (taken off the code), else by the last path written in the text just before it, else
+    by what it defines: the one file of its language that defines the most of its names."""
     found, start = [], 0
     for match in FENCED.finditer(text):
-        code = match.group(1)
+        info, code = match.group(1).lower(), match.group(2)
         first, _, rest = code.partition("\n")
         named = PATH_COMMENT.match(first)
         if named and is_file(ws, named.group(1)):
@@ -51,11 +56,27 @@ def code_blocks(text: str, ws: Workspace) -> list[CodeBlock]:
         else:
             before = text[max(start, match.start() - LOOK_BEHIND):match.start()]
             paths = [a or b for a, b in PATH_BEFORE.findall(before)]
-            path = next((p for p in reversed(paths) if is_file(ws, p)), None)
+            path = next((p for p in reversed(paths) if is_file(ws, p)), None) or defining_file(ws, code, info)
             if path is not None:
                 found.append(CodeBlock(path, code))
         start = match.end()
     return found
+
+
+def defining_file(ws: Workspace, code: str, info: str) -> str | None:
+    """The file of the block's language (its fence's info string) that defines the most of the block's top-level
+    names, when one file does so alone."""
+    suffix = SUFFIX_OF_INFO.get(info)
+    symbols = outline(f"block{suffix}", code) if suffix else None
+    names = {s.name for s in symbols or [] if "." not in s.name}
+    if not names:
+        return None
+    counts = {f.path: len(names & {s.name for s in f.symbols})
+              for f in file_outlines(ws.root, list_files(ws.root)) if f.path.endswith(suffix)}
+    ranked = sorted(counts.items(), key=lambda item: -item[1])
+    if not ranked or ranked[0][1] == 0 or (len(ranked) > 1 and ranked[1][1] == ranked[0][1]):
+        return None
+    return ranked[0][0]
 
 
 def is_file(ws: Workspace, path: str) -> bool:

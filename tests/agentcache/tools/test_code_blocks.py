@@ -55,6 +55,12 @@ def test_blocks_are_found_by_a_path_comment_or_the_path_just_before_them(box: To
     assert code_blocks("Run `count.py` like this:\n```\n$ python count.py\n```\n", box.workspace)[0].path == \
         "count.py"  # found; applying it is refused (it defines nothing)
     assert code_blocks("no code here, only count.py", box.workspace) == []
+    (module.parent / "other.py").write_text("def first(ys):\n    return ys\n\n\ndef second():\n    pass\n")
+    by_names = "Here is the fix:\n```python\ndef first(xs):\n    return None\n\n\nclass Counter:\n    pass\n```\n"
+    assert [b.path for b in code_blocks(by_names, box.workspace)] == ["count.py"]  # defines 2 of its names
+    tie = "Here is the fix:\n```python\ndef first(xs):\n    return None\n```\n"
+    assert code_blocks(tie, box.workspace) == []  # count.py and other.py both define first
+    assert code_blocks(by_names.replace("```python", "```"), box.workspace) == []  # no language, no guess
 
 
 def test_a_block_replaces_the_definitions_it_has_and_keeps_the_rest(box: ToolBox, module: Path) -> None:
