@@ -19,7 +19,7 @@ import anthropic
 import yaml
 
 from agentcache.backends import GenSettings, Reply
-from agentcache.backends.remote import ReplyChecker, call_with_retries
+from agentcache.backends.remote import ReplyChecker, ServerModel, call_with_retries
 from agentcache.errors import AgentcacheError
 from agentcache.render import block_message
 from layers import Block, Context, Layer, TiktokenCounter, ToolSpec
@@ -61,22 +61,9 @@ def l3_text(block: Block) -> tuple[str, str]:
     return ROLE_OF[message["role"]], text
 
 
-class AnthropicBackend:
+class AnthropicBackend(ServerModel):
     name = "anthropic"
     tool_format = "json"
-
-    layout = None  # the server lays the messages out
-
-    @property
-    def model_name(self) -> str:
-        return self.model
-
-    @property
-    def fingerprint(self) -> None:
-        return None  # the server's weights are not known here
-
-    def segment_counts(self, context: Context) -> None:
-        return None  # the server's tokenizer is not at hand
 
     def __init__(self, model: str, api_key: str | None = None, base_url: str | None = None, ttl: str = "5m",
                  timeout_s: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:

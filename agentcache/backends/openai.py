@@ -18,7 +18,7 @@ import openai
 
 from agentcache.backends import GenSettings, Reply
 from agentcache.backends.constrain import reply_schema
-from agentcache.backends.remote import RemoteError, ReplyChecker, call_with_retries
+from agentcache.backends.remote import RemoteError, ReplyChecker, ServerModel, call_with_retries
 from agentcache.errors import AgentcacheError
 from agentcache.render import block_message
 from layers import Context, TiktokenCounter, ToolSpec
@@ -27,22 +27,9 @@ DEFAULT_WINDOW = 8192
 ROUTING_HEADERS = ("X-Session-ID", "X-SMG-Routing-Key")  # vllm-router's and SGLang's router's affinity headers
 
 
-class OpenAIBackend:
+class OpenAIBackend(ServerModel):
     name = "openai"
     tool_format = "json"
-
-    layout = None  # the server lays the messages out
-
-    @property
-    def model_name(self) -> str:
-        return self.model
-
-    @property
-    def fingerprint(self) -> None:
-        return None  # the server's weights are not known here
-
-    def segment_counts(self, context: Context) -> None:
-        return None  # the server's tokenizer is not at hand
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, use_contexts: bool = True,
                  timeout_s: float = 600.0) -> None:

@@ -7,10 +7,29 @@ from typing import Any
 
 from agentcache.backends.constrain import ToolCallGrammar, text_ll_tokenizer
 from agentcache.errors import AgentcacheError
-from layers import ToolSpec
+from layers import Context, ToolSpec
 
 RETRIES = 4
 BACKOFF_S = 0.5
+
+
+class ServerModel:
+    """The parts of the backend protocol a backend that sends requests to a server knows (by its `model` name) and
+    does not (the weights, the tokenizer, the prompt's layout)."""
+
+    model: str
+    layout = None  # the server lays the messages out
+
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    @property
+    def fingerprint(self) -> None:
+        return None  # the server's weights are not known here
+
+    def segment_counts(self, context: Context) -> None:
+        return None  # the server's tokenizer is not at hand
 
 
 class RemoteError(AgentcacheError):

@@ -13,28 +13,7 @@ from agentcache.tools import ToolBox
 from agentcache.tools.code_blocks import code_blocks
 from tests.agentcache.http_helpers import chat_reply, run_scripted
 
-MODULE = '''"""Counting."""
-import re
-
-LIMIT = 3
-
-
-def first(xs):
-    return xs[0]
-
-
-class Counter:
-    def __init__(self):
-        self.n = 0
-
-    @property
-    def twice(self):
-        return 2 * self.n
-
-    def add(self, k):
-        self.n += k
-        return self.n
-'''
+MODULE = (Path(__file__).parent / "data" / "count.py").read_text()
 REPLY = ("To fix it, we need to lower-case the word. Here's the updated code:\n\n```python\n# count.py\n"
          "import math\n\n\ndef first(xs):\n    return xs[0] if xs else None\n```\n\nThe tests will pass.")
 

@@ -1,6 +1,8 @@
 """read_file takes a definition's address as search, the repo map and the lookup write it (`path:line`): a path
 that names no file, where the part before `:line` does, is read from that line."""
 
+from pathlib import Path
+
 from agentcache.tools.toolbox import ToolBox
 
 
@@ -29,32 +31,17 @@ def test_the_address_does_not_reach_outside_or_into_secrets(tmp_path):
     assert "outside the repository" in box.run("read_file", {"path": "../x.py:2"}).output
 
 
-MODULE = '''"""Counting."""
-LIMIT = 3
-
-
-def first(xs):
-    return xs[0]
-
-
-class Counter:
-    def __init__(self):
-        self.n = 0
-
-    def add(self, k):
-        self.n += k
-        return self.n
-'''
+MODULE = (Path(__file__).parent / "data" / "count.py").read_text()  # Counter: lines 11-21, add: 19-21
 
 
 def test_a_read_of_a_definitions_first_line_shows_the_whole_definition(tmp_path):
     (tmp_path / "count.py").write_text(MODULE)
     box = ToolBox(tmp_path)
-    one_line = box.run("read_file", {"path": "count.py", "start_line": 9, "end_line": 9}).output.splitlines()
-    assert [line.split("\t")[0].strip() for line in one_line[:-1]] == [str(n) for n in range(9, 16)]
-    assert one_line[-1] == "[shown to line 15, the end of `Counter`, which starts in the lines asked for]"
-    method = box.run("read_file", {"path": "count.py:13", "end_line": 13}).output.splitlines()
-    assert method[0] == "    13\t    def add(self, k):" and method[2] == "    15\t        return self.n"
+    one_line = box.run("read_file", {"path": "count.py", "start_line": 11, "end_line": 11}).output.splitlines()
+    assert [line.split("\t")[0].strip() for line in one_line[:-1]] == [str(n) for n in range(11, 22)]
+    assert one_line[-1] == "[shown to line 21, the end of `Counter`, which starts in the lines asked for]"
+    method = box.run("read_file", {"path": "count.py:19", "end_line": 19}).output.splitlines()
+    assert method[0] == "    19\t    def add(self, k):" and method[2] == "    21\t        return self.n"
     assert "the end of `Counter.add`" in method[-1]
 
 
@@ -62,7 +49,7 @@ def test_a_range_inside_or_around_definitions_is_read_as_asked(tmp_path):
     (tmp_path / "count.py").write_text(MODULE)
     (tmp_path / "notes.txt").write_text(MODULE)
     box = ToolBox(tmp_path)
-    assert len(box.run("read_file", {"path": "count.py", "start_line": 10, "end_line": 11}).output.splitlines()) == 2
+    assert len(box.run("read_file", {"path": "count.py", "start_line": 12, "end_line": 13}).output.splitlines()) == 2
     assert len(box.run("read_file", {"path": "count.py", "start_line": 5, "end_line": 6}).output.splitlines()) == 2
-    assert len(box.run("read_file", {"path": "count.py", "start_line": 2, "end_line": 2}).output.splitlines()) == 1
-    assert len(box.run("read_file", {"path": "notes.txt", "start_line": 9, "end_line": 9}).output.splitlines()) == 1
+    assert len(box.run("read_file", {"path": "count.py", "start_line": 4, "end_line": 4}).output.splitlines()) == 1
+    assert len(box.run("read_file", {"path": "notes.txt", "start_line": 11, "end_line": 11}).output.splitlines()) == 1
