@@ -129,8 +129,9 @@ class Agent:
             parsed = self.backend.parse(reply.text, self.specs, self.enabled)
         except ToolCallError as exc:
             return self._invalid(turn, reply, record, str(exc))
-        if isinstance(parsed, Answer) and (applied := self.toolbox.apply_code(parsed.text)):
-            return self._code_applied(turn, parsed.text, record, applied)
+        applied = self.toolbox.apply_code(parsed.text) if isinstance(parsed, Answer) else []
+        if any(outcome.change is not None or outcome.is_error for _, outcome in applied):  # code that restates the
+            return self._code_applied(turn, parsed.text, record, applied)  # files as they are is a report
         answer = parsed.text if isinstance(parsed, Answer) else parsed.arguments.get("answer") \
             if parsed.name == "finish" else None
         if answer is not None and not self._changed() and \

@@ -93,10 +93,10 @@ def test_a_run_applies_a_prose_code_reply_records_it_and_answers(module: Path) -
     repo = module.parent
     run = run_scripted(repo, "Make first() return None for an empty list.",
                        [chat_reply({"name": "read_file", "arguments": {"path": "count.py"}}),
-                        chat_reply({"answer": REPLY}),
-                        chat_reply({"answer": "first() now returns None for an empty list."})],
+                        chat_reply({"answer": REPLY}), chat_reply({"answer": REPLY})],
                        "--max-turns", "4")
-    assert run.summary["reason"] == "answered"
+    assert run.summary["reason"] == "answered" and run.summary["answer"] == REPLY  # the same code again: a report
+    assert len(run.requests) == 3 and "tool_call" not in run.requests[2]
     assert "return xs[0] if xs else None" in module.read_text()
     applied = run.requests[1]
     assert applied["tool_call"] == {"name": "code_block", "arguments": {"paths": ["count.py"]}}
