@@ -1,9 +1,9 @@
 """Best-of-n against one sample on the same tasks (`run --samples N`, agentcache/samples.py): each task of the strict
-suite run with N = 1, then with N = --samples, on one engine, each on a fresh copy of its repo; whether it passed, the
-wall time and the tokens of all candidates, and the ratios. Edits get the shipped tests as the test command (the
-agent's `run_tests` at N = 1, the pick at N > 1); the checker is the suite's, on the picked answer or the repo the
-pick was applied to. For questions it also says how many candidates' own answers would have passed (what a perfect
-pick could reach).
+suite run with N = 1, then with N = --samples, each on a fresh copy of its repo, on one engine whose prefixes are
+computed before anything is timed; whether it passed, the wall time and the tokens of all candidates, and the
+ratios. Edits get the shipped tests as the test command (the agent's `run_tests` at N = 1, the pick at N > 1); the
+checker is the suite's, on the picked answer or the repo the pick was applied to. For questions it also says how
+many candidates' own answers would have passed (what a perfect pick could reach).
 
     python -m benchmarks.best_of                             # the edits and first questions of examples/repo, N = 4
     python -m benchmarks.best_of --tasks add-longest-word,top-default --samples 4 --json benchmarks/results/best-of.json
@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentcache.agent import Agent
+from agentcache.backends import GenSettings
 from agentcache.config import RunConfig, check_config
 from agentcache.records import USAGE_FIELDS, requests_of
 from agentcache.samples import SAMPLE_TEMPERATURE, best_of
@@ -71,6 +72,16 @@ def run_task(task: Task, backend: Any, registry: Any, model: str, work: Path, sa
             "reason": outcome.reason, "answer": outcome.answer, "wall_s": round(wall_s, 3),
             "requests": len(requests), **{name: sum(getattr(r.usage, name) for r in requests) for name in USAGE_FIELDS},
             "candidates_passed": any_passed}
+
+
+def warm(tasks: list[Task], backend: Any, registry: Any, model: str, work: Path) -> None:
+    """Each repo's L1+L2 prefix computed once before anything is timed, so neither N pays the cold prefill."""
+    for repo in dict.fromkeys(task.repo for task in tasks):
+        task = next(t for t in tasks if t.repo == repo)
+        copy = fresh_copy(task.repo, work / f"warm-{repo.name}", task.plant)
+        config = check_config(task_config(model, task, RunConfig().tool_choice))
+        agent = Agent(copy, backend, config, Session(work / f"warm-{repo.name}.jsonl"), registry=registry)
+        backend.complete(agent.context, agent.specs, agent.enabled, GenSettings(max_tokens=1))
 
 
 def ratio(a: float, b: float) -> float | None:
@@ -132,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     backend, registry = LocalBackend(model, engine), load_registry()
     runs = []
     with tempfile.TemporaryDirectory(prefix="agentcache-best-of-") as tmp:
+        warm(tasks, backend, registry, args.model, Path(tmp))
         for task in tasks:
             for n in (1, args.samples):
                 run = run_task(task, backend, registry, args.model, Path(tmp), n)
