@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shlex
 import shutil
 import tempfile
 import threading
@@ -34,7 +33,8 @@ from agentcache.errors import AgentcacheError
 from agentcache.records import requests_of
 from agentcache.safe_files import STATE_DIR
 from agentcache.session import Session
-from agentcache.tools.shell import TESTS_TIMEOUT_S, run_process
+from agentcache.tools.files import replace_content
+from agentcache.tools.shell import test_runner
 from agentcache.tools.workspace import Workspace
 from layers import ToolRegistry
 
@@ -96,7 +96,7 @@ def vote(candidates: list[Candidate]) -> tuple[int, dict[str, int]]:
 
 def tests_of(command: str, root: Path) -> dict[str, Any]:
     """The test command run in a candidate's copy: its exit code (None: timed out) and the tests it says passed."""
-    outcome = run_process(shlex.split(command), Workspace.open(root), TESTS_TIMEOUT_S)
+    outcome = test_runner(command)(Workspace.open(root), {})  # what the run_tests tool runs
     first = outcome.output.split("\n", 1)[0]
     code = int(first.removeprefix("exit code: ")) if first.startswith("exit code: ") else None
     passed = [int(n) for n in PASSED.findall(outcome.output)]
@@ -137,9 +137,7 @@ def apply_files(source: Path, root: Path, paths: list[str]) -> None:
             data = f.read()
         handle, _ = to_ws.write_handle(path)
         with handle:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(data)
+            replace_content(handle, data)
 
 
 def best_of(root: Path, task: str, backend: Backend, config: RunConfig, session: Session, registry: ToolRegistry,
