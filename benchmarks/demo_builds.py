@@ -3,7 +3,7 @@ strictly (benchmarks.task_checks.DefinedIn).
 
 Each configuration runs in a fresh process on a fresh copy of examples/repo, with the disk tier off, through the
 same code as `agentcache run` (agentcache.wiring.run_task). A build is the kernels compiled for one gcc -march, as
-tests/engine/test_gguf_blocks.py compiles them: the process asks engine.gguf_blocks.kernels for that target
+tests/engine/test_gguf_blocks.py compiles them: the process asks engine.gguf.build.kernels for that target
 instead of this CPU's.
 
     python -m benchmarks.demo_builds                                    # every configuration
@@ -58,7 +58,7 @@ NOTES = [
 
 
 def kernel_flags(march: str | None) -> str:
-    from engine.gguf_blocks import CFLAGS
+    from engine.gguf.build import CFLAGS
 
     return " ".join([*CFLAGS, f"-march={march}"]) if march else "none (no block kernels)"
 
@@ -88,16 +88,16 @@ def run_config(config: Config, work: Path) -> dict[str, Any]:
     from agentcache.records import requests_of
     from agentcache.session import Session
     from benchmarks.task_checks import DefinedIn
-    from engine import gguf_blocks
+    from engine.gguf import build
 
     loaded: dict[str, Any] = {}
-    built_for = gguf_blocks.kernels
+    built_for = build.kernels
     if config.march is not None:
         def kernels(build_root: Path, march: str = "native") -> Any:
             ops = built_for(build_root, config.march)
             loaded["kernels"] = Path(ops.__file__).name
             return ops
-        gguf_blocks.kernels = kernels
+        build.kernels = kernels
         built_for(models_dir() / "kernels", config.march)  # built now, not on the clock
     load = wiring.local_engine
 

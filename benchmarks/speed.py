@@ -251,10 +251,11 @@ def child(spec: str) -> dict[str, Any]:
     return {"row": engine_row(lm) if method == "agentcache" else None, "tokens": tokens}
 
 
-def in_process(spec: str) -> dict[str, Any]:
-    """`child(spec)` in a fresh Python process, so no measurement shares memory or caches with another."""
+def in_process(spec: str, checkout: Path = REPO) -> dict[str, Any]:
+    """`child(spec)` in a fresh Python process, so no measurement shares memory or caches with another; its code is
+    `checkout`'s (this one by default; benchmarks.speed_pairs --baseline gives an earlier one)."""
     command = [sys.executable, "-m", "benchmarks.speed", *child_flags, "--child", spec]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=checkout)
     if proc.returncode != 0:
         raise RuntimeError(f"{spec}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'failed'}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -2,16 +2,19 @@
 the minutes between two rows of benchmarks.speed, enough to move a ratio near 1.0 either way. Here each round measures
 agentcache's row (the scheme `auto` loads) and then llama.cpp's, each in its own process as benchmarks.speed does
 (the same prefill, time per token and warm turn measurements), and the report gives each round's ratios and the
-ratios of the medians over the rounds.
+ratios of the medians over the rounds. With --baseline, the other side of each round is agentcache's row run from an
+earlier checkout of this repository (the same scheme): a change's speed before and after, alternated.
 
     python -m benchmarks.speed_pairs                              # the default model, 4 rounds
     python -m benchmarks.speed_pairs --rounds 2 --json out.json
+    python -m benchmarks.speed_pairs --baseline ../old-checkout --quant int8   # this tree against an earlier one
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -32,29 +35,44 @@ def metrics(row: dict[str, Any]) -> dict[str, float]:
 
 
 def ratios(ours: dict[str, float], theirs: dict[str, float]) -> dict[str, float]:
-    """agentcache / llama.cpp: <1 is faster for the times, >1 for prefill throughput."""
+    """agentcache / the other side: <1 is faster for the times, >1 for prefill throughput."""
     return {"tpot": ours["tpot_ms_1k"] / theirs["tpot_ms_1k"], "warm_turn": ours["warm_turn_s"] / theirs["warm_turn_s"],
             "prefill_long": ours["prefill_long"] / theirs["prefill_long"]}
 
 
-def measure(name: str, rounds: int, console: Console) -> dict[str, Any]:
+def commit(checkout: Path) -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def measure(name: str, rounds: int, console: Console, scheme: str | None = None,
+            baseline: Path | None = None) -> dict[str, Any]:
+    """`rounds` rounds of agentcache's row, then the other side's: llama.cpp's on the model's GGUF, or with
+    `baseline` agentcache's row run from that checkout."""
     dtype = choose_dtype("auto").name
-    scheme = speed.in_process(f"{name},scheme,auto,{dtype}")["scheme"]
+    scheme = scheme or speed.in_process(f"{name},scheme,auto,{dtype}")["scheme"]
+    peer = "baseline" if baseline is not None else "llama.cpp"
     pairs = []
     for number in range(1, rounds + 1):
         console.print(f"{name}: round {number}/{rounds}: agentcache {dtype} {scheme} ...")
         ours = metrics(speed.in_process(f"{name},agentcache-speed,{scheme},{dtype}")["row"])
-        console.print(f"{name}: round {number}/{rounds}: llama.cpp ...")
-        row = speed.in_process(f"{name},llama.cpp,none,{dtype}")["row"]
+        console.print(f"{name}: round {number}/{rounds}: {peer} ...")
+        if baseline is not None:
+            row = speed.in_process(f"{name},agentcache-speed,{scheme},{dtype}", checkout=baseline)["row"]
+        else:
+            row = speed.in_process(f"{name},llama.cpp,none,{dtype}")["row"]
         if row is None:
             raise SystemExit(f"no llama.cpp row for {name}: llama-cpp-python is not installed (make peers), or the "
                              f"model has no GGUF file")
         theirs = metrics(row)
-        pairs.append({"agentcache": ours, "llama.cpp": theirs, "ratios": ratios(ours, theirs)})
+        pairs.append({"agentcache": ours, peer: theirs, "ratios": ratios(ours, theirs)})
     medians = {side: {m: statistics.median(p[side][m] for p in pairs) for m in METRICS}
-               for side in ("agentcache", "llama.cpp")}
-    return {"name": name, "scheme": f"{dtype} {scheme}", "rounds": pairs, "medians": medians,
-            "ratios": ratios(medians["agentcache"], medians["llama.cpp"])}
+               for side in ("agentcache", peer)}
+    out = {"name": name, "scheme": f"{dtype} {scheme}", "peer": peer, "rounds": pairs, "medians": medians,
+           "ratios": ratios(medians["agentcache"], medians[peer])}
+    if baseline is not None:
+        out["commits"] = {"agentcache": commit(speed.REPO), "baseline": commit(baseline)}
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -63,16 +81,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not numbers")
+    parser.add_argument("--quant", default=None, help="the scheme to measure (default: what auto loads here)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="an earlier checkout of this repository: its agentcache row is the other side")
     args = parser.parse_args(argv)
     if args.quick:
         vars(speed).update(speed.QUICK)
         speed.child_flags[:] = ["--quick"]
     console = Console(highlight=False)
-    model = measure(args.model, args.rounds, console)
-    table = Table("round", "ms/token @1k (ours / llama.cpp)", "warm turn s", "prefill tok/s", "ratios: tpot, warm, "
-                  "prefill", title=f"{model['name']}: agentcache ({model['scheme']}) against llama.cpp, alternated")
+    model = measure(args.model, args.rounds, console, args.quant, args.baseline)
+    peer = model["peer"]
+    table = Table("round", f"ms/token @1k (ours / {peer})", "warm turn s", "prefill tok/s", "ratios: tpot, warm, "
+                  "prefill", title=f"{model['name']}: agentcache ({model['scheme']}) against {peer}, alternated")
     for number, pair in enumerate(model["rounds"] + [model["medians"] | {"ratios": model["ratios"]}], start=1):
-        ours, theirs, r = pair["agentcache"], pair["llama.cpp"], pair["ratios"]
+        ours, theirs, r = pair["agentcache"], pair[peer], pair["ratios"]
         table.add_row(str(number) if number <= len(model["rounds"]) else "median",
                       f"{ours['tpot_ms_1k']:.1f} / {theirs['tpot_ms_1k']:.1f}",
                       f"{ours['warm_turn_s']:.2f} / {theirs['warm_turn_s']:.2f}",

@@ -31,7 +31,7 @@ from agentcache.cache_dir import models_dir
 from benchmarks.prefix_reuse import make_prompts, plain_ttft, token_stream
 from benchmarks.report import write_json
 from engine import Engine, Request, load_model
-from engine.kv_dir import stats as kv_stats
+from engine.kv.disk_dir import stats as kv_stats
 
 ROLES = ("writer", "warm", "cold")
 PAGE_SIZE = 16

@@ -1,18 +1,16 @@
 """Running sequences decoded together. Their KV is gathered from the pool once per membership into one preallocated
 buffer with room for every token they may still generate; each step appends the new token's KV to the buffer and to
 its page slot in the pool, and attends over the buffer (rows padded to the longest and masked). Where that buffer
-would take over a quarter of the pool's size, each step gathers the rows' pages layer by layer instead."""
+would take over a quarter of the pool's size, each step gathers the rows' pages layer by layer instead. The step
+itself (the forward) is the model runner's."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
-from engine.decode_step import LeanStep
-from engine.kv_store import KVStore
-from engine.model import with_cache
+from engine.kv.store import KVStore
 from engine.sequence import Sequence
 
 BUFFER_SHARE = 4  # the decode buffer may take up to a quarter of the pool's size
@@ -53,26 +51,26 @@ class PoolView:
 
 
 class DecodeBatch:
-    """Built once per membership; one forward per step for all rows."""
+    """Built once per membership: the rows' page tables and, where it fits, their KV buffer. The model runner runs its
+    steps (ModelRunner.decode)."""
 
-    def __init__(self, seqs: list[Sequence], store: KVStore, model: Any, lean: LeanStep | None) -> None:
-        """`lean`: the model's lean step (engine.decode_step), or None to decode through transformers' forward."""
-        self.seqs, self.store, self.model, self.lean = seqs, store, model, lean
-        device = store.k.device
+    def __init__(self, seqs: list[Sequence], store: KVStore) -> None:
+        self.seqs, self.store = seqs, store
+        device = store.device
         width = max(len(s.table) for s in seqs)
         tables = [s.table + [s.table[0]] * (width - len(s.table)) for s in seqs]
         self.tables = torch.tensor(tables, dtype=torch.long, device=device)
         self.rows = torch.arange(len(seqs), device=device)
-        layers, heads, _, _, dim = store.k.shape
-        shape = (layers, len(seqs), heads, max(len(s.prompt) + s.max_tokens for s in seqs), dim)
+        capacity = max(len(s.prompt) + s.max_tokens for s in seqs)
+        shape = (store.num_layers, len(seqs), store.kv_heads, capacity, store.head_dim)
         self.k = self.v = None
-        if math.prod(shape) * BUFFER_SHARE <= store.k.numel():
-            self.k = torch.empty(shape, dtype=store.k.dtype, device=device)
-            self.v = torch.empty(shape, dtype=store.k.dtype, device=device)
+        if len(seqs) * capacity * BUFFER_SHARE <= store.num_slots:
+            self.k = torch.empty(shape, dtype=store.dtype, device=device)
+            self.v = torch.empty(shape, dtype=store.dtype, device=device)
             for row, seq in enumerate(seqs):
-                slots = store.slots(seq.table, 0, seq.kv_len)
-                self.k[:, row, :, : seq.kv_len] = store.k_slots[:, :, slots]
-                self.v[:, row, :, : seq.kv_len] = store.v_slots[:, :, slots]
+                keys, values = store.gather(store.slots(seq.table, 0, seq.kv_len))
+                self.k[:, row, :, : seq.kv_len] = keys
+                self.v[:, row, :, : seq.kv_len] = values
                 # zeros past the KV, not garbage: a masked position still multiplies its value by a zero weight,
                 # and 0 x NaN is NaN
                 self.k[:, row, :, seq.kv_len:] = 0
@@ -82,33 +80,31 @@ class DecodeBatch:
     def buffered(self) -> bool:
         return self.k is not None
 
-    @torch.inference_mode()
-    def forward(self) -> torch.Tensor:
-        """Feed every row's last sampled token at its own position; next-token logits, one row per sequence."""
+    def step(self) -> tuple[torch.Tensor, torch.Tensor, BufferView | PoolView, torch.Tensor]:
+        """A step's inputs: each row's last sampled token [rows, 1], its position [rows, 1] (the row's KV length),
+        the KV view the layers write and read, and the mask [rows, 1, 1, width]. `uniform` is then whether every row
+        attends to all `width` positions (the mask masks nothing)."""
         device, page_size = self.tables.device, self.store.page_size
         lengths = torch.tensor([s.kv_len for s in self.seqs], dtype=torch.long, device=device)
         width = max(s.kv_len for s in self.seqs) + 1
         positions = torch.arange(width, device=device)
         read_slots = self.tables[:, positions // page_size] * page_size + positions % page_size
-        write_slots = read_slots[self.rows, lengths]
-        view = BufferView(self, lengths, width) if self.buffered else PoolView(self.store, write_slots, read_slots)
+        self.write_slots, self.lengths = read_slots[self.rows, lengths], lengths
+        view = BufferView(self, lengths, width) if self.buffered else PoolView(self.store, self.write_slots, read_slots)
         ids = torch.tensor([[s.out[-1]] for s in self.seqs], dtype=torch.long, device=device)
-        if self.lean is not None:
-            uniform = min(s.kv_len for s in self.seqs) + 1 == width  # every row attends to all `width` positions
-            logits = self.lean.forward(ids, lengths[:, None], view, None if uniform else self._mask(lengths, positions))
-        else:
-            out = self.model(input_ids=ids, attention_mask=self._mask(lengths, positions),
-                             position_ids=lengths[:, None], **with_cache(self.model, view), use_cache=True,
-                             logits_to_keep=1)
-            logits = out.logits[:, -1]
-        if self.buffered:  # the new tokens' KV of every layer into their page slots, in one copy
-            self.store.k_slots[:, :, write_slots] = self.k[:, self.rows, :, lengths].permute(1, 2, 0, 3)
-            self.store.v_slots[:, :, write_slots] = self.v[:, self.rows, :, lengths].permute(1, 2, 0, 3)
-        return logits
+        self.uniform = min(s.kv_len for s in self.seqs) + 1 == width
+        return ids, lengths[:, None], view, self.mask(lengths, positions)
 
-    def _mask(self, lengths: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def commit(self) -> None:
+        """After a step on the buffer: the new tokens' KV of every layer into their page slots, in one copy."""
+        if self.buffered:
+            rows, lengths = self.rows, self.lengths
+            self.store.scatter(self.write_slots, self.k[:, rows, :, lengths].permute(1, 2, 0, 3),
+                               self.v[:, rows, :, lengths].permute(1, 2, 0, 3))
+
+    def mask(self, lengths: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """[rows, 1, 1, width]: 0 where a row attends, the dtype's minimum past its own position."""
-        dtype = self.store.k.dtype
+        dtype = self.store.dtype
         mask = torch.zeros((len(self.seqs), len(positions)), dtype=dtype, device=lengths.device)
         mask[positions[None, :] > lengths[:, None]] = torch.finfo(dtype).min
         return mask[:, None, None, :]

@@ -1,7 +1,7 @@
 """A lean decode step for Llama-family models (Llama, Qwen2: SmolLM2 and Qwen2.5-Coder): the same modules and
 weights as transformers' forward, called directly, without its per-call mask building, cache plumbing and
 keyword dispatch. On GGUF blocks its norms, gating and residual adds run inside the block kernel calls, and its
-rotary embedding and attention in the same C++ extension (engine/kernels/decode_ops.cpp); on a decode batch's KV
+rotary embedding and attention in the same C++ extension (engine/gguf/kernels/decode_ops.cpp); on a decode batch's KV
 buffer the loop over the layers runs there too, in one call a step (DecodeLayers: about 2 ms a step less on the
 1.5B). Other architectures decode through transformers' forward (lean_step returns None)."""
 
@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from engine.gguf_blocks import KERNEL_DTYPES, GGUFLinear, Projection
+from engine.gguf.blocks import KERNEL_DTYPES, GGUFLinear, Projection
 
 ARCHITECTURES = ("llama", "qwen2")
 
@@ -46,10 +46,18 @@ class LeanStep:
         self.kv_heads = model.config.num_key_value_heads
         self.layers = [_Layer(layer) for layer in self.body.layers]
         self.head = Projection((model.lm_head,), self.body.norm)
-        # the C++ kernels a model on GGUF blocks was built with also rotate and attend (engine/kernels/decode_ops.cpp)
+        # the C++ kernels a model on GGUF blocks was built with also rotate and attend (engine/gguf/kernels/decode_ops.cpp)
         layer = next((m for m in model.modules() if isinstance(m, GGUFLinear)), None)
         self.ops = layer.ops if layer is not None and self.head_dim % 16 == 0 else None
         self.fused = _fused_layers(self) if self.ops is not None else None
+
+    def path(self, dtype: torch.dtype, device: torch.device, buffered: bool) -> str:
+        """Which of the step's paths runs for activations of `dtype` on `device` (docs/engine.md, "Decode paths"):
+        'fused' (every layer in one C++ call, on a decode buffer), 'lean-kernels' (the layers looped here, each on the
+        C++ kernels), or 'lean' (the layers looped here, in torch)."""
+        if self.ops is None or device.type != "cpu" or dtype not in KERNEL_DTYPES:
+            return "lean"
+        return "fused" if self.fused is not None and buffered else "lean-kernels"
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVAppend,
                 mask: torch.Tensor | None) -> torch.Tensor:
@@ -59,11 +67,12 @@ class LeanStep:
         rows, dim, groups = ids.shape[0], self.head_dim, self.kv_heads
         h = self.body.embed_tokens(ids)
         cos, sin = self.body.rotary_emb(h, positions)
-        ops = self.ops if h.device.type == "cpu" and h.dtype in KERNEL_DTYPES else None
+        buffer = getattr(cache, "buffer", None)  # the optional part of KVAppend
+        path = self.path(h.dtype, h.device, buffer is not None)
+        ops = self.ops if path != "lean" else None
         if ops is not None:  # the kernels' forms, once a step: [rows, dim] angles, each row's count of keys
             cos, sin, counts = cos.view(rows, dim), sin.view(rows, dim), positions[:, 0] + 1
-            buffer = getattr(cache, "buffer", None)
-            if self.fused is not None and buffer is not None:  # every layer in one call
+            if path == "fused":  # every layer in one call
                 h = self.fused.step(h.view(rows, -1), cos, sin, counts, *buffer()).view(rows, 1, -1)
                 return self.head(h)[0][:, -1]
         else:
@@ -99,7 +108,7 @@ class _Layer:
 
 
 def _fused_layers(step: LeanStep) -> Any | None:
-    """The C++ loop over every layer (engine/kernels/decode_ops.cpp, DecodeLayers) when every projection runs on
+    """The C++ loop over every layer (engine/gguf/kernels/decode_ops.cpp, DecodeLayers) when every projection runs on
     GGUF blocks and the norms share one epsilon; None otherwise."""
     projections = [p for layer in step.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
     norms = [p.norm for layer in step.layers for p in (layer.qkv, layer.gate_up)]

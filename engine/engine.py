@@ -7,10 +7,10 @@ import threading
 import time
 from pathlib import Path
 
-from engine.block_manager import RETENTION, chain_hashes, root_hash
+from engine.kv.block_manager import RETENTION, chain_hashes, root_hash
 from engine.errors import EngineError
-from engine.kv_cache import KVCacheManager
-from engine.kv_dir import DEFAULT_DISK_BYTES
+from engine.kv.manager import KVCacheManager
+from engine.kv.disk_dir import DEFAULT_DISK_BYTES
 from engine.model import LoadedModel
 from engine.model_runner import ModelRunner
 from engine.request import Request, Result
@@ -68,7 +68,8 @@ class Engine:
     def stats(self) -> dict[str, int]:
         s = self.scheduler
         return {**s.request_stats(), **s.kv.stats(), "page_size": self.page_size, "page_bytes": self.page_bytes,
-                "decode_steps": s.steps, "decode_rows": s.rows}
+                "decode_steps": s.steps, "decode_rows": s.rows,
+                **{f"decode_steps_{path}": steps for path, steps in s.runner.path_steps.items()}}
 
     def _check_length(self, prompt: list[int], request: Request) -> None:
         if not prompt:

@@ -17,7 +17,9 @@ import xxhash
 from safetensors.torch import save_file
 
 from engine import registry
+from engine.decode_step import reproduces
 from engine.errors import EngineError, ModelNotInstalledError, UnknownModelError
+from engine.gguf import attention
 from engine.hardware import choose_dtype, default_device
 from engine.quant import quantize
 from engine.registry import ModelEntry
@@ -94,10 +96,10 @@ def load_model(spec: str | None = None, device: str | None = None, dtype: torch.
     weights beside its converted ones."""
     spec = spec or "default"
     dev = torch.device(device) if device else default_device()
-    reason = "asked for"
+    dtype_reason = "asked for"
     if isinstance(dtype, str):
-        choice = choose_dtype(dtype, dev)
-        dtype, reason = choice.dtype, choice.reason
+        dtype_choice = choose_dtype(dtype, dev)
+        dtype, dtype_reason = dtype_choice.dtype, dtype_choice.reason
     entry = registry.find(spec)
     if entry is not None:
         model, tokenizer, weights_digest = _load_registry(entry, dtype, cache_dir)
@@ -119,8 +121,12 @@ def load_model(spec: str | None = None, device: str | None = None, dtype: torch.
     store = _quant_dir(_converted_dir(entry, dtype, cache_dir)) if entry is not None and quant != "none" else None
     gguf = (lambda: registry.gguf_path(entry, cache_dir)) if entry is not None else None
     choice = quantize(model, quant, dev, dtype, store, gguf)
+    reason = choice.reason
+    if choice.kernels is not None and reproduces(model.config):  # decode runs the lean step: no padded rows reach
+        attention.use(model, choice.kernels)  # transformers' attention, so prefill's may run on the same kernels
+        reason += ", C++ attention"
     fingerprint = model_fingerprint(weights_digest, dtype, tokenizer, choice.scheme)
-    return LoadedModel(name, model, tokenizer, fingerprint, dev, dtype, reason, choice.scheme, choice.reason)
+    return LoadedModel(name, model, tokenizer, fingerprint, dev, dtype, dtype_reason, choice.scheme, reason)
 
 
 def load_tokenizer(spec: str | None = None, dtype: torch.dtype = torch.float32,

@@ -10,10 +10,12 @@ from transformers import DynamicCache
 
 from engine.batch import DecodeBatch
 from engine.decode_step import LeanStep, lean_step
-from engine.kv_store import KVStore
+from engine.kv.store import KVStore
 from engine.model import LoadedModel, with_cache
+from engine.prefill_buffer import PrefillBuffer
 from engine.sequence import Sequence
-from engine.workspace import PrefillWorkspace
+
+DECODE_PATHS = ("transformers", "lean", "lean-kernels", "fused")  # docs/engine.md, "Decode paths"
 
 
 class ModelRunner:
@@ -21,8 +23,9 @@ class ModelRunner:
 
     def __init__(self, model: LoadedModel, store: KVStore) -> None:
         self.model, self.store = model, store
-        self.workspace = PrefillWorkspace(store)
+        self.prefill_buffer = PrefillBuffer(store)
         self.lean: LeanStep | None = lean_step(model.model)  # None: decode through transformers' forward
+        self.path_steps = dict.fromkeys(DECODE_PATHS, 0)  # decode steps each path ran
 
     @property
     def tokenizer(self) -> Any | None:
@@ -30,7 +33,7 @@ class ModelRunner:
 
     def begin_prefill(self, seq: Sequence, cached_pages: list[int]) -> None:
         """Gather the cached pages into the sequence's prefill cache, with room for the rest of its prompt."""
-        seq.prefill_cache = self.workspace.cache(cached_pages, len(seq.prompt))
+        seq.prefill_cache = self.prefill_buffer.cache(cached_pages, len(seq.prompt))
         seq.prefilled = len(cached_pages) * self.store.page_size
 
     @torch.inference_mode()
@@ -48,12 +51,31 @@ class ModelRunner:
                          seq.usage.cached_tokens, len(prompt))
         return logits
 
-    def decode_batch(self, seqs: list[Sequence]) -> DecodeBatch:
-        return DecodeBatch(seqs, self.store, self.model.model, self.lean)
+    def decode_path(self, batch: DecodeBatch) -> str:
+        """Which decode path a step of `batch` runs: 'transformers' (its forward, for an architecture the lean step does
+        not reproduce), or the lean step's own (LeanStep.path)."""
+        if self.lean is None:
+            return "transformers"
+        return self.lean.path(self.model.dtype, self.model.device, batch.buffered)
 
+    def decode_batch(self, seqs: list[Sequence]) -> DecodeBatch:
+        return DecodeBatch(seqs, self.store)
+
+    @torch.inference_mode()
     def decode(self, batch: DecodeBatch) -> torch.Tensor:
-        """One decode step for every row of the batch: next-token logits, one row per sequence."""
-        return batch.forward()
+        """One decode step for every row of the batch: each row's last sampled token at its own position. Next-token
+        logits, one row per sequence. Which path runs: docs/engine.md, "Decode paths"."""
+        ids, positions, view, mask = batch.step()
+        self.path_steps[self.decode_path(batch)] += 1
+        if self.lean is not None:
+            logits = self.lean.forward(ids, positions, view, None if batch.uniform else mask)
+        else:
+            model = self.model.model
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **with_cache(model, view),
+                        use_cache=True, logits_to_keep=1)
+            logits = out.logits[:, -1]
+        batch.commit()
+        return logits
 
     def _forward(self, token_ids: list[int], cache: DynamicCache) -> torch.Tensor:
         ids = torch.tensor([token_ids], dtype=torch.long, device=self.model.device)

@@ -6,7 +6,7 @@ bfloat16's); a step with many rows (prefill) widens the weights to the activatio
 which on a CPU beats the int8 kernel at that size. Where the kernel is missing, every step takes the plain path
 (said in the reason).
 int4: torchao's grouped int4 weight-only tensors: on a CPU its tinygemm CPU layout, on CUDA its tile-packed layout.
-gguf: the model's GGUF blocks themselves (Q4_K and Q6_K), run by the C++ kernels of engine.gguf_blocks (CPU only).
+gguf: the model's GGUF blocks themselves (Q4_K and Q6_K), run by the C++ kernels of engine.gguf (CPU only).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -33,6 +33,7 @@ INT4_GROUPS = (128, 64, 32)  # group sizes tried for int4, largest first: the fi
 class QuantChoice:
     scheme: str
     reason: str  # which kernel runs it here, or why none could
+    kernels: Any = None  # gguf: the built extension, whose attention the loader may also give the model
 
 
 class Int8Linear(nn.Module):
@@ -133,10 +134,10 @@ def int8_tensors(linears: list[tuple[str, nn.Linear]]) -> dict[str, torch.Tensor
 
 def _gguf(model: nn.Module, linears: list[tuple[str, nn.Linear]], device: torch.device, store: Path | None,
           gguf: Callable[[], Path] | None) -> QuantChoice:
-    """Every Linear layer on its GGUF blocks (engine.gguf_blocks), attention on the same kernels
-    (engine.prefill_attention), or EngineError saying why not."""
-    from engine import gguf_blocks, prefill_attention
-    from engine.decode_step import reproduces
+    """Every Linear layer on its GGUF blocks (engine.gguf.blocks), or EngineError saying why not. The choice carries
+    the built kernels: the loader gives the model their attention too (engine.model.load_model)."""
+    from engine.gguf import blocks as gguf_blocks
+    from engine.gguf.build import kernels
 
     if device.type != "cpu":
         raise EngineError(f"the GGUF block kernels run on a CPU, not {device.type}")
@@ -153,10 +154,10 @@ def _gguf(model: nn.Module, linears: list[tuple[str, nn.Linear]], device: torch.
         except EngineError as exc:
             unsupported.write_text(f"{exc}\n")
             raise
-        return gguf_blocks.block_tensors(linears, path, model.config, gguf_blocks.kernels(store.parent / "kernels"))
+        return gguf_blocks.block_tensors(linears, path, model.config, kernels(store.parent / "kernels"))
 
     tensors = kept_tensors(store, "gguf_blocks", compute)
-    ops = gguf_blocks.kernels(store.parent / "kernels")
+    ops = kernels(store.parent / "kernels")
     blocks = gguf_blocks.on_huge_pages([tensors.pop(f"{name}.blocks") for name, _ in linears])
     kinds = {}
     for (name, module), layer_blocks in zip(linears, blocks):
@@ -164,12 +165,10 @@ def _gguf(model: nn.Module, linears: list[tuple[str, nn.Linear]], device: torch.
         bias = module.bias.detach() if module.bias is not None else None
         _replace(model, name, gguf_blocks.GGUFLinear(layer_blocks, block_type, module.in_features, bias, ops))
         kinds[block_type] = kinds.get(block_type, 0) + 1
-    if reproduces(model.config):  # decode then runs the lean step: no padded rows reach transformers' attention
-        prefill_attention.install(model, ops)
     names = {number: kind for kind, number in gguf_blocks.BLOCK_TYPES.items()}
     counted = ", ".join(f"{count} {names[number]}" for number, count in sorted(kinds.items()))
     return QuantChoice("gguf", f"the GGUF's own blocks ({counted} layers), C++ block kernels for decode, "
-                               f"widened blocks for prefill, C++ attention")
+                               f"widened blocks for prefill", ops)
 
 
 def int8_kernel_runs(device: torch.device, dtype: torch.dtype) -> bool:

@@ -9,7 +9,7 @@ import time
 from collections import deque
 
 from engine.batch import DecodeBatch
-from engine.kv_cache import KVCacheManager
+from engine.kv.manager import KVCacheManager
 from engine.model_runner import ModelRunner
 from engine.request import Result, Usage
 from engine.sequence import Cancelled, Sequence

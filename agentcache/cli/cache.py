@@ -18,7 +18,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instea
 
 
 def _kv_dir() -> Any:
-    from engine import kv_dir  # imports torch: only when a cache command runs
+    from engine.kv import disk_dir as kv_dir  # imports torch: only when a cache command runs
 
     return kv_dir
 

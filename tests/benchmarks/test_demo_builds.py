@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.demo_builds import CONFIGS
 
-# the macros engine/kernels/*.cpp choose their paths by
+# the macros engine/gguf/kernels/*.cpp choose their paths by
 PATHS = {"avx2": ("__AVX2__",), "plain": ()}
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.block_manager import BlockManager, Match, chain_hashes, page_hash, root_hash
+from engine.kv.block_manager import BlockManager, Match, chain_hashes, page_hash, root_hash
 from engine.errors import EngineCapacityError
 
 P = 4

@@ -1,4 +1,4 @@
-"""The decode step's C++ rotary embedding and attention (engine/kernels/decode_ops.cpp), and the work the block
+"""The decode step's C++ rotary embedding and attention (engine/gguf/kernels/decode_ops.cpp), and the work the block
 kernel call does around its products (RMSNorm before, SiLU gating and the residual add after), each against
 PyTorch and transformers computing the same thing."""
 
@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm, apply_rotary_pos_emb
 
-from engine.gguf_blocks import BLOCK_TYPES, kernels
+from engine.gguf.blocks import BLOCK_TYPES
+from engine.gguf.build import kernels
 from tests.engine.conftest import rel_err
 from tests.engine.test_gguf_blocks import gguf_weights, random_blocks
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, Request
-from engine.block_manager import chain_hashes, root_hash
-from engine.kv_dir import prune_damaged, prune_to
+from engine.kv.block_manager import chain_hashes, root_hash
+from engine.kv.disk_dir import prune_damaged, prune_to
 from engine.model import model_fingerprint, random_tiny_model, weights_digest_of
-from engine.page_file import file_name
+from engine.kv.page_file import file_name
 from tests.engine.conftest import reference_logits, rel_err
 from tests.engine.disk_helpers import (as_tensor, check_page_file, finish, page_paths, run_worker,
                                       start_workers_ready)

@@ -1,4 +1,4 @@
-"""The GGUF block kernels (engine/kernels/gguf_blocks.cpp): widened blocks against the gguf package's own
+"""The GGUF block kernels (engine/gguf/kernels/blocks.cpp): widened blocks against the gguf package's own
 dequantization, products against float64 matmuls done here, the AVX2 and plain C++ paths against the native build,
 and the default model on its own Q4_K/Q6_K blocks against its unquantized weights."""
 
@@ -15,10 +15,12 @@ from gguf import GGMLQuantizationType, dequantize
 
 from engine import Engine, Request, load_model
 from engine.errors import EngineError
-from engine import gguf_blocks, prefill_attention
+from engine.gguf import attention
+from engine.gguf import blocks as gguf_blocks
 from engine.batch import BufferView
 from engine.decode_step import lean_step
-from engine.gguf_blocks import BLOCK_TYPES, GGUFLinear, kernels
+from engine.gguf.blocks import BLOCK_TYPES, GGUFLinear
+from engine.gguf.build import kernels
 from engine.model import output_cache, with_cache
 from tests.engine.conftest import reference_logits, rel_err
 from tests.engine.test_decode_step import lean_logits
@@ -115,7 +117,7 @@ def test_the_avx2_and_plain_builds_compute_what_the_native_build_does(ops, model
         assert rel_err(theirs, mine) <= 1e-5
         assert torch.equal(other.dequant(blocks, BLOCK_TYPES[kind], 768, torch.float32),
                            ops.dequant(blocks, BLOCK_TYPES[kind], 768, torch.float32))
-    # the decode step's attention and rotary embedding (engine/kernels/decode_ops.cpp) on those paths too
+    # the decode step's attention and rotary embedding (engine/gguf/kernels/decode_ops.cpp) on those paths too
     q, keys, values = torch.randn(2, 2, 6, 128), torch.randn(2, 2, 40, 128), torch.randn(2, 2, 40, 128)
     counts = torch.tensor([40, 9])
     assert rel_err(other.attention(q, keys, values, counts, 0.1), ops.attention(q, keys, values, counts, 0.1)) <= 1e-5
@@ -137,7 +139,7 @@ def test_the_default_model_runs_on_its_own_blocks(on_blocks, models_dir):
     assert on_blocks.quant == "gguf" and len(layers) == 28 * 7 + 1
     assert f"{kinds['Q4_K']} Q4_K, {kinds['Q6_K']} Q6_K layers" in on_blocks.quant_reason
     assert kinds["Q4_K"] > 0 and kinds["Q6_K"] > 0  # a Q4_K_M file keeps some tensors in Q6_K
-    assert on_blocks.model.config._attn_implementation == prefill_attention.NAME  # attention on the kernels too
+    assert on_blocks.model.config._attn_implementation == attention.NAME  # attention on the kernels too
     store = next(models_dir.glob(f"{DEFAULT}-*-bfloat16-v[0-9].quant"))
     assert (store / "gguf_blocks.safetensors").is_file() and (store / "gguf_blocks.sha256").is_file()
 

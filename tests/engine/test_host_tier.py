@@ -5,7 +5,7 @@ import random
 import torch
 
 from engine import Engine, Request
-from engine.host_tier import HostTier
+from engine.kv.host_tier import HostTier
 from tests.engine.conftest import reference_logits, rel_err
 from tests.engine.disk_helpers import check_page_file, page_paths
 

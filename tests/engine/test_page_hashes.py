@@ -4,7 +4,7 @@ hashed exactly once, whichever tiers the match, the publish and the disk write-t
 import torch
 
 from engine import Engine, Request
-from engine import block_manager
+from engine.kv import block_manager
 
 P = 4
 

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from engine import Engine, EngineError, Request
-from engine.block_manager import RETENTION, RETENTION_TTL_S, BlockManager, page_hash
+from engine.kv.block_manager import RETENTION, RETENTION_TTL_S, BlockManager, page_hash
 
 P = 4
 TURN, PROJECT, PINNED = (RETENTION.index(name) for name in ("turn", "project", "pinned-soft"))

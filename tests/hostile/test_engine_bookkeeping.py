@@ -5,7 +5,7 @@ import random
 import pytest
 
 from engine import Engine, Request, load_model
-from engine.block_manager import EVICTED_POOLS
+from engine.kv.block_manager import EVICTED_POOLS
 
 P = 16
 POOL_PAGES = 8

@@ -11,7 +11,7 @@ from agentcache.backends.local import LocalBackend
 from agentcache.cache_dir import models_dir
 from agentcache.render import ChatRenderer
 from engine import Engine, load_model
-from engine.block_manager import RETENTION
+from engine.kv.block_manager import RETENTION
 from layers import Layer, ToolRegistry, UserInput, build_prefix
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "repo"

@@ -9,7 +9,7 @@ from agentcache.cache_dir import models_dir
 from agentcache.serve.app import create_app
 from agentcache.serve.chat import BadRequest, ChatService, retention_of
 from engine import load_model
-from engine.block_manager import RETENTION
+from engine.kv.block_manager import RETENTION
 from tests.agentcache.http_helpers import http, uvicorn_running
 
 LONG, SHORT = {"type": "ephemeral", "ttl": "1h"}, {"type": "ephemeral"}

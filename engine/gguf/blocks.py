@@ -1,8 +1,7 @@
 """Linear layers that run on the model's GGUF blocks themselves (Q4_K and Q6_K, what a Q4_K_M file holds): the
 weights are the file's, not re-quantized, and a decode step reads 4.5-6.6 bits a weight.
 
-The kernels are C++ (`engine/kernels/gguf_blocks.cpp`), built once per machine with PyTorch's extension builder
-(a C++ compiler and ninja) for the CPU it runs on, and kept under the models folder. A step with few rows (decode)
+The kernels are C++ (`engine/gguf/kernels/blocks.cpp`, built by engine.gguf.build). A step with few rows (decode)
 quantizes its activations to int8 in blocks of 256 and runs integer dot products on the blocks (llama.cpp's
 approach), spread over PyTorch's threads; a step with more rows (prefill) widens the blocks to the activations'
 dtype and runs a plain matmul.
@@ -10,14 +9,7 @@ dtype and runs a plain matmul.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import mmap
-import os
-import platform
-import shutil
-import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import EngineError
-from engine.hardware import cpu_flags
 
-# the block kernels, and the decode step's rotary embedding and attention (engine.decode_step), in one extension
-SOURCES = [Path(__file__).parent / "kernels" / name for name in ("gguf_blocks.cpp", "decode_ops.cpp")]
 BLOCK_TYPES = {"Q4_K": 12, "Q6_K": 14}  # GGML's type numbers, as the kernels take them
 MM_MAX_ROWS = 16  # rows up to which the block kernel beats widening the weights for a matmul
 HUGE_PAGE = 2 << 20  # the size of a transparent huge page on x86_64
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # the activations the block kernels take
-# no fused multiply-add: widened weights match the gguf package bit for bit; OpenMP: at::parallel_for spreads a
-# kernel over PyTorch's threads only in code compiled with it (serial otherwise), and the module then shares
-# PyTorch's own OpenMP runtime (the same libgomp.so.1, already loaded)
-CFLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]
 
 
 class GGUFLinear(nn.Module):
@@ -120,51 +105,6 @@ def on_huge_pages(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         copies.append(copy)
         offset += span
     return copies
-
-
-def kernels(build_root: Path, march: str = "native") -> Any:
-    """The kernels built for `march` (gcc's -march: this CPU by default), built now if they are not there yet;
-    EngineError naming what is missing."""
-    return _build(build_root.resolve(), march)
-
-
-@functools.cache
-def _build(build_root: Path, march: str) -> Any:
-    from torch.utils import cpp_extension
-
-    if shutil.which("c++") is None and shutil.which("g++") is None:
-        raise EngineError("the GGUF block kernels need a C++ compiler (c++ or g++ on PATH)")
-    if not cpp_extension.is_ninja_available():
-        _put_ninja_on_path()
-    if not cpp_extension.is_ninja_available():
-        raise EngineError("the GGUF block kernels need ninja: pip install ninja")
-    # one build per source, flags, CPU and torch: -march=native code must not run on another CPU
-    flags = [*CFLAGS, f"-march={march}"]
-    texts = [source.read_text() for source in SOURCES]
-    key = hashlib.sha256("\n".join([*texts, *flags, platform.machine(), torch.__version__,
-                                    *sorted(cpu_flags())]).encode()).hexdigest()[:16]
-    folder = build_root / f"gguf_blocks_{key}"
-    folder.mkdir(parents=True, exist_ok=True)
-    if not any(folder.glob("*.so")):
-        print("building the GGUF block kernels for this CPU (once, about 30 s) ...", file=sys.stderr, flush=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return cpp_extension.load(name=f"gguf_blocks_{key}", sources=[str(source) for source in SOURCES],
-                                      extra_cflags=flags, extra_ldflags=["-fopenmp"], build_directory=str(folder),
-                                      verbose=False)
-    except (RuntimeError, OSError, ImportError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EngineError(f"the GGUF block kernels did not build here ({first[:200]}); see {folder}") from None
-
-
-def _put_ninja_on_path() -> None:
-    """The ninja package's binary folder first on PATH: a venv's programs run without activating it do not have it."""
-    try:
-        import ninja
-    except ImportError:
-        return
-    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
 def block_tensors(linears: list[tuple[str, nn.Linear]], gguf: Path, config: Any, ops: Any) -> dict[str, torch.Tensor]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from engine.kv_dir import MODEL_FILE, make_real_dir, page_files, prune_to, remove, write_atomic
-from engine.page_file import (PageFileError, PageKey, decode, dtype_name, encode, file_name, page_bytes,
+from engine.kv.disk_dir import MODEL_FILE, make_real_dir, page_files, prune_to, remove, write_atomic
+from engine.kv.page_file import (PageFileError, PageKey, decode, dtype_name, encode, file_name, page_bytes,
                               read_bounded)
 
 

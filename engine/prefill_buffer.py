@@ -9,7 +9,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from engine.kv_store import KVStore
+from engine.kv.store import KVStore
 
 
 class BufferLayer(DynamicLayer):
@@ -31,7 +31,7 @@ class BufferLayer(DynamicLayer):
         return self.keys, self.values
 
 
-class PrefillWorkspace:
+class PrefillBuffer:
     """One buffer of [layers, kv_heads, tokens, head_dim] keys and values, grown to the longest prompt seen.
     Only one request is prefilled at a time (the scheduler's rule), so one buffer serves them all."""
 
@@ -45,8 +45,9 @@ class PrefillWorkspace:
         self._reserve(prompt_tokens)
         P = self.store.page_size
         for i, page_id in enumerate(page_ids):
-            self.k[:, :, i * P : (i + 1) * P].copy_(self.store.k[:, :, page_id])
-            self.v[:, :, i * P : (i + 1) * P].copy_(self.store.v[:, :, page_id])
+            keys, values = self.store.read_page(page_id)
+            self.k[:, :, i * P : (i + 1) * P].copy_(keys)
+            self.v[:, :, i * P : (i + 1) * P].copy_(values)
         cache = DynamicCache()
         for k, v in zip(self.k, self.v):
             cache.layers.append(BufferLayer(k.unsqueeze(0), v.unsqueeze(0), len(page_ids) * P))
@@ -55,9 +56,9 @@ class PrefillWorkspace:
     def _reserve(self, tokens: int) -> None:
         if self.k is not None and self.k.shape[2] >= tokens:
             return
-        layers, heads, _, _, dim = self.store.k.shape
-        size = -(-tokens // self.store.page_size) * self.store.page_size
-        shape = (layers, heads, size, dim)
+        store = self.store
+        size = -(-tokens // store.page_size) * store.page_size
+        shape = (store.num_layers, store.kv_heads, size, store.head_dim)
         self.k = self.v = None  # free the smaller buffer first
-        self.k = torch.empty(shape, dtype=self.store.k.dtype, device=self.store.k.device)
-        self.v = torch.empty(shape, dtype=self.store.k.dtype, device=self.store.k.device)
+        self.k = torch.empty(shape, dtype=store.dtype, device=store.device)
+        self.v = torch.empty(shape, dtype=store.dtype, device=store.device)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.block_manager import BlockManager, Match, Origin
-from engine.disk_tier import DiskTier
-from engine.host_tier import HostTier
-from engine.kv_store import KVStore
+from engine.kv.block_manager import BlockManager, Match, Origin
+from engine.kv.disk_tier import DiskTier
+from engine.kv.host_tier import HostTier
+from engine.kv.store import KVStore
 from engine.model import LoadedModel
 
 DEFAULT_HOST_BYTES = 4 << 30
@@ -101,7 +101,7 @@ class Tiers:
         if kv is None:
             return None
         page_id = self.blocks.take_fresh()
-        self.store.write_page(page_id, *(t.to(self.store.k.device) for t in kv))
+        self.store.write_page(page_id, *(t.to(self.store.device) for t in kv))
         self.blocks.register(page_id, h, chunk, first)
         if tier == "host":
             hits.host_tokens += len(chunk)

@@ -1,9 +1,11 @@
 // The decode step's work around the weights, for the CPU: rotary position embedding of the new token's queries and
 // keys, and attention of a few query tokens (one a row) over each row's cached keys and values. Built into the same
-// extension as the GGUF block kernels (engine/kernels/gguf_blocks.cpp registers them).
+// extension as the GGUF block kernels (engine/gguf/kernels/blocks.cpp registers them).
 //
 // bfloat16 tensors are rounded where PyTorch's own bfloat16 ops round, so that a step here computes what
 // transformers' forward computes on the same inputs; attention accumulates in float32, as PyTorch's CPU kernels do.
+#include "kernels.h"
+
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -524,11 +526,6 @@ torch::Tensor attention(torch::Tensor q, torch::Tensor keys, torch::Tensor value
   return out;
 }
 
-std::vector<torch::Tensor> mm_group(torch::Tensor x, std::vector<torch::Tensor> blocks, std::vector<int64_t> types,
-                                    std::vector<c10::optional<torch::Tensor>> biases,
-                                    c10::optional<torch::Tensor> norm, double eps, bool gated,
-                                    c10::optional<torch::Tensor> residual);  // engine/kernels/gguf_blocks.cpp
-
 // A Llama/Qwen2 model's decoder layers on GGUF blocks, for a decode step on a preallocated KV buffer: per layer the
 // same kernel calls, in the same order, as engine.decode_step's loop (RMSNorm and q/k/v, rotary embedding, the new
 // keys and values into the buffer, attention, o plus the residual, RMSNorm and gated gate/up, down plus the
@@ -610,7 +607,7 @@ class DecodeLayers {
 void register_decode_ops(pybind11::module& m) {
   m.def("rope_", &rope_, "rotary position embedding of q and k [rows, heads, dim], in place");
   m.def("attention", &attention, "attention of one query token a row over its first counts[r] keys and values");
-  // module_local: each build of these kernels (engine.gguf_blocks.kernels for another -march) has its own class
+  // module_local: each build of these kernels (engine.gguf.blocks.kernels for another -march) has its own class
   pybind11::class_<DecodeLayers>(m, "DecodeLayers", pybind11::module_local())
       .def(pybind11::init<std::vector<torch::Tensor>, std::vector<int64_t>,
                           std::vector<c10::optional<torch::Tensor>>, std::vector<torch::Tensor>, double, int64_t,

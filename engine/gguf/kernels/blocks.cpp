@@ -7,6 +7,8 @@
 // where the compiler targets it, plain C++ otherwise), parallel over the weight rows.
 // dequant: the blocks widened to float32 or bfloat16, for steps with many rows (prefill), which then run as a
 // plain matmul (AVX-512: 32 codes at a time, straight into the output row).
+#include "kernels.h"
+
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -648,8 +650,6 @@ std::vector<torch::Tensor> mm_group(torch::Tensor x, std::vector<torch::Tensor> 
   });
   return outs;
 }
-
-void register_decode_ops(pybind11::module& m);  // engine/kernels/decode_ops.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mm_group", &mm_group, "x @ blocks.T (+ bias) for several weights of a GGUF's Q4_K / Q6_K blocks",

@@ -1,4 +1,4 @@
-"""Prefill's attention on the CPU kernels (engine/prefill_attention.py) against PyTorch's causal attention, and a
+"""Prefill's attention on the CPU kernels (engine/gguf/attention.py) against PyTorch's causal attention, and a
 model on GGUF blocks routed through it."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import prefill_attention
-from engine.gguf_blocks import kernels
+from engine.gguf import attention
+from engine.gguf.build import kernels
 from tests.engine.conftest import rel_err
 
 
@@ -39,7 +39,7 @@ def test_new_tokens_over_the_cache_equal_pytorchs_causal_attention(layer, dtype,
     torch.manual_seed(4)
     q = torch.randn(1, 6, new, 64).to(dtype)
     k, v = torch.randn(1, 2, width, 64).to(dtype), torch.randn(1, 2, width, 64).to(dtype)
-    out, weights = prefill_attention.attend(layer, q, k, v, None, scaling=0.125)
+    out, weights = attention.attend(layer, q, k, v, None, scaling=0.125)
     assert weights is None and out.shape == (1, new, 6, 64) and out.dtype == dtype
     assert rel_err(out.float(), causal_reference(q, k, v, 0.125)) <= tolerance
 
@@ -48,8 +48,8 @@ def test_what_the_kernel_does_not_take_runs_on_pytorch(layer):
     """Two sequences at once (never the engine's prefill) and float16: PyTorch's attention, the same causal rule."""
     torch.manual_seed(5)
     q, k, v = torch.randn(2, 4, 5, 32), torch.randn(2, 2, 12, 32), torch.randn(2, 2, 12, 32)
-    out, _ = prefill_attention.attend(layer, q, k, v, None, scaling=0.2)
+    out, _ = attention.attend(layer, q, k, v, None, scaling=0.2)
     assert rel_err(out, causal_reference(q, k, v, 0.2)) <= 1e-6
     half = [t[:1].half() for t in (q, k, v)]
-    out, _ = prefill_attention.attend(layer, *half, None, scaling=0.2)
+    out, _ = attention.attend(layer, *half, None, scaling=0.2)
     assert out.dtype == torch.float16 and rel_err(out.float(), causal_reference(*half, 0.2)) <= 1e-3

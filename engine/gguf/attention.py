@@ -1,4 +1,4 @@
-"""Prefill's attention on the CPU kernels (engine/kernels/decode_ops.cpp) of a model on GGUF blocks: every new
+"""Prefill's attention on the CPU kernels (kernels/decode_ops.cpp) of a model on GGUF blocks: every new
 token's query heads attend over the cached positions and the new tokens up to their own, as transformers' causal
 attention does, computed by the kernel decode uses (each new token a row, all rows over the same keys). PyTorch's
 CPU attention takes about twice as long for a turn's new tokens over a long cached prefix."""
@@ -15,12 +15,13 @@ NAME = "agentcache_cpu"
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def install(model: Any, ops: Any) -> None:
-    """Route `model`'s attention through `ops` (the built kernels). transformers then builds no attention mask: a
-    forward must be what the engine's prefill runs, one sequence without padding whose new tokens follow its cache
-    (decode rows, padded to one another, must go through the lean decode step: engine.quant installs this only for
+def use(model: Any, ops: Any) -> None:
+    """Give `model`'s attention layers `ops` (the built kernels) and run their attention through `attend` (the name
+    transformers looks attention functions up by). transformers then builds no attention mask: a forward must be
+    what the engine's prefill runs, one sequence without padding whose new tokens follow its cache (decode rows,
+    padded to one another, must go through the lean decode step: engine.model.load_model chooses this only for
     models that have one)."""
-    AttentionInterface.register(NAME, attend)
+    AttentionInterface.register(NAME, attend)  # transformers' one table of attention functions, by name
     for module in model.modules():
         if hasattr(module, "num_key_value_groups"):  # an attention layer
             module.cpu_kernels = ops

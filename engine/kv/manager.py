@@ -8,13 +8,13 @@ from bisect import bisect_right
 from itertools import accumulate
 from pathlib import Path
 
-from engine.block_manager import RETENTION, BlockManager, Origin, chain_hashes
+from engine.kv.block_manager import RETENTION, BlockManager, Origin, chain_hashes
 from engine.errors import EngineError
-from engine.kv_store import KVStore
+from engine.kv.store import KVStore
 from engine.model import LoadedModel
 from engine.request import Trace, Usage
 from engine.sequence import Sequence
-from engine.tiers import Tiers
+from engine.kv.tiers import Tiers
 
 
 class KVCacheManager:

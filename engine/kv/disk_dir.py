@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import EngineError
-from engine.page_file import (MAX_HEADER_BYTES, MAX_PAGE_BYTES, PREFIX, SUFFIX, PageFileError, open_regular,
+from engine.kv.page_file import (MAX_HEADER_BYTES, MAX_PAGE_BYTES, PREFIX, SUFFIX, PageFileError, open_regular,
                               read_bounded, split_verified)
 
 MODEL_FILE = "model.json"

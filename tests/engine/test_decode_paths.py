@@ -1,0 +1,136 @@
+"""Each decode path (docs/engine.md, "Decode paths") run by the engine's own model runner on its own pool, against
+the reference: at every step, every row's logits equal what transformers' own forward computes for the row alone (its
+prompt in one forward, then its tokens one at a time on transformers' cache, with PyTorch's attention). One token at
+a time, a model's GGUF layers run the same block kernels as a decode step, which quantize the activations to int8,
+so the reference holds the paths on the kernels as tightly as the others. The engine's stats say which path ran;
+each case asserts it ran only the path it is about."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import nn
+from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
+
+from engine import Engine, LoadedModel, Request
+from engine.gguf.blocks import BLOCK_TYPES, GGUFLinear
+from engine.gguf.build import kernels
+from engine.model import with_cache
+from tests.engine.conftest import rel_err
+from tests.engine.scheduling import run_together
+from tests.engine.test_decode_step import random_model
+from tests.engine.test_gguf_blocks import random_blocks
+
+BUFFERED, POOL = 8 << 20, None  # a pool the decode buffer fits in; None: one too small for it (sized per model)
+TOLERANCE = 1e-4
+
+
+def gguf_model(ops) -> LoadedModel:
+    """A random Qwen2 model whose every Linear layer, the LM head included, runs on random Q4_K or Q6_K blocks."""
+    config = Qwen2Config(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        model = Qwen2ForCausalLM(config).eval()
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for seed, (name, module) in enumerate(linears):
+        kind = ("Q4_K", "Q6_K")[seed % 2]
+        blocks = random_blocks(kind, module.out_features, module.in_features, seed=seed)
+        bias = module.bias.detach() if module.bias is not None else None
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child,
+                GGUFLinear(blocks, BLOCK_TYPES[kind], module.in_features, bias, ops))
+    return LoadedModel("random-gguf", model, None, "random-gguf", torch.device("cpu"), torch.float32)
+
+
+def reference(loaded: LoadedModel, prompt: list[int], fed: list[int]) -> torch.Tensor:
+    """transformers' forward for one row: `prompt` at once, then the `fed` tokens one a call on its own cache, with
+    PyTorch's attention; the last position's logits."""
+    model, cache = loaded.model, DynamicCache()
+    with torch.inference_mode():
+        logits = None
+        for chunk in [prompt, *([token] for token in fed)]:
+            out = model(input_ids=torch.tensor([chunk]), **with_cache(model, cache), use_cache=True)
+            logits = out.logits[0, -1]
+    return logits.float()
+
+
+def check_steps(loaded: LoadedModel, steps: list) -> None:
+    for rows, logits, _ in steps:
+        for row, (prompt, fed) in enumerate(rows):
+            assert rel_err(logits[row], reference(loaded, prompt, fed)) <= TOLERANCE, (len(prompt), len(fed))
+
+
+@pytest.fixture(scope="module")
+def models(models_dir):
+    return {"mistral": random_model("mistral"), "qwen2": random_model("qwen2"),
+            "gguf": gguf_model(kernels(models_dir / "kernels"))}
+
+
+def decode_steps(loaded: LoadedModel, capacity: int) -> tuple[Engine, list[tuple[list[list[int]], torch.Tensor, bool]]]:
+    """Three rows of different lengths decoded together, four tokens each. Every decode step's rows (each row's
+    prompt, and the tokens it has been fed so far, this step's last), the logits the runner returned for them, and
+    whether the step ran on a decode buffer (else on the pool's pages)."""
+    engine = Engine(loaded, page_size=16, capacity_bytes=capacity)
+    runner, steps = engine.scheduler.runner, []
+    decode = runner.decode
+
+    def watched(batch):
+        rows = [(list(seq.prompt), list(seq.out)) for seq in batch.seqs]
+        logits = decode(batch)
+        steps.append((rows, logits.clone(), batch.buffered))
+        return logits
+
+    runner.decode = watched
+    rng = random.Random(13)
+    prompts = [[rng.randrange(3, 512) for _ in range(n)] for n in (9, 30, 51)]
+    no_eos = torch.ones(loaded.model.config.vocab_size, dtype=torch.bool)
+    no_eos[2] = False
+    results = run_together(engine, [Request([p], max_tokens=4, logits_mask=lambda _: no_eos) for p in prompts])
+    assert all(len(result.token_ids) == 4 for result in results)
+    return engine, steps
+
+
+def pool_only(loaded: LoadedModel) -> int:
+    """A pool of twelve pages: room for the three rows' pages, not for a decode buffer (a quarter of the pool)."""
+    m = loaded.model.config
+    head_dim = m.hidden_size // m.num_attention_heads
+    return 12 * m.num_hidden_layers * 2 * m.num_key_value_heads * 16 * head_dim * 4
+
+
+@pytest.mark.parametrize("kind, capacity, path", [
+    ("mistral", BUFFERED, "transformers"),
+    ("mistral", POOL, "transformers"),
+    ("qwen2", BUFFERED, "lean"),
+    ("qwen2", POOL, "lean"),
+    ("gguf", POOL, "lean-kernels"),
+    ("gguf", BUFFERED, "fused"),
+])
+def test_each_decode_path_equals_the_reference(models, kind, capacity, path):
+    loaded = models[kind]
+    engine, steps = decode_steps(loaded, capacity or pool_only(loaded))
+    stats = engine.stats()
+    assert stats[f"decode_steps_{path}"] == stats["decode_steps"] == len(steps) >= 3
+    assert stats["decode_rows"] > stats["decode_steps"]  # rows really decoded together
+    assert {buffered for _, _, buffered in steps} == {capacity is BUFFERED}
+    check_steps(loaded, steps)
+
+
+def test_the_layer_by_layer_kernels_also_run_on_a_buffer_when_the_fused_call_cannot(models):
+    """A model whose norms differ in epsilon has no fused layers: its buffered steps take the lean-kernels path."""
+    loaded = models["gguf"]
+    runner_fused = Engine(loaded, page_size=16, capacity_bytes=BUFFERED).scheduler.runner.lean.fused
+    assert runner_fused is not None
+    norm = loaded.model.model.layers[0].input_layernorm
+    epsilon, norm.variance_epsilon = norm.variance_epsilon, norm.variance_epsilon * 2
+    try:
+        engine, steps = decode_steps(loaded, BUFFERED)
+        assert engine.scheduler.runner.lean.fused is None
+        assert engine.stats()["decode_steps_lean-kernels"] == engine.stats()["decode_steps"] == len(steps)
+        assert {buffered for _, _, buffered in steps} == {True}
+        check_steps(loaded, steps)
+    finally:
+        norm.variance_epsilon = epsilon
