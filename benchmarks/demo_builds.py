@@ -3,7 +3,7 @@ strictly (benchmarks.task_checks.DefinedIn).
 
 Each configuration runs in a fresh process on a fresh copy of examples/repo, with the disk tier off, through the
 same code as `agentcache run` (agentcache.wiring.run_task). A build is the kernels compiled for one gcc -march, as
-tests/engine/test_gguf_blocks.py compiles them: the process asks engine.gguf.build.kernels for that target
+tests/engine/gguf/test_blocks.py compiles them: the process asks engine.gguf.build.kernels for that target
 instead of this CPU's.
 
     python -m benchmarks.demo_builds                                    # every configuration

@@ -46,7 +46,7 @@ class LeanStep:
         self.kv_heads = model.config.num_key_value_heads
         self.layers = [_Layer(layer) for layer in self.body.layers]
         self.head = Projection((model.lm_head,), self.body.norm)
-        # the C++ kernels a model on GGUF blocks was built with also rotate and attend (engine/gguf/kernels/decode_ops.cpp)
+        # the C++ kernels a model on GGUF blocks was built with also rotate and attend (gguf/kernels/decode_ops.cpp)
         layer = next((m for m in model.modules() if isinstance(m, GGUFLinear)), None)
         self.ops = layer.ops if layer is not None and self.head_dim % 16 == 0 else None
         self.fused = _fused_layers(self) if self.ops is not None else None

@@ -26,14 +26,15 @@ class Engine:
     def __init__(self, model: LoadedModel, page_size: int = 16, capacity_bytes: int = DEFAULT_CAPACITY,
                  max_running: int = DEFAULT_MAX_RUNNING, disk_dir: Path | None = None,
                  disk_bytes: int = DEFAULT_DISK_BYTES, host_bytes: int | None = None,
-                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> None:
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK, threads: str = "auto") -> None:
         """disk_dir None: no disk tier. host_bytes None: a host tier on CUDA only; 0: none. prefill_chunk: the
-        most prompt tokens prefilled between two decode steps of running requests."""
+        most prompt tokens prefilled between two decode steps of running requests. threads: on a CPU, 'auto' runs
+        each forward on the cores other processes leave free (engine.threads), 'all' always on all of PyTorch's."""
         self.model = model
         self.page_size = page_size
         kv = KVCacheManager(model, page_size, capacity_bytes, disk_dir, disk_bytes, host_bytes)
         self.page_bytes = kv.page_bytes
-        self.scheduler = Scheduler(kv, ModelRunner(model, kv.store), max_running, prefill_chunk)
+        self.scheduler = Scheduler(kv, ModelRunner(model, kv.store, threads), max_running, prefill_chunk)
 
     def tokenize(self, segments: list[str | list[int]]) -> tuple[list[int], list[int]]:
         """Each segment on its own, concatenated: stable bytes give stable tokens across requests."""
@@ -68,7 +69,7 @@ class Engine:
     def stats(self) -> dict[str, int]:
         s = self.scheduler
         return {**s.request_stats(), **s.kv.stats(), "page_size": self.page_size, "page_bytes": self.page_bytes,
-                "decode_steps": s.steps, "decode_rows": s.rows,
+                "decode_steps": s.steps, "decode_rows": s.rows, "threads": s.runner.threads.count,
                 **{f"decode_steps_{path}": steps for path, steps in s.runner.path_steps.items()}}
 
     def _check_length(self, prompt: list[int], request: Request) -> None:

@@ -10,19 +10,27 @@ from transformers import DynamicCache
 
 from engine.batch import DecodeBatch
 from engine.decode_step import LeanStep, lean_step
+from engine.errors import EngineError
 from engine.kv.store import KVStore
 from engine.model import LoadedModel, with_cache
 from engine.prefill_buffer import PrefillBuffer
 from engine.sequence import Sequence
+from engine.threads import Threads
 
 DECODE_PATHS = ("transformers", "lean", "lean-kernels", "fused")  # docs/engine.md, "Decode paths"
+THREAD_POLICIES = ("auto", "all")
 
 
 class ModelRunner:
     """Reads and writes the pool's tensors (`store`) at the pages a sequence's table names; owns no pages."""
 
-    def __init__(self, model: LoadedModel, store: KVStore) -> None:
+    def __init__(self, model: LoadedModel, store: KVStore, threads: str = "auto") -> None:
+        """`threads`: 'auto' runs each forward on the CPU cores other processes leave free, 'all' on all of
+        PyTorch's threads (engine.threads; off the CPU, always 'all')."""
+        if threads not in THREAD_POLICIES:
+            raise EngineError(f"unknown threads policy '{threads}' (known: {', '.join(THREAD_POLICIES)})")
         self.model, self.store = model, store
+        self.threads = Threads(fixed=threads == "all" or model.device.type != "cpu")
         self.prefill_buffer = PrefillBuffer(store)
         self.lean: LeanStep | None = lean_step(model.model)  # None: decode through transformers' forward
         self.path_steps = dict.fromkeys(DECODE_PATHS, 0)  # decode steps each path ran
@@ -40,6 +48,7 @@ class ModelRunner:
     def prefill(self, seq: Sequence, chunk: int | None = None) -> torch.Tensor | None:
         """Prefill the next `chunk` uncached prompt tokens (all of them when None). After the last chunk: write the
         prompt's KV into its pages and return the next-token logits; None while prompt tokens remain."""
+        self.threads.apply()
         prompt = seq.prompt
         end = len(prompt) if chunk is None else min(len(prompt), seq.prefilled + chunk)
         logits = self._forward(prompt[seq.prefilled : end], seq.prefill_cache)
@@ -65,6 +74,7 @@ class ModelRunner:
     def decode(self, batch: DecodeBatch) -> torch.Tensor:
         """One decode step for every row of the batch: each row's last sampled token at its own position. Next-token
         logits, one row per sequence. Which path runs: docs/engine.md, "Decode paths"."""
+        self.threads.apply()
         ids, positions, view, mask = batch.step()
         self.path_steps[self.decode_path(batch)] += 1
         if self.lean is not None:

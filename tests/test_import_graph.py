@@ -17,7 +17,8 @@ def test_no_import_cycle_inside_a_package(package):
     assert found is None, " -> ".join(found)
 
 
-@pytest.mark.parametrize("package, allowed", [("engine", set()), ("layers", set()), ("agentcache", {"engine", "layers"})])
+@pytest.mark.parametrize("package, allowed", [("engine", set()), ("layers", set()),
+                                              ("agentcache", {"engine", "layers"})])
 def test_the_packages_import_one_another_one_way(package, allowed):
     outside = {m.split(".")[0] for path in files(package).values() for m in imported(path)} & set(PACKAGES)
     assert outside - {package} <= allowed

@@ -22,3 +22,14 @@ def test_a_model_without_a_llama_cpp_row_stops_with_one_line(monkeypatch):
     monkeypatch.setattr(speed, "PREFILLS", speed.QUICK["PREFILLS"])
     with pytest.raises(SystemExit, match="no llama.cpp row for random-tiny-chat"):
         speed_pairs.measure("random-tiny-chat", 1, Console(quiet=True))
+
+
+def test_against_a_baseline_checkout_each_round_runs_both_and_records_the_commits(monkeypatch):
+    """This checkout as its own baseline: both sides measured each round, ratios from the two sides' medians."""
+    monkeypatch.setattr(speed, "child_flags", ["--quick"])
+    monkeypatch.setattr(speed, "PREFILLS", speed.QUICK["PREFILLS"])
+    model = speed_pairs.measure("random-tiny-chat", 1, Console(quiet=True), scheme="none", baseline=speed.REPO)
+    assert model["peer"] == "baseline" and set(model["commits"]) == {"agentcache", "baseline"}
+    pair = model["rounds"][0]
+    assert pair["agentcache"]["tpot_ms_1k"] > 0 and pair["baseline"]["tpot_ms_1k"] > 0
+    assert model["ratios"]["tpot"] == pytest.approx(pair["agentcache"]["tpot_ms_1k"] / pair["baseline"]["tpot_ms_1k"])

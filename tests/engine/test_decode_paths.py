@@ -21,7 +21,7 @@ from engine.model import with_cache
 from tests.engine.conftest import rel_err
 from tests.engine.scheduling import run_together
 from tests.engine.test_decode_step import random_model
-from tests.engine.test_gguf_blocks import random_blocks
+from tests.engine.gguf.test_blocks import random_blocks
 
 BUFFERED, POOL = 8 << 20, None  # a pool the decode buffer fits in; None: one too small for it (sized per model)
 TOLERANCE = 1e-4

@@ -44,7 +44,7 @@ def test_engine_modules_import_one_another_without_a_cycle():
     graph = engine_graph()
     assert "engine.scheduler" in graph["engine.engine"] and "engine.engine" not in graph["engine.scheduler"]
     assert cycle(graph) is None, " -> ".join(cycle(graph))
-    assert not any("engine" in deps for name, deps in graph.items() if name != "engine")  # no submodule needs the package
+    assert not any("engine" in deps for name, deps in graph.items() if name != "engine")  # no module needs the package
     assert "engine.kv.store" in graph["engine.kv.manager"] and "engine.gguf.blocks" in graph["engine.decode_step"]
 
 

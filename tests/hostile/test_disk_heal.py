@@ -10,7 +10,7 @@ from engine import Engine, Request, load_model
 from engine.kv.block_manager import chain_hashes, root_hash
 from engine.kv.page_file import PageFileError, PageKey, decode, dtype_name, encode, file_name
 from tests.engine.conftest import reference_logits, rel_err
-from tests.engine.disk_helpers import check_page_file
+from tests.engine.kv.disk_helpers import check_page_file
 
 P = 16
 PAGES = 10

@@ -15,7 +15,7 @@ from engine import Engine, Request, load_model
 from engine.kv.block_manager import chain_hashes, root_hash
 from engine.kv.page_file import file_name
 from tests.engine.conftest import reference_logits, rel_err
-from tests.engine.disk_helpers import as_tensor, check_page_file, page_paths, start_worker
+from tests.engine.kv.disk_helpers import as_tensor, check_page_file, page_paths, start_worker
 from tests.hostile.test_state_dir import plant_socket
 
 P = 16  # the worker's engine page size (the default)

@@ -3,7 +3,7 @@
 import random
 
 from tests.engine.conftest import reference_logits, rel_err
-from tests.engine.disk_helpers import as_tensor, check_page_file, page_paths, run_worker
+from tests.engine.kv.disk_helpers import as_tensor, check_page_file, page_paths, run_worker
 
 P = 16
 

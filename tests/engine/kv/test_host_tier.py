@@ -7,7 +7,7 @@ import torch
 from engine import Engine, Request
 from engine.kv.host_tier import HostTier
 from tests.engine.conftest import reference_logits, rel_err
-from tests.engine.disk_helpers import check_page_file, page_paths
+from tests.engine.kv.disk_helpers import check_page_file, page_paths
 
 P = 16
 

@@ -17,7 +17,7 @@ from engine.kv.disk_dir import prune_damaged, prune_to
 from engine.model import model_fingerprint, random_tiny_model, weights_digest_of
 from engine.kv.page_file import file_name
 from tests.engine.conftest import reference_logits, rel_err
-from tests.engine.disk_helpers import (as_tensor, check_page_file, finish, page_paths, run_worker,
+from tests.engine.kv.disk_helpers import (as_tensor, check_page_file, finish, page_paths, run_worker,
                                       start_workers_ready)
 
 P = 16

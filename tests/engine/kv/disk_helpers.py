@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import xxhash
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MAGIC = b"ACKVPG1\n"
 
 
@@ -20,7 +20,7 @@ def start_worker(model: str, kv: Path, prompts: list[list[int]], *extra: str) ->
     prompts_file = kv.parent / f"prompts-{xxhash.xxh3_64_hexdigest(json.dumps(prompts).encode())}.json"
     prompts_file.write_text(json.dumps(prompts))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "tests.engine.disk_worker", model, str(kv), str(prompts_file),
+    return subprocess.Popen([sys.executable, "-m", "tests.engine.kv.disk_worker", model, str(kv), str(prompts_file),
                              *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

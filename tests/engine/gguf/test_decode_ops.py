@@ -12,7 +12,7 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm, apply_rotary_
 from engine.gguf.blocks import BLOCK_TYPES
 from engine.gguf.build import kernels
 from tests.engine.conftest import rel_err
-from tests.engine.test_gguf_blocks import gguf_weights, random_blocks
+from tests.engine.gguf.test_blocks import gguf_weights, random_blocks
 
 DTYPES = [torch.float32, torch.bfloat16]
 

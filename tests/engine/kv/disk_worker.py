@@ -1,6 +1,6 @@
 """A separate process for the disk tier tests: fresh engines over a shared KV dir, results as JSON on stdout.
 
-    python -m tests.engine.disk_worker MODEL DIR PROMPTS_JSON [--repeat N] [--file-size-limit BYTES]
+    python -m tests.engine.kv.disk_worker MODEL DIR PROMPTS_JSON [--repeat N] [--file-size-limit BYTES]
                                        [--ready FILE --go FILE] [--models DIR]
 """
 
