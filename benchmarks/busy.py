@@ -25,7 +25,6 @@ from agentcache.cache_dir import models_dir
 from agentcache.config import DEFAULT_MODEL
 from benchmarks import speed
 from benchmarks.prefix_reuse import token_stream
-from benchmarks.report import write_json
 from engine import Engine, Request, load_model
 from engine.hardware import choose_dtype
 
@@ -100,8 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        vars(speed).update(speed.QUICK)
-        speed.child_flags[:] = ["--quick"]
+        speed.use_quick_sizes()
     if args.child:
         print(json.dumps(child(args.child)))
         return {}
@@ -112,10 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for row in model["rows"]:
         table.add_row(row["threads"], f"{row['tpot_quiet_ms']:.1f}", f"{row['tpot_busy_ms']:.1f}",
                       f"{row['busy_ratio']:.2f}x", ", ".join(str(t) for t in row["threads_when_busy"]))
-    console.print(table)
-    report = {"machine": speed.machine(), "models": [model]}
-    write_json(args.json, report, console)
-    return report
+    return speed.report_model(console, table, model, args.json)
 
 
 if __name__ == "__main__":

@@ -331,6 +331,20 @@ def machine() -> dict[str, Any]:
             "bf16_native": bool(flags & set(BF16_CPU_FLAGS))}
 
 
+def use_quick_sizes() -> None:
+    """--quick, for this module and every measuring process it starts: smoke sizes, not numbers."""
+    globals().update(QUICK)
+    child_flags[:] = ["--quick"]
+
+
+def report_model(console: Console, table: Table, model: dict[str, Any], path: Path | None) -> dict[str, Any]:
+    """Print one model's `table` and write its report, with the machine's, where --json asked."""
+    console.print(table)
+    report = {"machine": machine(), "models": [model]}
+    write_json(path, report, console)
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=f"{DEFAULT_MODEL},smollm2-135m")
@@ -340,8 +354,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        globals().update(QUICK)
-        child_flags[:] = ["--quick"]
+        use_quick_sizes()
     if args.child:
         print(json.dumps(child(args.child)))
         return {}

@@ -23,7 +23,6 @@ from rich.table import Table
 
 from agentcache.config import DEFAULT_MODEL
 from benchmarks import speed
-from benchmarks.report import write_json
 from engine.hardware import choose_dtype
 
 METRICS = ("tpot_ms_1k", "warm_turn_s", "prefill_long")  # times (lower is better), then a throughput
@@ -86,8 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="an earlier checkout of this repository: its agentcache row is the other side")
     args = parser.parse_args(argv)
     if args.quick:
-        vars(speed).update(speed.QUICK)
-        speed.child_flags[:] = ["--quick"]
+        speed.use_quick_sizes()
     console = Console(highlight=False)
     model = measure(args.model, args.rounds, console, args.quant, args.baseline)
     peer = model["peer"]
@@ -100,10 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"{ours['warm_turn_s']:.2f} / {theirs['warm_turn_s']:.2f}",
                       f"{ours['prefill_long']:.0f} / {theirs['prefill_long']:.0f}",
                       f"{r['tpot']:.2f}x, {r['warm_turn']:.2f}x, {r['prefill_long']:.2f}x")
-    console.print(table)
-    report = {"machine": speed.machine(), "models": [model]}
-    write_json(args.json, report, console)
-    return report
+    return speed.report_model(console, table, model, args.json)
 
 
 if __name__ == "__main__":
