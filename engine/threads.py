@@ -3,9 +3,9 @@
 A forward's parallel loops split their work evenly over PyTorch's threads and end when the last thread is done. With
 another process busy on one of two cores, one of the two threads gets half a core at best, and every loop waits for
 it: the 1.5B's decode step took 3.5x its quiet time on a 2-core AMD EPYC (170.6 against 49.3 ms a token), and 1.7x
-on one thread on the free core (88.6 ms; benchmarks.busy). So before each forward the runner asks `Threads.apply`: every half second it reads how busy this
-process's CPUs were, less this process's own use (/proc/stat per CPU, /proc/self/stat), and runs on the cores the
-others left free, at least one.
+on one thread on the free core (88.6 ms; benchmarks.busy). So before each forward the runner asks `Threads.apply`:
+every half second it reads how busy this process's CPUs were, less this process's own use (/proc/stat per CPU,
+/proc/self/stat), and runs on the cores the others left free, at least one.
 """
 
 from __future__ import annotations
