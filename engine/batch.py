@@ -37,6 +37,24 @@ class BufferView:
         return self.batch.k, self.batch.v
 
 
+class DraftView:
+    """The KV cache argument of a verification forward (engine.speculate): one sequence's tokens at positions
+    `start`, `start` + 1, ..., each a row of the step; their keys and values go into the sequence's buffer row, and
+    every row reads that one row (stride 0), attending up to its own position."""
+
+    def __init__(self, batch: DecodeBatch, start: int, count: int) -> None:
+        self.batch, self.start, self.end = batch, start, start + count
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *_: Any,
+               **__: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """`keys`/`values` [count, kv_heads, 1, head_dim]: the buffer row's views [count, kv_heads, end, head_dim]."""
+        b, rows = self.batch, keys.shape[0]
+        b.k[layer_idx][0, :, self.start : self.end] = keys[:, :, 0].transpose(0, 1)
+        b.v[layer_idx][0, :, self.start : self.end] = values[:, :, 0].transpose(0, 1)
+        return (b.k[layer_idx][:1, :, : self.end].expand(rows, -1, -1, -1),
+                b.v[layer_idx][:1, :, : self.end].expand(rows, -1, -1, -1))
+
+
 class PoolView:
     """The KV cache argument of one step without a buffer: the new token goes to its page slot, and the layer's
     keys and values are gathered from the rows' pages."""
@@ -95,6 +113,27 @@ class DecodeBatch:
         self.uniform = min(s.kv_len for s in self.seqs) + 1 == width
         return ids, lengths[:, None], view, self.mask(lengths, positions)
 
+    def draft_step(self, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor, DraftView, torch.Tensor]:
+        """A verification forward's inputs for the batch's one sequence on its buffer: its last sampled token and
+        the drafted `tokens`, one a row [count, 1], at their positions [count, 1], their KV view, and the mask
+        [count, 1, 1, width] (each row attends up to its own position)."""
+        (seq,) = self.seqs
+        device, start = self.tables.device, seq.kv_len
+        ids = torch.tensor([[seq.out[-1]], *([t] for t in tokens)], dtype=torch.long, device=device)
+        lengths = torch.arange(start, start + len(ids), device=device)
+        self.draft_start = start
+        view = DraftView(self, start, len(ids))
+        return ids, lengths[:, None], view, self.mask(lengths, torch.arange(start + len(ids), device=device))
+
+    def commit_drafted(self, kept: int) -> None:
+        """After a verification forward: the KV of the last sampled token and the `kept` drafted tokens after it
+        into their page slots (the rejected drafts' KV stays in the buffer, past the sequence's length, where the
+        next steps overwrite it)."""
+        (seq,) = self.seqs
+        start, end = self.draft_start, self.draft_start + kept + 1
+        self.store.scatter(self.store.slots(seq.table, start, end), self.k[:, 0, :, start:end],
+                           self.v[:, 0, :, start:end])
+
     def commit(self) -> None:
         """After a step on the buffer: the new tokens' KV of every layer into their page slots, in one copy."""
         if self.buffered:
@@ -103,8 +142,8 @@ class DecodeBatch:
                                self.v[:, rows, :, lengths].permute(1, 2, 0, 3))
 
     def mask(self, lengths: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """[rows, 1, 1, width]: 0 where a row attends, the dtype's minimum past its own position."""
+        """[rows, 1, 1, width], a row per length: 0 where a row attends, the dtype's minimum past its own position."""
         dtype = self.store.dtype
-        mask = torch.zeros((len(self.seqs), len(positions)), dtype=dtype, device=lengths.device)
+        mask = torch.zeros((len(lengths), len(positions)), dtype=dtype, device=lengths.device)
         mask[positions[None, :] > lengths[:, None]] = torch.finfo(dtype).min
         return mask[:, None, None, :]

@@ -12,10 +12,11 @@ from engine.errors import EngineError
 from engine.kv.manager import KVCacheManager
 from engine.kv.disk_dir import DEFAULT_DISK_BYTES
 from engine.model import LoadedModel
-from engine.model_runner import ModelRunner
+from engine.model_runner import DECODE_PATHS, ModelRunner
 from engine.request import Request, Result
 from engine.scheduler import Scheduler
 from engine.sequence import OnToken, Sequence
+from engine.speculate import MODES, Speculation
 
 DEFAULT_CAPACITY = 1 << 30
 DEFAULT_MAX_RUNNING = 16
@@ -63,14 +64,16 @@ class Engine:
         stop_ids = self.model.eos_token_ids | set(request.stop_token_ids)
         root = root_hash(self.model.fingerprint, request.salt)
         seq = Sequence(request, prompt, counts, max_tokens, stop_ids, on_token, arrived, root,
-                       chain_hashes(prompt, self.page_size, root), cancel=cancel)
+                       chain_hashes(prompt, self.page_size, root), cancel=cancel,
+                       speculation=Speculation(request.speculate) if request.speculate != "off" else None)
         return self.scheduler.submit(seq)
 
     def stats(self) -> dict[str, int]:
         s = self.scheduler
         return {**s.request_stats(), **s.kv.stats(), "page_size": self.page_size, "page_bytes": self.page_bytes,
                 "decode_steps": s.steps, "decode_rows": s.rows, "threads": s.runner.threads.count,
-                **{f"decode_steps_{path}": steps for path, steps in s.runner.path_steps.items()}}
+                **{f"decode_steps_{path}": s.runner.path_steps[path] for path in DECODE_PATHS},
+                "verify_steps": s.runner.path_steps["verify"]}
 
     def _check_length(self, prompt: list[int], request: Request) -> None:
         if not prompt:
@@ -79,6 +82,8 @@ class Engine:
             raise EngineError(f"prompt of {len(prompt)} tokens exceeds the model window of {self.model.max_len}")
         if request.max_tokens < 1:
             raise EngineError("max_tokens must be at least 1")
+        if request.speculate not in MODES:
+            raise EngineError(f"unknown speculate mode {request.speculate!r} (known: {', '.join(MODES)})")
         if request.retention is not None:
             if len(request.retention) != len(request.segments):
                 raise EngineError(f"retention names {len(request.retention)} classes for {len(request.segments)} "

@@ -18,6 +18,7 @@ from engine.sequence import Sequence
 from engine.threads import Threads
 
 DECODE_PATHS = ("transformers", "lean", "lean-kernels", "fused")  # docs/engine.md, "Decode paths"
+FORWARDS = (*DECODE_PATHS, "verify")  # the decode paths' steps and speculative decoding's verifications
 THREAD_POLICIES = ("auto", "all")
 
 
@@ -33,7 +34,7 @@ class ModelRunner:
         self.threads = Threads(fixed=threads == "all" or model.device.type != "cpu")
         self.prefill_buffer = PrefillBuffer(store)
         self.lean: LeanStep | None = lean_step(model.model)  # None: decode through transformers' forward
-        self.path_steps = dict.fromkeys(DECODE_PATHS, 0)  # decode steps each path ran
+        self.path_steps = dict.fromkeys(FORWARDS, 0)  # decode steps each path ran, and verification forwards
 
     @property
     def tokenizer(self) -> Any | None:
@@ -69,6 +70,23 @@ class ModelRunner:
 
     def decode_batch(self, seqs: list[Sequence]) -> DecodeBatch:
         return DecodeBatch(seqs, self.store)
+
+    def can_verify(self, batch: DecodeBatch) -> bool:
+        """Whether a verification forward (engine.speculate) can run on `batch`: one sequence, on a decode buffer,
+        through the lean step (which takes one position a row)."""
+        return self.lean is not None and batch.buffered and len(batch.seqs) == 1
+
+    @torch.inference_mode()
+    def verify(self, batch: DecodeBatch, draft: list[int]) -> torch.Tensor:
+        """One forward of the batch's one sequence at its last sampled token and the `draft` after it, each position
+        attending to the ones before it: logits [len(draft) + 1, vocab], row i the next-token logits after draft[:i].
+        The KV of every position goes into the decode buffer; DecodeBatch.commit_drafted writes the kept ones to the
+        pool. The positions run as the rows of a lean step, on the block kernels where the model has them; the
+        fused path needs a buffer row per row and does not run here."""
+        self.threads.apply()
+        ids, positions, view, mask = batch.draft_step(draft)
+        self.path_steps["verify"] += 1
+        return self.lean.forward(ids, positions, view, mask)
 
     @torch.inference_mode()
     def decode(self, batch: DecodeBatch) -> torch.Tensor:

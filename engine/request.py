@@ -36,6 +36,7 @@ class Request:
     logits_mask: LogitsMask | None = None
     return_logits: bool = False
     retention: list[str] | None = None  # per segment, a class of block_manager.RETENTION; None: all "turn" (LRU)
+    speculate: str = "off"  # engine.speculate.MODES: off, lookup or auto
 
 
 @dataclass(slots=True)
@@ -46,6 +47,8 @@ class Usage:
     completion_tokens: int = 0
     host_tokens: int = 0  # of cached_tokens, loaded from the host tier
     disk_tokens: int = 0  # of cached_tokens, loaded from the disk tier
+    drafted_tokens: int = 0  # speculative decoding: tokens drafted and verified
+    accepted_tokens: int = 0  # of drafted_tokens, kept (each saved a decode step)
 
     to_dict = fields_dict
 

@@ -13,6 +13,7 @@ from engine.kv.manager import KVCacheManager
 from engine.model_runner import ModelRunner
 from engine.request import Result, Usage
 from engine.sequence import Cancelled, Sequence
+from engine.speculate import Costs
 
 
 class Scheduler:
@@ -39,6 +40,7 @@ class Scheduler:
         self.steps = 0  # batched decode forwards
         self.rows = 0  # sequences stepped, summed over those forwards
         self.totals = Usage()  # of the requests that finished without error
+        self.costs = Costs()  # what a decode step and a verification cost here (engine.speculate)
         self.requests = 0
         self._count_lock = threading.Lock()
         self._lock = threading.Condition()  # guards `waiting` and `_leading`; followers wait on it
@@ -197,13 +199,47 @@ class Scheduler:
         if self.batch is None or self.batch.seqs != self.running:
             self.batch = None  # its buffer goes before the next one is allocated
             self.batch = self.runner.decode_batch(list(self.running))
-        logits = self.runner.decode(self.batch)
-        self.steps, self.rows = self.steps + 1, self.rows + len(self.running)
-        for row, seq in enumerate(self.running):
-            try:
-                seq.take(logits[row], self.runner.tokenizer)
-            except Exception as error:
-                seq.error = error
+        if not self._speculative_step():
+            start = time.perf_counter()
+            logits = self.runner.decode(self.batch)
+            if len(self.running) == 1:
+                self.costs.step(time.perf_counter() - start)
+            self.steps, self.rows = self.steps + 1, self.rows + len(self.running)
+            for row, seq in enumerate(self.running):
+                try:
+                    seq.take(logits[row], self.runner.tokenizer)
+                except Exception as error:
+                    seq.error = error
+        self._settle_running()
+
+    def _speculative_step(self) -> bool:
+        """Speculative decoding (engine.speculate) for a sequence running alone: draft, verify the draft in one
+        forward, keep what the sequence accepts. False where nothing was drafted: the plain step runs."""
+        seq = self.running[0]
+        if seq.speculation is None or not self.runner.can_verify(self.batch):
+            return False
+        try:
+            draft, masks = seq.draft(seq.speculation.limit(self.costs, seq.max_tokens - len(seq.out) - 1))
+        except Exception as error:  # a raising mask
+            seq.error = error
+            return True
+        if not draft:
+            return False
+        start = time.perf_counter()
+        logits = self.runner.verify(self.batch, draft)
+        self.costs.verified(len(draft) + 1, time.perf_counter() - start)
+        try:
+            kept = seq.take_drafted(logits, draft, masks, self.runner.tokenizer)
+        except Exception as error:
+            seq.error, kept = error, 0
+        self.batch.commit_drafted(kept)
+        seq.speculation.record(len(draft), kept)
+        seq.usage.drafted_tokens += len(draft)
+        seq.usage.accepted_tokens += kept
+        return True
+
+    def _settle_running(self) -> None:
+        """Finish the running sequences that are done."""
         for seq in self.running:
             if seq.finished:
                 self._finish(seq)

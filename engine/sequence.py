@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from engine.request import Request, Result, Timings, Trace, Usage
-from engine.sampling import apply_mask, sample
+from engine.sampling import apply_mask, check_drafted, sample
+from engine.speculate import Speculation
 
 OnToken = Callable[[int, str], None]
 
@@ -49,6 +50,7 @@ class Sequence:
     result: Result | None = None
     done: threading.Event = field(default_factory=threading.Event)
     cancel: threading.Event | None = None  # set by the caller to stop the request at the next loop turn
+    speculation: Speculation | None = None  # None: the request does not speculate
 
     @property
     def kv_len(self) -> int:
@@ -72,8 +74,41 @@ class Sequence:
 
     def take(self, logits: torch.Tensor, tokenizer: Any) -> None:
         """Choose the next token from this sequence's logits, decide whether it is done, and stream it."""
-        allowed = self.request.logits_mask(self.out) if self.request.logits_mask else None
-        token = sample(apply_mask(logits, allowed), self.request.sampling, self.generator)
+        self.emit(sample(apply_mask(logits, self.allowed(self.out)), self.request.sampling, self.generator),
+                  tokenizer)
+
+    def allowed(self, ids: list[int]) -> torch.Tensor | None:
+        """The request's mask of allowed next tokens after generated `ids` (None: no mask)."""
+        return self.request.logits_mask(ids) if self.request.logits_mask else None
+
+    def draft(self, limit: int) -> tuple[list[int], list[torch.Tensor | None]]:
+        """Up to `limit` drafted next tokens (engine.speculate), cut before the first the request's mask does not
+        allow, and the mask at each drafted position."""
+        draft = self.speculation.propose(self.prompt + self.out, limit)
+        masks: list[torch.Tensor | None] = []
+        for i, token in enumerate(draft):
+            allowed = self.allowed(self.out + draft[:i])
+            if allowed is not None and not (token < allowed.shape[0] and bool(allowed[token])):
+                return draft[:i], masks
+            masks.append(allowed)
+        return draft, masks
+
+    def take_drafted(self, logits: torch.Tensor, draft: list[int], masks: list[torch.Tensor | None],
+                     tokenizer: Any) -> int:
+        """After a verification forward (logits [len(draft) + 1, vocab], row i after the last sampled token and
+        draft[:i]): the drafted tokens while each is what this sequence chooses at its position, then its own
+        choice. Stops where the sequence finishes. Returns how many drafted tokens it kept."""
+        params = self.request.sampling
+        for i, token in enumerate(draft):
+            chosen, kept = check_drafted(apply_mask(logits[i], masks[i]), token, params, self.generator)
+            self.emit(chosen, tokenizer)
+            if not kept or self.finished:
+                return i + kept
+        self.take(logits[len(draft)], tokenizer)
+        return len(draft)
+
+    def emit(self, token: int, tokenizer: Any) -> None:
+        """Append a chosen token, decide whether the sequence is done, and stream it."""
         if not self.out:
             self.first_at = time.perf_counter()
         self.out.append(token)

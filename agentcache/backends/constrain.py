@@ -122,17 +122,23 @@ def schema_matcher(tokenizer: Any, schema: dict[str, Any]) -> LLMatcher:
 
 
 def matcher_mask(matcher: LLMatcher, vocab_size: int) -> AllowedIds:
-    """A per-request `allowed(generated_ids)` driven by `matcher`: the allowed next tokens as bools."""
-    consumed = 0
+    """A per-request `allowed(generated_ids)` driven by `matcher`: the allowed next tokens as bools. Any ids may
+    follow any others (speculative decoding asks after drafted tokens, then after the ones it kept): the matcher
+    rolls back to what the two share and consumes the rest."""
+    consumed: list[int] = []
 
     def allowed(generated_ids: list[int]) -> np.ndarray:
-        nonlocal consumed
-        if len(generated_ids) < consumed:
-            matcher.rollback(consumed - len(generated_ids))
-            consumed = len(generated_ids)
-        if not matcher.consume_tokens(generated_ids[consumed:]):
+        shared = 0
+        for a, b in zip(consumed, generated_ids):
+            if a != b:
+                break
+            shared += 1
+        if shared < len(consumed):
+            matcher.rollback(len(consumed) - shared)
+            del consumed[shared:]
+        if not matcher.consume_tokens(generated_ids[shared:]):
             raise ToolCallError(f"generated tokens break the reply grammar: {matcher.get_error()}")
-        consumed = len(generated_ids)
+        consumed.extend(generated_ids[shared:])
         return unpack_bitmask(matcher.compute_bitmask(), vocab_size)
 
     return allowed

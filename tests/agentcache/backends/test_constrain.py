@@ -19,6 +19,7 @@ from layers import ToolRegistry
 REGISTRY = ToolRegistry.from_dir(PROMPTS_DIR / "tools")
 ALL_TOOLS = list(REGISTRY)
 READ_CALL = '{"name": "read_file", "arguments": {"path": "README.md", "start_line": 2}}'
+SEARCH_CALL = '{"name": "search", "arguments": {"pattern": "def main"}}'
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +173,20 @@ def test_mask_follows_a_shorter_history(smol):
     mask = tensor_mask(grammar.new_mask(smol.config.vocab_size))
     mask(ids[:12])
     assert torch.equal(mask(ids[:5]), tensor_mask(grammar.new_mask(smol.config.vocab_size))(ids[:5]))
+
+
+def test_mask_follows_a_history_that_diverged(smol):
+    """Speculative decoding asks after drafted tokens, then after the ones it kept and a different next token: the
+    mask is the one a fresh matcher gives for that history."""
+    grammar = ToolCallGrammar(smol.tokenizer, ALL_TOOLS)
+    ids = smol.tokenizer.encode(READ_CALL, add_special_tokens=False)
+    other = smol.tokenizer.encode(SEARCH_CALL, add_special_tokens=False)
+    fresh = lambda history: tensor_mask(grammar.new_mask(smol.config.vocab_size))(history)
+    mask = tensor_mask(grammar.new_mask(smol.config.vocab_size))
+    mask(ids[:12])
+    shared = next(i for i, (a, b) in enumerate(zip(ids, other)) if a != b)
+    assert torch.equal(mask(other[: shared + 3]), fresh(other[: shared + 3]))
+    assert torch.equal(mask(ids[:12]), fresh(ids[:12]))
 
 
 def test_mask_step_is_fast(smol):

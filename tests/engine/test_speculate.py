@@ -1,0 +1,157 @@
+"""Speculative decoding (engine.speculate): the lookup index, the draft-length rule, the accept/reject rule's
+distribution, and the engine's output with speculation against its output without, on the tiny random model (its
+greedy replies repeat themselves, so lookup drafts) and on a random Qwen2 model on GGUF blocks (the block kernels'
+verification)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import Engine, EngineError, Request
+from engine.request import SamplingParams
+from engine.sampling import check_drafted, distribution
+from engine.speculate import MAX_DRAFT, LookupIndex, Speculation, draft_length
+from engine.gguf.build import kernels
+from tests.engine.test_decode_paths import gguf_model
+
+PATTERN = [5, 6, 7, 8, 9, 10, 11, 12] * 6 + [5, 6, 7]
+
+
+def index_of(tokens: list[int]) -> LookupIndex:
+    index = LookupIndex()
+    index.extend(tokens)
+    return index
+
+
+def test_lookup_proposes_what_followed_the_latest_occurrence():
+    assert index_of([1, 2, 3, 9, 1, 2, 3, 4, 5, 1, 2, 3]).propose(3) == [4, 5, 1]
+    assert index_of([1, 2, 3, 4, 1, 2]).propose(8) == [3, 4, 1, 2]
+
+
+def test_lookup_prefers_the_longest_ngram():
+    # the last two tokens (7, 8) occur most recently before 0; the last three (6, 7, 8) only before 1
+    assert index_of([6, 7, 8, 1, 2, 7, 8, 0, 3, 6, 7, 8]).propose(1) == [1]
+
+
+def test_lookup_without_an_earlier_ngram_proposes_nothing():
+    assert index_of([1, 2, 3, 4, 5]).propose(4) == []
+    assert index_of([1, 2, 3, 1]).propose(4) == []  # one matching token is not a draft
+    assert index_of([]).propose(4) == []
+
+
+def test_lookup_extended_piece_by_piece_equals_at_once():
+    tokens = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 1, 4, 1, 5]
+    index = LookupIndex()
+    for i in range(0, len(tokens), 4):
+        index.extend(tokens[i : i + 4])
+    assert index.follows == index_of(tokens).follows
+    assert index.propose(3) == [9, 2, 6]
+
+
+def test_draft_length_pays_only_where_tokens_per_cost_rise():
+    assert draft_length(0.2, 0.5, MAX_DRAFT) == 0
+    assert draft_length(0.9, 0.0, MAX_DRAFT) == MAX_DRAFT  # free positions: draft all
+    assert 0 < draft_length(0.8, 0.5, MAX_DRAFT) < draft_length(0.95, 0.5, MAX_DRAFT) <= MAX_DRAFT
+    assert draft_length(0.99, 0.1, 3) == 3
+
+
+def test_check_drafted_greedy_keeps_the_draft_only_when_it_is_the_argmax():
+    logits = torch.tensor([0.0, 3.0, 1.0, 2.0])
+    greedy = SamplingParams()
+    assert check_drafted(logits, 1, greedy, None) == (1, True)
+    assert check_drafted(logits, 3, greedy, None) == (1, False)
+
+
+@pytest.mark.parametrize("drafted", [0, 2, 4])
+def test_check_drafted_sampled_keeps_the_target_distribution(drafted):
+    """Whatever is drafted (likely, unlikely, outside the nucleus), the chosen token is distributed as the target's
+    distribution: 40,000 draws each, within 0.012 of it in every token's frequency."""
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -3.0])
+    params = SamplingParams(temperature=0.8, top_p=0.95, seed=0)
+    target = distribution(logits, params)
+    target = target / target.sum()
+    generator = torch.Generator().manual_seed(7)
+    counts, kept = torch.zeros(5), 0
+    for _ in range(40_000):
+        token, accepted = check_drafted(logits, drafted, params, generator)
+        counts[token] += 1
+        kept += accepted
+    assert float((counts / counts.sum() - target).abs().max()) < 0.012
+    assert abs(kept / 40_000 - float(target[drafted])) < 0.012  # kept with the target's probability of it
+
+
+def generate(engine_model, mode: str, prompt: list[int] = PATTERN, **kwargs) -> tuple[Engine, object]:
+    engine = Engine(engine_model)
+    return engine, engine.generate(Request([prompt], max_tokens=48, speculate=mode, **kwargs))
+
+
+@pytest.mark.parametrize("mode", ["lookup", "auto"])
+def test_greedy_output_is_the_same_token_for_token(tiny, mode):
+    _, plain = generate(tiny, "off")
+    engine, spec = generate(tiny, mode)
+    assert spec.token_ids == plain.token_ids
+    assert spec.text == plain.text
+    assert spec.usage.drafted_tokens > 0 and spec.usage.accepted_tokens > 0
+    assert engine.stats()["verify_steps"] > 0
+    assert plain.usage.drafted_tokens == 0
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_greedy_output_is_the_same_on_the_block_kernels(models_dir, monkeypatch, right):
+    """A random model's reply does not repeat itself, so the drafts here are given: the plain reply's next tokens
+    (all must be kept: verification computes what the plain steps did) or wrong ones (none kept)."""
+    model = gguf_model(kernels(models_dir / "kernels"))
+    _, plain = generate(model, "off")
+    reply = plain.token_ids
+
+    def given(self, tokens, limit):
+        done = len(tokens) - len(PATTERN)
+        return [t if right else (t + 1) % 512 for t in reply[done : done + min(limit, 4)]]
+
+    monkeypatch.setattr(Speculation, "propose", given)
+    engine, spec = generate(model, "lookup")
+    assert spec.token_ids == reply
+    assert spec.usage.drafted_tokens > 0
+    assert spec.usage.accepted_tokens == (spec.usage.drafted_tokens if right else 0)
+    assert engine.stats()["verify_steps"] > 0
+
+
+def test_a_mask_cuts_the_draft_and_still_decides_every_token(tiny):
+    """The mask forbids a token the tiny model's greedy reply would repeat: drafts never hold it, the output
+    never does, and it equals plain decoding under the same mask."""
+    _, free = generate(tiny, "off")
+    banned = max(set(free.token_ids), key=free.token_ids.count)
+    allowed = torch.ones(tiny.config.vocab_size, dtype=torch.bool)
+    allowed[banned] = False
+    asked: list[list[int]] = []
+
+    def mask(ids: list[int]) -> torch.Tensor:
+        asked.append(list(ids))
+        return allowed
+
+    _, plain = generate(tiny, "off", logits_mask=lambda ids: allowed)
+    _, spec = generate(tiny, "lookup", logits_mask=mask)
+    assert banned not in spec.token_ids and spec.token_ids == plain.token_ids
+    assert not any(banned in ids for ids in asked)
+    assert spec.usage.drafted_tokens > 0
+
+
+def test_sampled_speculation_runs_and_is_reproducible_by_seed(tiny):
+    params = SamplingParams(temperature=0.7, seed=3)
+    _, a = generate(tiny, "lookup", sampling=params)
+    _, b = generate(tiny, "lookup", sampling=SamplingParams(temperature=0.7, seed=3))
+    assert a.token_ids == b.token_ids and len(a.token_ids) == 48
+
+
+def test_stop_inside_a_draft_ends_the_reply_there(tiny):
+    _, free = generate(tiny, "off")
+    stop = free.token_ids[30]
+    _, plain = generate(tiny, "off", stop_token_ids=[stop])
+    _, spec = generate(tiny, "lookup", stop_token_ids=[stop])
+    assert spec.token_ids == plain.token_ids and spec.token_ids[-1] == stop and spec.finish_reason == "stop"
+
+
+def test_unknown_mode_is_one_clear_error(tiny):
+    with pytest.raises(EngineError, match="unknown speculate mode 'fast'"):
+        Engine(tiny).generate(Request([PATTERN], max_tokens=2, speculate="fast"))
