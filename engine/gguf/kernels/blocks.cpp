@@ -330,13 +330,129 @@ float dot_q6k(const uint8_t* w, const QuantRow& a, int64_t nb) {
 #endif
 }
 
+#if defined(__AVX2__)
+// One weight row against R activation rows at once (a verification step of speculative decoding runs several
+// positions of one sequence): each block's codes and scales are unpacked once and multiplied with every row. Per
+// row these are dot_q4k's and dot_q6k's AVX2 operations in the same order, so each result is bit for bit the one
+// the single-row function gives.
+template <int R>
+void dot_q6k_rows(const uint8_t* w, const QuantRow* const* a, int64_t nb, float* out) {
+  const __m256i pick[4] = {word_broadcast(0, 1), word_broadcast(2, 3), word_broadcast(4, 5), word_broadcast(6, 7)};
+  __m256 acc[R], acc_off[R];
+  for (int i = 0; i < R; i++) acc[i] = acc_off[i] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; b++) {
+    const uint8_t* blk = w + b * Q6K_BYTES;
+    const uint8_t* ql = blk;
+    const uint8_t* qh = blk + 128;
+    float d_block = half_to_float(blk + 208);
+    __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(blk + 192)));
+    __m256i isum[R];
+    for (int i = 0; i < R; i++) {
+      float d = d_block * a[i]->d[b];
+      const __m256i sums = _mm256_loadu_si256((const __m256i*)(a[i]->sums16.data() + b * 16));
+      acc_off[i] = _mm256_fmadd_ps(_mm256_set1_ps(32.f * d), _mm256_cvtepi32_ps(_mm256_madd_epi16(sc16, sums)),
+                                   acc_off[i]);
+      isum[i] = _mm256_setzero_si256();
+    }
+    for (int h = 0; h < 2; h++) {
+      __m256i scales = _mm256_permute2x128_si256(sc16, sc16, h == 0 ? 0x00 : 0x11);
+      __m256i codes[4];
+      q6k_codes(ql, qh, h, codes);
+      for (int c = 0; c < 4; c++) {
+        __m256i sc = _mm256_shuffle_epi8(scales, pick[c]);
+        for (int i = 0; i < R; i++) {
+          const int8_t* q = a[i]->q.data() + b * QK;
+          __m256i p = _mm256_maddubs_epi16(codes[c], _mm256_loadu_si256((const __m256i*)(q + 128 * h + 32 * c)));
+          isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(p, sc));
+        }
+      }
+    }
+    for (int i = 0; i < R; i++) {
+      acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d_block * a[i]->d[b]), _mm256_cvtepi32_ps(isum[i]), acc[i]);
+    }
+  }
+  for (int i = 0; i < R; i++) out[i] = hsum(acc[i]) - hsum(acc_off[i]);
+}
+#endif
+
+#if defined(__AVX2__) && !defined(__AVX512BW__)
+template <int R>
+void dot_q4k_rows(const uint8_t* w, const QuantRow* const* a, int64_t nb, float* out) {
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const __m256i pick[8] = {word_broadcast(0, 0), word_broadcast(1, 1), word_broadcast(2, 2), word_broadcast(3, 3),
+                           word_broadcast(4, 4), word_broadcast(5, 5), word_broadcast(6, 6), word_broadcast(7, 7)};
+  __m256 acc[R];
+  __m128 acc_min[R];
+  for (int i = 0; i < R; i++) acc[i] = _mm256_setzero_ps(), acc_min[i] = _mm_setzero_ps();
+  for (int64_t b = 0; b < nb; b++) {
+    const uint8_t* blk = w + b * Q4K_BYTES;
+    Q4KHeader h[R];
+    __m256i isum[R];
+    for (int i = 0; i < R; i++) {
+      h[i] = q4k_header(blk, a[i]->d[b]);
+      const __m128i sums = _mm_loadu_si128((const __m128i*)(a[i]->sums32.data() + b * 8));
+      acc_min[i] = _mm_fmadd_ps(_mm_set1_ps(h[i].dmin), _mm_cvtepi32_ps(_mm_madd_epi16(h[i].mins, sums)), acc_min[i]);
+      isum[i] = _mm256_setzero_si256();
+    }
+    __m256i scales = _mm256_broadcastsi128_si256(h[0].scales);
+    for (int j = 0; j < 4; j++) {
+      __m256i codes = _mm256_loadu_si256((const __m256i*)(blk + 16 + 32 * j));
+      __m256i lo = _mm256_and_si256(codes, low4), hi = _mm256_and_si256(_mm256_srli_epi16(codes, 4), low4);
+      __m256i sc_lo = _mm256_shuffle_epi8(scales, pick[2 * j]), sc_hi = _mm256_shuffle_epi8(scales, pick[2 * j + 1]);
+      for (int i = 0; i < R; i++) {
+        const int8_t* q = a[i]->q.data() + b * QK;
+        __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i*)(q + 64 * j))),
+                                        sc_lo);
+        __m256i phi = _mm256_madd_epi16(
+            _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i*)(q + 64 * j + 32))), sc_hi);
+        isum[i] = _mm256_add_epi32(isum[i], _mm256_add_epi32(plo, phi));
+      }
+    }
+    for (int i = 0; i < R; i++) acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(h[i].d), _mm256_cvtepi32_ps(isum[i]), acc[i]);
+  }
+  for (int i = 0; i < R; i++) out[i] = hsum(acc[i]) - hsum128(acc_min[i]);
+}
+#endif
+
+// Weight row `w` against activation rows [first, first + R) of `rows`, into out[i * n] for each: R at a time where
+// there is a multi-row kernel for the type, else one by one.
+template <int R>
+void dot_group(const uint8_t* w, int64_t type, const std::vector<QuantRow>& rows, size_t first, int64_t nb,
+               int64_t n, float* out) {
+  float got[R];
+  const QuantRow* a[R];
+  for (int i = 0; i < R; i++) a[i] = &rows[first + i];
+#if defined(__AVX2__)
+  if (type == Q6_K) {
+    dot_q6k_rows<R>(w, a, nb, got);
+    for (int i = 0; i < R; i++) out[(first + i) * n] = got[i];
+    return;
+  }
+#endif
+#if defined(__AVX2__) && !defined(__AVX512BW__)
+  dot_q4k_rows<R>(w, a, nb, got);
+  for (int i = 0; i < R; i++) out[(first + i) * n] = got[i];
+  return;
+#endif
+  for (int i = 0; i < R; i++) {
+    out[(first + i) * n] = type == Q4_K ? dot_q4k(w, *a[i], nb) : dot_q6k(w, *a[i], nb);
+  }
+}
+
 // Weight rows [0, n) (`stride` bytes a row) against each activation row: out[i * n + r]. Each weight row is read
-// from memory once and used for every activation row while it is in cache.
+// from memory once and used for every activation row while it is in cache, up to four rows per pass over its blocks.
 void dot_rows(const uint8_t* w, int64_t stride, int64_t n, int64_t type, const std::vector<QuantRow>& rows,
               int64_t nb, float* out) {
   for (int64_t r = 0; r < n; r++) {
-    for (size_t i = 0; i < rows.size(); i++) {
-      out[i * n + r] = type == Q4_K ? dot_q4k(w + r * stride, rows[i], nb) : dot_q6k(w + r * stride, rows[i], nb);
+    const uint8_t* row = w + r * stride;
+    size_t i = 0, m = rows.size();
+    if (m > 1) {
+      for (; i + 4 <= m; i += 4) dot_group<4>(row, type, rows, i, nb, n, out + r);
+      if (m - i == 3) dot_group<3>(row, type, rows, i, nb, n, out + r), i += 3;
+      if (m - i == 2) dot_group<2>(row, type, rows, i, nb, n, out + r), i += 2;
+    }
+    for (; i < m; i++) {
+      out[i * n + r] = type == Q4_K ? dot_q4k(row, rows[i], nb) : dot_q6k(row, rows[i], nb);
     }
   }
 }

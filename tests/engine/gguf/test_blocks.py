@@ -94,6 +94,22 @@ def test_a_group_equals_its_layers_one_by_one_and_adds_each_bias(ops):
         assert all(torch.equal(a[0], t[row]) for a, t in zip(alone, together))
 
 
+def rows_alone_and_together(ops, kind: str, rows: int, width: int = 768) -> None:
+    """Every row of an `rows`-row product equals the row's own product, bit for bit (verifying a speculative draft
+    computes what plain decoding does)."""
+    blocks = random_blocks(kind, 40, width, seed=8)
+    x = torch.randn(rows, width, generator=torch.Generator().manual_seed(rows))
+    together = ops.mm_group(x, [blocks], [BLOCK_TYPES[kind]], [None])[0]
+    for row in range(rows):
+        assert torch.equal(ops.mm_group(x[row:row + 1], [blocks], [BLOCK_TYPES[kind]], [None])[0][0], together[row])
+
+
+@pytest.mark.parametrize("kind", ["Q4_K", "Q6_K"])
+@pytest.mark.parametrize("rows", [2, 3, 4, 5, 7, 9])
+def test_many_rows_at_once_compute_each_rows_own_product(ops, kind, rows):
+    rows_alone_and_together(ops, kind, rows)
+
+
 def test_a_layer_takes_the_kernel_for_few_rows_and_a_matmul_for_many(ops):
     blocks = random_blocks("Q6_K", 40, 512, seed=5)
     weights = gguf_weights("Q6_K", blocks, 512)
@@ -117,6 +133,7 @@ def test_the_avx2_and_plain_builds_compute_what_the_native_build_does(ops, model
         assert rel_err(theirs, mine) <= 1e-5
         assert torch.equal(other.dequant(blocks, BLOCK_TYPES[kind], 768, torch.float32),
                            ops.dequant(blocks, BLOCK_TYPES[kind], 768, torch.float32))
+        rows_alone_and_together(other, kind, 6)
     # the decode step's attention and rotary embedding (engine/gguf/kernels/decode_ops.cpp) on those paths too
     q, keys, values = torch.randn(2, 2, 6, 128), torch.randn(2, 2, 40, 128), torch.randn(2, 2, 40, 128)
     counts = torch.tensor([40, 9])
