@@ -31,6 +31,7 @@ CACHE_TTLS = ("5m", "1h", "auto")
 TOOL_CHOICES = ("auto", "required", "first")
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # engine.hardware.DTYPE_CHOICES, without importing torch
 QUANTS = ("auto", "none", "int8", "int4", "gguf")  # engine.quant.QUANT_CHOICES, without importing torch
+SPECULATE = ("off", "lookup", "auto")  # engine.speculate.MODES
 ROUTINGS = ("session", "prefix", "none")  # what an OpenAI-compatible request's routing key is (docs/fleet.md)
 
 
@@ -71,6 +72,8 @@ class RunConfig:
     compact_at: int = 0  # also compact L3 past this many prompt tokens when compacting pays for itself (agent.py
     # entries_to_keep); 0: only when the next request would not fit the model's window
     map_tokens: int = MAP_TOKENS  # the repo map's budget in L2 (layers.repomap; 0: no map)
+    speculate: str = "auto"  # local backend: speculative decoding (engine.speculate): auto (drafts sized by their
+    # measured cost and acceptance), lookup (always draft what prompt lookup finds) or off
     lookup: bool = True  # a note after the task with where the names it mentions are defined (agent.run_start)
     samples: int = 1  # best-of-n: candidates per task run at once on the shared prefix (agentcache.samples)
     routing: str = "session"  # openai backend: the routing key each request carries: session (the session lineage:
@@ -215,6 +218,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # what a setting must b
     "tool_choice": _one_of(TOOL_CHOICES),
     "dtype": _one_of(DTYPES),
     "quant": _one_of(QUANTS),
+    "speculate": _one_of(SPECULATE),
     "routing": _one_of(ROUTINGS),
     "compact_at": _at_least(0),
     "map_tokens": _at_least(0),

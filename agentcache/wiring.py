@@ -48,7 +48,7 @@ def build_backend(config: RunConfig, api_key: str | None) -> Backend:
         from agentcache.backends.local import LocalBackend
 
         return LocalBackend(*local_engine(config), tool_format=config.tool_format,
-                            tool_choice=config.tool_choice)
+                            tool_choice=config.tool_choice, speculate=config.speculate)
     if config.backend == "openai":
         from agentcache.backends.openai import OpenAIBackend
 

@@ -31,11 +31,12 @@ class LocalBackend:
     layout = SYSTEM_TURN  # L1+L2 go to the engine as one system turn (recorded so inspect rebuilds the same prompt)
 
     def __init__(self, model: LoadedModel, engine: Engine | None = None, tool_format: str = "auto",
-                 tool_choice: str = "auto") -> None:
+                 tool_choice: str = "auto", speculate: str = "off") -> None:
         """`tool_choice` as in the OpenAI API: "auto" lets the model answer in plain text, "required" makes every
         reply a tool call (the answer then comes through the `finish` tool); "first" is "auto" here, the agent
-        asking for a tool call per request (GenSettings.tool_required) on a task's first turn."""
-        self.model = model
+        asking for a tool call per request (GenSettings.tool_required) on a task's first turn. `speculate`: the
+        engine's speculative decoding for every request (engine.speculate.MODES)."""
+        self.model, self.speculate = model, speculate
         self.allow_answer = tool_choice != "required"
         self.engine = engine or Engine(model)
         self.renderer = ChatRenderer(model.tokenizer, tool_format)
@@ -98,7 +99,7 @@ class LocalBackend:
         retention = [RETENTION_OF[block.layer] for block in context]
         retention += ["turn"] * (len(segments) - len(retention))  # the generation prompt
         request = Request(segments, max_tokens=settings.max_tokens, sampling=sampling, salt=settings.salt,
-                          logits_mask=mask, retention=retention)
+                          logits_mask=mask, retention=retention, speculate=self.speculate)
         result = self.engine.generate(request)
         prefix = sum(result.trace.segment_tokens[: len(context.prefix)])
         return Reply(result.text, result.finish_reason, result.usage.to_dict(), result.timings.to_dict(),

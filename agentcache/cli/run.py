@@ -8,7 +8,7 @@ import typer
 from rich.text import Text
 
 from agentcache import terminal
-from agentcache.cli.options import Debug, DtypeOption, QuantOption
+from agentcache.cli.options import Debug, DtypeOption, QuantOption, SpeculateOption
 
 
 def run(
@@ -45,6 +45,7 @@ def run(
                                             "mentions are defined.")] = False,
     dtype: DtypeOption = None,
     quant: QuantOption = None,
+    speculate: SpeculateOption = None,
     debug: Debug = False,
 ) -> None:
     """Run the agent on TASK in a repo, turn after turn, on a warm prefix.
@@ -61,7 +62,7 @@ def run(
                  "tools": tools.split(",") if tools else None, "mode": "full" if allow_shell else mode,
                  "backend": backend, "base_url": base_url, "disk_cache": False if no_disk_cache else None,
                  "lookup": False if no_lookup else None, "test_command": test_command, "samples": samples,
-                 "dtype": dtype, "quant": quant, "routing": routing}
+                 "dtype": dtype, "quant": quant, "routing": routing, "speculate": speculate}
     console = terminal.console(stderr=as_json)
     summary = run_task(repo, task, overrides, resume, api_key=api_key, on_line=lambda line: line and console.print(
         terminal.inert(line), soft_wrap=True, markup=False))

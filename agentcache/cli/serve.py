@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from agentcache.cli.options import Debug, DtypeOption, QuantOption
+from agentcache.cli.options import Debug, DtypeOption, QuantOption, SpeculateOption
 
 
 def serve(
@@ -21,6 +21,7 @@ def serve(
         "it. Without this flag such a bind is refused.")] = False,
     dtype: DtypeOption = None,
     quant: QuantOption = None,
+    speculate: SpeculateOption = None,
     debug: Debug = False,
 ) -> None:
     """Serve the engine over an OpenAI-compatible HTTP API with explicit context caching.
@@ -29,8 +30,9 @@ def serve(
     Limits: 4 MiB bodies, 25,000 messages (else 413); a client stalled 10 s mid-request is dropped.
     Example: agentcache serve --port 8000
     """
-    from agentcache.config import default_model
+    from agentcache.config import RunConfig, default_model
     from agentcache.serve.app import serve as run_server
 
     run_server(host, port, model or default_model(), api_key, log=lambda line: print(line, file=sys.stderr),
-               insecure_no_auth=insecure_no_auth, dtype=dtype or "auto", quant=quant or "auto")
+               insecure_no_auth=insecure_no_auth, dtype=dtype or "auto", quant=quant or "auto",
+               speculate=speculate or RunConfig().speculate)

@@ -17,6 +17,7 @@ from agentcache.records import USAGE_FIELDS, Request, ratio, requests_of, reusab
 from agentcache.session import Session
 
 BAR_WIDTH = 40
+SPECULATION_FIELDS = ("drafted_tokens", "accepted_tokens")  # the local engine's speculative decoding (engine.speculate)
 
 
 def load_session(repo: Path, ref: str) -> Session:
@@ -47,6 +48,9 @@ def request_row(previous: Request | None, record: Request) -> dict[str, Any]:
     row["hit_rate"] = record.usage.hit_rate
     row["ttft_s"] = record.ttft_s
     row["stop_reason"] = record.stop_reason
+    for name in SPECULATION_FIELDS:  # local engine only: other backends' rows stay as they were
+        if name in record.usage.extra:
+            row[name] = int(record.usage.extra[name])
     if record.routing_key or record.replica:  # openai backend only: other sessions' rows stay as they were
         row["routing_key"], row["replica"] = record.routing_key, record.replica
     return row
@@ -64,6 +68,8 @@ def session_view(session_id: str, records: list[dict[str, Any]], bad_lines: list
     totals["reusable_hit_rate"] = ratio(kept, totals["reusable_tokens"])  # at most 1
     totals["cached_beyond_reusable"] = totals["cached_tokens"] - kept  # the previous reply's pages, other sessions'
     # prefix, the disk tier
+    if any(name in row for row in rows for name in SPECULATION_FIELDS):
+        totals.update({name: sum(row.get(name, 0) for row in rows) for name in SPECULATION_FIELDS})
     backend = requests[-1].backend if requests else "local"
     view = {"session_id": session_id, "requests": rows, "totals": totals, "cost": cost_view(rows, backend, cache_ttl),
             "compactions": compaction_rows(records, cache_ttl), "bad_lines": bad_lines or []}
@@ -124,6 +130,7 @@ def render_session(view: dict[str, Any], records: list[dict[str, Any]], console:
     console.print(f"hit rate (reusable tokens served from cache)  {_percent(totals['reusable_hit_rate'])}")
     console.print(f"cached beyond the reusable tokens  {totals['cached_beyond_reusable']} (the previous reply, other "
                   "sessions' prefix, the disk tier)")
+    render_speculation(totals, console)
     render_cost(view["cost"], console)
     render_compactions(view["compactions"], console)
     render_samples(view.get("samples"), console)
@@ -176,6 +183,16 @@ def render_compactions(rows: list[dict[str, Any]], console: Console) -> None:
     net = sum(row["net_tokens"] for row in rows)
     usd = ", ".join(f"{name} ${sum(row['net_usd'][name] for row in rows):+.4f}" for name in rows[0]["net_usd"])
     console.print(f"compaction net savings: {net:+d} tokens; at prices: {usd}")
+
+
+def render_speculation(totals: dict[str, Any], console: Console) -> None:
+    """Speculative decoding's drafted and kept tokens over the session (local engine; nothing drafted: no line)."""
+    if not totals.get("drafted_tokens"):
+        return
+    drafted, accepted = totals["drafted_tokens"], totals["accepted_tokens"]
+    console.print(f"speculative decoding: {drafted} tokens drafted, {accepted} accepted "
+                  f"({_percent(ratio(accepted, drafted))}); {accepted} of {totals['completion_tokens']} output tokens "
+                  "came without a decode step of their own")
 
 
 def render_cost(cost: dict[str, Any], console: Console) -> None:

@@ -477,7 +477,7 @@ def check_auth(host: str, api_key: str | None, insecure_no_auth: bool, log: Any)
 
 
 def serve(host: str, port: int, model: str, api_key: str | None, log: Any = print,
-          insecure_no_auth: bool = False, dtype: str = "auto", quant: str = "auto") -> None:
+          insecure_no_auth: bool = False, dtype: str = "auto", quant: str = "auto", speculate: str = "auto") -> None:
     """Load the model, then serve until interrupted."""
     import uvicorn
 
@@ -488,7 +488,7 @@ def serve(host: str, port: int, model: str, api_key: str | None, log: Any = prin
     check_listen(host, port)
     # serve keeps no disk tier
     service = ChatService(*local_engine(RunConfig(model=model, dtype=dtype, quant=quant, disk_cache=False)),
-                          replica=f"http://{host}:{port}")
+                          replica=f"http://{host}:{port}", speculate=speculate)
     log(f"serving {service.model_id} on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""))
     uvicorn.run(create_app(service, api_key), host=host, port=port, log_level="warning", http=DeadlineH11Protocol,
                 timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)

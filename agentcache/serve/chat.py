@@ -356,11 +356,12 @@ class ChatService:
     """The engine behind the HTTP routes: rendering, validation, contexts, metrics. Thread-safe."""
 
     def __init__(self, model: LoadedModel, engine: Engine | None = None, contexts: ContextStore | None = None,
-                 replica: str | None = None) -> None:
-        """`replica`: this server's own URL, reported with each completion (None: not reported)."""
+                 replica: str | None = None, speculate: str = "off") -> None:
+        """`replica`: this server's own URL, reported with each completion (None: not reported). `speculate`: the
+        engine's speculative decoding for every request (engine.speculate.MODES)."""
         if model.tokenizer is None:
             raise AgentcacheError(f"model '{model.name}' has no tokenizer: it cannot serve chat messages")
-        self.model, self.replica = model, replica
+        self.model, self.replica, self.speculate = model, replica, speculate
         self.engine = engine or Engine(model)
         self.contexts = contexts if contexts is not None else ContextStore()
         self.metrics = ServeMetrics()
@@ -411,7 +412,7 @@ class ChatService:
         mask = tensor_mask(grammar.new_mask(self.model.config.vocab_size)) if forced and grammar else self._mask(schema)
         retention = retention_of(body.get("messages"), len(messages) - len(body.get("messages")), len(segments))
         request = Request(segments, max_tokens=max_tokens, sampling=sampling, stop=stop,
-                          salt=salt, logits_mask=mask, retention=retention)
+                          salt=salt, logits_mask=mask, retention=retention, speculate=self.speculate)
         return Prepared(request, context, grammar, forced, stream, include_usage)
 
     def _max_tokens(self, asked: int | None, prompt_tokens: int) -> int:
@@ -481,6 +482,10 @@ class ChatService:
             "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.prompt_tokens + usage.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+            # OpenAI's names for drafted tokens the model kept and rejected (its predicted outputs; here the engine's
+            # own drafts: engine.speculate)
+            "completion_tokens_details": {"accepted_prediction_tokens": usage.accepted_tokens,
+                                          "rejected_prediction_tokens": usage.drafted_tokens - usage.accepted_tokens},
             "computed_tokens": usage.computed_tokens,
         }
         if context is not None:

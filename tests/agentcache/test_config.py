@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from agentcache.config import RunConfig, check_config, config_from
+from agentcache.config import SPECULATE, RunConfig, check_config, config_from
 from agentcache.errors import AgentcacheError
 
 
@@ -76,3 +76,12 @@ def test_a_sampled_run_seeds_each_reply_by_its_seed_and_turn():
     seeds = [reply_seed(config, turn) for config in sampled for turn in range(1, 9)]
     assert len(set(seeds)) == len(seeds)
     assert reply_seed(sampled[0], 3) == reply_seed(check_config(config_from({"temperature": 0.7, "seed": 1})), 3)
+
+
+def test_speculation_defaults_to_auto_and_takes_only_its_modes():
+    from engine.speculate import MODES
+
+    assert RunConfig().speculate == "auto" and check_config(config_from({"speculate": "off"})).speculate == "off"
+    assert SPECULATE == MODES
+    with pytest.raises(AgentcacheError, match="speculate must be one of off, lookup, auto, got 'draft'"):
+        check_config(config_from({"speculate": "draft"}))

@@ -110,6 +110,34 @@ def test_table_shows_every_turn_totals_and_both_hit_rates(session_repo, capsys, 
     assert out.count("█") > 0 and "per turn" in out
 
 
+def test_speculative_decodings_tokens_per_request_and_in_total(tmp_path, capsys):
+    """A session whose engine drafted by prompt lookup: each row's drafted and accepted tokens are the record's, the
+    totals their sums, and the table's line says them."""
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLE, repo, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", ".agentcache"))
+    model = load_model("random-tiny-chat", cache_dir=models_dir())
+    backend = LocalBackend(model, Engine(model, capacity_bytes=64 << 20), speculate="lookup")
+    session = Session.create(repo)
+    Agent(repo, backend, RunConfig(max_turns=3, max_tokens=60, retries=10), session).run("Do it.")
+    view = json.loads(cli(capsys, "inspect", session.id, "--repo", str(repo), "--json")[1])
+    records = raw_requests(session)
+    for record, row in zip(records, view["requests"]):
+        assert (row["drafted_tokens"], row["accepted_tokens"]) == (record["usage"]["drafted_tokens"],
+                                                                   record["usage"]["accepted_tokens"])
+    drafted = sum(r["usage"]["drafted_tokens"] for r in records)
+    accepted = sum(r["usage"]["accepted_tokens"] for r in records)
+    assert (view["totals"]["drafted_tokens"], view["totals"]["accepted_tokens"]) == (drafted, accepted)
+    assert drafted > 0 and 0 <= accepted <= drafted
+    out = cli(capsys, "inspect", session.id, "--repo", str(repo))[1]
+    assert f"speculative decoding: {drafted} tokens drafted, {accepted} accepted" in " ".join(out.split())
+
+
+def test_no_speculation_line_where_nothing_was_drafted(session_repo, capsys):
+    repo, session = session_repo
+    assert all(r["usage"]["drafted_tokens"] == 0 for r in raw_requests(session))
+    assert "speculative decoding" not in cli(capsys, "inspect", session.id, "--repo", str(repo))[1]
+
+
 def synthetic(prompt: int, page: int = 4) -> dict:
     return {"usage": {"prompt_tokens": prompt}, "trace": {"page_size": page}}
 

@@ -343,3 +343,20 @@ def test_metrics_context_savings_and_ttft_sum_add_up_across_requests(service, ur
     assert delta["agentcache_time_to_first_token_seconds_count"] == 4
     assert delta["agentcache_time_to_first_token_seconds_sum"] == pytest.approx(sum(ttfts), abs=1e-5)
     assert all(0 < ttft <= wall for ttft, wall in zip(ttfts, elapsed))  # each bounded by the client's clock
+
+
+def test_speculative_decodings_tokens_in_usage_and_metrics():
+    """A server that drafts by prompt lookup: each reply's accepted and rejected prediction tokens (OpenAI's names)
+    add up to the metrics' drafted and accepted counters and the engine's own totals."""
+    service = ChatService(load_model(MODEL, cache_dir=models_dir()), speculate="lookup")
+    with uvicorn_running(create_app(service)) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        replies = [ask(client, [{"role": "user", "content": LONG + str(i)}], max_tokens=48) for i in range(3)]
+        after = metrics(base)
+    details = [r.usage.completion_tokens_details for r in replies]
+    accepted = sum(d.accepted_prediction_tokens for d in details)
+    drafted = accepted + sum(d.rejected_prediction_tokens for d in details)
+    assert drafted > 0
+    assert after["agentcache_spec_decode_draft_tokens_total"] == drafted == service.engine.stats()["drafted_tokens_total"]
+    assert after["agentcache_spec_decode_accepted_tokens_total"] == accepted
+    assert accepted == service.engine.stats()["accepted_tokens_total"]
