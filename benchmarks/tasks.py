@@ -322,7 +322,8 @@ def run_model(name: str, tasks: list[Task], work: Path, console: Console, tool_f
             start = time.perf_counter()
             model, engine = local_engine(check_config(RunConfig(model=name, disk_cache=False, quant=quant)))
             load_s = time.perf_counter() - start
-            loaded.extend([LocalBackend(model, engine, tool_format, tool_choice), load_registry()])
+            loaded.extend([LocalBackend(model, engine, tool_format, tool_choice, RunConfig().speculate),
+                           load_registry()])
         return loaded[0], loaded[1]
 
     runs: dict[int | None, list[dict[str, Any]]] = {}

@@ -1,0 +1,233 @@
+"""Speculative decoding on real agent replies (engine.speculate): tokens per second without it, with prompt lookup,
+and with `auto`, on the suite's own requests.
+
+Two steps. `--collect FILE` runs suite tasks (questions and edits, benchmarks.tasks) by agentcache's loop on the
+default model, speculation off, and writes every request the agent sent as the engine got it: its segments (L1+L2
+as the system turn, each L3 block, the generation prompt), the grammar it was masked by (the enabled tools, whether
+a tool call was required), its token limit, and the reply. `--replay FILE` sends each request again on one engine,
+once per method, the methods' order rotated from request to request; the prefix is cached before the first, so each
+reply's time is its decode. Each method's reply must be the recorded one token for token (greedy); `identical`
+says whether it was.
+
+    python -m benchmarks.speculative --collect benchmarks/results/speculative-requests.json
+    python -m benchmarks.speculative --replay benchmarks/results/speculative-requests.json --json out.json
+
+Rows per method and reply kind (edit: an edit_file / write_file call or code written as a block; tool call:
+another tool; answer): tokens per second after each reply's first token (the decode rate; the first token comes
+from prefill), drafted tokens accepted, and whether every reply was the plain one. JSON:
+`{"machine": {...}, "rows": [{"method", "kind", "tok_s", "acceptance", "identical", ...}]}`.
+
+llama.cpp's prompt-lookup decoding (llama-cpp-python's LlamaPromptLookupDecoding) runs on the same prompts where
+llama-cpp-python is installed (`make peers`); its row says so where it is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from agentcache.config import RunConfig, check_config
+from benchmarks.speed import machine
+
+TASKS = ("where-split-sentences", "rank-helper", "ct-ttl-default", "tomli-invalid-error", "fix-syllables-case",
+         "add-longest-word", "ct-fix-lru-read", "tomli-fix-cr-escape")
+METHODS = ("off", "lookup", "auto")
+EDIT_TOOLS = ("edit_file", "write_file")
+CALL_NAME = re.compile(r'"name"\s*:\s*"(\w+)"')
+
+
+def kind_of(reply: str) -> str:
+    """edit, tool call or answer, by what the reply is: a call's tool name, or code written as a fenced block (the
+    edit the agent takes from prose: agentcache.tools.code_blocks)."""
+    name = CALL_NAME.search(reply)
+    if name is not None:
+        return "edit" if name.group(1) in EDIT_TOOLS else "tool call"
+    return "edit" if "```" in reply else "answer"
+
+
+class Recorder:
+    """A LocalBackend whose every completion is kept as the engine request it sent (what --replay sends again)."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend, self.requests, self.texts = backend, [], {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+    def complete(self, context: Any, tools: list[Any], enabled: set[str], settings: Any) -> Any:
+        from agentcache.backends.local import RETENTION_OF
+
+        reply = self.backend.complete(context, tools, enabled, settings)
+        segments = self.backend.renderer.block_segments(context)
+        keys = []
+        for text in segments:
+            key = hashlib.sha256(text.encode()).hexdigest()[:16]
+            self.texts[key] = text
+            keys.append(key)
+        retention = [RETENTION_OF[block.layer] for block in context]
+        self.requests.append({"segments": keys, "retention": retention + ["turn"] * (len(segments) - len(retention)),
+                              "tools": sorted(enabled), "tool_required": settings.tool_required,
+                              "max_tokens": settings.max_tokens, "reply": reply.text,
+                              "completion_tokens": reply.usage["completion_tokens"], "kind": kind_of(reply.text)})
+        return reply
+
+
+def collect(path: Path, task_ids: list[str], console: Console, name: str | None = None) -> dict[str, Any]:
+    """Run the tasks by the agent on model `name` (the default: None), speculation off, and write every request it
+    sent to `path`."""
+    from agentcache.backends.local import LocalBackend
+    from agentcache.wiring import load_registry, local_engine
+    from benchmarks.tasks import run_one, select
+
+    name = name or RunConfig().model
+    model, engine = local_engine(check_config(RunConfig(model=name, disk_cache=False)))
+    recorder = Recorder(LocalBackend(model, engine, tool_choice=RunConfig().tool_choice, speculate="off"))
+    registry, tasks = load_registry(), select(",".join(task_ids), None)
+    with tempfile.TemporaryDirectory(prefix="agentcache-speculative-") as tmp:
+        for task in tasks:
+            before = len(recorder.requests)
+            record = run_one(task, recorder, registry, name, Path(tmp), RunConfig().tool_choice)
+            for request in recorder.requests[before:]:
+                request["task"] = task.id
+            console.print(f"{task.id}: {len(recorder.requests) - before} requests, passed {record['passed']}")
+    data = {"model": name, "quant": model.quant, "tasks": list(task_ids), "texts": recorder.texts,
+            "requests": recorder.requests}
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return data
+
+
+def replay(data: dict[str, Any], methods: tuple[str, ...], console: Console) -> list[dict[str, Any]]:
+    """Every recorded request once per method on one engine, the methods' order rotated per request. One result
+    per (request, method): its tokens, decode seconds after the first token, drafted and accepted tokens."""
+    from agentcache.backends.local import LocalBackend, tensor_mask
+    from agentcache.wiring import load_registry, local_engine
+    from engine import Request
+
+    model, engine = local_engine(check_config(RunConfig(model=data["model"], disk_cache=False)))
+    backend, registry = LocalBackend(model, engine, tool_choice=RunConfig().tool_choice), load_registry()
+    tools = list(registry)
+    results = []
+    for index, recorded in enumerate(data["requests"]):
+        segments = [data["texts"][key] for key in recorded["segments"]]
+        grammar = backend.grammar(tools, set(recorded["tools"]), recorded["tool_required"])
+
+        def send(method: str, max_tokens: int) -> Any:
+            mask = tensor_mask(grammar.new_mask(model.config.vocab_size))
+            return engine.generate(Request(segments, max_tokens=max_tokens, logits_mask=mask,
+                                           retention=recorded["retention"], speculate=method))
+
+        send("off", 1)  # the prefix cached: every method's reply below starts from the same warm pages
+        order = methods[index % len(methods):] + methods[: index % len(methods)]
+        for method in order:
+            result = send(method, recorded["max_tokens"])
+            decode_s = result.timings.total_s - result.timings.ttft_s
+            results.append({"request": index, "task": recorded.get("task"), "kind": recorded["kind"],
+                            "method": method, "tokens": result.token_ids, "text": result.text,
+                            "decode_s": decode_s, "drafted": result.usage.drafted_tokens,
+                            "accepted": result.usage.accepted_tokens})
+        plain = next(r for r in results[-len(order):] if r["method"] == "off")
+        for r in results[-len(order):]:
+            r["identical"] = r["tokens"] == plain["tokens"]
+            r["recorded"] = r["text"] == recorded["reply"]
+        console.print(f"request {index + 1}/{len(data['requests'])} ({recorded['kind']}, {len(plain['tokens'])} "
+                      "tokens): " + ", ".join(f"{r['method']} {rate(r):.1f} tok/s" for r in results[-len(order):]))
+    return results
+
+
+def rate(result: dict[str, Any]) -> float:
+    return (len(result["tokens"]) - 1) / result["decode_s"] if result["decode_s"] > 0 else 0.0
+
+
+def rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method and kind (and all kinds): tokens after the first over their decode seconds, acceptance, identity;
+    the ratio to `off` on the same replies."""
+    out = []
+    kinds = sorted({r["kind"] for r in results})
+    for kind in (*kinds, "all"):
+        chosen = [r for r in results if kind in ("all", r["kind"])]
+        base = None
+        for method in dict.fromkeys(r["method"] for r in chosen):
+            mine = [r for r in chosen if r["method"] == method]
+            tokens = sum(len(r["tokens"]) - 1 for r in mine)
+            seconds = sum(r["decode_s"] for r in mine)
+            drafted, accepted = sum(r["drafted"] for r in mine), sum(r["accepted"] for r in mine)
+            tok_s = tokens / seconds if seconds > 0 else None
+            base = tok_s if method == "off" else base
+            out.append({"method": method, "kind": kind, "replies": len(mine), "tokens": tokens,
+                        "tok_s": round(tok_s, 2) if tok_s else None,
+                        "speedup": round(tok_s / base, 3) if tok_s and base else None,
+                        "acceptance": round(accepted / drafted, 3) if drafted else None,
+                        "drafted": drafted, "accepted": accepted,
+                        "identical": all(r["identical"] for r in mine)})
+    return out
+
+
+def llama_cpp_row(data: dict[str, Any]) -> dict[str, Any]:
+    """llama.cpp's own prompt-lookup decoding on the same prompts, where llama-cpp-python is installed."""
+    try:
+        import llama_cpp  # noqa: F401
+        why = "not measured: this row is not written yet"
+    except ImportError:
+        why = "not measured: llama-cpp-python is not installed here (make peers installs it)"
+    return {"method": "llama.cpp lookup", "kind": "all", "tok_s": None, "acceptance": None, "identical": None,
+            "skipped": why}
+
+
+def table(report: dict[str, Any]) -> Table:
+    t = Table("method", "kind", "replies", "tokens", "tok/s", "x off", "acceptance", "identical",
+              title=f"speculative decoding on {report['model']}'s recorded agent replies")
+    for r in report["rows"]:
+        t.add_row(r["method"], r["kind"], str(r.get("replies", "-")), str(r.get("tokens", "-")),
+                  "-" if r["tok_s"] is None else f"{r['tok_s']:.1f}",
+                  "-" if r.get("speedup") is None else f"{r['speedup']:.2f}",
+                  "-" if r["acceptance"] is None else f"{r['acceptance']:.2f}",
+                  r.get("skipped") or str(r["identical"]))
+    return t
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--collect", type=Path, help="run the suite tasks and write their requests here")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="the suite tasks --collect runs")
+    parser.add_argument("--model", help="the model --collect runs the tasks on (default: the default model)")
+    parser.add_argument("--replay", type=Path, help="replay the requests recorded here")
+    parser.add_argument("--methods", default=",".join(METHODS), help="speculation modes to replay with")
+    parser.add_argument("--json", type=Path, help="write the replay's report here")
+    args = parser.parse_args(argv)
+    console = Console(width=150)
+    if args.collect:
+        collect(args.collect, [t for t in args.tasks.split(",") if t], console, args.model)
+    if args.replay:
+        data = json.loads(args.replay.read_text())
+        methods = tuple(m for m in args.methods.split(",") if m)
+        if "off" not in methods:
+            print("error: --methods must include off (the plain replies every method is compared with)",
+                  file=sys.stderr)
+            return 2
+        start = time.perf_counter()
+        results = replay(data, methods, console)
+        report = {"machine": machine(), "model": data["model"], "quant": data["quant"], "tasks": data["tasks"],
+                  "requests": len(data["requests"]), "rows": rows(results) + [llama_cpp_row(data)],
+                  "replies_recorded": all(r["recorded"] for r in results if r["method"] == "off"),
+                  "wall_s": round(time.perf_counter() - start, 1)}
+        console.print(table(report))
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1) + "\n")
+    if not (args.collect or args.replay):
+        parser.print_usage(sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
