@@ -123,7 +123,7 @@ def replay(data: dict[str, Any], methods: tuple[str, ...], console: Console) -> 
 
         def send(method: str, max_tokens: int) -> Any:
             mask = tensor_mask(grammar.new_mask(model.config.vocab_size))
-            return engine.generate(Request(segments, max_tokens=max_tokens, logits_mask=mask,
+            return engine.generate(Request(segments, max_tokens=max_tokens, logits_mask=mask, forced_tokens=mask.forced,
                                            retention=recorded["retention"], speculate=method))
 
         send("off", 1)  # the prefix cached: every method's reply below starts from the same warm pages

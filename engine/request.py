@@ -8,6 +8,7 @@ from typing import Any
 
 Segment = str | list[int]
 LogitsMask = Callable[[list[int]], Any]  # generated ids so far -> bool tensor of allowed ids, or None
+ForcedTokens = Callable[[list[int]], list[int]]  # generated ids so far -> the tokens that must come next
 
 
 def fields_dict(obj: Any) -> dict[str, Any]:
@@ -34,6 +35,7 @@ class Request:
     stop_token_ids: list[int] = field(default_factory=list)
     salt: str | None = None
     logits_mask: LogitsMask | None = None
+    forced_tokens: ForcedTokens | None = None  # a grammar's forced next tokens, drafted by speculative decoding
     return_logits: bool = False
     retention: list[str] | None = None  # per segment, a class of block_manager.RETENTION; None: all "turn" (LRU)
     speculate: str = "off"  # engine.speculate.MODES: off, lookup or auto

@@ -82,9 +82,11 @@ class Sequence:
         return self.request.logits_mask(ids) if self.request.logits_mask else None
 
     def draft(self, limit: int) -> tuple[list[int], list[torch.Tensor | None]]:
-        """Up to `limit` drafted next tokens (engine.speculate), cut before the first the request's mask does not
-        allow, and the mask at each drafted position."""
-        draft = self.speculation.propose(self.prompt + self.out, limit)
+        """Up to `limit` drafted next tokens (engine.speculate): those the request's grammar forces, then what
+        prompt lookup proposes after them; cut before the first the request's mask does not allow. With the mask at
+        each drafted position."""
+        forced = self.request.forced_tokens(self.out)[:limit] if self.request.forced_tokens and limit > 0 else []
+        draft = forced + self.speculation.propose(self.prompt + self.out, limit - len(forced), forced)
         masks: list[torch.Tensor | None] = []
         for i, token in enumerate(draft):
             allowed = self.allowed(self.out + draft[:i])

@@ -1,7 +1,8 @@
 """Speculative decoding for a sequence decoded alone (docs/engine.md, "Speculative decoding").
 
-A draft of up to MAX_DRAFT tokens comes from the sequence itself: the most recent earlier occurrence of its last n
-tokens (n from the longest of NGRAMS down; prompt lookup) proposes the tokens that followed it. Agent replies copy
+A draft of up to MAX_DRAFT tokens comes from the request's grammar and from the sequence itself: first the tokens the
+grammar forces (the rest of a tool's name, `", "arguments": {"`), then the tokens that followed the most recent
+earlier occurrence of the sequence's last n tokens (n from the longest of NGRAMS down; prompt lookup). Agent replies copy
 a great deal from their context (paths, names, the code an edit replaces), and the context is all in the sequence.
 The grammar, where the request has one, checks every drafted token in turn and the draft stops before the first it
 does not allow. The target model then runs the last sampled token and the draft in one forward, each position
@@ -43,12 +44,14 @@ class LookupIndex:
                     self.follows[n][tuple(self.tokens[at - n : at])] = at
             self.tokens.append(token)
 
-    def propose(self, limit: int) -> list[int]:
-        """Up to `limit` tokens that followed the latest earlier occurrence of the longest n-gram the tokens end
-        with; none if no n-gram of NGRAMS occurred before."""
+    def propose(self, limit: int, after: list[int] | tuple[int, ...] = ()) -> list[int]:
+        """Up to `limit` tokens that followed the latest earlier occurrence of the longest n-gram the tokens, then
+        `after` (tokens not in the index: a draft's forced head), end with; none if no n-gram of NGRAMS occurred
+        before."""
+        tail = self.tokens[-max(NGRAMS):] + list(after)
         for n in NGRAMS:
-            if len(self.tokens) > n:
-                at = self.follows[n].get(tuple(self.tokens[-n:]))
+            if len(tail) >= n:
+                at = self.follows[n].get(tuple(tail[-n:]))
                 if at is not None:
                     return self.tokens[at : at + limit]
         return []
@@ -104,10 +107,11 @@ class Speculation:
             limit = draft_length(min(acceptance, 0.99), costs.extra_row, limit)
         return max(limit, 0)
 
-    def propose(self, tokens: list[int], limit: int) -> list[int]:
-        """The lookup draft for the sequence whose tokens so far are `tokens` (the index catches up first)."""
+    def propose(self, tokens: list[int], limit: int, after: list[int] | None = None) -> list[int]:
+        """The lookup draft for the sequence whose tokens so far are `tokens`, continuing `after` them (the index
+        catches up with `tokens` first)."""
         self.index.extend(tokens[len(self.index.tokens):])
-        return self.index.propose(limit) if limit > 0 else []
+        return self.index.propose(limit, after or ()) if limit > 0 else []
 
     def record(self, drafted: int, accepted: int) -> None:
         self.drafted, self.accepted, self.verifications = (self.drafted + drafted, self.accepted + accepted,

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +50,6 @@ from layers.tools import ToolSpec
 
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
-AllowedIds = Callable[[list[int]], np.ndarray]  # generated ids so far -> one bool per token id: allowed next
 
 _ll_tokenizers: dict[int, tuple[Any, LLTokenizer]] = {}
 _ll_lock = threading.Lock()
@@ -121,27 +120,40 @@ def schema_matcher(tokenizer: Any, schema: dict[str, Any]) -> LLMatcher:
     return matcher
 
 
-def matcher_mask(matcher: LLMatcher, vocab_size: int) -> AllowedIds:
-    """A per-request `allowed(generated_ids)` driven by `matcher`: the allowed next tokens as bools. Any ids may
+class GrammarMask:
+    """A per-request `allowed(generated_ids)` driven by a matcher: the allowed next tokens as bools; and
+    `forced(generated_ids)`: the tokens the grammar forces next (speculative decoding drafts them). Any ids may
     follow any others (speculative decoding asks after drafted tokens, then after the ones it kept): the matcher
     rolls back to what the two share and consumes the rest."""
-    consumed: list[int] = []
 
-    def allowed(generated_ids: list[int]) -> np.ndarray:
-        shared = 0
+    def __init__(self, matcher: LLMatcher, vocab_size: int) -> None:
+        self.matcher, self.vocab_size = matcher, vocab_size
+        self.consumed: list[int] = []
+
+    def __call__(self, generated_ids: list[int]) -> np.ndarray:
+        self._follow(generated_ids)
+        return unpack_bitmask(self.matcher.compute_bitmask(), self.vocab_size)
+
+    def forced(self, generated_ids: list[int]) -> list[int]:
+        self._follow(generated_ids)
+        return list(self.matcher.compute_ff_tokens())
+
+    def _follow(self, generated_ids: list[int]) -> None:
+        consumed, shared = self.consumed, 0
         for a, b in zip(consumed, generated_ids):
             if a != b:
                 break
             shared += 1
         if shared < len(consumed):
-            matcher.rollback(len(consumed) - shared)
+            self.matcher.rollback(len(consumed) - shared)
             del consumed[shared:]
-        if not matcher.consume_tokens(generated_ids[shared:]):
-            raise ToolCallError(f"generated tokens break the reply grammar: {matcher.get_error()}")
+        if not self.matcher.consume_tokens(generated_ids[shared:]):
+            raise ToolCallError(f"generated tokens break the reply grammar: {self.matcher.get_error()}")
         consumed.extend(generated_ids[shared:])
-        return unpack_bitmask(matcher.compute_bitmask(), vocab_size)
 
-    return allowed
+
+def matcher_mask(matcher: LLMatcher, vocab_size: int) -> GrammarMask:
+    return GrammarMask(matcher, vocab_size)
 
 
 def tool_schema(spec: ToolSpec) -> dict[str, Any]:
@@ -249,7 +261,7 @@ class ToolCallGrammar:
     def new_matcher(self) -> LLMatcher:
         return self._matcher.deep_copy()
 
-    def new_mask(self, vocab_size: int) -> AllowedIds:
+    def new_mask(self, vocab_size: int) -> GrammarMask:
         """A fresh per-request `allowed(generated_ids)`: the allowed next tokens as bools (numpy)."""
         return matcher_mask(self.new_matcher(), vocab_size)
 

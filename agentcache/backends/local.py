@@ -8,20 +8,32 @@ from typing import Any
 import torch
 
 from agentcache.backends import GenSettings, Reply
-from agentcache.backends.constrain import AllowedIds, ToolCallGrammar
+from agentcache.backends.constrain import GrammarMask, ToolCallGrammar
 from agentcache.render import SYSTEM_TURN, ChatRenderer
 from engine import Engine, Request, SamplingParams
 from engine.model import LoadedModel
-from engine.request import LogitsMask
 from layers import Context, Layer, ToolSpec
 
 # the pool keeps a block's pages by its layer: the system prompt and tools longest, the repo next, a turn's least
 RETENTION_OF = {Layer.L1: "pinned-soft", Layer.L2: "project", Layer.L3: "turn"}
 
 
-def tensor_mask(allowed: AllowedIds) -> LogitsMask:
-    """The engine's `logits_mask`: the grammar's allowed next tokens as a bool tensor (shares the array)."""
-    return lambda generated_ids: torch.from_numpy(allowed(generated_ids))
+class TensorMask:
+    """The engine's `logits_mask` (the grammar's allowed next tokens as a bool tensor, sharing the array) and
+    `forced_tokens` (the tokens it forces next) from one grammar mask."""
+
+    def __init__(self, allowed: GrammarMask) -> None:
+        self.allowed = allowed
+
+    def __call__(self, generated_ids: list[int]) -> torch.Tensor:
+        return torch.from_numpy(self.allowed(generated_ids))
+
+    def forced(self, generated_ids: list[int]) -> list[int]:
+        return self.allowed.forced(generated_ids)
+
+
+def tensor_mask(allowed: GrammarMask) -> TensorMask:
+    return TensorMask(allowed)
 
 
 class LocalBackend:
@@ -99,7 +111,8 @@ class LocalBackend:
         retention = [RETENTION_OF[block.layer] for block in context]
         retention += ["turn"] * (len(segments) - len(retention))  # the generation prompt
         request = Request(segments, max_tokens=settings.max_tokens, sampling=sampling, salt=settings.salt,
-                          logits_mask=mask, retention=retention, speculate=self.speculate)
+                          logits_mask=mask, forced_tokens=mask.forced, retention=retention,
+                          speculate=self.speculate)
         result = self.engine.generate(request)
         prefix = sum(result.trace.segment_tokens[: len(context.prefix)])
         return Reply(result.text, result.finish_reason, result.usage.to_dict(), result.timings.to_dict(),

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentcache.backends.constrain import ToolCallError, ToolCallGrammar, matcher_mask, schema_matcher
-from agentcache.backends.local import tensor_mask
+from agentcache.backends.local import TensorMask, tensor_mask
 from agentcache.errors import AgentcacheError
 from agentcache.render import ChatRenderer, segment_ids, tools_message
 from agentcache.serve.contexts import DEFAULT_TTL_S, MAX_TTL_S, ContextStore, StoredContext
@@ -17,7 +17,6 @@ from agentcache.serve.metrics import ServeMetrics
 from agentcache.serve.segments import message_segments
 from engine import Engine, Request, Result, SamplingParams
 from engine.model import LoadedModel
-from engine.request import LogitsMask
 from layers import ToolSpec, canonical_json
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
@@ -412,7 +411,8 @@ class ChatService:
         mask = tensor_mask(grammar.new_mask(self.model.config.vocab_size)) if forced and grammar else self._mask(schema)
         retention = retention_of(body.get("messages"), len(messages) - len(body.get("messages")), len(segments))
         request = Request(segments, max_tokens=max_tokens, sampling=sampling, stop=stop,
-                          salt=salt, logits_mask=mask, retention=retention, speculate=self.speculate)
+                          salt=salt, logits_mask=mask, forced_tokens=mask.forced if mask else None,
+                          retention=retention, speculate=self.speculate)
         return Prepared(request, context, grammar, forced, stream, include_usage)
 
     def _max_tokens(self, asked: int | None, prompt_tokens: int) -> int:
@@ -423,7 +423,7 @@ class ChatService:
             raise BadRequest(f"the prompt has {prompt_tokens} tokens; the model window is {window}")
         return min(asked or DEFAULT_MAX_TOKENS, window - prompt_tokens)
 
-    def _mask(self, schema: dict[str, Any] | None) -> LogitsMask | None:
+    def _mask(self, schema: dict[str, Any] | None) -> TensorMask | None:
         if schema is None:
             return None
         matcher = self._compiled(canonical_json(schema), lambda: schema_matcher(self.model.tokenizer, schema))

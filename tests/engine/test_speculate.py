@@ -105,7 +105,7 @@ def test_greedy_output_is_the_same_on_the_block_kernels(models_dir, monkeypatch,
     _, plain = generate(model, "off")
     reply = plain.token_ids
 
-    def given(self, tokens, limit):
+    def given(self, tokens, limit, after=None):
         done = len(tokens) - len(PATTERN)
         return [t if right else (t + 1) % 512 for t in reply[done : done + min(limit, 4)]]
 
@@ -135,6 +135,28 @@ def test_a_mask_cuts_the_draft_and_still_decides_every_token(tiny):
     assert banned not in spec.token_ids and spec.token_ids == plain.token_ids
     assert not any(banned in ids for ids in asked)
     assert spec.usage.drafted_tokens > 0
+
+
+def test_the_grammars_forced_tokens_are_drafted_and_the_reply_is_unchanged(models_dir):
+    """A tool-call grammar on the tiny chat model: what it forces (`{"`, the rest of a tool's name, `", "arguments":
+    {"`) is drafted even where lookup finds nothing, and every token is still the plain reply's."""
+    from agentcache.backends.constrain import ToolCallGrammar
+    from agentcache.backends.local import tensor_mask
+    from agentcache.wiring import load_registry
+    from engine import load_model
+
+    model = load_model("random-tiny-chat", cache_dir=models_dir)
+    grammar = ToolCallGrammar(model.tokenizer, list(load_registry()), allow_answer=False)
+
+    def reply(mode: str):
+        mask = tensor_mask(grammar.new_mask(model.config.vocab_size))
+        engine = Engine(model)
+        return engine.generate(Request(["Find the file."], max_tokens=40, logits_mask=mask,
+                                       forced_tokens=mask.forced, speculate=mode))
+
+    plain, spec = reply("off"), reply("lookup")
+    assert spec.token_ids == plain.token_ids and spec.text.startswith('{"name": "')
+    assert spec.usage.accepted_tokens >= len(model.tokenizer.encode('{"', add_special_tokens=False))
 
 
 def test_sampled_speculation_runs_and_is_reproducible_by_seed(tiny):

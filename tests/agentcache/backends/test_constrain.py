@@ -189,6 +189,19 @@ def test_mask_follows_a_history_that_diverged(smol):
     assert torch.equal(mask(ids[:12]), fresh(ids[:12]))
 
 
+def test_forced_tokens_are_what_the_grammar_leaves_no_choice_about(smol):
+    """After `{"name": "read` only one tool fits: the rest of its name and the arguments' opening are forced."""
+    grammar = ToolCallGrammar(smol.tokenizer, ALL_TOOLS)
+    ids = smol.tokenizer.encode(READ_CALL, add_special_tokens=False)
+    mask = tensor_mask(grammar.new_mask(smol.config.vocab_size))
+    for n in range(12):
+        forced = mask.forced(ids[:n])
+        assert READ_CALL.startswith(smol.tokenizer.decode(ids[:n] + forced))
+        for i, token in enumerate(forced):  # each forced token is the only one the mask allows there
+            assert allowed_ids(mask(ids[:n] + forced[:i])) == [token]
+    assert smol.tokenizer.decode(mask.forced(ids[:5])).startswith('_file", "arguments": {"')
+
+
 def test_mask_step_is_fast(smol):
     grammar = ToolCallGrammar(smol.tokenizer, ALL_TOOLS)
     call = json.dumps({"name": "write_file", "arguments": {"path": "notes.md"}}) + "\n```\n" + "line\n" * 12 + "```"
