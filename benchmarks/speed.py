@@ -89,6 +89,42 @@ def engine_row(lm: LoadedModel) -> dict[str, Any]:
     return {"prefill_tok_s": prefill, "tpot_ms_1k": tpot * 1000, "warm_turn_s": warm}
 
 
+def agent_row(lm: LoadedModel) -> dict[str, Any]:
+    """The agent's own path against the bare engine, alternated on one engine: a reply through LocalBackend with
+    RunConfig's defaults (the reply grammar's mask, speculate auto) to a question about examples/repo (L1 of the ask
+    role, L2 of the repo, the question as L3), then the bare engine on the same prompt for as many tokens (the
+    end-of-text-free mask engine_row decodes with, no speculation). Time per output token of each, medians."""
+    from agentcache import PROMPTS_DIR
+    from agentcache.backends import GenSettings
+    from agentcache.backends.local import LocalBackend
+    from agentcache.config import RunConfig
+    from agentcache.wiring import load_registry
+    from layers import Block, Context, Layer
+    from layers.l1 import build_l1
+    from layers.l2 import build_l2
+
+    config, tools = RunConfig(), list(load_registry())
+    engine = Engine(lm, capacity_bytes=512 << 20)
+    backend = LocalBackend(lm, engine, config.tool_format, config.tool_choice, config.speculate)
+    question = Block(Layer.L3, "user", "user", b"Explain what textstats/words.py does, function by function.")
+    context = Context([*build_l1("ask", PROMPTS_DIR, load_registry()), *build_l2(EXAMPLE), question])
+    enabled = {"read_file", "search", "list_files"}
+    settings = GenSettings(max_tokens=REPLY + 1, temperature=config.temperature)
+    segments, mask = backend.renderer.block_segments(context), no_eos(lm)
+    backend.complete(context, tools, enabled, settings)  # the prefix cached: both paths decode on warm pages
+    agent, bare, drafted, accepted = [], [], 0, 0
+    for _ in range(TPOT_RUNS):
+        reply = backend.complete(context, tools, enabled, settings)
+        agent.append(reply.timings["tpot_s"])
+        drafted, accepted = drafted + reply.usage["drafted_tokens"], accepted + reply.usage["accepted_tokens"]
+        tokens = max(reply.usage["completion_tokens"], 2)
+        bare.append(engine.generate(Request(segments, max_tokens=tokens, logits_mask=mask)).timings.tpot_s)
+    agent_ms, bare_ms = statistics.median(agent) * 1000, statistics.median(bare) * 1000
+    return {"tpot_ms_1k": agent_ms, "bare_tpot_ms": bare_ms, "agent_over_bare": agent_ms / bare_ms,
+            "prompt_tokens": reply.usage["prompt_tokens"], "reply_tokens": reply.usage["completion_tokens"],
+            "drafted_tokens": drafted, "accepted_tokens": accepted, "speculate": config.speculate}
+
+
 def transformers_row(lm: LoadedModel) -> dict[str, Any]:
     """Plain transformers on the same weights: one forward per prefill, its own cache for decode and the warm turn."""
     from transformers import DynamicCache
@@ -243,6 +279,8 @@ def child(spec: str) -> dict[str, Any]:
         return {"row": transformers_row(lm)}
     if method == "agentcache-speed":
         return {"row": engine_row(lm)}
+    if method == "agent":
+        return {"row": agent_row(lm)}
     if method in ("llama.cpp", "llama.cpp-q8_0"):
         entry = registry.find(name)
         gguf = registry.gguf_path(entry, models_dir()) if entry is not None else None
@@ -285,6 +323,8 @@ def measure_model(name: str, quants: list[str], console: Console) -> dict[str, A
         rows.append(row)
     result: dict[str, Any] = {"name": name, "rows": rows,
                               "default_quant": in_process(f"{name},scheme,auto,{dtype}")["scheme"]}
+    console.print(f"{name}: the agent's path against the bare engine ...")
+    result["agent_path"] = in_process(f"{name},agent,auto,{dtype}")["row"]
     if skipped:
         result["skipped"] = skipped
     if dtype != "float32" and reference is not None:  # how far the dtype alone moves greedy output: the noise floor
@@ -374,6 +414,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           f"{r['prefill_tok_s'][long]:.0f}", f"{r['tpot_ms_1k']:.1f}", f"{r['warm_turn_s']:.2f}",
                           "" if agree is None else f"{agree:.3f}")
         console.print(table)
+        agent = model["agent_path"]
+        console.print(f"agent path (LocalBackend, reply grammar, speculate {agent['speculate']}): "
+                      f"{agent['tpot_ms_1k']:.1f} ms/token against the bare engine's {agent['bare_tpot_ms']:.1f} on "
+                      f"the same {agent['prompt_tokens']}-token prompt: {agent['agent_over_bare']:.2f}x")
         if "float32_agreement" in model:
             console.print(f"float32 unquantized vs {model['rows'][0]['dtype']}: greedy agreement "
                           f"{model['float32_agreement']:.3f}")

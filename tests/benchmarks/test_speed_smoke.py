@@ -1,5 +1,6 @@
 """benchmarks.speed end to end on the random tiny chat model, at its --quick sizes (each row in its own process): the JSON names other tools read, a row
-per method and quantization, agreement of the unquantized model with itself, ratios recomputed from the rows."""
+per method and quantization, agreement of the unquantized model with itself, ratios recomputed from the rows, and
+the agent path's row."""
 
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ def test_speed_report(tmp_path):
     plain = model["rows"][0]
     assert model["ratios"]["transformers"]["warm_turn"] == pytest.approx(best["warm_turn_s"] / plain["warm_turn_s"])
     assert model["ratios"]["transformers"]["tpot"] == pytest.approx(best["tpot_ms_1k"] / plain["tpot_ms_1k"])
+    agent = model["agent_path"]  # the agent's own path (LocalBackend, the reply grammar, RunConfig's defaults)
+    assert agent["tpot_ms_1k"] > 0 and agent["bare_tpot_ms"] > 0 and agent["speculate"] == "auto"
+    assert agent["agent_over_bare"] == pytest.approx(agent["tpot_ms_1k"] / agent["bare_tpot_ms"])
+    assert agent["prompt_tokens"] > 500 and 0 <= agent["accepted_tokens"] <= agent["drafted_tokens"]
 
 
 def test_agreement_counts_tokens_before_the_first_difference():
