@@ -84,7 +84,7 @@ class Recorder:
 
 def collect(path: Path, task_ids: list[str], console: Console, name: str | None = None) -> dict[str, Any]:
     """Run the tasks by the agent on model `name` (the default: None), speculation off, and write every request it
-    sent to `path`."""
+    sent to `path` (rewritten after each task)."""
     from agentcache.backends.local import LocalBackend
     from agentcache.wiring import load_registry, local_engine
     from benchmarks.tasks import run_one, select
@@ -100,9 +100,10 @@ def collect(path: Path, task_ids: list[str], console: Console, name: str | None 
             for request in recorder.requests[before:]:
                 request["task"] = task.id
             console.print(f"{task.id}: {len(recorder.requests) - before} requests, passed {record['passed']}")
-    data = {"model": name, "quant": model.quant, "tasks": list(task_ids), "texts": recorder.texts,
-            "requests": recorder.requests}
-    path.write_text(json.dumps(data, indent=1) + "\n")
+            done = [t.id for t in tasks[: tasks.index(task) + 1]]
+            data = {"model": name, "quant": model.quant, "tasks": done, "texts": recorder.texts,
+                    "requests": recorder.requests}
+            path.write_text(json.dumps(data, indent=1) + "\n")  # after each task: a cut-off run keeps what it did
     return data
 
 

@@ -16,7 +16,7 @@ from engine.model_runner import DECODE_PATHS, ModelRunner
 from engine.request import Request, Result
 from engine.scheduler import Scheduler
 from engine.sequence import OnToken, Sequence
-from engine.speculate import MODES, Speculation
+from engine.speculate import MODES, Drafter, Speculation, check_pair
 
 DEFAULT_CAPACITY = 1 << 30
 DEFAULT_MAX_RUNNING = 16
@@ -27,15 +27,23 @@ class Engine:
     def __init__(self, model: LoadedModel, page_size: int = 16, capacity_bytes: int = DEFAULT_CAPACITY,
                  max_running: int = DEFAULT_MAX_RUNNING, disk_dir: Path | None = None,
                  disk_bytes: int = DEFAULT_DISK_BYTES, host_bytes: int | None = None,
-                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK, threads: str = "auto") -> None:
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK, threads: str = "auto",
+                 draft: LoadedModel | None = None) -> None:
         """disk_dir None: no disk tier. host_bytes None: a host tier on CUDA only; 0: none. prefill_chunk: the
         most prompt tokens prefilled between two decode steps of running requests. threads: on a CPU, 'auto' runs
-        each forward on the cores other processes leave free (engine.threads), 'all' always on all of PyTorch's."""
+        each forward on the cores other processes leave free (engine.threads), 'all' always on all of PyTorch's. draft:
+        a smaller model with this one's tokenizer for speculative decoding (engine.speculate.Drafter), on its own
+        engine with a quarter of the pool's capacity; None: drafts come from prompt lookup only."""
         self.model = model
         self.page_size = page_size
         kv = KVCacheManager(model, page_size, capacity_bytes, disk_dir, disk_bytes, host_bytes)
         self.page_bytes = kv.page_bytes
         self.scheduler = Scheduler(kv, ModelRunner(model, kv.store, threads), max_running, prefill_chunk)
+        self.drafter: Drafter | None = None
+        if draft is not None:
+            check_pair(model, draft)
+            self.drafter = Drafter(Engine(draft, page_size, capacity_bytes // 4, max_running=1, threads=threads),
+                                   model.config.vocab_size)
 
     def tokenize(self, segments: list[str | list[int]]) -> tuple[list[int], list[int]]:
         """Each segment on its own, concatenated: stable bytes give stable tokens across requests."""
@@ -65,7 +73,7 @@ class Engine:
         root = root_hash(self.model.fingerprint, request.salt)
         seq = Sequence(request, prompt, counts, max_tokens, stop_ids, on_token, arrived, root,
                        chain_hashes(prompt, self.page_size, root), cancel=cancel,
-                       speculation=Speculation(request.speculate) if request.speculate != "off" else None)
+                       speculation=Speculation(request.speculate, self.drafter) if request.speculate != "off" else None)
         return self.scheduler.submit(seq)
 
     def stats(self) -> dict[str, int]:
@@ -84,6 +92,9 @@ class Engine:
             raise EngineError("max_tokens must be at least 1")
         if request.speculate not in MODES:
             raise EngineError(f"unknown speculate mode {request.speculate!r} (known: {', '.join(MODES)})")
+        if request.speculate == "draft" and self.drafter is None:
+            raise EngineError("speculate 'draft' needs a draft model: this engine has none (Engine(draft=...); "
+                              "agentcache: draft_model in agentcache.yaml)")
         if request.retention is not None:
             if len(request.retention) != len(request.segments):
                 raise EngineError(f"retention names {len(request.retention)} classes for {len(request.segments)} "

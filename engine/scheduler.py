@@ -219,7 +219,7 @@ class Scheduler:
         if seq.speculation is None or not self.runner.can_verify(self.batch):
             return False
         try:
-            draft, masks = seq.draft(seq.speculation.limit(self.costs, seq.max_tokens - len(seq.out) - 1))
+            draft, masks = seq.draft(self.costs, seq.max_tokens - len(seq.out) - 1)
         except Exception as error:  # a raising mask
             seq.error = error
             return True

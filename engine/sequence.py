@@ -13,7 +13,7 @@ import torch
 
 from engine.request import Request, Result, Timings, Trace, Usage
 from engine.sampling import apply_mask, check_drafted, sample
-from engine.speculate import Speculation
+from engine.speculate import Costs, Speculation
 
 OnToken = Callable[[int, str], None]
 
@@ -81,12 +81,12 @@ class Sequence:
         """The request's mask of allowed next tokens after generated `ids` (None: no mask)."""
         return self.request.logits_mask(ids) if self.request.logits_mask else None
 
-    def draft(self, limit: int) -> tuple[list[int], list[torch.Tensor | None]]:
-        """Up to `limit` drafted next tokens (engine.speculate): those the request's grammar forces, then what
-        prompt lookup proposes after them; cut before the first the request's mask does not allow. With the mask at
-        each drafted position."""
-        forced = self.request.forced_tokens(self.out)[:limit] if self.request.forced_tokens and limit > 0 else []
-        draft = forced + self.speculation.propose(self.prompt + self.out, limit - len(forced), forced)
+    def draft(self, costs: Costs, room: int) -> tuple[list[int], list[torch.Tensor | None]]:
+        """Up to `room` drafted next tokens (engine.speculate): those the request's grammar forces, then what prompt
+        lookup or the draft model proposes after them; cut before the first the request's mask does not allow. With
+        the mask at each drafted position."""
+        forced = self.request.forced_tokens(self.out)[:room] if self.request.forced_tokens and room > 0 else []
+        draft = forced + self.speculation.propose(self.prompt + self.out, room - len(forced), costs, forced)
         masks: list[torch.Tensor | None] = []
         for i, token in enumerate(draft):
             allowed = self.allowed(self.out + draft[:i])

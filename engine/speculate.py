@@ -14,14 +14,25 @@ On a CPU a decode step mostly streams the weights, so a forward of a few positio
 `auto` sizes each draft by what a position costs on this machine (measured on the running engine, `Costs`) and
 how many of this sequence's drafted tokens were accepted so far, and drafts nothing where that does not pay.
 `lookup` always drafts what lookup finds.
+
+A draft model (`Drafter`: a smaller model with the target's tokenizer, e.g. the 0.5B for the 1.5B, on its own engine
+and paged pool, so the request's prefix is cached there too) guesses DRAFT_TOKENS tokens greedily under `draft`; under
+`auto`, where lookup finds nothing and the draft model's measured cost and acceptance say it pays.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
-MODES = ("off", "lookup", "auto")
+from engine.errors import EngineError
+from engine.request import Request
+
+MODES = ("off", "lookup", "draft", "auto")
+SOURCES = ("lookup", "draft")  # where a draft's tokens after the grammar's forced ones come from
 MAX_DRAFT = 8
+DRAFT_TOKENS = 4  # the draft model's guesses per verification under `draft` (at most, under `auto`)
 NGRAMS = (4, 3, 2)  # the n-gram lengths looked up, longest first (one token matches too often to be worth a draft)
 PRIOR_ACCEPTED, PRIOR_DRAFTED = 3, 4  # acceptance before a sequence has drafted anything: 3/4, so it tries
 EXTRA_ROW_GUESS = 0.5  # a position's cost beyond the first, as a share of a one-token step, before it is measured
@@ -88,31 +99,96 @@ def draft_length(acceptance: float, extra_row: float, limit: int) -> int:
     return best
 
 
+class Drafter:
+    """A draft model on its own engine: guesses a sequence's next tokens greedily, its prefix cached in its own pool
+    (only the tokens since its last guess are prefilled). Keeps the running time of one guessed token."""
+
+    def __init__(self, engine: Any, vocab_size: int) -> None:
+        self.engine = engine
+        self.vocab_size = vocab_size  # the target's: a guess past it (a padded id) ends the draft
+        self.token_s: float | None = None
+
+    def share(self, step_s: float | None) -> float:
+        """A guessed token's cost as a share of the target's one-token step (0.5 until both are measured)."""
+        return EXTRA_ROW_GUESS if self.token_s is None or not step_s else self.token_s / step_s
+
+    def propose(self, tokens: list[int], limit: int) -> list[int]:
+        if limit < 1 or len(tokens) + limit >= self.engine.model.max_len:
+            return []
+        start = time.perf_counter()
+        try:
+            guessed = self.engine.generate(Request([tokens], max_tokens=limit)).token_ids
+        except EngineError:  # its pool cannot hold the sequence: no draft
+            return []
+        seconds = (time.perf_counter() - start) / max(len(guessed), 1)
+        self.token_s = seconds if self.token_s is None else (1 - SMOOTHING) * self.token_s + SMOOTHING * seconds
+        kept = next((i for i, token in enumerate(guessed) if token >= self.vocab_size), len(guessed))
+        return guessed[:kept]
+
+
+def check_pair(target: Any, draft: Any) -> None:
+    """Refuse a draft model whose tokenizer is not the target's (its guesses would be other tokens)."""
+    if target.tokenizer is None or draft.tokenizer is None:
+        same = target.tokenizer is draft.tokenizer and target.config.vocab_size == draft.config.vocab_size
+    else:
+        same = target.tokenizer.get_vocab() == draft.tokenizer.get_vocab()
+    if not same:
+        raise EngineError(f"draft model '{draft.name}' does not share the tokenizer of '{target.name}': a draft "
+                          "model must")
+
+
 @dataclass
 class Speculation:
-    """One sequence's drafting: its lookup index and its drafted and accepted token counts."""
+    """One sequence's drafting: its lookup index, the draft model if the engine has one, and its drafted and
+    accepted token counts, in all and per source."""
 
     mode: str
+    drafter: Drafter | None = None
     index: LookupIndex = field(default_factory=LookupIndex)
     drafted: int = 0
     accepted: int = 0
     verifications: int = 0
+    sources: dict[str, list[int]] = field(default_factory=lambda: {source: [0, 0] for source in SOURCES})
+    last: tuple[str, int] = ("", 0)  # the last draft's source and how many forced tokens led it
 
-    def limit(self, costs: Costs, room: int) -> int:
-        """How many tokens to draft now: at most `room` (what the request may still generate, less the target's
-        own token) and MAX_DRAFT; under `auto`, what draft_length says pays."""
-        limit = min(MAX_DRAFT, room)
+    def acceptance(self, source: str) -> float:
+        drafted, accepted = self.sources[source]
+        return (accepted + PRIOR_ACCEPTED) / (drafted + PRIOR_DRAFTED)
+
+    def limit(self, source: str, costs: Costs, room: int) -> int:
+        """How many tokens `source` drafts now: at most `room` (what the request may still generate, less the
+        target's own token and the forced tokens) and its cap; under `auto`, what draft_length says pays, a draft
+        model's guesses costing their own time on top of verification's."""
+        limit = min(MAX_DRAFT if source == "lookup" else DRAFT_TOKENS, room)
         if self.mode == "auto":
-            acceptance = (self.accepted + PRIOR_ACCEPTED) / (self.drafted + PRIOR_DRAFTED)
-            limit = draft_length(min(acceptance, 0.99), costs.extra_row, limit)
+            cost = costs.extra_row + (self.drafter.share(costs.step_s) if source == "draft" else 0.0)
+            limit = draft_length(min(self.acceptance(source), 0.99), cost, limit)
         return max(limit, 0)
 
-    def propose(self, tokens: list[int], limit: int, after: list[int] | None = None) -> list[int]:
-        """The lookup draft for the sequence whose tokens so far are `tokens`, continuing `after` them (the index
-        catches up with `tokens` first)."""
+    def propose(self, tokens: list[int], room: int, costs: Costs, after: list[int] | None = None) -> list[int]:
+        """The draft for the sequence whose tokens so far are `tokens`, continuing `after` them (forced tokens):
+        prompt lookup's, else the draft model's. The index catches up with `tokens` first."""
+        after = after or []
         self.index.extend(tokens[len(self.index.tokens):])
-        return self.index.propose(limit, after or ()) if limit > 0 else []
+        self.last = ("", len(after))
+        if self.mode in ("lookup", "auto"):
+            found = self.index.propose(self.limit("lookup", costs, room), after)
+            if found:
+                self.last = ("lookup", len(after))
+                return found
+        if self.drafter is not None and self.mode in ("draft", "auto"):
+            guessed = self.drafter.propose(tokens + after, self.limit("draft", costs, room))
+            if guessed:
+                self.last = ("draft", len(after))
+                return guessed
+        return []
 
     def record(self, drafted: int, accepted: int) -> None:
+        """After a verification of `drafted` tokens (the last proposal's, after its forced ones), `accepted` kept."""
         self.drafted, self.accepted, self.verifications = (self.drafted + drafted, self.accepted + accepted,
                                                            self.verifications + 1)
+        source, forced = self.last
+        if source:
+            counts = self.sources[source]
+            counts[0] += max(drafted - forced, 0)
+            counts[1] += max(accepted - forced, 0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import Engine, EngineError, Request
+from engine import Engine, EngineError, LoadedModel, Request, load_model
 from engine.request import SamplingParams
 from engine.sampling import check_drafted, distribution
 from engine.speculate import MAX_DRAFT, LookupIndex, Speculation, draft_length
@@ -81,8 +81,8 @@ def test_check_drafted_sampled_keeps_the_target_distribution(drafted):
     assert abs(kept / 40_000 - float(target[drafted])) < 0.012  # kept with the target's probability of it
 
 
-def generate(engine_model, mode: str, prompt: list[int] = PATTERN, **kwargs) -> tuple[Engine, object]:
-    engine = Engine(engine_model)
+def generate(engine_model, mode: str, prompt: list[int] = PATTERN, draft=None, **kwargs) -> tuple[Engine, object]:
+    engine = Engine(engine_model, draft=draft)
     return engine, engine.generate(Request([prompt], max_tokens=48, speculate=mode, **kwargs))
 
 
@@ -105,9 +105,9 @@ def test_greedy_output_is_the_same_on_the_block_kernels(models_dir, monkeypatch,
     _, plain = generate(model, "off")
     reply = plain.token_ids
 
-    def given(self, tokens, limit, after=None):
+    def given(self, tokens, room, costs, after=None):
         done = len(tokens) - len(PATTERN)
-        return [t if right else (t + 1) % 512 for t in reply[done : done + min(limit, 4)]]
+        return [t if right else (t + 1) % 512 for t in reply[done : done + min(room, 4)]]
 
     monkeypatch.setattr(Speculation, "propose", given)
     engine, spec = generate(model, "lookup")
@@ -177,3 +177,58 @@ def test_stop_inside_a_draft_ends_the_reply_there(tiny):
 def test_unknown_mode_is_one_clear_error(tiny):
     with pytest.raises(EngineError, match="unknown speculate mode 'fast'"):
         Engine(tiny).generate(Request([PATTERN], max_tokens=2, speculate="fast"))
+
+
+def other_tiny(seed: int) -> LoadedModel:
+    """Another random tiny model with the tiny model's vocabulary: a draft model that guesses badly."""
+    from engine.model import random_tiny_model
+
+    model = random_tiny_model(seed=seed)
+    return LoadedModel(f"random-tiny-{seed}", model, None, f"seed-{seed}", torch.device("cpu"), torch.float32)
+
+
+def test_a_draft_model_that_is_the_target_guesses_every_token(tiny):
+    """The target as its own draft model: every guess is what the target chooses, so every drafted token is kept,
+    and the output is plain decoding's."""
+    prompt = list(range(3, 40))
+    _, plain = generate(tiny, "off", prompt)
+    engine, spec = generate(tiny, "draft", prompt, draft=tiny)
+    assert spec.token_ids == plain.token_ids
+    assert spec.usage.drafted_tokens > 0 and spec.usage.accepted_tokens == spec.usage.drafted_tokens
+    assert engine.stats()["verify_steps"] < len(spec.token_ids)
+
+
+def test_auto_with_a_draft_model_leaves_the_output_unchanged(tiny):
+    prompt = list(range(3, 40))
+    _, plain = generate(tiny, "off", prompt)
+    _, spec = generate(tiny, "auto", prompt, draft=tiny)
+    assert spec.token_ids == plain.token_ids and spec.usage.drafted_tokens > 0
+
+
+def test_a_draft_model_that_guesses_badly_leaves_the_output_unchanged(tiny):
+    _, plain = generate(tiny, "off")
+    _, spec = generate(tiny, "draft", draft=other_tiny(5))
+    assert spec.token_ids == plain.token_ids and spec.usage.drafted_tokens > 0
+    assert spec.usage.accepted_tokens < spec.usage.drafted_tokens
+
+
+def test_sampled_speculation_with_a_draft_model_is_reproducible_by_seed(tiny):
+    runs = [generate(tiny, "draft", draft=other_tiny(5), sampling=SamplingParams(temperature=0.7, seed=3))[1]
+            for _ in range(2)]
+    assert runs[0].token_ids == runs[1].token_ids and len(runs[0].token_ids) == 48
+
+
+def test_the_draft_models_prefix_is_cached_in_its_own_pool(tiny):
+    engine, _ = generate(tiny, "draft", list(range(3, 60)), draft=other_tiny(5))
+    draft_stats = engine.drafter.engine.stats()
+    assert draft_stats["requests"] > 1 and draft_stats["cached_tokens_total"] > 0
+
+
+def test_a_draft_model_with_another_tokenizer_is_refused(tiny, models_dir):
+    with pytest.raises(EngineError, match="does not share the tokenizer"):
+        Engine(tiny, draft=load_model("random-tiny-chat", cache_dir=models_dir))
+
+
+def test_draft_mode_without_a_draft_model_is_one_clear_error(tiny):
+    with pytest.raises(EngineError, match="needs a draft model"):
+        Engine(tiny).generate(Request([PATTERN], max_tokens=2, speculate="draft"))
