@@ -31,7 +31,7 @@ CACHE_TTLS = ("5m", "1h", "auto")
 TOOL_CHOICES = ("auto", "required", "first")
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # engine.hardware.DTYPE_CHOICES, without importing torch
 QUANTS = ("auto", "none", "int8", "int4", "gguf")  # engine.quant.QUANT_CHOICES, without importing torch
-SPECULATE = ("off", "lookup", "auto")  # engine.speculate.MODES
+SPECULATE = ("off", "lookup", "draft", "auto")  # engine.speculate.MODES
 ROUTINGS = ("session", "prefix", "none")  # what an OpenAI-compatible request's routing key is (docs/fleet.md)
 
 
@@ -73,7 +73,11 @@ class RunConfig:
     # entries_to_keep); 0: only when the next request would not fit the model's window
     map_tokens: int = MAP_TOKENS  # the repo map's budget in L2 (layers.repomap; 0: no map)
     speculate: str = "auto"  # local backend: speculative decoding (engine.speculate): auto (drafts sized by their
-    # measured cost and acceptance), lookup (always draft what prompt lookup finds) or off
+    # measured cost and acceptance; the draft model's too where one is loaded), lookup (always draft what prompt
+    # lookup finds), draft (the draft model guesses) or off
+    draft_model: str = ""  # local backend: a smaller model with the model's tokenizer that guesses tokens for
+    # speculative decoding; empty: the registry's pair for the model (the 0.5B for the 1.5B) under speculate draft,
+    # none otherwise
     lookup: bool = True  # a note after the task with where the names it mentions are defined (agent.run_start)
     samples: int = 1  # best-of-n: candidates per task run at once on the shared prefix (agentcache.samples)
     routing: str = "session"  # openai backend: the routing key each request carries: session (the session lineage:

@@ -32,14 +32,33 @@ def load_registry() -> ToolRegistry:
 
 
 def local_engine(config: RunConfig) -> tuple[LoadedModel, Engine]:
-    """The config's model and an engine with its KV pool size and, if `disk_cache`, the shared disk tier (a host
-    tier on CUDA, the engine's default)."""
+    """The config's model and an engine with its KV pool size, its draft model (draft_model_name) and, if
+    `disk_cache`, the shared disk tier (a host tier on CUDA, the engine's default)."""
     from agentcache.cache_dir import kv_dir, models_dir
     from engine import Engine, load_model
 
     model = load_model(config.model, dtype=config.dtype, cache_dir=models_dir(), quant=config.quant)
+    draft_name = draft_model_name(config)
+    draft = load_model(draft_name, dtype=config.dtype, cache_dir=models_dir(), quant=config.quant) if draft_name else None
     disk_dir = kv_dir() if config.disk_cache else None
-    return model, Engine(model, capacity_bytes=config.kv_capacity_mb << 20, disk_dir=disk_dir)
+    return model, Engine(model, capacity_bytes=config.kv_capacity_mb << 20, disk_dir=disk_dir, draft=draft)
+
+
+def draft_model_name(config: RunConfig) -> str:
+    """The draft model the config asks for: `draft_model`, else under `speculate: draft` the registry's pair for the
+    model; '' for none (a draft model is loaded only when asked for: on a 2-core CPU its guesses cost more than they
+    save, docs/engine.md)."""
+    from engine import registry
+
+    if config.draft_model:
+        return config.draft_model
+    if config.speculate != "draft":
+        return ""
+    entry = registry.find(config.model)
+    if entry is None or not entry.draft:
+        raise AgentcacheError(f"speculate draft needs a draft model and '{config.model}' has no pair in the registry: "
+                              "set draft_model in agentcache.yaml")
+    return entry.draft
 
 
 def build_backend(config: RunConfig, api_key: str | None) -> Backend:

