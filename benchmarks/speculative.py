@@ -1,13 +1,15 @@
 """Speculative decoding on real agent replies (engine.speculate): tokens per second without it, with prompt lookup,
-and with `auto`, on the suite's own requests.
+with `auto` (the default), with the draft model (the registry's pair: the 0.5B for the 1.5B) and with `auto` on an
+engine that has the draft model, on the suite's own requests.
 
 Two steps. `--collect FILE` runs suite tasks (questions and edits, benchmarks.tasks) by agentcache's loop on the
 default model, speculation off, and writes every request the agent sent as the engine got it: its segments (L1+L2
 as the system turn, each L3 block, the generation prompt), the grammar it was masked by (the enabled tools, whether
 a tool call was required), its token limit, and the reply. `--replay FILE` sends each request again on one engine,
 once per method, the methods' order rotated from request to request; the prefix is cached before the first, so each
-reply's time is its decode. Each method's reply must be the recorded one token for token (greedy); `identical`
-says whether it was.
+reply's time is its decode (the methods with the draft model run on a second engine over the same target model,
+its prefix cached in both pools). Each method's reply must be plain decoding's token for token (greedy);
+`identical` says whether it was.
 
     python -m benchmarks.speculative --collect benchmarks/results/speculative-requests.json
     python -m benchmarks.speculative --replay benchmarks/results/speculative-requests.json --json out.json
@@ -30,6 +32,7 @@ import re
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +44,7 @@ from benchmarks.speed import machine
 
 TASKS = ("where-split-sentences", "rank-helper", "ct-ttl-default", "tomli-invalid-error", "fix-syllables-case",
          "add-longest-word", "ct-fix-lru-read", "tomli-fix-cr-escape")
-METHODS = ("off", "lookup", "auto")
+METHODS = ("off", "lookup", "auto", "draft", "auto+draft")  # auto+draft: auto on an engine with the draft model
 EDIT_TOOLS = ("edit_file", "write_file")
 CALL_NAME = re.compile(r'"name"\s*:\s*"(\w+)"')
 
@@ -82,7 +85,8 @@ class Recorder:
         return reply
 
 
-def collect(path: Path, task_ids: list[str], console: Console, name: str | None = None) -> dict[str, Any]:
+def collect(path: Path, task_ids: list[str], console: Console, name: str | None = None,
+            dtype: str = "auto") -> dict[str, Any]:
     """Run the tasks by the agent on model `name` (the default: None), speculation off, and write every request it
     sent to `path` (rewritten after each task)."""
     from agentcache.backends.local import LocalBackend
@@ -90,7 +94,7 @@ def collect(path: Path, task_ids: list[str], console: Console, name: str | None 
     from benchmarks.tasks import run_one, select
 
     name = name or RunConfig().model
-    model, engine = local_engine(check_config(RunConfig(model=name, disk_cache=False)))
+    model, engine = local_engine(check_config(RunConfig(model=name, disk_cache=False, dtype=dtype)))
     recorder = Recorder(LocalBackend(model, engine, tool_choice=RunConfig().tool_choice, speculate="off"))
     registry, tasks = load_registry(), select(",".join(task_ids), None)
     with tempfile.TemporaryDirectory(prefix="agentcache-speculative-") as tmp:
@@ -101,20 +105,29 @@ def collect(path: Path, task_ids: list[str], console: Console, name: str | None 
                 request["task"] = task.id
             console.print(f"{task.id}: {len(recorder.requests) - before} requests, passed {record['passed']}")
             done = [t.id for t in tasks[: tasks.index(task) + 1]]
-            data = {"model": name, "quant": model.quant, "tasks": done, "texts": recorder.texts,
+            data = {"model": name, "dtype": dtype, "quant": model.quant, "tasks": done, "texts": recorder.texts,
                     "requests": recorder.requests}
             path.write_text(json.dumps(data, indent=1) + "\n")  # after each task: a cut-off run keeps what it did
     return data
 
 
-def replay(data: dict[str, Any], methods: tuple[str, ...], console: Console) -> list[dict[str, Any]]:
+def replay(data: dict[str, Any], methods: tuple[str, ...], console: Console,
+           draft: str | None = None) -> list[dict[str, Any]]:
     """Every recorded request once per method on one engine, the methods' order rotated per request. One result
-    per (request, method): its tokens, decode seconds after the first token, drafted and accepted tokens."""
+    per (request, method): its tokens, decode seconds after the first token, drafted and accepted tokens. `draft`: the
+    draft model of the methods that have one (default: the registry's pair for the recorded model)."""
     from agentcache.backends.local import LocalBackend, tensor_mask
-    from agentcache.wiring import load_registry, local_engine
-    from engine import Request
+    from agentcache.cache_dir import models_dir
+    from agentcache.wiring import draft_model_name, load_registry, local_engine
+    from engine import Engine, Request, load_model
 
-    model, engine = local_engine(check_config(RunConfig(model=data["model"], disk_cache=False)))
+    config = check_config(RunConfig(model=data["model"], disk_cache=False, dtype=data.get("dtype", "auto")))
+    model, engine = local_engine(config)
+    engines = {"plain": engine}
+    if any("draft" in method for method in methods):  # the same target on a second engine, with its draft model
+        drafter = load_model(draft or draft_model_name(replace(config, speculate="draft")), dtype=config.dtype,
+                             cache_dir=models_dir(), quant=config.quant)
+        engines["draft"] = Engine(model, capacity_bytes=config.kv_capacity_mb << 20, draft=drafter)
     backend, registry = LocalBackend(model, engine, tool_choice=RunConfig().tool_choice), load_registry()
     tools = list(registry)
     results = []
@@ -122,12 +135,14 @@ def replay(data: dict[str, Any], methods: tuple[str, ...], console: Console) -> 
         segments = [data["texts"][key] for key in recorded["segments"]]
         grammar = backend.grammar(tools, set(recorded["tools"]), recorded["tool_required"])
 
-        def send(method: str, max_tokens: int) -> Any:
+        def send(method: str, max_tokens: int, on: Engine | None = None) -> Any:
             mask = tensor_mask(grammar.new_mask(model.config.vocab_size))
-            return engine.generate(Request(segments, max_tokens=max_tokens, logits_mask=mask, forced_tokens=mask.forced,
-                                           retention=recorded["retention"], speculate=method))
+            on = on or engines["draft" if "draft" in method else "plain"]
+            return on.generate(Request(segments, max_tokens=max_tokens, logits_mask=mask, forced_tokens=mask.forced,
+                                       retention=recorded["retention"], speculate=method.removesuffix("+draft")))
 
-        send("off", 1)  # the prefix cached: every method's reply below starts from the same warm pages
+        for each in engines.values():  # the prefix cached: every method's reply starts from the same warm pages
+            send("off", 1, each)
         order = methods[index % len(methods):] + methods[: index % len(methods)]
         for method in order:
             result = send(method, recorded["max_tokens"])
@@ -203,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="the model --collect runs the tasks on (default: the default model)")
     parser.add_argument("--replay", type=Path, help="replay the requests recorded here")
     parser.add_argument("--methods", default=",".join(METHODS), help="speculation modes to replay with")
+    parser.add_argument("--draft-model", help="the draft model of the draft methods (default: the registry's pair)")
     parser.add_argument("--json", type=Path, help="write the replay's report here")
     args = parser.parse_args(argv)
     console = Console(width=150)
@@ -216,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         start = time.perf_counter()
-        results = replay(data, methods, console)
+        results = replay(data, methods, console, args.draft_model)
         report = {"machine": machine(), "model": data["model"], "quant": data["quant"], "tasks": data["tasks"],
                   "requests": len(data["requests"]), "rows": rows(results) + [llama_cpp_row(data)],
                   "replies_recorded": all(r["recorded"] for r in results if r["method"] == "off"),
