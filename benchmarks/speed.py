@@ -191,9 +191,38 @@ def requantized_q8(gguf: Path) -> Path:
     return target
 
 
-def llama_cpp_row(lm: LoadedModel, gguf: Path, q8: bool = False) -> dict[str, Any] | None:
-    """llama.cpp on the model's own GGUF (or its Q8_0 requantization), through llama-cpp-python; its KV cache keeps
-    the prefix for the warm turn."""
+LLAMA_DEFAULT = "fa0-ub512-mmap1"  # the binding's defaults but for the threads: flash attention off, mmap'ed weights
+
+
+def llama_configs() -> list[str]:
+    """Every llama.cpp configuration the peer is tuned over (benchmarks.peer_tune): flash attention off and on,
+    micro-batches of 512 and 2,048 tokens, the weights mmap'ed from the file or read into anonymous memory (which
+    transparent huge pages can back)."""
+    return [f"fa{fa}-ub{ub}-mmap{mmap}" for fa in (0, 1) for ub in (512, 2048) for mmap in (1, 0)]
+
+
+def llama_settings(config: str) -> dict[str, Any]:
+    """llama_cpp.Llama's keyword arguments for a configuration name of llama_configs(); threads for both decode and
+    batches are this process's torch threads (the cores agentcache uses)."""
+    found = re.fullmatch(r"fa([01])-ub(\d+)-mmap([01])", config)
+    if found is None:
+        raise ValueError(f"unknown llama.cpp configuration {config!r} (e.g. {LLAMA_DEFAULT})")
+    fa, ubatch, mmap = int(found.group(1)), int(found.group(2)), int(found.group(3))
+    threads = torch.get_num_threads()
+    return {"n_threads": threads, "n_threads_batch": threads, "flash_attn": bool(fa), "n_ubatch": ubatch,
+            "n_batch": max(512, ubatch), "use_mmap": bool(mmap)}
+
+
+def llama_build() -> dict[str, str]:
+    """What llama.cpp build ran: the binding's version and llama.cpp's system info line (its CPU features)."""
+    import llama_cpp
+
+    return {"version": llama_cpp.__version__, "system_info": llama_cpp.llama_print_system_info().decode().strip()}
+
+
+def llama_cpp_row(lm: LoadedModel, gguf: Path, q8: bool = False, config: str = LLAMA_DEFAULT) -> dict[str, Any] | None:
+    """llama.cpp on the model's own GGUF (or its Q8_0 requantization), through llama-cpp-python, in `config`
+    (llama_configs()); its KV cache keeps the prefix for the warm turn."""
     try:
         import llama_cpp
     except ImportError:
@@ -203,8 +232,7 @@ def llama_cpp_row(lm: LoadedModel, gguf: Path, q8: bool = False) -> dict[str, An
     if q8:
         gguf = requantized_q8(gguf)
 
-    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=4096, n_threads=torch.get_num_threads(), n_batch=512,
-                          verbose=False)
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=4096, verbose=False, **llama_settings(config))
     stream = token_stream(lm, CACHED + NEW + 2048)
     eos = sorted(lm.eos_token_ids)
 
@@ -239,7 +267,8 @@ def llama_cpp_row(lm: LoadedModel, gguf: Path, q8: bool = False) -> dict[str, An
         greedy(WARM_REPLY - 1)
         warms.append(time.perf_counter() - start)
     warm = statistics.median(warms)
-    return {"prefill_tok_s": prefill, "tpot_ms_1k": tpot * 1000, "warm_turn_s": warm}
+    return {"prefill_tok_s": prefill, "tpot_ms_1k": tpot * 1000, "warm_turn_s": warm, "config": config,
+            **llama_build()}
 
 
 def agreement_prompts(lm: LoadedModel) -> list[str]:
@@ -270,7 +299,8 @@ def agreement(reference: list[list[int]], other: list[list[int]]) -> float:
 
 def child(spec: str) -> dict[str, Any]:
     """One measurement in this process: `spec` is MODEL,METHOD,QUANT,DTYPE (METHOD "greedy": agreement tokens only;
-    "agentcache-speed": the agentcache row without them; "scheme": what QUANT resolves to for the model here)."""
+    "agentcache-speed": the agentcache row without them; "scheme": what QUANT resolves to for the model here;
+    "llama.cpp@CONFIG": llama.cpp in a configuration of llama_configs())."""
     name, method, quant, dtype = spec.split(",")
     lm = load_model(name, dtype=dtype, cache_dir=models_dir(), quant=quant)
     if method == "scheme":
@@ -281,10 +311,12 @@ def child(spec: str) -> dict[str, Any]:
         return {"row": engine_row(lm)}
     if method == "agent":
         return {"row": agent_row(lm)}
-    if method in ("llama.cpp", "llama.cpp-q8_0"):
+    if method.startswith("llama.cpp"):  # llama.cpp, llama.cpp-q8_0, each with @CONFIG or not (LLAMA_DEFAULT)
+        method, _, config = method.partition("@")
         entry = registry.find(name)
         gguf = registry.gguf_path(entry, models_dir()) if entry is not None else None
-        return {"row": llama_cpp_row(lm, gguf, q8=method.endswith("q8_0")) if gguf is not None else None}
+        return {"row": llama_cpp_row(lm, gguf, method.endswith("q8_0"), config or LLAMA_DEFAULT)
+                if gguf is not None else None}
     tokens = greedy_tokens(lm, agreement_prompts(lm))
     return {"row": engine_row(lm) if method == "agentcache" else None, "tokens": tokens}
 
