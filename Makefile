@@ -40,9 +40,11 @@ test: install $(MODEL_TARGETS) router
 	$(PY) -m pytest -q
 
 # Peers the speed benchmark compares against (not part of `make test`): llama.cpp through llama-cpp-python, built
-# from source for this CPU (several minutes on 2 cores).
-peers: $(VENV)/.installed
+# from source for this CPU (several minutes on 2 cores), then checked on a first eval and rebuilt without its AMX
+# paths where the native build crashes (benchmarks/llama_build.py).
+peers: $(VENV)/.installed model-smollm2-135m
 	$(PIP) install --quiet llama-cpp-python==0.3.36
+	$(PY) -m benchmarks.llama_build
 
 # The peer agent harnesses the task suite compares against (docs/peer-agents.md), each in its own venv, never in the
 # project's: mini-swe-agent and Aider drive the model through `agentcache serve` (not part of `make test`).

@@ -214,10 +214,15 @@ def llama_settings(config: str) -> dict[str, Any]:
 
 
 def llama_build() -> dict[str, str]:
-    """What llama.cpp build ran: the binding's version and llama.cpp's system info line (its CPU features)."""
+    """What llama.cpp build ran: the binding's version, llama.cpp's system info line (its CPU features) and which
+    build `make peers` kept (benchmarks.llama_build: native, or no-amx where the native one crashed)."""
     import llama_cpp
 
-    return {"version": llama_cpp.__version__, "system_info": llama_cpp.llama_print_system_info().decode().strip()}
+    from benchmarks.llama_build import BUILD_FILE
+
+    build = json.loads(BUILD_FILE.read_text())["build"] if BUILD_FILE.is_file() else "unchecked (not make peers)"
+    return {"version": llama_cpp.__version__, "system_info": llama_cpp.llama_print_system_info().decode().strip(),
+            "build": build}
 
 
 def llama_cpp_row(lm: LoadedModel, gguf: Path, q8: bool = False, config: str = LLAMA_DEFAULT) -> dict[str, Any] | None:
