@@ -40,15 +40,16 @@ def measure(name: str, configs: list[str], console: Console) -> dict[str, Any]:
     return {"name": name, "build": build, "rows": rows, "best": best}
 
 
-def best_configs(name: str, path: Path = TUNING) -> list[str]:
-    """The configurations a tuning report found best for some metric of model `name` (read from `path`); llama.cpp's
-    defaults (benchmarks.speed.LLAMA_DEFAULT) where there is no report for it."""
+def best_configs(name: str, path: Path = TUNING, tpot_only: bool = False) -> list[str]:
+    """The configurations a tuning report found best for some metric of model `name` (read from `path`; with
+    `tpot_only`, the one fastest per token); llama.cpp's defaults (benchmarks.speed.LLAMA_DEFAULT) where there is no
+    report for it."""
     import json
 
     if path.is_file():
         for model in json.loads(path.read_text()).get("models", []):
             if model["name"] == name:
-                return list(dict.fromkeys(model["best"].values()))
+                return [model["best"]["tpot_ms_1k"]] if tpot_only else list(dict.fromkeys(model["best"].values()))
     return [speed.LLAMA_DEFAULT]
 
 

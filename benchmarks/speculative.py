@@ -141,8 +141,9 @@ def replay(data: dict[str, Any], methods: tuple[str, ...], console: Console,
             return on.generate(Request(segments, max_tokens=max_tokens, logits_mask=mask, forced_tokens=mask.forced,
                                        retention=recorded["retention"], speculate=method.removesuffix("+draft")))
 
-        for each in engines.values():  # the prefix cached: every method's reply starts from the same warm pages
-            send("off", 1, each)
+        send("off", 1)  # the prefix cached: every method's reply starts from the same warm pages, in the draft
+        if "draft" in engines:  # model's pool too (one drafted token makes it prefill the prompt)
+            send("draft", 3)
         order = methods[index % len(methods):] + methods[: index % len(methods)]
         for method in order:
             result = send(method, recorded["max_tokens"])

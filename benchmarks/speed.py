@@ -225,44 +225,57 @@ def llama_build() -> dict[str, str]:
             "build": build}
 
 
+class LlamaPeer:
+    """llama.cpp on a GGUF through llama-cpp-python, in a configuration of llama_configs(), fed benchmarks.speed's
+    token stream; greedy replies take the last evaluated token's argmax with end-of-text masked, as the engine's
+    rows do."""
+
+    def __init__(self, lm: LoadedModel, gguf: Path, config: str = LLAMA_DEFAULT) -> None:
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=4096, verbose=False, **llama_settings(config))
+        self.stream = token_stream(lm, CACHED + NEW + 2048)
+        self.eos = sorted(lm.eos_token_ids)
+        self.llm.eval(self.stream[:32])  # warm-up
+
+    def greedy(self, tokens: int) -> None:
+        import llama_cpp
+        import numpy as np
+
+        llm = self.llm
+        for _ in range(tokens):
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(llm.n_vocab(),)).copy()
+            logits[self.eos] = -np.inf
+            llm.eval([int(logits.argmax())])
+
+    def tpot_ms(self) -> float:
+        """Median time per token of a REPLY-token greedy reply after CONTEXT tokens, over TPOT_RUNS replies."""
+        tpots = []
+        for _ in range(TPOT_RUNS):
+            self.llm.reset()
+            self.llm.eval(self.stream[:CONTEXT])
+            start = time.perf_counter()
+            self.greedy(REPLY)
+            tpots.append((time.perf_counter() - start) / REPLY)
+        return statistics.median(tpots) * 1000
+
+
 def llama_cpp_row(lm: LoadedModel, gguf: Path, q8: bool = False, config: str = LLAMA_DEFAULT) -> dict[str, Any] | None:
     """llama.cpp on the model's own GGUF (or its Q8_0 requantization), through llama-cpp-python, in `config`
     (llama_configs()); its KV cache keeps the prefix for the warm turn."""
     try:
-        import llama_cpp
+        import llama_cpp  # noqa: F401
     except ImportError:
         return None
-    import numpy as np
-
-    if q8:
-        gguf = requantized_q8(gguf)
-
-    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=4096, verbose=False, **llama_settings(config))
-    stream = token_stream(lm, CACHED + NEW + 2048)
-    eos = sorted(lm.eos_token_ids)
-
-    def greedy(tokens: int) -> None:
-        for _ in range(tokens):  # the last evaluated token's logits, end-of-text masked, as the engine's rows do
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(llm.n_vocab(),)).copy()
-            logits[eos] = -np.inf
-            llm.eval([int(logits.argmax())])
-
-    llm.reset()
-    llm.eval(stream[:32])
+    peer = LlamaPeer(lm, requantized_q8(gguf) if q8 else gguf, config)
+    llm, stream, greedy = peer.llm, peer.stream, peer.greedy
     prefill = {}
     for n in PREFILLS:
         llm.reset()
         start = time.perf_counter()
         llm.eval(stream[:n])
         prefill[str(n)] = n / (time.perf_counter() - start)
-    tpots = []
-    for _ in range(TPOT_RUNS):
-        llm.reset()
-        llm.eval(stream[:CONTEXT])
-        start = time.perf_counter()
-        greedy(REPLY)
-        tpots.append((time.perf_counter() - start) / REPLY)
-    tpot = statistics.median(tpots)
+    tpot = peer.tpot_ms() / 1000
     warms = []
     for _ in range(WARM_RUNS):
         llm.reset()
