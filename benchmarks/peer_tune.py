@@ -25,19 +25,28 @@ from engine.hardware import choose_dtype
 TUNING = speed.REPO / "benchmarks" / "results" / "llama_cpp_tuning.json"
 
 
-def measure(name: str, configs: list[str], console: Console) -> dict[str, Any]:
+def llama_rows(name: str, configs: list[str], console: Console, label: str = "") -> list[dict[str, Any]]:
+    """llama.cpp's row for model `name` in each configuration, each in its own process: its metrics
+    (benchmarks.speed_pairs.metrics), configuration and build. Stops with one line where there is none."""
     dtype = choose_dtype("auto").name
-    rows, build = [], {}
+    rows = []
     for config in configs:
-        console.print(f"{name}: llama.cpp {config} ...")
+        console.print(f"{name}: {label}llama.cpp {config} ...")
         row = speed.in_process(f"{name},llama.cpp@{config},none,{dtype}")["row"]
         if row is None:
             raise SystemExit(f"no llama.cpp row for {name}: llama-cpp-python is not installed (make peers), or the "
                              "model has no GGUF file")
-        build = {"version": row["version"], "system_info": row["system_info"]}
-        rows.append({"config": config, "settings": speed.llama_settings(config), **metrics(row)})
+        rows.append({"config": config, **metrics(row),
+                     "build": {key: row[key] for key in ("version", "system_info", "build")}})
+    return rows
+
+
+def measure(name: str, configs: list[str], console: Console) -> dict[str, Any]:
+    rows = llama_rows(name, configs, console)
+    for row in rows:
+        row["settings"] = speed.llama_settings(row["config"])
     best = {metric: best_of(rows, metric)["config"] for metric in ("tpot_ms_1k", "warm_turn_s", "prefill_long")}
-    return {"name": name, "build": build, "rows": rows, "best": best}
+    return {"name": name, "build": rows[0]["build"], "rows": rows, "best": best}
 
 
 def best_configs(name: str, path: Path = TUNING, tpot_only: bool = False) -> list[str]:

@@ -56,7 +56,7 @@ def measure(name: str, rounds: int, console: Console, scheme: str | None = None,
     rounds the other side first): llama.cpp's on the model's GGUF in each of `peer_configs` (default: those
     benchmarks.peer_tune found best, else llama.cpp's defaults), its metrics each the best of its configurations in
     the round; or with `baseline` agentcache's row run from that checkout."""
-    from benchmarks.peer_tune import best_configs
+    from benchmarks.peer_tune import best_configs, llama_rows
 
     dtype = choose_dtype("auto").name
     scheme = scheme or speed.in_process(f"{name},scheme,auto,{dtype}")["scheme"]
@@ -72,16 +72,9 @@ def measure(name: str, rounds: int, console: Console, scheme: str | None = None,
             if baseline is not None:
                 console.print(f"{name}: round {number}/{rounds}: baseline ...")
                 return metrics(speed.in_process(f"{name},agentcache-speed,{scheme},{dtype}", checkout=baseline)["row"])
-            rows = []
-            for config in peer_configs:
-                console.print(f"{name}: round {number}/{rounds}: llama.cpp {config} ...")
-                row = speed.in_process(f"{name},llama.cpp@{config},none,{dtype}")["row"]
-                if row is None:
-                    raise SystemExit(f"no llama.cpp row for {name}: llama-cpp-python is not installed (make peers), "
-                                     "or the model has no GGUF file")
-                rows.append({"config": config, **metrics(row)})
-            return {**{m: best_of(rows, m)[m] for m in METRICS}, "configs": {m: best_of(rows, m)["config"]
-                                                                            for m in METRICS}}
+            rows = llama_rows(name, peer_configs, console, f"round {number}/{rounds}: ")
+            return {**{m: best_of(rows, m)[m] for m in METRICS}, "build": rows[0]["build"],
+                    "configs": {m: best_of(rows, m)["config"] for m in METRICS}}
 
         first = "agentcache" if number % 2 else peer
         got = {first: ours() if first == "agentcache" else theirs()}
@@ -96,6 +89,7 @@ def measure(name: str, rounds: int, console: Console, scheme: str | None = None,
         out["commits"] = {"agentcache": commit(speed.REPO), "baseline": commit(baseline)}
     else:
         out["peer_configs"] = peer_configs
+        out["peer_build"] = next(iter(pairs))[peer].get("build") if pairs else None
     return out
 
 
