@@ -19,8 +19,10 @@ another tool; answer): tokens per second after each reply's first token (the dec
 from prefill), drafted tokens accepted, and whether every reply was the plain one. JSON:
 `{"machine": {...}, "rows": [{"method", "kind", "tok_s", "acceptance", "identical", ...}]}`.
 
-llama.cpp's prompt-lookup decoding (llama-cpp-python's LlamaPromptLookupDecoding) runs on the same prompts where
-llama-cpp-python is installed (`make peers`); its row says so where it is not.
+llama.cpp, plain and with its own prompt-lookup decoding (llama-cpp-python's LlamaPromptLookupDecoding, 2 and 10
+predicted tokens), runs on the same prompts after ours where llama-cpp-python is installed (`make peers`; `--peer
+only` runs only its rows); a row says so where it is not. Its replies are greedy but unconstrained (llama.cpp has no
+llguidance grammar of ours), so they are its own, and its speedup is over its own plain decoding.
 """
 
 from __future__ import annotations
@@ -165,39 +167,91 @@ def rate(result: dict[str, Any]) -> float:
     return (len(result["tokens"]) - 1) / result["decode_s"] if result["decode_s"] > 0 else 0.0
 
 
+def base_of(method: str) -> str:
+    """The method a method's speedup is measured against: plain decoding of the same engine."""
+    return "llama.cpp" if method.startswith("llama.cpp") else "off"
+
+
 def rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per method and kind (and all kinds): tokens after the first over their decode seconds, acceptance, identity;
-    the ratio to `off` on the same replies."""
+    the ratio to plain decoding on the same engine (`off`; llama.cpp's own for its methods) and the same replies."""
     out = []
     kinds = sorted({r["kind"] for r in results})
     for kind in (*kinds, "all"):
         chosen = [r for r in results if kind in ("all", r["kind"])]
-        base = None
+        rates = {}
         for method in dict.fromkeys(r["method"] for r in chosen):
             mine = [r for r in chosen if r["method"] == method]
             tokens = sum(len(r["tokens"]) - 1 for r in mine)
             seconds = sum(r["decode_s"] for r in mine)
             drafted, accepted = sum(r["drafted"] for r in mine), sum(r["accepted"] for r in mine)
-            tok_s = tokens / seconds if seconds > 0 else None
-            base = tok_s if method == "off" else base
+            rates[method] = tokens / seconds if seconds > 0 else None
             out.append({"method": method, "kind": kind, "replies": len(mine), "tokens": tokens,
-                        "tok_s": round(tok_s, 2) if tok_s else None,
-                        "speedup": round(tok_s / base, 3) if tok_s and base else None,
+                        "tok_s": round(rates[method], 2) if rates[method] else None,
                         "acceptance": round(accepted / drafted, 3) if drafted else None,
                         "drafted": drafted, "accepted": accepted,
                         "identical": all(r["identical"] for r in mine)})
+        for row in out[len(out) - len(rates):]:
+            base = rates.get(base_of(row["method"]))
+            row["speedup"] = round(row["tok_s"] / base, 3) if row["tok_s"] and base else None
     return out
 
 
-def llama_cpp_row(data: dict[str, Any]) -> dict[str, Any]:
-    """llama.cpp's own prompt-lookup decoding on the same prompts, where llama-cpp-python is installed."""
-    try:
-        import llama_cpp  # noqa: F401
-        why = "not measured: this row is not written yet"
-    except ImportError:
-        why = "not measured: llama-cpp-python is not installed here (make peers installs it)"
-    return {"method": "llama.cpp lookup", "kind": "all", "tok_s": None, "acceptance": None, "identical": None,
-            "skipped": why}
+LLAMA_METHODS = ("llama.cpp", "llama.cpp lookup-2", "llama.cpp lookup-10")  # lookup-N: N predicted tokens
+
+
+def llama_cpp_results(data: dict[str, Any], console: Console) -> list[dict[str, Any]]:
+    """llama.cpp on the same prompts (the request's segments as one text, its special tokens parsed), greedy and
+    unconstrained (its grammar is not ours), plain and with its own prompt-lookup decoding (llama-cpp-python's
+    LlamaPromptLookupDecoding, 2 and 10 predicted tokens: the binding suggests 2 on a CPU, 10 on a GPU), in the
+    configuration benchmarks.peer_tune found fastest per token; the methods rotated per request, each prompt cached
+    before its reply (llama-cpp-python keeps the longest common prefix). The same keys as replay's results;
+    `identical`: the reply is plain llama.cpp's."""
+    from llama_cpp import Llama
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+    from agentcache.cache_dir import models_dir
+    from benchmarks.peer_tune import best_configs
+    from benchmarks.speed import llama_settings
+    from engine import registry
+
+    settings = llama_settings(best_configs(data["model"], tpot_only=True)[0])
+    gguf = str(registry.gguf_path(registry.find(data["model"]), models_dir()))
+    llms = {method: Llama(model_path=gguf, n_ctx=8192, verbose=False, **settings,
+                          draft_model=LlamaPromptLookupDecoding(num_pred_tokens=int(method.rsplit("-", 1)[1]))
+                          if "lookup" in method else None) for method in LLAMA_METHODS}
+    results = []
+    for index, recorded in enumerate(data["requests"]):
+        text = "".join(data["texts"][key] for key in recorded["segments"])
+        order = LLAMA_METHODS[index % len(LLAMA_METHODS):] + LLAMA_METHODS[: index % len(LLAMA_METHODS)]
+        for method in order:
+            llm = llms[method]
+            prompt = llm.tokenize(text.encode(), add_bos=False, special=True)
+            eos = llm.token_eos()
+            for _ in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0):  # the prompt cached
+                break
+            tokens, first = [], 0.0
+            for token in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0):
+                if not tokens:
+                    first = time.perf_counter()
+                tokens.append(token)
+                if token == eos or len(tokens) >= recorded["max_tokens"]:
+                    break
+            results.append({"request": index, "task": recorded.get("task"), "kind": recorded["kind"],
+                            "method": method, "tokens": tokens, "text": "", "drafted": 0, "accepted": 0,
+                            "decode_s": time.perf_counter() - first})
+        plain = next(r for r in results[-len(order):] if r["method"] == "llama.cpp")
+        for r in results[-len(order):]:
+            r["identical"] = r["tokens"] == plain["tokens"]
+        console.print(f"request {index + 1}/{len(data['requests'])} llama.cpp ({len(plain['tokens'])} tokens): "
+                      + ", ".join(f"{r['method']} {rate(r):.1f} tok/s" for r in results[-len(order):]))
+    return results
+
+
+def llama_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
 
 
 def table(report: dict[str, Any]) -> Table:
@@ -219,7 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="the model --collect runs the tasks on (default: the default model)")
     parser.add_argument("--replay", type=Path, help="replay the requests recorded here")
     parser.add_argument("--methods", default=",".join(METHODS), help="speculation modes to replay with")
+    parser.add_argument("--limit", type=int, default=None, help="replay only the first N recorded requests")
     parser.add_argument("--draft-model", help="the draft model of the draft methods (default: the registry's pair)")
+    parser.add_argument("--peer", choices=("auto", "none", "only"), default="auto",
+                        help="llama.cpp's rows after ours: auto (where llama-cpp-python is installed), none, or only "
+                        "them")
     parser.add_argument("--json", type=Path, help="write the replay's report here")
     args = parser.parse_args(argv)
     console = Console(width=150)
@@ -227,15 +285,21 @@ def main(argv: list[str] | None = None) -> int:
         collect(args.collect, [t for t in args.tasks.split(",") if t], console, args.model)
     if args.replay:
         data = json.loads(args.replay.read_text())
+        data["requests"] = data["requests"][: args.limit]
         methods = tuple(m for m in args.methods.split(",") if m)
-        if "off" not in methods:
+        if "off" not in methods and args.peer != "only":
             print("error: --methods must include off (the plain replies every method is compared with)",
                   file=sys.stderr)
             return 2
         start = time.perf_counter()
-        results = replay(data, methods, console, args.draft_model)
+        results = replay(data, methods, console, args.draft_model) if args.peer != "only" else []
+        peer = args.peer == "only" or (args.peer == "auto" and llama_installed())
+        results += llama_cpp_results(data, console) if peer else []
+        skipped = [] if peer or args.peer == "none" else [{
+            "method": "llama.cpp lookup", "kind": "all", "tok_s": None, "acceptance": None, "identical": None,
+            "skipped": "not measured: llama-cpp-python is not installed here (make peers installs it)"}]
         report = {"machine": machine(), "model": data["model"], "quant": data["quant"], "tasks": data["tasks"],
-                  "requests": len(data["requests"]), "rows": rows(results) + [llama_cpp_row(data)],
+                  "requests": len(data["requests"]), "rows": rows(results) + skipped,
                   "replies_recorded": all(r["recorded"] for r in results if r["method"] == "off"),
                   "wall_s": round(time.perf_counter() - start, 1)}
         console.print(table(report))

@@ -83,8 +83,9 @@ class Sequence:
 
     def draft(self, costs: Costs, room: int) -> tuple[list[int], list[torch.Tensor | None]]:
         """Up to `room` drafted next tokens (engine.speculate): those the request's grammar forces, then what prompt
-        lookup or the draft model proposes after them; cut before the first the request's mask does not allow. With
-        the mask at each drafted position."""
+        lookup or the draft model proposes after them; cut before the first the request's mask does not allow, and
+        after the first stop token (the reply would end there, and a grammar has nothing to follow past it). With the
+        mask at each drafted position."""
         forced = self.request.forced_tokens(self.out)[:room] if self.request.forced_tokens and room > 0 else []
         draft = forced + self.speculation.propose(self.prompt + self.out, room - len(forced), costs, forced)
         masks: list[torch.Tensor | None] = []
@@ -93,6 +94,8 @@ class Sequence:
             if allowed is not None and not (token < allowed.shape[0] and bool(allowed[token])):
                 return draft[:i], masks
             masks.append(allowed)
+            if token in self.stop_ids:
+                return draft[: i + 1], masks
         return draft, masks
 
     def take_drafted(self, logits: torch.Tensor, draft: list[int], masks: list[torch.Tensor | None],

@@ -232,3 +232,27 @@ def test_a_draft_model_with_another_tokenizer_is_refused(tiny, models_dir):
 def test_draft_mode_without_a_draft_model_is_one_clear_error(tiny):
     with pytest.raises(EngineError, match="needs a draft model"):
         Engine(tiny).generate(Request([PATTERN], max_tokens=2, speculate="draft"))
+
+
+def test_a_draft_ends_at_a_stop_token_so_the_mask_never_follows_past_it(tiny, monkeypatch):
+    """Drafts of 8 given tokens (the free reply's next ones, so all kept, 9 tokens a forward) run on past the stop
+    token: the draft ends at it, so the mask (a grammar is stopped there) is never asked about tokens after one, and
+    the reply ends where plain decoding's does."""
+    _, free = generate(tiny, "off")
+    full = free.token_ids
+    # a token first seen where a draft (starting at 1, 10, 19, ...) has room after it
+    stop = next(full[p] for p in range(5, 40) if full.index(full[p]) == p and (p - 1) % 9 < 6)
+
+    def given(self, tokens, room, costs, after=None):
+        done = len(tokens) - len(PATTERN)
+        return full[done : done + 8]
+
+    def mask(ids: list[int]) -> torch.Tensor:
+        assert stop not in ids[:-1], ids
+        return torch.ones(tiny.config.vocab_size, dtype=torch.bool)
+
+    _, plain = generate(tiny, "off", stop_token_ids=[stop])
+    monkeypatch.setattr(Speculation, "propose", given)
+    _, spec = generate(tiny, "lookup", stop_token_ids=[stop], logits_mask=mask)
+    assert spec.token_ids == plain.token_ids and spec.token_ids[-1] == stop
+    assert spec.usage.drafted_tokens > 0
