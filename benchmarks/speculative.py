@@ -248,6 +248,15 @@ def llama_cpp_results(data: dict[str, Any], console: Console) -> list[dict[str, 
     return results
 
 
+def llama_build_info(name: str) -> dict[str, Any]:
+    """The llama.cpp the peer rows ran: its configuration (benchmarks.peer_tune's fastest per token, else the
+    defaults) and build."""
+    from benchmarks.peer_tune import best_configs
+    from benchmarks.speed import llama_build
+
+    return {"config": best_configs(name, tpot_only=True)[0], **llama_build()}
+
+
 def llama_installed() -> bool:
     import importlib.util
 
@@ -300,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             "skipped": "not measured: llama-cpp-python is not installed here (make peers installs it)"}]
         report = {"machine": machine(), "model": data["model"], "quant": data["quant"], "tasks": data["tasks"],
                   "requests": len(data["requests"]), "rows": rows(results) + skipped,
+                  "llama_cpp": llama_build_info(data["model"]) if peer else None,
                   "replies_recorded": all(r["recorded"] for r in results if r["method"] == "off"),
                   "wall_s": round(time.perf_counter() - start, 1)}
         console.print(table(report))
