@@ -217,16 +217,18 @@ def llama_cpp_results(data: dict[str, Any], console: Console) -> list[dict[str, 
 
     settings = llama_settings(best_configs(data["model"], tpot_only=True)[0])
     gguf = str(registry.gguf_path(registry.find(data["model"]), models_dir()))
-    llms = {method: Llama(model_path=gguf, n_ctx=8192, verbose=False, **settings,
+    vocab = Llama(model_path=gguf, vocab_only=True, verbose=False)
+    prompts = [vocab.tokenize("".join(data["texts"][key] for key in r["segments"]).encode(), add_bos=False,
+                              special=True) for r in data["requests"]]
+    window = max(len(p) + r["max_tokens"] for p, r in zip(prompts, data["requests"])) + 16  # the longest request fits
+    llms = {method: Llama(model_path=gguf, n_ctx=window, verbose=False, **settings,
                           draft_model=LlamaPromptLookupDecoding(num_pred_tokens=int(method.rsplit("-", 1)[1]))
                           if "lookup" in method else None) for method in LLAMA_METHODS}
     results = []
     for index, recorded in enumerate(data["requests"]):
-        text = "".join(data["texts"][key] for key in recorded["segments"])
         order = LLAMA_METHODS[index % len(LLAMA_METHODS):] + LLAMA_METHODS[: index % len(LLAMA_METHODS)]
         for method in order:
-            llm = llms[method]
-            prompt = llm.tokenize(text.encode(), add_bos=False, special=True)
+            llm, prompt = llms[method], prompts[index]
             eos = llm.token_eos()
             for _ in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0):  # the prompt cached
                 break

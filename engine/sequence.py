@@ -13,7 +13,7 @@ import torch
 
 from engine.request import Request, Result, Timings, Trace, Usage
 from engine.sampling import apply_mask, check_drafted, sample
-from engine.speculate import Costs, Speculation
+from engine.speculate import MAX_DRAFT, Costs, Speculation
 
 OnToken = Callable[[int, str], None]
 
@@ -86,6 +86,7 @@ class Sequence:
         lookup or the draft model proposes after them; cut before the first the request's mask does not allow, and
         after the first stop token (the reply would end there, and a grammar has nothing to follow past it). With the
         mask at each drafted position."""
+        room = min(room, MAX_DRAFT)  # a verification of at most MAX_DRAFT + 1 rows: the block kernels' decode form
         forced = self.request.forced_tokens(self.out)[:room] if self.request.forced_tokens and room > 0 else []
         draft = forced + self.speculation.propose(self.prompt + self.out, room - len(forced), costs, forced)
         masks: list[torch.Tensor | None] = []

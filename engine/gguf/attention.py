@@ -43,5 +43,6 @@ def attend(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     # each new token a row: its query heads grouped under their KV head, over the one sequence's keys (stride 0)
     q = query[0].view(kv_heads, heads // kv_heads, new, dim).permute(2, 0, 1, 3).contiguous()
     counts = torch.arange(width - new + 1, width + 1)
-    out = module.cpu_kernels.attention(q, key.expand(new, -1, -1, -1), value.expand(new, -1, -1, -1), counts, scale)
+    out = module.cpu_kernels.shared_attention(q, key.expand(new, -1, -1, -1), value.expand(new, -1, -1, -1), counts,
+                                              scale)
     return out.view(1, new, heads, dim), None

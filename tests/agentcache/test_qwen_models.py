@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from agentcache import PROMPTS_DIR
 from agentcache.backends.constrain import ToolCall, ToolCallGrammar
@@ -86,3 +87,33 @@ def test_speculative_decoding_on_the_real_pair_leaves_greedy_output_unchanged(mo
             assert results[mode].token_ids == results["off"].token_ids, (mode, results[mode].text)
         assert results["draft"].usage.drafted_tokens > 0
     assert engine.drafter.engine.stats()["requests"] > 0
+
+
+def test_a_verification_of_the_real_model_computes_its_decode_steps_bit_for_bit(models_dir, monkeypatch):
+    """The default 1.5B as users load it: drafts of 8 given tokens (the plain reply's, so all kept), and every row of
+    every verification equals the logits of the plain decode step at that position, bit for bit. (In bfloat16 on a CPU
+    with its dot product, a verification's rows over one sequence's keys once took prefill's repacked attention, whose
+    softmax weights are rounded to bfloat16: rows differed by up to 0.66 in a logit, and the suite's replayed replies
+    picked another tool.)"""
+    from engine.model_runner import ModelRunner
+    from engine.speculate import MAX_DRAFT, Speculation
+
+    model = load_model("qwen2.5-coder-1.5b", dtype="auto", cache_dir=models_dir, quant="auto")
+    engine = Engine(model, capacity_bytes=256 << 20)
+    source = (REPO / "textstats" / "words.py").read_text()
+    segments = [model.tokenizer.apply_chat_template([{"role": "user", "content": f"{source}\nExplain it."}],
+                                                    tokenize=False, add_generation_prompt=True)]
+    prompt_length = len(engine.tokenize(segments)[0])
+    engine.generate(Request(segments, max_tokens=1))
+    steps, rows = [], []
+    decode, verify = ModelRunner.decode, ModelRunner.verify
+    monkeypatch.setattr(ModelRunner, "decode", lambda self, batch: steps.append(decode(self, batch)) or steps[-1])
+    reply = engine.generate(Request(segments, max_tokens=28)).token_ids
+    monkeypatch.setattr(ModelRunner, "verify", lambda self, batch, draft: rows.append(verify(self, batch, draft))
+                        or rows[-1])
+    monkeypatch.setattr(Speculation, "propose", lambda self, tokens, room, costs, after=None:
+                        reply[len(tokens) - prompt_length:][: min(room, MAX_DRAFT)])
+    spec = engine.generate(Request(segments, max_tokens=28, speculate="lookup"))
+    assert spec.token_ids == reply and max(len(r) for r in rows) == MAX_DRAFT + 1
+    verified = torch.cat(rows)
+    assert torch.equal(verified, torch.cat(steps)[: len(verified)])

@@ -27,14 +27,14 @@ BUFFERED, POOL = 8 << 20, None  # a pool the decode buffer fits in; None: one to
 TOLERANCE = 1e-4
 
 
-def gguf_model(ops) -> LoadedModel:
+def gguf_model(ops, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """A random Qwen2 model whose every Linear layer, the LM head included, runs on random Q4_K or Q6_K blocks."""
     config = Qwen2Config(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
                          bos_token_id=1, eos_token_id=2, pad_token_id=0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(4)
-        model = Qwen2ForCausalLM(config).eval()
+        model = Qwen2ForCausalLM(config).eval().to(dtype)
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     for seed, (name, module) in enumerate(linears):
         kind = ("Q4_K", "Q6_K")[seed % 2]
@@ -43,7 +43,7 @@ def gguf_model(ops) -> LoadedModel:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child,
                 GGUFLinear(blocks, BLOCK_TYPES[kind], module.in_features, bias, ops))
-    return LoadedModel("random-gguf", model, None, "random-gguf", torch.device("cpu"), torch.float32)
+    return LoadedModel("random-gguf", model, None, "random-gguf", torch.device("cpu"), dtype)
 
 
 def reference(loaded: LoadedModel, prompt: list[int], fed: list[int]) -> torch.Tensor:

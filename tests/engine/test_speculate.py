@@ -117,6 +117,36 @@ def test_greedy_output_is_the_same_on_the_block_kernels(models_dir, monkeypatch,
     assert engine.stats()["verify_steps"] > 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_verified_row_is_the_decode_steps_logits_bit_for_bit(models_dir, monkeypatch, dtype):
+    """Drafts of 8 given tokens (the plain reply's next ones, so all kept: 9 rows a verification) on a random Qwen2
+    model on GGUF blocks: each verification row's logits equal the decode step's at that position bit for bit (in
+    bfloat16 on a CPU with its dot product, rows of one sequence must not take prefill's repacked attention, whose
+    softmax weights are rounded to bfloat16)."""
+    from engine.model_runner import ModelRunner
+
+    model = gguf_model(kernels(models_dir / "kernels"), dtype)
+    steps: list[torch.Tensor] = []
+    rows: list[torch.Tensor] = []
+    decode, verify = ModelRunner.decode, ModelRunner.verify
+    monkeypatch.setattr(ModelRunner, "decode", lambda self, batch: steps.append(decode(self, batch)) or steps[-1])
+    _, plain = generate(model, "off")
+    reply = plain.token_ids
+
+    def given(self, tokens, room, costs, after=None):
+        done = len(tokens) - len(PATTERN)
+        return reply[done : done + min(room, MAX_DRAFT)]
+
+    monkeypatch.setattr(ModelRunner, "verify", lambda self, batch, draft: rows.append(verify(self, batch, draft))
+                        or rows[-1])
+    monkeypatch.setattr(Speculation, "propose", given)
+    _, spec = generate(model, "lookup")
+    assert spec.token_ids == reply and spec.usage.accepted_tokens == spec.usage.drafted_tokens > 0
+    verified = torch.cat(rows)
+    assert max(len(r) for r in rows) == MAX_DRAFT + 1
+    assert torch.equal(verified, torch.cat(steps)[: len(verified)])
+
+
 def test_a_mask_cuts_the_draft_and_still_decides_every_token(tiny):
     """The mask forbids a token the tiny model's greedy reply would repeat: drafts never hold it, the output
     never does, and it equals plain decoding under the same mask."""

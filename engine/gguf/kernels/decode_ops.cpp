@@ -495,9 +495,11 @@ void rope_(torch::Tensor q, torch::Tensor k, torch::Tensor cos, torch::Tensor si
 
 // q [rows, kv_heads, group, dim] (the query heads that share each KV head); keys, values [rows, kv_heads, width,
 // dim] with dim contiguous; counts [rows]: row r attends to positions [0, counts[r]). Returns [rows, kv_heads,
-// group, dim] in q's dtype.
+// group, dim] in q's dtype. `shared`: rows that share one sequence's keys (stride 0) may take the repacked path,
+// whose softmax weights are rounded to bfloat16 (prefill); without it every row computes what it would alone (decode,
+// and a speculative draft's verification, whose rows must equal decode steps).
 torch::Tensor attention(torch::Tensor q, torch::Tensor keys, torch::Tensor values, torch::Tensor counts,
-                        double scale) {
+                        double scale, bool shared) {
   TORCH_CHECK(supported(q) && q.dim() == 4 && keys.dim() == 4 && values.dim() == 4,
               "attention takes float32 or bfloat16 q [rows, kv_heads, group, dim] and keys, values [rows, kv_heads, "
               "width, dim]");
@@ -516,7 +518,7 @@ torch::Tensor attention(torch::Tensor q, torch::Tensor keys, torch::Tensor value
   torch::Tensor out = torch::empty_like(q);
   if (q.scalar_type() == torch::kFloat) {
     attention_typed<float>(q, keys, values, c, (float)scale, out);
-  } else if (shared_path(q, keys, values)) {
+  } else if (shared && shared_path(q, keys, values)) {
 #if defined(__AVX512BF16__)
     attention_shared(q, keys, values, c, (float)scale, out);
 #endif
@@ -585,7 +587,7 @@ class DecodeLayers {
         }
       }
       torch::Tensor o = attention(q.view({rows, kv_heads_, -1, dim_}), kl.narrow(2, 0, width),
-                                  vl.narrow(2, 0, width), counts, scaling_);
+                                  vl.narrow(2, 0, width), counts, scaling_, false);
       h = project(o.view({rows, -1}), at + 3, 1, c10::nullopt, false, h)[0];
       torch::Tensor act = project(h, at + 4, 2, norms_[2 * layer + 1], true, c10::nullopt)[0];
       h = project(act, at + 6, 1, c10::nullopt, false, h)[0];
@@ -606,7 +608,12 @@ class DecodeLayers {
 
 void register_decode_ops(pybind11::module& m) {
   m.def("rope_", &rope_, "rotary position embedding of q and k [rows, heads, dim], in place");
-  m.def("attention", &attention, "attention of one query token a row over its first counts[r] keys and values");
+  m.def("attention", [](torch::Tensor q, torch::Tensor keys, torch::Tensor values, torch::Tensor counts,
+                        double scale) { return attention(q, keys, values, counts, scale, false); },
+        "attention of one query token a row over its first counts[r] keys and values, each row as it would alone");
+  m.def("shared_attention", [](torch::Tensor q, torch::Tensor keys, torch::Tensor values, torch::Tensor counts,
+                               double scale) { return attention(q, keys, values, counts, scale, true); },
+        "attention as above, for rows of one sequence (keys of stride 0): repacked where bfloat16 is native (prefill)");
   // module_local: each build of these kernels (engine.gguf.blocks.kernels for another -march) has its own class
   pybind11::class_<DecodeLayers>(m, "DecodeLayers", pybind11::module_local())
       .def(pybind11::init<std::vector<torch::Tensor>, std::vector<int64_t>,

@@ -81,12 +81,18 @@ def test_rows_sharing_their_keys_equal_pytorchs_attention(ops, dim, group, rows,
         F.scaled_dot_product_attention(q[row].float()[:, :, None], keys[0, :, None, :count].float(),
                                        values[0, :, None, :count].float(), scale=dim ** -0.5)[:, :, 0]
         for row, count in enumerate(counts.tolist())])
-    shared = ops.attention(q, keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), counts, dim ** -0.5)
+    shared = ops.shared_attention(q, keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), counts,
+                                  dim ** -0.5)
     copied = ops.attention(q, keys.expand(rows, -1, -1, -1).contiguous(), values.expand(rows, -1, -1, -1).contiguous(),
                            counts, dim ** -0.5)
     assert shared.dtype == torch.bfloat16 and shared.shape == q.shape
     assert rel_err(shared.float(), expected) <= 1e-2 and rel_err(copied.float(), expected) <= 1e-2
     assert rel_err(shared.float(), copied.float()) <= 1e-2
+    # without `shared`, rows over one sequence's keys compute what each computes alone, bit for bit (decode, and a
+    # speculative draft's verification, whose rows must equal decode steps)
+    alone = torch.cat([ops.attention(q[r:r + 1], keys, values, counts[r:r + 1], dim ** -0.5) for r in range(rows)])
+    assert torch.equal(ops.attention(q, keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), counts,
+                                     dim ** -0.5), alone)
 
 
 def test_attention_refuses_a_count_past_the_cache(ops):
