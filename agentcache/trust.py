@@ -40,6 +40,7 @@ WIDENING = {
     "backend": lambda value: value in REMOTE_BACKENDS,
     "base_url": lambda value: bool(value),
     "model": _names_files,
+    "draft_model": _names_files,  # loaded like the model: a path is code and weights from the repository
     "test_command": lambda value: bool(value),  # a command the agent may run: the user's word only
 }
 

@@ -166,6 +166,10 @@ def test_a_model_given_as_a_path_needs_trust(repo, tmp_path):
     assert load_config(repo)[1] == ["model"]
     write_config(repo, "model: ./weights\n")
     assert load_config(repo)[1] == ["model"]
+    write_config(repo, "draft_model: ./weights\n")  # the draft model loads the same way
+    assert load_config(repo)[1] == ["draft_model"]
+    write_config(repo, "draft_model: qwen2.5-coder-0.5b\n")  # a registry name widens nothing
+    assert load_config(repo)[1] == []
 
 
 # --- hostile files ------------------------------------------------------------------------------------------------
