@@ -9,7 +9,7 @@ embedding, sampling, the KV copy). Then the projections' own rate two ways: from
 a step reads them) and from cache (one layer's blocks, read again and again): where the two are close, the
 products are bound by their arithmetic on this CPU, not by memory.
 
-    python -m benchmarks.floor --json benchmarks/results/floor.json
+    python -m benchmarks.floor --json benchmarks/results/floor-avx2.json   # named for the CPU it ran on
 """
 
 from __future__ import annotations
