@@ -74,12 +74,6 @@ def llama_peer(lm: Any) -> speed.LlamaPeer:
     return speed.LlamaPeer(lm, registry.gguf_path(registry.find(lm.name), models_dir()), config)
 
 
-def llama_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("llama_cpp") is not None
-
-
 def in_process(spec: str) -> dict[str, Any]:
     command = [sys.executable, "-m", "benchmarks.busy", *speed.child_flags, "--child", spec]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=speed.REPO)
@@ -91,7 +85,7 @@ def in_process(spec: str) -> dict[str, Any]:
 def measure(name: str, rounds: int, console: Console) -> dict[str, Any]:
     dtype = choose_dtype("auto").name
     scheme = speed.in_process(f"{name},scheme,auto,{dtype}")["scheme"]
-    methods = POLICIES + ((LLAMA,) if llama_installed() and registry.find(name) is not None else ())
+    methods = POLICIES + ((LLAMA,) if speed.llama_installed() and registry.find(name) is not None else ())
     runs: dict[str, dict[str, list]] = {p: {"quiet": [], "busy": [], "threads_busy": []} for p in methods}
     for number in range(rounds):
         order = methods if number % 2 == 0 else methods[::-1]

@@ -42,7 +42,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentcache.config import RunConfig, check_config
-from benchmarks.speed import machine
+from benchmarks.speed import llama_installed, machine
 
 TASKS = ("where-split-sentences", "rank-helper", "ct-ttl-default", "tomli-invalid-error", "fix-syllables-case",
          "add-longest-word", "ct-fix-lru-read", "tomli-fix-cr-escape")
@@ -257,12 +257,6 @@ def llama_build_info(name: str) -> dict[str, Any]:
     from benchmarks.speed import llama_build
 
     return {"config": best_configs(name, tpot_only=True)[0], **llama_build()}
-
-
-def llama_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("llama_cpp") is not None
 
 
 def table(report: dict[str, Any]) -> Table:

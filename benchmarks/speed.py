@@ -191,6 +191,13 @@ def requantized_q8(gguf: Path) -> Path:
     return target
 
 
+def llama_installed() -> bool:
+    """Whether llama-cpp-python, the llama.cpp peer, is installed here (`make peers`)."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
 LLAMA_DEFAULT = "fa0-ub512-mmap1"  # the binding's defaults but for the threads: flash attention off, mmap'ed weights
 
 

@@ -140,14 +140,11 @@ def check_pair(target: Any, draft: Any) -> None:
 @dataclass
 class Speculation:
     """One sequence's drafting: its lookup index, the draft model if the engine has one, and its drafted and
-    accepted token counts, in all and per source."""
+    accepted token counts per source (what `auto` sizes drafts by; the request's usage counts them in all)."""
 
     mode: str
     drafter: Drafter | None = None
     index: LookupIndex = field(default_factory=LookupIndex)
-    drafted: int = 0
-    accepted: int = 0
-    verifications: int = 0
     sources: dict[str, list[int]] = field(default_factory=lambda: {source: [0, 0] for source in SOURCES})
     last: tuple[str, int] = ("", 0)  # the last draft's source and how many forced tokens led it
 
@@ -184,9 +181,8 @@ class Speculation:
         return []
 
     def record(self, drafted: int, accepted: int) -> None:
-        """After a verification of `drafted` tokens (the last proposal's, after its forced ones), `accepted` kept."""
-        self.drafted, self.accepted, self.verifications = (self.drafted + drafted, self.accepted + accepted,
-                                                           self.verifications + 1)
+        """After a verification of the last draft, `drafted` tokens (its forced ones first), of which `accepted` were
+        kept: the counts of the source that proposed the rest."""
         source, forced = self.last
         if source:
             counts = self.sources[source]
