@@ -18,9 +18,11 @@ runs PATH already holds, so a long run that stops resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -270,7 +272,8 @@ class RecordLog:
         key = self.key(harness, model, quant, seed, task.id)
         if key in self.done:
             return self.done[key], True
-        record = {**run(), "harness": harness, "model": model, "quant": quant, "seed": seed}
+        record = {**run(), "harness": harness, "model": model, "quant": quant, "seed": seed,
+                  "revision": revision()}
         record["answer_chars"] = len(record["answer"] or "")  # the answer is kept whole
         self.done[key] = record
         if self.path is not None:
@@ -278,6 +281,19 @@ class RecordLog:
             with self.path.open("a", encoding="utf-8") as file:
                 file.write(json.dumps(record) + "\n")
         return record, False
+
+
+@functools.cache
+def revision() -> str | None:
+    """The project's commit that ran a record, with "+changes" when the harness's code differs from it; None
+    outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    git = ["git", "-C", str(root)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return None
+    clean = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "agentcache", "engine", "layers"])
+    return head.stdout.strip() + ("" if clean.returncode == 0 else "+changes")
 
 
 def run_label(seed: int | None) -> str:
@@ -342,34 +358,38 @@ def run_model(name: str, tasks: list[Task], work: Path, console: Console, tool_f
     return split_runs(runs, name, load_s, "agentcache", quant)
 
 
-def run_peer_model(harness: str, name: str, tasks: list[Task], work: Path, console: Console, quant: str,
-                   seeds: int = 0, temperature: float = TEMPERATURE, log: RecordLog | None = None) -> dict[str, Any]:
-    """Every task on one model by a peer harness, through one `agentcache serve` process started only when a run
-    is not stored; the same checkers grade what it answers or edits."""
+def run_peer_models(peers: list[str], name: str, tasks: list[Task], work: Path, console: Console, quant: str,
+                    seeds: int = 0, temperature: float = TEMPERATURE,
+                    log: RecordLog | None = None) -> list[dict[str, Any]]:
+    """Every task on one model by each peer harness, through one `agentcache serve` process started only when a run
+    is not stored; the peers take turns task by task, so a run that stops leaves them on the same tasks. The same
+    checkers grade what they answer or edit."""
     from benchmarks.peer_agents import Server, run_peer
 
     log = log or RecordLog(None)
     servers: list[Any] = []
-    runs: dict[int | None, list[dict[str, Any]]] = {}
+    runs: dict[str, dict[int | None, list[dict[str, Any]]]] = {harness: {} for harness in peers}
     with ExitStack() as stack:
         for seed in seeds_of(seeds):
-            folder = work / harness / slug(name) / run_label(seed)
-            folder.mkdir(parents=True, exist_ok=True)
             for task in tasks:
-                def one() -> dict[str, Any]:
-                    if not servers:
-                        log_file = work / harness / f"{slug(name)}-serve.log"
-                        servers.append(stack.enter_context(Server(name, quant, log=log_file)))
-                    repo = fresh_copy(task.repo, folder / task.id, task.plant)
-                    run = run_peer(harness, task.text, task.kind, repo, servers[0], name, task.max_turns,
-                                   0.0 if seed is None else temperature, seed)
-                    return peer_record(task, run, check(task, run.answer, repo, run.tool_outputs)) | {
-                        "harness_version": run.version}
+                for harness in peers:
+                    folder = work / harness / slug(name) / run_label(seed)
+                    folder.mkdir(parents=True, exist_ok=True)
 
-                record, stored = log.run(harness, name, quant, seed, task, one)
-                progress(console, harness, name, seed, record, stored)
-                runs.setdefault(seed, []).append(record)
-    return split_runs(runs, name, None, harness, quant)
+                    def one() -> dict[str, Any]:
+                        if not servers:
+                            log_file = work / f"{slug(name)}-serve.log"
+                            servers.append(stack.enter_context(Server(name, quant, log=log_file)))
+                        repo = fresh_copy(task.repo, folder / task.id, task.plant)
+                        run = run_peer(harness, task.text, task.kind, repo, servers[0], name, task.max_turns,
+                                       0.0 if seed is None else temperature, seed)
+                        return peer_record(task, run, check(task, run.answer, repo, run.tool_outputs)) | {
+                            "harness_version": run.version}
+
+                    record, stored = log.run(harness, name, quant, seed, task, one)
+                    progress(console, harness, name, seed, record, stored)
+                    runs[harness].setdefault(seed, []).append(record)
+    return [split_runs(runs[harness], name, None, harness, quant) for harness in peers]
 
 
 def cell(value: Any) -> str:
@@ -487,14 +507,14 @@ def run_suite(args: argparse.Namespace, work: Path, console: Console) -> dict[st
         if args.records is None or not log.done:
             raise AgentcacheError("--report needs --records with stored runs")
         harnesses, reports = [], stored_reports(log, tasks)
-    for harness in harnesses:
-        for name in models:
-            if harness == "agentcache":
-                reports.append(run_model(name, tasks, work, console, args.tool_format, args.tool_choice, args.quant,
-                                         args.compact_at, args.seeds, args.temperature, log))
-            else:
-                reports.append(run_peer_model(harness, name, tasks, work, console, args.quant, args.seeds,
-                                              args.temperature, log))
+    peers = [harness for harness in harnesses if harness != "agentcache"]
+    for name in models:
+        if "agentcache" in harnesses:
+            reports.append(run_model(name, tasks, work, console, args.tool_format, args.tool_choice, args.quant,
+                                     args.compact_at, args.seeds, args.temperature, log))
+        if peers:
+            reports.extend(run_peer_models(peers, name, tasks, work, console, args.quant, args.seeds,
+                                           args.temperature, log))
     return {"models": reports, "settings": {"suite": args.suite, "tasks": [t.id for t in tasks],
                                             "harnesses": sorted({r["harness"] for r in reports}), "max_turns": args.max_turns,
                                             "seeds": args.seeds, "temperature": args.temperature,

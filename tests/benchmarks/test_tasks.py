@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,9 @@ def test_a_two_task_run_on_the_real_model(tmp_path):
     stored = [json.loads(line) for line in records.read_text().splitlines()]
     assert [(r["seed"], r["id"]) for r in stored] == [(None, ids[0]), (None, ids[1]), (1, ids[0]), (1, ids[1])]
     assert all(isinstance(r["tool_outputs"], list) for r in stored)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(tasks.__file__).parent).stdout.strip()
+    assert {r["revision"].removesuffix("+changes") for r in stored} == {head}  # which harness ran each record
     again = tmp_path / "again.json"  # a rerun on the same records runs nothing: no engine is loaded
     assert tasks.main([*args, "--json", str(again)]) == 0
     rerun = json.loads(again.read_text())["models"][0]
