@@ -11,7 +11,7 @@ from typing import Any, Callable
 from agentcache import PROMPTS_DIR
 from agentcache.answers import not_an_answer
 from agentcache.backends import Backend, GenSettings, Reply
-from agentcache.backends.constrain import Answer, ToolCallError, valid_text
+from agentcache.backends.constrain import ANSWER_PREFIX, Answer, ToolCallError, valid_text
 from agentcache.config import RunConfig, role_of
 from agentcache.inspect.explain import divergence, identity, prefix_change
 from agentcache.records import (BlockText, Compaction, Request, ResumeCheck, Usage, UserTurn, block_refs,
@@ -70,6 +70,7 @@ class Agent:
         self.turns_done = 0
         self.stored_blocks: set[str] = set()
         self.repeats = RepeatGuard()
+        self.answer_refused = False  # the last reply was sent back as not an answer: the next answers on one line
         self.resume_check: ResumeCheck | None = None
 
     def resume(self) -> str | None:
@@ -117,9 +118,10 @@ class Agent:
 
     def step(self, turn: int) -> Outcome | None:
         self._compact_if_needed(turn)
+        answer_line, self.answer_refused = self.answer_refused, False
         settings = GenSettings(max_tokens=self.config.max_tokens, temperature=self.config.temperature,
                                seed=reply_seed(self.config, turn), salt=self.config.salt or None,
-                               tool_required=self._look_first(),
+                               tool_required=self._look_first(), answer_line=answer_line,
                                routing_key=self._routing_key())
         sent_at = time.time()
         reply = self._complete(self.context, self.enabled, settings)
@@ -129,13 +131,16 @@ class Agent:
             parsed = self.backend.parse(reply.text, self.specs, self.enabled)
         except ToolCallError as exc:
             return self._invalid(turn, reply, record, str(exc))
+        if isinstance(parsed, Answer) and answer_line:  # the line the grammar asked for, without its label
+            parsed = Answer(parsed.text.removeprefix(ANSWER_PREFIX.strip()).strip() or parsed.text)
         applied = self.toolbox.apply_code(parsed.text) if isinstance(parsed, Answer) else []
         if any(outcome.change is not None or outcome.is_error for _, outcome in applied):  # code that restates the
             return self._code_applied(turn, parsed.text, record, applied)  # files as they are is a report
         answer = parsed.text if isinstance(parsed, Answer) else parsed.arguments.get("answer") \
             if parsed.name == "finish" else None
         if answer is not None and not self._changed() and \
-                (why := not_an_answer(answer, self.toolbox.tools, self.enabled, self.task())):
+                (why := not_an_answer(answer, self.toolbox.tools, self.enabled, self.task(), self._answer_form())):
+            self.answer_refused = self._answers_on_a_line()
             return self._invalid(turn, reply, record, why)
         if isinstance(parsed, Answer):
             self._append([AssistantMessage(reply_text(parsed, self._tool_format())).to_block()], record.to_json())
@@ -202,6 +207,19 @@ class Agent:
         """Whether a write tool has succeeded in this run: after one, an answer is a report of what was done, and
         advice to the user in it ("you can run the tests") is not a plan standing in for the work."""
         return any(b.kind == "tool_result" and b.key in (*WRITE_TOOLS, CODE_BLOCK) for b in self.context.l3)
+
+    def _answers_on_a_line(self) -> bool:
+        """Whether a reply sent back as not an answer is followed by one whose answer is one short line: in read-only
+        mode, where the answer is the whole result (in edit modes, a reply may carry the code of an edit)."""
+        return not self.enabled & set(WRITE_TOOLS)
+
+    def _answer_form(self) -> str:
+        """How a reason sent back asks for the answer: the one-line form the next reply's grammar holds it to."""
+        if not self._answers_on_a_line():
+            return "the answer itself"
+        if self._tool_format() == "native":
+            return f'a line that starts "{ANSWER_PREFIX.strip()}" and holds only what was asked'
+        return "only what was asked, on one line"
 
     def _look_first(self) -> bool:
         """tool_choice "first": until the task has made a tool call, the reply must be one (look, then answer)."""

@@ -27,16 +27,18 @@ def named_tool(text: str, tools: Iterable[str]) -> str | None:
     return None
 
 
-def not_an_answer(text: str, tools: Iterable[str], enabled: Iterable[str], asked: str = "") -> str | None:
+def not_an_answer(text: str, tools: Iterable[str], enabled: Iterable[str], asked: str = "",
+                  answer: str = "the answer itself") -> str | None:
     """Why `text` is not a final answer, to send back to the model; None when it may stand as one. A tool name the
-    task itself uses (`asked`: a question about a function called `search`) is the subject, not a tool named."""
+    task itself uses (`asked`: a question about a function called `search`) is the subject, not a tool named.
+    `answer`: how the reason asks for the answer."""
     if plan := PLAN.search(text):
         return (f"that reply is a plan ({plan.group(0)!r}), not an answer: if you still need to look, call the tool "
-                "now; otherwise reply with the answer itself")
+                f"now; otherwise reply with {answer}")
     enabled = set(enabled)
     if (tool := named_tool(text, [t for t in tools if named_tool(asked, [t]) is None])) is not None:
         if tool not in enabled:
             return (f"that reply names the tool {tool}, which is not enabled here (enabled: "
-                    f"{', '.join(sorted(enabled)) or 'none'}); reply with the answer itself")
-        return f"that reply names the tool {tool} instead of calling it: call it, or reply with the answer itself"
+                    f"{', '.join(sorted(enabled)) or 'none'}); reply with {answer}")
+        return f"that reply names the tool {tool} instead of calling it: call it, or reply with {answer}"
     return None

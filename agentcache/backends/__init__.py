@@ -16,6 +16,7 @@ class GenSettings:
     seed: int | None = None
     salt: str | None = None
     tool_required: bool = False  # this reply must be a tool call (local: masked; OpenAI: the reply schema)
+    answer_line: bool = False  # an answer here is one short line (local: masked; native format: after "Answer: ")
     routing_key: str | None = None  # which requests belong together, for a router in front of replicas (OpenAI)
 
 

@@ -57,6 +57,8 @@ _text_tokenizer: LLTokenizer | None = None
 
 
 MAX_ANSWER_CHARS = 600
+ANSWER_LINE_CHARS = 200  # an answer asked for on one line (GenSettings.answer_line) is at most this long
+ANSWER_PREFIX = "Answer: "  # a native answer on one line starts with this
 MAX_REPLY_CHARS = 1 << 20  # a longer reply is refused unread (a write_file of ~1 MB is still a reply)
 MAX_DEPTH = 32  # arrays and objects nested deeper than this (a tool call needs 3 or 4)
 INT_BOUND = 2 ** 31  # every integer in a reply: |n| < INT_BOUND
@@ -163,13 +165,15 @@ def tool_schema(spec: ToolSpec) -> dict[str, Any]:
             "additionalProperties": False}
 
 
-def answer_schema() -> dict[str, Any]:
-    return {"type": "object", "properties": {"answer": {"type": "string", "maxLength": MAX_ANSWER_CHARS}}, "required": ["answer"],
-            "additionalProperties": False}
+def answer_schema(line: bool = False) -> dict[str, Any]:
+    """An answer object; `line`: its text one line of at most ANSWER_LINE_CHARS."""
+    text = {"type": "string", "maxLength": ANSWER_LINE_CHARS, "pattern": "^[^\\n]+$"} if line else \
+        {"type": "string", "maxLength": MAX_ANSWER_CHARS}
+    return {"type": "object", "properties": {"answer": text}, "required": ["answer"], "additionalProperties": False}
 
 
-def reply_schema(tools: Iterable[ToolSpec], allow_answer: bool = True) -> dict[str, Any]:
-    alternatives = [tool_schema(spec) for spec in tools] + ([answer_schema()] if allow_answer else [])
+def reply_schema(tools: Iterable[ToolSpec], allow_answer: bool = True, answer_line: bool = False) -> dict[str, Any]:
+    alternatives = [tool_schema(spec) for spec in tools] + ([answer_schema(answer_line)] if allow_answer else [])
     if not alternatives:
         raise ToolCallError("no tool is enabled and answers are not allowed: the model could say nothing")
     return {"anyOf": alternatives, "x-guidance": JSON_OPTIONS}
@@ -189,10 +193,12 @@ def blocks_rule(spec: ToolSpec) -> str:
     return "".join(" BLOCK" for _ in spec.raw)
 
 
-def json_grammar(tools: Iterable[ToolSpec], allow_answer: bool = True) -> str:
-    """The Lark grammar of a json-format reply: a call object, the raw tools' followed by their blocks, or an answer."""
+def json_grammar(tools: Iterable[ToolSpec], allow_answer: bool = True, answer_line: bool = False) -> str:
+    """The Lark grammar of a json-format reply: a call object, the raw tools' followed by their blocks, or an answer
+    (`answer_line`: of one short line)."""
     tools = list(tools)
-    plain = [tool_schema(spec) for spec in tools if not spec.raw] + ([answer_schema()] if allow_answer else [])
+    plain = [tool_schema(spec) for spec in tools if not spec.raw] + \
+        ([answer_schema(answer_line)] if allow_answer else [])
     raw = [spec for spec in tools if spec.raw]
     if not plain and not raw:
         raise ToolCallError("no tool is enabled and answers are not allowed: the model could say nothing")
@@ -206,9 +212,10 @@ def json_grammar(tools: Iterable[ToolSpec], allow_answer: bool = True) -> str:
     return "\n".join(rules) + "\n"
 
 
-def native_grammar(tools: Iterable[ToolSpec], allow_answer: bool = True) -> str:
+def native_grammar(tools: Iterable[ToolSpec], allow_answer: bool = True, answer_line: bool = False) -> str:
     """The Lark grammar of a native reply: a tagged call to one enabled tool (then its blocks), or (when allowed) a
-    plain answer. The call object may also come bare or in a ```json fence."""
+    plain answer (`answer_line`: ANSWER_PREFIX and one short line). The call object may also come bare or in a
+    ```json fence."""
     tools = list(tools)
     plain = [tool_schema(spec) for spec in tools if not spec.raw]
     raw = [spec for spec in tools if spec.raw]
@@ -225,7 +232,9 @@ def native_grammar(tools: Iterable[ToolSpec], allow_answer: bool = True) -> str:
                      f'"{FENCE_OPEN_LARK}" %json {schema} "{FENCE_CLOSE_LARK}"')
     if raw:
         rules.append(f"BLOCK: /{BLOCK_REGEX}/")
-    if allow_answer:
+    if allow_answer and answer_line:
+        rules.append(f'answer: "{ANSWER_PREFIX}" /[^<\\s][^<\\n]{{0,{ANSWER_LINE_CHARS - 1}}}/')
+    elif allow_answer:
         rules.append(r"answer: /[^<\s{`][^<]*/")
     return "\n".join(rules) + "\n"
 
@@ -243,18 +252,21 @@ def grammar_matcher(tokenizer: Any, lark: str) -> LLMatcher:
 
 class ToolCallGrammar:
     def __init__(self, tokenizer: Any, tools: Iterable[ToolSpec], allow_answer: bool = True,
-                 tool_format: str = "json") -> None:
+                 tool_format: str = "json", answer_line: bool = False) -> None:
+        """`answer_line`: an answer is one short line (GenSettings.answer_line); parsing takes any answer."""
         self.tools = {spec.name: spec for spec in tools}
         self.allow_answer = allow_answer
         self.tool_format = tool_format
         self.ll_tokenizer = ll_tokenizer(tokenizer)
         if tool_format == "native":
-            self._matcher = grammar_matcher(self.ll_tokenizer, native_grammar(self.tools.values(), allow_answer))
+            self._matcher = grammar_matcher(self.ll_tokenizer,
+                                            native_grammar(self.tools.values(), allow_answer, answer_line))
             # a tagged call's JSON is checked by a JSON-only matcher (the tags are special tokens, not text)
             self._calls = schema_matcher(self.ll_tokenizer, reply_schema(self.tools.values(), allow_answer=False)) \
                 if self.tools else None
         else:
-            self._matcher = grammar_matcher(self.ll_tokenizer, json_grammar(self.tools.values(), allow_answer))
+            self._matcher = grammar_matcher(self.ll_tokenizer,
+                                            json_grammar(self.tools.values(), allow_answer, answer_line))
             self._calls = schema_matcher(self.ll_tokenizer, reply_schema(self.tools.values(), allow_answer=False)) \
                 if self.tools else None
 

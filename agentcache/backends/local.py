@@ -85,16 +85,18 @@ class LocalBackend:
                     self._segment_tokens[segment] = len(self.engine.tokenize([segment])[0])
             return [self._segment_tokens[segment] for segment in segments]
 
-    def grammar(self, tools: list[ToolSpec], enabled: set[str], tool_required: bool = False) -> ToolCallGrammar:
-        """The reply grammar: a call to an enabled tool or, where allowed, an answer; with no tool enabled (a
-        summary), an answer only."""
+    def grammar(self, tools: list[ToolSpec], enabled: set[str], tool_required: bool = False,
+                answer_line: bool = False) -> ToolCallGrammar:
+        """The reply grammar: a call to an enabled tool or, where allowed, an answer (`answer_line`: of one short
+        line); with no tool enabled (a summary), an answer only."""
         allow_answer = not enabled or (self.allow_answer and not tool_required)
-        key = (tuple(sorted(enabled)), allow_answer)
+        answer_line = answer_line and bool(enabled)
+        key = (tuple(sorted(enabled)), allow_answer, answer_line)
         with self._lock:
             if key not in self._grammars:
                 chosen = [t for t in tools if t.name in enabled]
                 self._grammars[key] = ToolCallGrammar(self.model.tokenizer, chosen, allow_answer=allow_answer,
-                                                      tool_format=self.tool_format)
+                                                      tool_format=self.tool_format, answer_line=answer_line)
             return self._grammars[key]
 
     def parse(self, text: str, tools: list[ToolSpec], enabled: set[str]) -> Any:
@@ -104,7 +106,7 @@ class LocalBackend:
 
     def complete(self, context: Context, tools: list[ToolSpec], enabled: set[str], settings: GenSettings) -> Reply:
         segments = self.renderer.block_segments(context)
-        grammar = self.grammar(tools, enabled, settings.tool_required)
+        grammar = self.grammar(tools, enabled, settings.tool_required, settings.answer_line)
         with self._lock:
             mask = tensor_mask(grammar.new_mask(self.model.config.vocab_size))
         sampling = SamplingParams(settings.temperature, settings.top_p, settings.seed)

@@ -4,6 +4,7 @@ that sends a plan back with the retry hint and takes the answer that follows; re
 import pytest
 
 from agentcache.answers import not_an_answer
+from agentcache.backends.constrain import ANSWER_LINE_CHARS, MAX_ANSWER_CHARS
 from agentcache.config import RunConfig, role_of
 from tests.agentcache.http_helpers import chat_reply, run_scripted
 
@@ -83,3 +84,30 @@ def test_plans_until_the_retries_run_out_end_the_run_as_invalid_output(repo):
     run = run_read_only(repo, [chat_reply({"answer": "Let me search for split_sentences."})])
     assert run.summary["reason"] == "invalid_output" and run.summary["answer"] is None
     assert len(run.requests) == RunConfig().retries + 1
+
+
+def answer_schema_sent(body):
+    """The answer alternative of the reply schema a request sent (None when it sent none)."""
+    schema = body.get("response_format", {}).get("json_schema", {}).get("schema", {})
+    return next((s["properties"]["answer"] for s in schema.get("anyOf", []) if "answer" in s["properties"]), None)
+
+
+def test_after_a_plan_a_read_only_run_asks_for_the_answer_on_one_line_and_takes_it(repo):
+    look = chat_reply({"name": "list_files", "arguments": {}})
+    plan = chat_reply({"answer": "To find it, you can search for `split_sentences` in the repository."})
+    run = run_read_only(repo, [look, plan, chat_reply({"answer": "textstats/words.py"})])
+    assert run.summary["reason"] == "answered" and run.summary["answer"] == "textstats/words.py"
+    first, free, retry = (answer_schema_sent(body) for body in run.sent)
+    assert first is None  # the first reply is a call (tool_choice "first")
+    assert free == {"type": "string", "maxLength": MAX_ANSWER_CHARS}
+    assert retry == {"type": "string", "maxLength": ANSWER_LINE_CHARS, "pattern": "^[^\\n]+$"}
+    assert "otherwise reply with only what was asked, on one line" in run.sent[2]["messages"][-1]["content"]
+
+
+def test_after_a_plan_an_edit_run_is_asked_for_the_answer_itself(repo):
+    look = chat_reply({"name": "list_files", "arguments": {}})
+    plan = chat_reply({"answer": "To find it, you can search for `split_sentences` in the repository."})
+    run = run_scripted(repo, "Where is split_sentences defined?", [look, plan, chat_reply({"answer": "words.py"})],
+                       "--mode", "edit", "--max-turns", "4")
+    assert run.summary["answer"] == "words.py" and len(run.sent) == 3
+    assert "otherwise reply with the answer itself" in run.sent[2]["messages"][-1]["content"]

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from agentcache.backends.constrain import Answer, ToolCall, ToolCallError, ToolCallGrammar, ll_tokenizer
+from agentcache.backends.constrain import ANSWER_LINE_CHARS, Answer, ToolCall, ToolCallError, ToolCallGrammar, ll_tokenizer
 from agentcache.backends.local import tensor_mask
 from agentcache.cache_dir import models_dir
 from agentcache.render import format_instructions
 from agentcache import PROMPTS_DIR
 from engine import Engine, Request, load_model
+from engine.model import load_tokenizer
 from layers import ToolRegistry
 
 REGISTRY = ToolRegistry.from_dir(PROMPTS_DIR / "tools")
@@ -215,6 +216,33 @@ def test_mask_step_is_fast(smol):
     print(f"mask per step over {len(steps)} steps: mean {sum(steps) / len(steps) * 1e3:.2f} ms, "
           f"max {max(steps) * 1e3:.2f} ms")
     assert max(steps) < 0.1
+
+
+def walks(grammar: ToolCallGrammar, text: str) -> bool:
+    """Whether the grammar's mask allows `text`'s tokens one after another and then the end of the reply."""
+    ll = grammar.ll_tokenizer
+    ids = ll.tokenize_str(text)
+    mask = grammar.new_mask(ll.vocab_size)
+    return all(mask(ids[:i])[ids[i]] for i in range(len(ids))) and bool(mask(ids)[ll.eos_token])
+
+
+@pytest.mark.parametrize("tool_format, line, other", [
+    ("native", "Answer: `textstats/words.py`", "The function is in `textstats/words.py`."),
+    ("json", '{"answer": "textstats/words.py"}', '{"answer": "It is in\\ntextstats/words.py"}'),
+])
+def test_an_answer_asked_for_on_one_line_is_one_short_line(models_dir, tool_format, line, other):
+    tokenizer = load_tokenizer("qwen2.5-coder-0.5b", cache_dir=models_dir)  # the native tags are its tokens
+    read_only = tools("list_files", "read_file", "search")
+    free = ToolCallGrammar(tokenizer, read_only, tool_format=tool_format)
+    one_line = ToolCallGrammar(tokenizer, read_only, tool_format=tool_format, answer_line=True)
+    assert walks(free, line) and walks(one_line, line)
+    assert walks(free, other) and not walks(one_line, other)
+    call = f"<tool_call>\n{READ_CALL}\n</tool_call>" if tool_format == "native" else READ_CALL
+    assert walks(free, call) and walks(one_line, call)  # looking further is still open
+    words = "word " * (ANSWER_LINE_CHARS // 5 + 1)
+    long = f"Answer: {words}" if tool_format == "native" else json.dumps({"answer": words})
+    assert walks(free, long) and not walks(one_line, long)
+    assert isinstance(one_line.parse(line), Answer) and isinstance(one_line.parse(other), Answer)  # parsing takes any
 
 
 @pytest.mark.parametrize("names, allow_answer, question", [
