@@ -30,6 +30,7 @@ SUMMARY_PROMPT_TOKENS = 128  # room for the instruction that asks for it
 PAYBACK_TURNS = 2  # a compaction must pay for itself within this many requests (inspect counts 3: a margin for
 # estimates, since a summary's length is only known once written, and for sessions that end sooner)
 COMPACT_PROMPT = PROMPTS_DIR / "compact.md"
+STUCK_STOP = "the run stops as stuck"
 ECHO_CHARS = 8000  # the most of an invalid reply that goes back to the model (a hostile server's can be MBs)
 LOOKUP_HEADER = "Where the names in the task are defined (from the repository's outline; path:line  definition):"
 OnTurn = Callable[[dict[str, Any]], None]
@@ -71,6 +72,8 @@ class Agent:
         self.stored_blocks: set[str] = set()
         self.repeats = RepeatGuard()
         self.answer_refused = False  # the last reply was sent back as not an answer: the next answers on one line
+        self.must_answer = False  # a read-only run that got stuck: its next reply is the answer, no tool enabled
+        self.last_turn = 0  # the run's last turn (run sets it): a read-only run's last reply is the answer
         self.resume_check: ResumeCheck | None = None
 
     def resume(self) -> str | None:
@@ -107,6 +110,7 @@ class Agent:
         """The loop: `check`, called before each turn, stops it with the reason it returns (a script's limits)."""
         self.run_start(task)
         first = self.turns_done + 1
+        self.last_turn = first + self.config.max_turns - 1
         for turn in range(first, first + self.config.max_turns):
             reason = check() if check is not None else None
             if reason is not None:
@@ -118,17 +122,19 @@ class Agent:
 
     def step(self, turn: int) -> Outcome | None:
         self._compact_if_needed(turn)
-        answer_line, self.answer_refused = self.answer_refused, False
+        final = self._answers_on_a_line() and (self.must_answer or turn == self.last_turn)
+        enabled = set() if final else self.enabled  # a read-only run ends with an answer, not a call cut off
+        answer_line, self.answer_refused = self.answer_refused or final, False
         settings = GenSettings(max_tokens=self.config.max_tokens, temperature=self.config.temperature,
                                seed=reply_seed(self.config, turn), salt=self.config.salt or None,
-                               tool_required=self._look_first(), answer_line=answer_line,
+                               tool_required=self._look_first() and not final, answer_line=answer_line,
                                routing_key=self._routing_key())
         sent_at = time.time()
-        reply = self._complete(self.context, self.enabled, settings)
+        reply = self._complete(self.context, enabled, settings)
         self.spent += reply.usage["computed_tokens"] + reply.usage["completion_tokens"]
-        record = self._request_record(turn, reply, sent_at)
+        record = self._request_record(turn, reply, sent_at, enabled=enabled)
         try:
-            parsed = self.backend.parse(reply.text, self.specs, self.enabled)
+            parsed = self.backend.parse(reply.text, self.specs, enabled)
         except ToolCallError as exc:
             return self._invalid(turn, reply, record, str(exc))
         if isinstance(parsed, Answer) and answer_line:  # the line the grammar asked for, without its label
@@ -149,7 +155,13 @@ class Agent:
             outcome = self.repeats.checked(parsed.name, parsed.arguments,
                                            self.toolbox.run(parsed.name, parsed.arguments))
         except Stuck as stuck:
-            outcome, record.stopped = stuck.outcome, "stuck"
+            outcome = stuck.outcome
+            if self._answers_on_a_line():  # a question: one more reply, which must be the answer
+                self.must_answer = True
+                outcome = dataclasses.replace(outcome, output=outcome.output.replace(
+                    STUCK_STOP, "no tool is enabled for the next reply: give the answer from the results above"))
+            else:
+                record.stopped = "stuck"
         record.tool_call = {"name": parsed.name, "arguments": parsed.arguments}
         record.tool_result = {"output": outcome.output, "is_error": outcome.is_error}
         if outcome.change is not None:  # what a write replaced, kept in the session (never in L3): reversible
@@ -232,8 +244,10 @@ class Agent:
     def _tool_format(self) -> str:
         return self.backend.tool_format
 
-    def _request_record(self, turn: int, reply: Reply, sent_at: float, context: Context | None = None) -> Request:
-        """The record of a request on `context` (the agent's own by default)."""
+    def _request_record(self, turn: int, reply: Reply, sent_at: float, context: Context | None = None,
+                        enabled: set[str] | None = None) -> Request:
+        """The record of a request on `context` (the agent's own by default) with `enabled` tools (the agent's)."""
+        enabled = self.enabled if enabled is None else enabled
         context = context if context is not None else self.context
         self._store_block_texts(context)
         return Request(
@@ -243,7 +257,7 @@ class Agent:
             cache_ttl=reply.trace.get("cache_ttl", self.config.cache_ttl), layers=context.layer_hashes(),
             blocks=block_refs(context),
             segment_tokens=reply.trace.get("segment_tokens", []), prefix_tokens=reply.prefix_tokens,
-            timings=reply.timings, trace=reply.trace, enabled_tools=sorted(self.enabled), reply=reply.text,
+            timings=reply.timings, trace=reply.trace, enabled_tools=sorted(enabled), reply=reply.text,
             finish_reason=reply.finish_reason, layout=self.backend.layout,
             routing_key=reply.routing_key, replica=reply.replica, at=sent_at, tool_format=self.backend.tool_format,
         )
@@ -338,7 +352,8 @@ class Agent:
 
 
 class Stuck(Exception):
-    """The same failing call a third time: the run ends with reason `stuck`; `outcome` is its tool result."""
+    """The same failing call a third time: the run ends with reason `stuck` (in read-only mode, the next reply is the
+    answer); `outcome` is its tool result."""
 
     def __init__(self, outcome: ToolOutcome) -> None:
         super().__init__(outcome.output)
@@ -368,8 +383,8 @@ class RepeatGuard:
                                "use that result, change the arguments, try another tool, or give the answer.",
                                is_error=True)
         what = "failed" if outcome.is_error else "gave the same result"
-        raise Stuck(ToolOutcome(f"{name}: this exact call {what} {count} times (same arguments); the run stops "
-                                f"as stuck. Result: {outcome.output}", is_error=True))
+        raise Stuck(ToolOutcome(f"{name}: this exact call {what} {count} times (same arguments); {STUCK_STOP}. "
+                                f"Result: {outcome.output}", is_error=True))
 
 
 def reply_seed(config: RunConfig, turn: int) -> int | None:

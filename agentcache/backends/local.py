@@ -88,9 +88,8 @@ class LocalBackend:
     def grammar(self, tools: list[ToolSpec], enabled: set[str], tool_required: bool = False,
                 answer_line: bool = False) -> ToolCallGrammar:
         """The reply grammar: a call to an enabled tool or, where allowed, an answer (`answer_line`: of one short
-        line); with no tool enabled (a summary), an answer only."""
+        line); with no tool enabled (a summary, or a read-only run's last reply), an answer only."""
         allow_answer = not enabled or (self.allow_answer and not tool_required)
-        answer_line = answer_line and bool(enabled)
         key = (tuple(sorted(enabled)), allow_answer, answer_line)
         with self._lock:
             if key not in self._grammars:

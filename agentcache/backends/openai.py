@@ -72,7 +72,7 @@ class OpenAIBackend(ServerModel):
         if not any(t.raw for t in chosen):  # a JSON schema cannot hold the ``` blocks of raw parameters: then the
             # reply is free text, and the parse checks it against the format the prompt states
             schema = reply_schema(chosen, allow_answer=not settings.tool_required,
-                                  answer_line=settings.answer_line and bool(chosen))
+                                  answer_line=settings.answer_line)
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
         if settings.seed is not None:
             body["seed"] = settings.seed

@@ -1,5 +1,6 @@
 """The repetition guard, end to end: `agentcache run` on the openai backend against a loopback server whose replies
-are fixed. The same failing call a second time is told it repeats; a third ends the run as `stuck`."""
+are fixed. The same failing call a second time is told it repeats; a third ends the run as `stuck`, or in read-only
+mode asks for the answer with no tool enabled."""
 
 from tests.agentcache.http_helpers import chat_reply, run_scripted
 
@@ -61,3 +62,31 @@ def test_the_same_call_whose_result_changed_is_not_a_repeat(repo):
     assert summary["reason"] == "answered" and summary["turns"] == 5
     assert not any("made before" in output for output in outputs)
     assert "first" in outputs[1] and "second" in outputs[3]
+
+
+def sent_alternatives(body):
+    """What a request's reply schema allowed: tool names, and "answer" (with its pattern, if any)."""
+    schema = body.get("response_format", {}).get("json_schema", {}).get("schema", {})
+    return [s["properties"]["name"]["const"] if "name" in s["properties"] else
+            f"answer{' on one line' if 'pattern' in s['properties']['answer'] else ''}" for s in schema.get("anyOf", [])]
+
+
+def test_a_read_only_run_that_gets_stuck_is_asked_for_the_answer_with_no_tool_enabled(repo):
+    run = run_scripted(repo, "Which exception is raised?", [read("README.md"), read("README.md"), read("README.md"),
+                                                            chat_reply({"answer": "ValueError"})],
+                       "--mode", "read-only", "--max-turns", "8")
+    assert run.summary["reason"] == "answered" and run.summary["answer"] == "ValueError" and run.summary["turns"] == 4
+    assert [r.get("stopped") for r in run.requests] == [None, None, None, None]
+    assert "no tool is enabled for the next reply" in run.requests[2]["tool_result"]["output"]
+    assert "read_file" in sent_alternatives(run.sent[2]) and sent_alternatives(run.sent[3]) == ["answer on one line"]
+    assert [r["enabled_tools"] for r in run.requests][2:] == [["finish", "list_files", "read_file", "search"], []]
+
+
+def test_a_read_only_runs_last_reply_is_its_answer_and_an_edit_runs_is_not(repo):
+    run = run_scripted(repo, "Which exception is raised?", [read("README.md"), chat_reply({"answer": "ValueError"})],
+                       "--mode", "read-only", "--max-turns", "2")
+    assert run.summary["reason"] == "answered" and run.summary["answer"] == "ValueError"
+    assert sent_alternatives(run.sent[1]) == ["answer on one line"] and run.requests[1]["enabled_tools"] == []
+    edit_run = run_scripted(repo, "Which exception is raised?", [read("README.md"), read("notes.md")],
+                            "--mode", "edit", "--max-turns", "2")
+    assert edit_run.summary["reason"] == "max_turns" and edit_run.requests[1]["enabled_tools"]
