@@ -122,7 +122,7 @@ class Agent:
 
     def step(self, turn: int) -> Outcome | None:
         self._compact_if_needed(turn)
-        final = self._answers_on_a_line() and (self.must_answer or turn == self.last_turn)
+        final = self._read_only() and (self.must_answer or turn == self.last_turn)
         enabled = set() if final else self.enabled  # a read-only run ends with an answer, not a call cut off
         answer_line, self.answer_refused = self.answer_refused or final, False
         settings = GenSettings(max_tokens=self.config.max_tokens, temperature=self.config.temperature,
@@ -146,7 +146,7 @@ class Agent:
             if parsed.name == "finish" else None
         if answer is not None and not self._changed() and \
                 (why := not_an_answer(answer, self.toolbox.tools, self.enabled, self.task(), self._answer_form())):
-            self.answer_refused = self._answers_on_a_line()
+            self.answer_refused = self._read_only()
             return self._invalid(turn, reply, record, why)
         if isinstance(parsed, Answer):
             self._append([AssistantMessage(reply_text(parsed, self._tool_format())).to_block()], record.to_json())
@@ -156,7 +156,7 @@ class Agent:
                                            self.toolbox.run(parsed.name, parsed.arguments))
         except Stuck as stuck:
             outcome = stuck.outcome
-            if self._answers_on_a_line():  # a question: one more reply, which must be the answer
+            if self._read_only():  # a question: one more reply, which must be the answer
                 self.must_answer = True
                 outcome = dataclasses.replace(outcome, output=outcome.output.replace(
                     STUCK_STOP, "no tool is enabled for the next reply: give the answer from the results above"))
@@ -220,14 +220,14 @@ class Agent:
         advice to the user in it ("you can run the tests") is not a plan standing in for the work."""
         return any(b.kind == "tool_result" and b.key in (*WRITE_TOOLS, CODE_BLOCK) for b in self.context.l3)
 
-    def _answers_on_a_line(self) -> bool:
-        """Whether a reply sent back as not an answer is followed by one whose answer is one short line: in read-only
-        mode, where the answer is the whole result (in edit modes, a reply may carry the code of an edit)."""
+    def _read_only(self) -> bool:
+        """Whether no write tool is enabled: the answer is the whole result, so a reply after one sent back as not an
+        answer, and the run's last, answer on one short line (in edit modes a reply may carry the code of an edit)."""
         return not self.enabled & set(WRITE_TOOLS)
 
     def _answer_form(self) -> str:
         """How a reason sent back asks for the answer: the one-line form the next reply's grammar holds it to."""
-        if not self._answers_on_a_line():
+        if not self._read_only():
             return "the answer itself"
         if self._tool_format() == "native":
             return f'a line that starts "{ANSWER_PREFIX.strip()}" and holds only what was asked'
