@@ -31,6 +31,7 @@ PAYBACK_TURNS = 2  # a compaction must pay for itself within this many requests 
 # estimates, since a summary's length is only known once written, and for sessions that end sooner)
 COMPACT_PROMPT = PROMPTS_DIR / "compact.md"
 STUCK_STOP = "the run stops as stuck"
+STUCK_ANSWER = "no tool is enabled for the next reply: give the answer from the results above"  # read-only
 ECHO_CHARS = 8000  # the most of an invalid reply that goes back to the model (a hostile server's can be MBs)
 LOOKUP_HEADER = "Where the names in the task are defined (from the repository's outline; path:line  definition):"
 OnTurn = Callable[[dict[str, Any]], None]
@@ -70,7 +71,7 @@ class Agent:
         self.errors = 0
         self.turns_done = 0
         self.stored_blocks: set[str] = set()
-        self.repeats = RepeatGuard()
+        self.repeats = RepeatGuard(STUCK_ANSWER if self._read_only() else STUCK_STOP)
         self.answer_refused = False  # the last reply was sent back as not an answer: the next answers on one line
         self.must_answer = False  # a read-only run that got stuck: its next reply is the answer, no tool enabled
         self.last_turn = 0  # the run's last turn (run sets it): a read-only run's last reply is the answer
@@ -158,8 +159,6 @@ class Agent:
             outcome = stuck.outcome
             if self._read_only():  # a question: one more reply, which must be the answer
                 self.must_answer = True
-                outcome = dataclasses.replace(outcome, output=outcome.output.replace(
-                    STUCK_STOP, "no tool is enabled for the next reply: give the answer from the results above"))
             else:
                 record.stopped = "stuck"
         record.tool_call = {"name": parsed.name, "arguments": parsed.arguments}
@@ -365,7 +364,9 @@ class RepeatGuard:
     gives the same result again, is in a loop. The second identical one says so in its result; the third raises
     Stuck. A call whose result changed (a test run after an edit, a file read after a write) is not a repeat."""
 
-    def __init__(self) -> None:
+    def __init__(self, then: str = STUCK_STOP) -> None:
+        """`then`: what the third repeat's result says happens next."""
+        self.then = then
         self.seen: dict[tuple[str, str, bool, str], int] = {}
 
     def checked(self, name: str, arguments: dict[str, Any], outcome: ToolOutcome) -> ToolOutcome:
@@ -383,7 +384,7 @@ class RepeatGuard:
                                "use that result, change the arguments, try another tool, or give the answer.",
                                is_error=True)
         what = "failed" if outcome.is_error else "gave the same result"
-        raise Stuck(ToolOutcome(f"{name}: this exact call {what} {count} times (same arguments); {STUCK_STOP}. "
+        raise Stuck(ToolOutcome(f"{name}: this exact call {what} {count} times (same arguments); {self.then}. "
                                 f"Result: {outcome.output}", is_error=True))
 
 
