@@ -19,6 +19,7 @@ from agentcache.records import (BlockText, Compaction, Request, ResumeCheck, Usa
 from agentcache.render import RETRY_HINT, reply_text
 from agentcache.session import Session
 from agentcache.tools import ToolBox, ToolOutcome
+from agentcache.tools.code_blocks import FENCED
 from agentcache.tools.toolbox import CODE_BLOCK, SHELL_TOOL, WRITE_TOOLS, mode_tools
 from layers import Block, Context, L2Config, Layer, ToolRegistry, ToolResult, UserInput, build_prefix, canonical_json
 from layers.l3 import AssistantMessage, ToolCall
@@ -32,6 +33,9 @@ PAYBACK_TURNS = 2  # a compaction must pay for itself within this many requests 
 COMPACT_PROMPT = PROMPTS_DIR / "compact.md"
 STUCK_STOP = "the run stops as stuck"
 STUCK_ANSWER = "no tool is enabled for the next reply: give the answer from the results above"  # read-only
+UNPLACED_CODE = ("that reply's code names no file of the repository (no path before it or on its first line, and it "
+                 "defines nothing a file defines), so nothing was changed: put the file's path as a comment on the "
+                 "code's first line (`# path/to/file.py`), or call edit_file with the path and the exact old text")
 MAX_UNSEEN = 5  # the most unseen facts a reply sent back names
 ECHO_CHARS = 8000  # the most of an invalid reply that goes back to the model (a hostile server's can be MBs)
 LOOKUP_HEADER = "Where the names in the task are defined (from the repository's outline; path:line  definition):"
@@ -145,6 +149,9 @@ class Agent:
         applied = self.toolbox.apply_code(parsed.text) if isinstance(parsed, Answer) else []
         if any(outcome.change is not None or outcome.is_error for _, outcome in applied):  # code that restates the
             return self._code_applied(turn, parsed.text, record, applied)  # files as they are is a report
+        if isinstance(parsed, Answer) and not applied and not self._read_only() and not self._changed() and \
+                FENCED.search(parsed.text):  # code for no file, before any edit: an edit that went nowhere
+            return self._invalid(turn, reply, record, UNPLACED_CODE)
         answer = parsed.text if isinstance(parsed, Answer) else parsed.arguments.get("answer") \
             if parsed.name == "finish" else None
         if answer is not None and not self._changed() and \
