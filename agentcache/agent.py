@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agentcache import PROMPTS_DIR
-from agentcache.answers import not_an_answer
+from agentcache.answers import not_an_answer, unseen_facts
 from agentcache.backends import Backend, GenSettings, Reply
 from agentcache.backends.constrain import ANSWER_PREFIX, Answer, ToolCallError, valid_text
 from agentcache.config import RunConfig, role_of
@@ -19,6 +19,7 @@ from agentcache.records import (BlockText, Compaction, Request, ResumeCheck, Usa
 from agentcache.render import RETRY_HINT, reply_text
 from agentcache.session import Session
 from agentcache.tools import ToolBox, ToolOutcome
+from agentcache.tools.code_blocks import FENCED
 from agentcache.tools.toolbox import CODE_BLOCK, SHELL_TOOL, WRITE_TOOLS, mode_tools
 from layers import Block, Context, L2Config, Layer, ToolRegistry, ToolResult, UserInput, build_prefix, canonical_json
 from layers.l3 import AssistantMessage, ToolCall
@@ -32,6 +33,10 @@ PAYBACK_TURNS = 2  # a compaction must pay for itself within this many requests 
 COMPACT_PROMPT = PROMPTS_DIR / "compact.md"
 STUCK_STOP = "the run stops as stuck"
 STUCK_ANSWER = "no tool is enabled for the next reply: give the answer from the results above"  # read-only
+UNPLACED_CODE = ("that reply's code names no file of the repository (no path before it or on its first line, and it "
+                 "defines nothing a file defines), so nothing was changed: put the file's path as a comment on the "
+                 "code's first line (`# path/to/file.py`), or call edit_file with the path and the exact old text")
+MAX_UNSEEN = 5  # the most unseen facts a reply sent back names
 ECHO_CHARS = 8000  # the most of an invalid reply that goes back to the model (a hostile server's can be MBs)
 LOOKUP_HEADER = "Where the names in the task are defined (from the repository's outline; path:line  definition):"
 OnTurn = Callable[[dict[str, Any]], None]
@@ -73,6 +78,7 @@ class Agent:
         self.stored_blocks: set[str] = set()
         self.repeats = RepeatGuard(STUCK_ANSWER if self._read_only() else STUCK_STOP)
         self.answer_refused = False  # the last reply was sent back as not an answer: the next answers on one line
+        self.answer_checked = False  # an answer was sent back as stating what nothing shown holds (once a run)
         self.must_answer = False  # a read-only run that got stuck: its next reply is the answer, no tool enabled
         self.last_turn = 0  # the run's last turn (run sets it): a read-only run's last reply is the answer
         self.resume_check: ResumeCheck | None = None
@@ -143,12 +149,18 @@ class Agent:
         applied = self.toolbox.apply_code(parsed.text) if isinstance(parsed, Answer) else []
         if any(outcome.change is not None or outcome.is_error for _, outcome in applied):  # code that restates the
             return self._code_applied(turn, parsed.text, record, applied)  # files as they are is a report
+        if isinstance(parsed, Answer) and not applied and not self._read_only() and not self._changed() and \
+                FENCED.search(parsed.text):  # code for no file, before any edit: an edit that went nowhere
+            return self._invalid(turn, reply, record, UNPLACED_CODE)
         answer = parsed.text if isinstance(parsed, Answer) else parsed.arguments.get("answer") \
             if parsed.name == "finish" else None
         if answer is not None and not self._changed() and \
                 (why := not_an_answer(answer, self.toolbox.tools, self.enabled, self.task(), self._answer_form())):
             self.answer_refused = self._read_only()
             return self._invalid(turn, reply, record, why)
+        if answer is not None and not final and (why := self._unseen(answer)):
+            self.answer_checked = self.answer_refused = True
+            return self._invalid(turn, reply, record, why, count=False)
         if isinstance(parsed, Answer):
             self._append([AssistantMessage(reply_text(parsed, self._tool_format())).to_block()], record.to_json())
             return Outcome("answered", parsed.text, turn)
@@ -197,9 +209,10 @@ class Agent:
         reply.text = valid_text(reply.text)
         return reply
 
-    def _invalid(self, turn: int, reply: Reply, record: Request, message: str) -> Outcome | None:
-        """An unusable reply: it goes back to the model (cut to ECHO_CHARS) with what was wrong, as a retry."""
-        self.errors += 1
+    def _invalid(self, turn: int, reply: Reply, record: Request, message: str, count: bool = True) -> Outcome | None:
+        """An unusable reply: it goes back to the model (cut to ECHO_CHARS) with what was wrong, as a retry. `count`:
+        it counts toward the retries after which the run stops as invalid_output."""
+        self.errors += count
         record.error = message
         echo = reply.text if len(reply.text) <= ECHO_CHARS else \
             f"{reply.text[:ECHO_CHARS]}... [{len(reply.text) - ECHO_CHARS} more characters cut]"
@@ -223,6 +236,21 @@ class Agent:
         """Whether no write tool is enabled: the answer is the whole result, so a reply after one sent back as not an
         answer, and the run's last, answer on one short line (in edit modes a reply may carry the code of an edit)."""
         return not self.enabled & set(WRITE_TOOLS)
+
+    def _unseen(self, answer: str) -> str | None:
+        """Once a read-only run, an answer stating a number or a name that nothing the model was shown holds (the
+        task, the project context, a tool's output) goes back: small models answer from memory ("SHA-256" where the
+        file says sha1). The next answer stands, whatever it says: the check asks to look, it never decides."""
+        if self.answer_checked or not self._read_only():
+            return None
+        shown = [b.text for b in self.context.prefix if b.layer is Layer.L2]
+        shown += [b.text for b in self.context.l3 if b.kind in ("user", "tool_result")]
+        unseen = unseen_facts(answer, shown)
+        if not unseen:
+            return None
+        named = ", ".join(f"`{fact}`" for fact in unseen[:MAX_UNSEEN])
+        return (f"that answer states {named}, which nothing the tools returned holds: check it with a tool (search "
+                f"for it or read the lines that set it), then reply with {self._answer_form()}")
 
     def _answer_form(self) -> str:
         """How a reason sent back asks for the answer: the one-line form the next reply's grammar holds it to."""

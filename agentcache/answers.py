@@ -42,3 +42,35 @@ def not_an_answer(text: str, tools: Iterable[str], enabled: Iterable[str], asked
                     f"{', '.join(sorted(enabled)) or 'none'}); reply with {answer}")
         return f"that reply names the tool {tool} instead of calling it: call it, or reply with {answer}"
     return None
+
+
+# What an answer states that the repository could show: a number that is not a line number, a name in backticks, a
+# dotted or path-like name (module.attr, pkg/mod.py), a snake_case or CamelCase name. Plain words are not checked.
+NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?!\w|\.\d)")
+LINE_NUMBER = re.compile(r"(?:\blines?\s+|\w:)\Z", re.IGNORECASE)  # "line 15", "words.py:15"
+CODE_NAME = re.compile(r"`([^`\n]{1,80})`|(?<![\w.`/])([A-Za-z_]\w*(?:[./]\w+)+|[A-Za-z]*_\w+|"
+                       r"(?=\w*[a-z])(?=[A-Z]\w*[A-Z])[A-Z]\w*)(?![\w`])")
+GUTTER = re.compile(r"^[ \t]*\d+(?:\t|[:-] | )", re.MULTILINE)  # read_file's, search's and the outline's numbers
+
+
+def stated_facts(answer: str) -> list[str]:
+    """The numbers (not line numbers) and code names `answer` states, in order, each once."""
+    facts = [m.group(0) for m in NUMBER.finditer(answer) if not LINE_NUMBER.search(answer[:m.start()])]
+    facts += [m.group(1) or m.group(2) for m in CODE_NAME.finditer(answer)]
+    return list(dict.fromkeys(f.strip() for f in facts if f.strip()))
+
+
+def unseen_facts(answer: str, evidence: Iterable[str]) -> list[str]:
+    """What `answer` states that none of `evidence` (the task, the project context, the tools' outputs) holds: a
+    number must stand whole outside the line-number gutters, a name anywhere. An answer stating something the
+    model never saw is a guess from memory ("SHA-256" where the file says sha1)."""
+    seen = GUTTER.sub("", "\n".join(evidence))
+    unseen = []
+    for fact in stated_facts(answer):
+        if NUMBER.fullmatch(fact):
+            found = re.search(rf"(?<![\w.]){re.escape(fact)}(?![\w]|\.\d)", seen)
+        else:
+            found = fact in seen
+        if not found:
+            unseen.append(fact)
+    return unseen

@@ -65,10 +65,11 @@ def is_shown(symbol: Symbol) -> bool:
         symbol.name.startswith("__") and symbol.name.endswith("__"))
 
 
-def outline_text(symbols: list[Symbol]) -> str:
-    """One line per shown symbol: line number, signature indented by nesting, docstring first line."""
+def outline_text(symbols: list[Symbol], every: bool = False) -> str:
+    """One line per shown symbol (every symbol with `every`): line number, signature indented by nesting, docstring
+    first line."""
     lines = []
-    for symbol in filter(is_shown, symbols):
+    for symbol in symbols if every else filter(is_shown, symbols):
         doc = symbol.doc if len(symbol.doc) <= MAX_DOC else symbol.doc[: MAX_DOC - 3] + "..."
         indent = "    " * symbol.name.count(".")
         lines.append(f"{symbol.line:>4} {indent}{symbol.signature}" + (f"  # {doc}" if doc else ""))

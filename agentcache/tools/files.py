@@ -15,11 +15,13 @@ from typing import Any, BinaryIO
 
 from agentcache.tools.base import Change, ToolError, ToolOutcome
 from agentcache.tools.workspace import Workspace
-from layers.outline import defined_names, outline, syntax_error
+from layers.outline import Symbol, defined_names, outline, syntax_error
 from layers.repo import BINARY_SNIFF_BYTES, capped_lines, has_private_key
+from layers.repomap import outline_text
 
 MAX_LIST_FILES = 2000
-MAX_LINES = 2000
+MAX_LINES = 2000  # a read with an end_line shows at most this many lines
+READ_WINDOW = 300  # a read without one shows at most this many; a longer file read with no range, its outline
 MAX_OUTPUT_BYTES = 256 * 1024
 MAX_LINE_CHARS = 2000
 MAX_EDIT_BYTES = 1024 * 1024
@@ -72,27 +74,37 @@ def decode_line(raw: bytes, length: int, number: int, shown_as: str) -> str:
     return text
 
 
-def line_address(ws: Workspace, args: dict[str, Any]) -> tuple[str, int]:
-    """The path to read and its first line: a path written `path:line` (as search, the repo map and the lookup show
-    a definition) that names no file, where `path` does, is read from that line unless start_line says otherwise."""
-    path, start = args["path"], args.get("start_line", 1)
+def line_address(ws: Workspace, args: dict[str, Any]) -> tuple[str, int | None]:
+    """The path to read and its first line (None: none was asked for): a path written `path:line` (as search, the
+    repo map and the lookup show a definition) that names no file, where `path` does, is read from that line unless
+    start_line says otherwise."""
+    path, start = args["path"], args.get("start_line")
     written = PATH_LINE.fullmatch(path)
     if written is None or ws.name_of(path) is None or os.path.lexists(ws.root / path):
         return path, start
     return written.group(1), args.get("start_line", int(written.group(2)))
 
 
-def definition_end(ws: Workspace, shown_as: str, start: int, end: int) -> tuple[int, str | None]:
-    """`end` moved to the last line of the class or function that starts in [start, end] and runs past it (the
-    outermost), with its name: a read of a definition's first line shows the whole definition."""
+def file_outline(ws: Workspace, shown_as: str) -> tuple[int, list[Symbol] | None]:
+    """The file's line count and outline; (0, None) for a file over MAX_EDIT_BYTES, not text or holding a key (the
+    read that follows says which), (lines, None) for an unsupported language or a file that does not parse."""
     with ws.read_handle(shown_as) as f:
         data = f.read(MAX_EDIT_BYTES + 1)
+    if len(data) > MAX_EDIT_BYTES or b"\0" in data[:BINARY_SNIFF_BYTES] or has_private_key(data):
+        return 0, None
     try:
         text = data.decode()
     except UnicodeDecodeError:
-        return end, None
-    symbols = outline(shown_as, text) if len(data) <= MAX_EDIT_BYTES else None
-    cut = [s for s in symbols or [] if s.kind != "constant" and start <= s.line <= end < s.end_line]
+        return 0, None
+    return len(text.splitlines()), outline(shown_as, text)
+
+
+def definition_end(symbols: list[Symbol], start: int, end: int | None) -> tuple[int | None, str | None]:
+    """With an end: `end` moved to the last line of the class or function that starts in [start, end] and runs past
+    it (the outermost), so a read of a definition's first line shows the whole definition. Without: the end of the
+    outermost definition that starts at `start`. Either with the definition's name; (end, None) when none does."""
+    last = start if end is None else end
+    cut = [s for s in symbols if s.kind != "constant" and start <= s.line <= last and s.end_line > (end or 0)]
     if not cut:
         return end, None
     widest = max(cut, key=lambda s: s.end_line)
@@ -100,13 +112,22 @@ def definition_end(ws: Workspace, shown_as: str, start: int, end: int) -> tuple[
 
 
 def read_file(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
+    """Numbered lines. A file of more than READ_WINDOW lines read with no range is shown as its outline: whole, it
+    costs a small model on a CPU minutes of prefill and buries the line it needed."""
     shown_as, start = line_address(ws, args)
     end = args.get("end_line")
-    if end is not None and end < start:
+    if end is not None and start is not None and end < start:
         raise ToolError(f"end_line {end} is before start_line {start}")
+    total, symbols = file_outline(ws, shown_as)
+    if start is None and end is None and total > READ_WINDOW and symbols:
+        return ToolOutcome(
+            f"[{shown_as} has {total} lines; its outline follows. Read a part with start_line and end_line: a "
+            f"range that starts at a definition's line shows the whole definition]\n{outline_text(symbols, every=True)}")
+    most = MAX_LINES if end is not None else READ_WINDOW
     widened = None
-    if end is not None:
-        end, widened = definition_end(ws, shown_as, start, end)
+    if start is not None or end is not None:
+        end, widened = definition_end(symbols or [], start or 1, end)
+    start = start or 1
     lines: list[str] = []
     size = omitted = total = 0
     with ws.read_handle(shown_as) as f:
@@ -118,7 +139,7 @@ def read_file(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
                 continue
             if end is not None and total > end:
                 break
-            if omitted or len(lines) >= MAX_LINES or size >= MAX_OUTPUT_BYTES:
+            if omitted or len(lines) >= most or size >= MAX_OUTPUT_BYTES:
                 omitted += 1
                 continue
             line = f"{total:>6}\t{decode_line(raw, length, total, shown_as)}"

@@ -1,7 +1,7 @@
 """The search tool: a regex over the repo's safe text files, filtered by an optional glob, under a time budget.
 
-The output starts with the count of matching lines and of the files that hold them ("at least" when a budget or a
-size cap stopped the search), then the hits grouped by file: the path once, then each hit as `N: text`, preceded by
+The output starts with the count of matching lines ("at least" when a budget or a size cap stopped the search; not
+the count of files, which a small model gave when asked how many tests there are), then the hits grouped by file: the path once, then each hit as `N: text`, preceded by
 the header lines of the classes and functions that hold it (`N- text`, from the file's outline) when those are not
 hits themselves, so a hit in a docstring or a method body shows whose it is. A file is outlined only when it has a
 hit and is at most MAX_OUTLINE_BYTES; a file with no outline (another language, or text that does not parse) shows
@@ -166,14 +166,14 @@ def search(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
                             "names; use a simpler glob") from None
     found: list[str] = []
     stopped: list[str] = []
-    shown = untold = searched = hit_files = total = 0
+    shown = untold = searched = total = 0
     for rel in files:
         if time.monotonic() >= end:
             break
         searched += 1
         file_end = min(time.monotonic() + FILE_BUDGET_S, end)
         matches, stopped_at, source = file_matches(ws, rel, listed, pattern, file_end)
-        hit_files, total = hit_files + bool(matches), total + len(matches)
+        total += len(matches)
         room = min(MAX_FILE_MATCHES, MAX_MATCHES - shown)
         if matches and room:
             found += file_group(rel, matches, source if time.monotonic() < end else None, room)
@@ -186,10 +186,10 @@ def search(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
     if untold:
         found.append(f"[truncated: {untold} more matches]")
     if not found and not stopped:
-        return ToolOutcome(f"(no matches in {len(files)} files){NO_MATCH_HINT}")
+        return ToolOutcome(f"(no matches in {plural(len(files), 'file')}){NO_MATCH_HINT}")
     complete = not stopped and searched == len(files)
-    count = f"{'' if complete else 'at least '}{plural(total, 'matching line')} in {plural(hit_files, 'file')}"
-    lines = [f"[{count}]", *found] if found else [f"(no matches in {searched} searched files){NO_MATCH_HINT}"]
+    count = f"{'' if complete else 'at least '}{plural(total, 'matching line')}"
+    lines = [f"[{count}]", *found] if found else [f"(no matches in {plural(searched, 'searched file')}){NO_MATCH_HINT}"]
     lines += stopped
     if searched < len(files):
         lines.append(f"[search stopped at its {TOTAL_BUDGET_S:g} s budget: {len(files) - searched} of "

@@ -3,7 +3,7 @@ that sends a plan back with the retry hint and takes the answer that follows; re
 
 import pytest
 
-from agentcache.answers import not_an_answer
+from agentcache.answers import not_an_answer, stated_facts, unseen_facts
 from agentcache.backends.constrain import ANSWER_LINE_CHARS, MAX_ANSWER_CHARS
 from agentcache.config import RunConfig, role_of
 from tests.agentcache.http_helpers import chat_reply, run_scripted
@@ -111,3 +111,48 @@ def test_after_a_plan_an_edit_run_is_asked_for_the_answer_itself(repo):
                        "--mode", "edit", "--max-turns", "4")
     assert run.summary["answer"] == "words.py" and len(run.sent) == 3
     assert "otherwise reply with the answer itself" in run.sent[2]["messages"][-1]["content"]
+
+
+SHOWN = ["  533 class TTLCache(_TimedCache)\n  557     def __init__(self, maxsize, ttl, timer=time.monotonic, getsizeof=None)",
+         "    10\tdef words(text: str, lower: bool = True) -> list[str]:\n    11\t    found = WORD.findall(text)",
+         "[11 matching lines]\ntests/test_cli.py\n  6: def test_json_output(tmp_path, capsys):"]
+
+
+@pytest.mark.parametrize("answer, unseen", [
+    ("1000", ["1000"]),  # a default from memory
+    ("It uses SHA-256.", ["256"]),
+    ("The default is 10.", ["10"]),  # 10 is only a line number in what was shown
+    ("`_TimedCache.timer`", ["_TimedCache.timer"]),
+    ("It has 5 fields: `hits`, `misses`.", ["5", "hits", "misses"]),
+])
+def test_an_answer_stating_what_nothing_shown_holds_is_unseen(answer, unseen):
+    assert unseen_facts(answer, SHOWN) == unseen
+
+
+@pytest.mark.parametrize("answer", [
+    "time.monotonic",
+    "`TTLCache` takes `timer=time.monotonic`.",  # both are in the outline
+    "11",
+    "It is defined in `tests/test_cli.py` at line 6.",  # a line number is not a stated fact
+    "tests/test_cli.py:6",
+    "The words function lowercases them.",  # plain words are not checked
+])
+def test_an_answer_from_what_was_shown_stands(answer):
+    assert unseen_facts(answer, SHOWN) == []
+
+
+def test_stated_facts_skip_line_numbers_and_plain_words():
+    assert stated_facts("`split_sentences` is in textstats/words.py on line 15 (words.py:15), 2 of them") == [
+        "2", "split_sentences", "textstats/words.py", "words.py"]
+
+
+def test_an_unseen_answer_goes_back_once_and_the_next_answer_stands(repo):
+    look = chat_reply({"name": "list_files", "arguments": {}})
+    guess = chat_reply({"answer": "It defaults to 1000."})
+    run = run_read_only(repo, [look, guess])
+    assert run.summary["reason"] == "answered" and run.summary["answer"] == "It defaults to 1000."
+    assert len(run.requests) == 3 and run.requests[1]["error"].startswith(
+        "that answer states `1000`, which nothing the tools returned holds")
+    assert "check it with a tool" in run.sent[2]["messages"][-1]["content"]
+    assert answer_schema_sent(run.sent[2]) == {"type": "string", "maxLength": ANSWER_LINE_CHARS,
+                                               "pattern": "^[^\\n]+$"}

@@ -64,7 +64,7 @@ def test_a_pattern_that_backtracks_forever_stops_at_the_file_budget(repo: Path) 
     result = run_search(repo, {"pattern": r"(a|aa)+$|needle"})
     assert not result["is_error"]
     assert result["output"].splitlines() == [
-        "[at least 2 matching lines in 2 files]",  # slow.txt was not searched to its end
+        "[at least 2 matching lines]",  # slow.txt was not searched to its end
         "ok.txt",
         "  1: a needle",
         "slow.txt",

@@ -106,3 +106,15 @@ def test_a_run_applies_a_prose_code_reply_records_it_and_answers(module: Path) -
     read_only = run_scripted(repo, "Where is first?", [chat_reply({"answer": REPLY})], "--mode", "read-only",
                              "--max-turns", "1")
     assert read_only.requests[0]["error"].startswith("that reply is a plan")
+
+
+def test_code_for_no_file_is_sent_back_saying_how_to_name_one(module: Path) -> None:
+    """The reply the suite saw the 1.5B write three times on ct-fix-kwargs-order: the README's example, fixed, with
+    no path. It changes nothing and goes back saying how to place code; the run's retries still run out."""
+    stray = ("To fix the bug, we need to pass the same arguments. Here's the corrected code:\n\n```python\n"
+             "@cached(cache={})\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n```")
+    run = run_scripted(module.parent, "Make first() return None for an empty list.", [chat_reply({"answer": stray})],
+                       "--max-turns", "4")
+    assert run.summary["reason"] == "invalid_output" and module.read_text() == MODULE
+    assert run.requests[0]["error"].startswith("that reply's code names no file of the repository")
+    assert "`# path/to/file.py`" in run.sent[1]["messages"][-1]["content"]

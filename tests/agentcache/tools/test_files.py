@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agentcache.tools import ToolBox
-from agentcache.tools.files import MAX_EDIT_BYTES, MAX_LINES
+from agentcache.tools.files import MAX_EDIT_BYTES, MAX_LINES, READ_WINDOW
 
 
 def test_list_files_is_sorted_and_safe(box: ToolBox) -> None:
@@ -74,11 +74,41 @@ def test_huge_file_is_truncated_with_marker(repo: Path, box: ToolBox) -> None:
     (repo / "huge.txt").write_text("".join(f"row {i:08d} {'x' * 20}\n" for i in range(1, count + 1)))
     assert (repo / "huge.txt").stat().st_size > MAX_EDIT_BYTES
     lines = box.run("read_file", {"path": "huge.txt"}).output.splitlines()
-    assert len(lines) == MAX_LINES + 1
-    assert lines[-2].endswith(f"row {MAX_LINES:08d} {'x' * 20}")
-    assert lines[-1] == f"[truncated: {count - MAX_LINES} more lines; continue with start_line={MAX_LINES + 1}]"
+    assert len(lines) == READ_WINDOW + 1
+    assert lines[-2].endswith(f"row {READ_WINDOW:08d} {'x' * 20}")
+    assert lines[-1] == f"[truncated: {count - READ_WINDOW} more lines; continue with start_line={READ_WINDOW + 1}]"
+    ranged = box.run("read_file", {"path": "huge.txt", "start_line": 1, "end_line": count}).output.splitlines()
+    assert len(ranged) == MAX_LINES + 1 and ranged[-2].endswith(f"row {MAX_LINES:08d} {'x' * 20}")
+    assert ranged[-1] == f"[truncated: {count - MAX_LINES} more lines; continue with start_line={MAX_LINES + 1}]"
     tail = box.run("read_file", {"path": "huge.txt", "start_line": count - 1}).output.splitlines()
     assert len(tail) == 2 and tail[-1].endswith(f"row {count:08d} {'x' * 20}")
+
+
+def long_module(functions: int) -> str:
+    """A module of `functions` ten-line functions, function k starting at line 10 * k + 1."""
+    return "".join(f"def f{k}(a, b={k}):\n    \"\"\"Function {k}.\"\"\"\n" + "    a += 1\n" * 7 + "    return a\n"
+                   for k in range(functions))
+
+
+def test_a_long_file_read_with_no_range_is_its_outline(repo: Path, box: ToolBox) -> None:
+    (repo / "long.py").write_text(long_module(40))
+    shown = box.run("read_file", {"path": "long.py"}).output.splitlines()
+    assert shown[0].startswith("[long.py has 400 lines; its outline follows.")
+    assert shown[1:] == [f"{10 * k + 1:>4} def f{k}(a, b={k})  # Function {k}." for k in range(40)]
+    window = box.run("read_file", {"path": "long.py", "start_line": 2}).output.splitlines()
+    assert len(window) == READ_WINDOW + 1 and window[-1] == "[truncated: 99 more lines; continue with start_line=302]"
+    (repo / "short.py").write_text(long_module(READ_WINDOW // 10))
+    assert len(box.run("read_file", {"path": "short.py"}).output.splitlines()) == READ_WINDOW
+
+
+def test_a_read_from_a_definitions_line_ends_with_it(repo: Path, box: ToolBox) -> None:
+    (repo / "long.py").write_text(long_module(40))
+    shown = box.run("read_file", {"path": "long.py", "start_line": 121}).output.splitlines()
+    assert shown[0] == "   121\tdef f12(a, b=12):" and shown[-2] == "   130\t    return a"
+    assert shown[-1] == "[shown to line 130, the end of `f12`, which starts in the lines asked for]"
+    assert box.run("read_file", {"path": "long.py:121"}).output.splitlines() == shown
+    inside = box.run("read_file", {"path": "long.py", "start_line": 362}).output.splitlines()
+    assert len(inside) == 39 and inside[0] == '   362\t    """Function 36."""' and inside[-1].endswith("return a")
 
 
 def test_long_lines_are_cut_by_the_output_cap(repo: Path, box: ToolBox) -> None:

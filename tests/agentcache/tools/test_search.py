@@ -1,4 +1,4 @@
-"""search: the count of matching lines and files, then regex matches grouped by file (the path, then `N: text`), glob
+"""search: the count of matching lines, then regex matches grouped by file (the path, then `N: text`), glob
 filtering, caps and invalid patterns."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from agentcache.tools.search import MAX_FILE_MATCHES, MAX_MATCHES
 def test_search_finds_matches_in_order(box: ToolBox) -> None:
     outcome = box.run("search", {"pattern": r"def \w+\(\)"})
     assert not outcome.is_error
-    assert outcome.output == "[2 matching lines in 2 files]\nsrc/app.py\n  1: def main():\nsrc/util.py\n  1: def helper():"
+    assert outcome.output == "[2 matching lines]\nsrc/app.py\n  1: def main():\nsrc/util.py\n  1: def helper():"
 
 
 def test_search_no_matches(box: ToolBox) -> None:
@@ -43,7 +43,7 @@ def test_search_glob_double_star_reaches_nested_files(repo: Path, box: ToolBox) 
     (repo / "src" / "deep").mkdir()
     (repo / "src" / "deep" / "inner.py").write_text("needle = 1\n")
     outcome = box.run("search", {"pattern": "needle", "path": "src/**/*.py"})
-    assert outcome.output == "[1 matching line in 1 file]\nsrc/deep/inner.py\n  1: needle = 1"
+    assert outcome.output == "[1 matching line]\nsrc/deep/inner.py\n  1: needle = 1"
     assert box.run("search", {"pattern": "needle", "path": "src/*.py"}).output.startswith("(no matches")
 
 
@@ -61,7 +61,7 @@ def test_search_skips_binary_and_ignored(repo: Path, box: ToolBox) -> None:
     (repo / "blob.bin").write_bytes(b"needle\0\1\2")
     (repo / "build" / "gen.txt").write_text("needle\n")
     (repo / "plain.txt").write_text("a needle here\n")
-    assert box.run("search", {"pattern": "needle"}).output == "[1 matching line in 1 file]\nplain.txt\n  1: a needle here"
+    assert box.run("search", {"pattern": "needle"}).output == "[1 matching line]\nplain.txt\n  1: a needle here"
 
 
 def test_search_is_capped_with_marker(repo: Path, box: ToolBox) -> None:
@@ -71,14 +71,14 @@ def test_search_is_capped_with_marker(repo: Path, box: ToolBox) -> None:
     lines = box.run("search", {"pattern": "^hit$"}).output.splitlines()
     hits = [line for line in lines if line.startswith("  ")]
     assert len(hits) == MAX_MATCHES and all(line.endswith(": hit") for line in hits)
-    assert lines[:3] == [f"[{files * MAX_FILE_MATCHES} matching lines in {files} files]", "many00.txt", "  1: hit"]
+    assert lines[:3] == [f"[{files * MAX_FILE_MATCHES} matching lines]", "many00.txt", "  1: hit"]
     assert lines[-1] == f"[truncated: {2 * MAX_FILE_MATCHES} more matches]"
 
 
 def test_search_caps_the_hits_of_one_file(repo: Path, box: ToolBox) -> None:
     (repo / "many.txt").write_text("hit\n" * (MAX_FILE_MATCHES + 37))
     lines = box.run("search", {"pattern": "^hit$"}).output.splitlines()
-    assert lines == [f"[{MAX_FILE_MATCHES + 37} matching lines in 1 file]", "many.txt", *[f"  {n}: hit" for n in range(1, MAX_FILE_MATCHES + 1)], "  [37 more in this file]"]
+    assert lines == [f"[{MAX_FILE_MATCHES + 37} matching lines]", "many.txt", *[f"  {n}: hit" for n in range(1, MAX_FILE_MATCHES + 1)], "  [37 more in this file]"]
 
 
 def test_the_count_line_agrees_with_a_plain_text_count_of_the_example_repo() -> None:
@@ -87,4 +87,4 @@ def test_the_count_line_agrees_with_a_plain_text_count_of_the_example_repo() -> 
     lines = sum(len(re.findall(r"^\s*def test_", p.read_text(), re.MULTILINE)) for p in sources)
     files = sum(bool(re.search(r"^\s*def test_", p.read_text(), re.MULTILINE)) for p in sources)
     output = ToolBox(repo).run("search", {"pattern": r"^\s*def test_"}).output
-    assert output.splitlines()[0] == f"[{lines} matching lines in {files} files]" and lines > files > 1
+    assert output.splitlines()[0] == f"[{lines} matching lines]" and lines > files > 1

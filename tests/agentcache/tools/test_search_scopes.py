@@ -39,7 +39,7 @@ def exc(repo: Path) -> Path:
 
 def test_the_class_line_is_shown_above_a_docstring_hit(box: ToolBox, exc: Path) -> None:
     assert box.run("search", {"pattern": "older than"}).output == (
-        "[1 matching line in 1 file]\n"
+        "[1 matching line]\n"
         "exc.py\n"
         "  8- class SignatureExpired(BadSignature):\n"
         '  9:     """Raised if a signature timestamp is older than max_age."""')
@@ -48,7 +48,7 @@ def test_the_class_line_is_shown_above_a_docstring_hit(box: ToolBox, exc: Path) 
 def test_nested_scopes_are_shown_outermost_first_and_only_once(box: ToolBox, exc: Path) -> None:
     # the outline holds top-level and class-level definitions: `seconds`, inside a method, is not a scope
     assert box.run("search", {"pattern": "total_seconds|self.date_signed"}).output.splitlines() == [
-        "[3 matching lines in 1 file]",
+        "[3 matching lines]",
         "exc.py",
         "  8- class SignatureExpired(BadSignature):",
         "  11-     def __init__(self, message, date_signed=None):",
@@ -61,7 +61,7 @@ def test_nested_scopes_are_shown_outermost_first_and_only_once(box: ToolBox, exc
 
 def test_a_header_that_is_a_hit_is_shown_once_as_a_hit(box: ToolBox, exc: Path) -> None:
     assert box.run("search", {"pattern": "Signature"}).output.splitlines() == [
-        "[2 matching lines in 1 file]",
+        "[2 matching lines]",
         "exc.py",
         "  4: class BadSignature(Exception):",
         "  8: class SignatureExpired(BadSignature):",
@@ -72,7 +72,7 @@ def test_files_without_an_outline_show_hits_alone_grouped_by_path(repo: Path, bo
     (repo / "notes.txt").write_text("older than\n  older than that\n")
     (repo / "broken.py").write_text("class X:\n    older than = (\n")
     assert box.run("search", {"pattern": "older than"}).output.splitlines() == [
-        "[4 matching lines in 3 files]",
+        "[4 matching lines]",
         "broken.py", "  2:     older than = (",
         "exc.py", "  8- class SignatureExpired(BadSignature):",
         '  9:     """Raised if a signature timestamp is older than max_age."""',
@@ -94,4 +94,4 @@ def test_a_file_over_the_outline_cap_shows_hits_alone(box: ToolBox, exc: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(search_module, "MAX_OUTLINE_BYTES", len(EXC) - 1)
     assert box.run("search", {"pattern": "older than"}).output == (
-        '[1 matching line in 1 file]\nexc.py\n  9:     """Raised if a signature timestamp is older than max_age."""')
+        '[1 matching line]\nexc.py\n  9:     """Raised if a signature timestamp is older than max_age."""')
