@@ -154,6 +154,8 @@ class Workspace:
     def directory(self, path: str) -> str:
         resolved = self.resolve(path)
         rel = self.check_allowed(path, resolved)
+        if resolved.is_file():  # the 1.5B listed a module three times over, stuck on "not a directory"
+            raise ToolError(f"{path} is a file, not a directory: read it with read_file")
         if not resolved.is_dir():
             raise ToolError(f"not a directory: {path}")
         return rel

@@ -84,6 +84,12 @@ def test_huge_file_is_truncated_with_marker(repo: Path, box: ToolBox) -> None:
     assert len(tail) == 2 and tail[-1].endswith(f"row {count:08d} {'x' * 20}")
 
 
+def test_listing_a_file_says_to_read_it(repo: Path, box: ToolBox) -> None:
+    outcome = box.run("list_files", {"path": "src/app.py"})
+    assert outcome.is_error and outcome.output == "list_files: src/app.py is a file, not a directory: read it with read_file"
+    assert box.run("list_files", {"path": "nowhere"}).output == "list_files: not a directory: nowhere"
+
+
 def long_module(functions: int) -> str:
     """A module of `functions` ten-line functions, function k starting at line 10 * k + 1."""
     return "".join(f"def f{k}(a, b={k}):\n    \"\"\"Function {k}.\"\"\"\n" + "    a += 1\n" * 7 + "    return a\n"
