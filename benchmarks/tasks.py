@@ -12,7 +12,9 @@ and tokens; per harness and model the greedy pass rate, the sampled ones, per ki
     python -m benchmarks.tasks --tasks where-split-sentences,fix-syllables-case --seeds 0 --keep runs/
 
 `--records PATH` appends every finished task run to PATH (one JSON line, with the tool outputs it saw) and skips the
-runs PATH already holds, so a long run that stops resumes where it stopped.
+runs PATH already holds, so a long run that stops resumes where it stopped. `--report` runs nothing and reports what
+`--records` holds, with `--also A.jsonl,B.jsonl` read before it: agentcache gets a row per file (with the revisions
+its records name), a peer one row across files.
 """
 
 from __future__ import annotations
@@ -315,7 +317,9 @@ def seeds_of(count: int) -> list[int | None]:
 def split_runs(records: dict[int | None, list[dict[str, Any]]], name: str, load_s: float | None, harness: str,
                quant: str) -> dict[str, Any]:
     greedy = records.pop(None)
-    return model_report(name, greedy, load_s, records, harness, quant)
+    revisions = {r.get("revision") or "?" for r in greedy + [r for runs in records.values() for r in runs]}
+    return {**model_report(name, greedy, load_s, records, harness, quant),
+            "revisions": sorted(revisions) if harness == "agentcache" else []}  # a peer's harness is not ours
 
 
 def run_model(name: str, tasks: list[Task], work: Path, console: Console, tool_format: str = "auto",
@@ -427,7 +431,7 @@ def summary_table(reports: list[dict[str, Any]]) -> Table:
     for r in reports:
         spread = (f"{r['sampled_pass_rate_mean']:.2f} ({r['sampled_pass_rate_min']:.2f}-"
                   f"{r['sampled_pass_rate_max']:.2f})" if r["sampled_pass_rates"] else "-")
-        t.add_row(r["harness"], r["name"], f"{r['passed']}/{r['tasks_run']}", spread,
+        t.add_row(r["harness"] + "".join(f" {revision}" for revision in r.get("revisions", [])), r["name"], f"{r['passed']}/{r['tasks_run']}", spread,
                   *(cell(r["kind_pass_rate"].get(kind)) for kind in kinds), cell(r["median_turns"]),
                   cell(r["median_wall_s"]), cell(r["median_warm_turn_s"]),
                   *(cell(r["median_tokens"][name]) for name in USAGE_FIELDS), cell(r["unparseable"]),
@@ -453,6 +457,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--records", type=Path,
                    help="append each finished task run here (JSON lines, with its tool outputs) and skip the runs "
                         "it holds")
+    p.add_argument("--also", help="with --report: comma-separated record files read before --records (for one "
+                                  "report of runs stored apart)")
     p.add_argument("--report", action="store_true",
                    help="run nothing: report every harness and model --records holds a greedy run of, with the seeds "
                         "it holds")
@@ -475,22 +481,28 @@ def names(text: str, what: str) -> list[str]:
     return found
 
 
-def stored_reports(log: RecordLog, tasks: list[Task]) -> list[dict[str, Any]]:
-    """The report of every harness, model and quant `log` holds a greedy run of, from its records alone (nothing is
-    run; questions `regraded`): the greedy run and each seed's, over the tasks of `tasks` each holds, in suite
-    order."""
+def read_records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def stored_reports(files: list[list[dict[str, Any]]], tasks: list[Task]) -> list[dict[str, Any]]:
+    """The report of every harness, model and quant the records hold a greedy run of (agentcache's once per file,
+    with the revisions its records name; a peer's records make one row across files: its harness is not ours),
+    from the records alone (nothing is run; questions `regraded`): the greedy run and each seed's, over the tasks
+    of `tasks` each holds, in suite order. A later record of the same run replaces an earlier one."""
     order, by_id = {task.id: i for i, task in enumerate(tasks)}, {task.id: task for task in tasks}
-    groups: dict[tuple[str, str, str], dict[int | None, list[dict[str, Any]]]] = {}
-    for record in log.done.values():
-        if record["id"] in order:
-            runs = groups.setdefault((record["harness"], record["model"], record["quant"]), {})
-            runs.setdefault(record["seed"], []).append(regraded(record, by_id[record["id"]]))
+    groups: dict[tuple[str, str, str, int], dict[int | None, dict[str, dict[str, Any]]]] = {}
+    for source, records in enumerate(files):
+        for record in records:
+            if record["id"] in order:
+                own = source if record["harness"] == "agentcache" else -1
+                runs = groups.setdefault((record["harness"], record["model"], record["quant"], own), {})
+                runs.setdefault(record["seed"], {})[record["id"]] = regraded(record, by_id[record["id"]])
     reports = []
-    for (harness, name, quant), runs in groups.items():
-        for records in runs.values():
-            records.sort(key=lambda r: order[r["id"]])
-        if None in runs:
-            reports.append(split_runs(runs, name, None, harness, quant))
+    for (harness, name, quant, _), runs in groups.items():
+        ordered = {seed: sorted(done.values(), key=lambda r: order[r["id"]]) for seed, done in runs.items()}
+        if None in ordered:
+            reports.append(split_runs(ordered, name, None, harness, quant))
     return reports
 
 
@@ -506,7 +518,10 @@ def run_suite(args: argparse.Namespace, work: Path, console: Console) -> dict[st
     if args.report:
         if args.records is None or not log.done:
             raise AgentcacheError("--report needs --records with stored runs")
-        harnesses, reports = [], stored_reports(log, tasks)
+        also = [Path(name) for name in names(args.also, "also")] if args.also else []
+        if missing := [str(path) for path in also if not path.is_file()]:
+            raise AgentcacheError(f"--also names no file: {', '.join(missing)}")
+        harnesses, reports = [], stored_reports([read_records(path) for path in [*also, args.records]], tasks)
     peers = [harness for harness in harnesses if harness != "agentcache"]
     for name in models:
         if "agentcache" in harnesses:

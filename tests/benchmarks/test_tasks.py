@@ -250,3 +250,36 @@ def test_the_long_suite_is_selected_by_name():
     assert [t.id for t in tasks.select(None, None, "long")] == list(LONG)
     with pytest.raises(Exception, match="unknown task"):
         tasks.select("where-syllables", None, "long")
+
+
+def stored(task_id: str, answer: str, harness: str = "agentcache", seed: int | None = None,
+           revision: str = "r1") -> dict:
+    """A stored question run as the suite writes one (its verdict is graded again by the report)."""
+    return {"id": task_id, "kind": "question", "harness": harness, "model": "m", "quant": "auto", "seed": seed,
+            "revision": revision, "answer": answer, "answer_chars": len(answer), "tool_outputs": [],
+            "passed": False, "check": "", "turns": 1, "wall_s": 1.0, "reason": "answered", "warm_turn_s": [],
+            "unparseable": 0, "unexplained_misses": 0, "compactions": [], "misses": {}, "cached_over_prefix_min": None,
+            **{name: 0 for name in tasks.USAGE_FIELDS}}
+
+
+def test_one_report_from_record_files_stored_apart(tmp_path):
+    """agentcache gets a row per file, naming the revisions in it; a peer's records make one row across files; a
+    later record of the same run replaces an earlier one; answers are graded again."""
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_text("\n".join(json.dumps(r) for r in [
+        stored("count-tests", "11", revision="r1"), stored("count-fields", "3", revision="r2"),
+        stored("count-tests", "4", harness="aider")]) + "\n")
+    second.write_text("\n".join(json.dumps(r) for r in [
+        stored("count-tests", "4", revision="r3"), stored("count-fields", "5", revision="r3"),
+        stored("count-fields", "5", seed=1, revision="r3"), stored("count-fields", "5", harness="aider"),
+        stored("count-fields", "4", harness="aider")]) + "\n")
+    out = tmp_path / "report.json"
+    args = ["--report", "--tasks", "count-tests,count-fields", "--also", str(first), "--records", str(second)]
+    assert tasks.main([*args, "--json", str(out)]) == 0
+    rows = {(r["harness"], tuple(r["revisions"])): r for r in json.loads(out.read_text())["models"]}
+    assert set(rows) == {("agentcache", ("r1", "r2")), ("agentcache", ("r3",)), ("aider", ())}
+    assert [t["passed"] for t in rows["agentcache", ("r1", "r2")]["tasks"]] == [True, False]
+    assert [t["passed"] for t in rows["agentcache", ("r3",)]["tasks"]] == [False, True]
+    assert rows["agentcache", ("r3",)]["sampled_pass_rates"] == [1.0]
+    assert [(t["id"], t["answer"]) for t in rows["aider", ()]["tasks"]] == [("count-tests", "4"), ("count-fields", "4")]
+    assert tasks.main([*args[:-2], "--also", str(tmp_path / "none.jsonl"), "--records", str(second)]) == 2
