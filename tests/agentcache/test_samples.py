@@ -94,6 +94,7 @@ def test_candidate_configs_sample_all_but_the_first() -> None:
 def test_a_question_is_answered_by_the_vote_and_every_candidate_is_recorded(tmp_path: Path) -> None:
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "a.py").write_text("def thing():\n    pass\n")
+    (tmp_path / "pkg" / "b.py").write_text("def other():\n    pass\n")  # a path the tree shows: no answer is unseen
     answers = ["It is in `pkg/a.py`.", "`pkg/b.py`", "The file is pkg/b.py."]
     server = by_candidate([[chat_reply({"answer": answer})] for answer in answers])
     run = run_scripted(tmp_path, "Which file defines `thing`?", [server], "--mode", "read-only", "--samples", "3")
