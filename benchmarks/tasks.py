@@ -431,7 +431,8 @@ def summary_table(reports: list[dict[str, Any]]) -> Table:
     for r in reports:
         spread = (f"{r['sampled_pass_rate_mean']:.2f} ({r['sampled_pass_rate_min']:.2f}-"
                   f"{r['sampled_pass_rate_max']:.2f})" if r["sampled_pass_rates"] else "-")
-        t.add_row(r["harness"] + "".join(f" {revision}" for revision in r.get("revisions", [])), r["name"], f"{r['passed']}/{r['tasks_run']}", spread,
+        harness = r["harness"] + "".join(f" {revision}" for revision in r.get("revisions", []))
+        t.add_row(harness, r["name"], f"{r['passed']}/{r['tasks_run']}", spread,
                   *(cell(r["kind_pass_rate"].get(kind)) for kind in kinds), cell(r["median_turns"]),
                   cell(r["median_wall_s"]), cell(r["median_warm_turn_s"]),
                   *(cell(r["median_tokens"][name]) for name in USAGE_FIELDS), cell(r["unparseable"]),

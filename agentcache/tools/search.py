@@ -1,9 +1,9 @@
 """The search tool: a regex over the repo's safe text files, filtered by an optional glob, under a time budget.
 
 The output starts with the count of matching lines ("at least" when a budget or a size cap stopped the search; not
-the count of files, which a small model gave when asked how many tests there are), then the hits grouped by file: the path once, then each hit as `N: text`, preceded by
-the header lines of the classes and functions that hold it (`N- text`, from the file's outline) when those are not
-hits themselves, so a hit in a docstring or a method body shows whose it is. A file is outlined only when it has a
+the count of files, which a small model gave when asked how many tests there are), then the hits grouped by file:
+the path once, then each hit as `N: text`, preceded by the header lines of the classes and functions that hold it
+(`N- text`, from the file's outline) when those are not hits themselves, so a hit in a docstring or a method body shows whose it is. A file is outlined only when it has a
 hit and is at most MAX_OUTLINE_BYTES; a file with no outline (another language, or text that does not parse) shows
 its hits alone.
 
