@@ -3,9 +3,9 @@
 The output starts with the count of matching lines ("at least" when a budget or a size cap stopped the search; not
 the count of files, which a small model gave when asked how many tests there are), then the hits grouped by file:
 the path once, then each hit as `N: text`, preceded by the header lines of the classes and functions that hold it
-(`N- text`, from the file's outline) when those are not hits themselves, so a hit in a docstring or a method body shows whose it is. A file is outlined only when it has a
-hit and is at most MAX_OUTLINE_BYTES; a file with no outline (another language, or text that does not parse) shows
-its hits alone.
+(`N- text`, from the file's outline) when those are not hits themselves, so a hit in a docstring or a method body
+shows whose it is. A file is outlined only when it has a hit and is at most MAX_OUTLINE_BYTES; a file with no
+outline (another language, or text that does not parse) shows its hits alone.
 
 The pattern and the glob both run on the `regex` module with a timeout, so catastrophic backtracking in either
 stops: the glob and the whole search share TOTAL_BUDGET_S, and each file gets FILE_BUDGET_S seconds; the output says
