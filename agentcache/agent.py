@@ -155,7 +155,8 @@ class Agent:
         answer = parsed.text if isinstance(parsed, Answer) else parsed.arguments.get("answer") \
             if parsed.name == "finish" else None
         if answer is not None and not self._changed() and \
-                (why := not_an_answer(answer, self.toolbox.tools, self.enabled, self.task(), self._answer_form())):
+                (why := not_an_answer(answer, self.toolbox.tools, self.enabled, self.task(), self._answer_form(),
+                                      [b.text for b in self.context.l3 if b.kind == "tool_error"])):
             self.answer_refused = self._read_only()
             return self._invalid(turn, reply, record, why)
         if answer is not None and not final and (why := self._unseen(answer)):

@@ -1,5 +1,6 @@
-"""What is not a final answer: a plan ("I will search...", "you can use...") or a reply that names a tool, written
-where the answer should be. The agent sends such a reply back with the retry hint, as it does an invalid call."""
+"""What is not a final answer: a plan ("I will search...", "you can use..."), a reply that names a tool, or one that
+copies a tool's error message, written where the answer should be. The agent sends such a reply back with the retry
+hint, as it does an invalid call."""
 from __future__ import annotations
 
 import re
@@ -15,6 +16,8 @@ PLAN = re.compile(r"""
           (?:['’](?:ll|d)|\s+(?:will|would|need|must|should|can|could|may|might|have\s+to|am|are))\b""",
                   re.IGNORECASE | re.VERBOSE)  # "To find it, I searched ..." reports what was done: not a plan
 
+ECHO_MIN = 20  # shorter text may be a name an error quotes ("no such file: notes.txt"), which can be the answer
+
 
 def named_tool(text: str, tools: Iterable[str]) -> str | None:
     """The first of `tools` the text names as a tool: a name with an underscore standing whole, or any name in
@@ -28,10 +31,12 @@ def named_tool(text: str, tools: Iterable[str]) -> str | None:
 
 
 def not_an_answer(text: str, tools: Iterable[str], enabled: Iterable[str], asked: str = "",
-                  answer: str = "the answer itself") -> str | None:
+                  answer: str = "the answer itself", errors: Iterable[str] = ()) -> str | None:
     """Why `text` is not a final answer, to send back to the model; None when it may stand as one. A tool name the
     task itself uses (`asked`: a question about a function called `search`) is the subject, not a tool named.
-    `answer`: how the reason asks for the answer."""
+    `answer`: how the reason asks for the answer. `errors`: the error messages the tools returned this run."""
+    if copies_error(text, errors):
+        return f"that reply copies a tool's error message, which is not an answer: reply with {answer}"
     if plan := PLAN.search(text):
         return (f"that reply is a plan ({plan.group(0)!r}), not an answer: if you still need to look, call the tool "
                 f"now; otherwise reply with {answer}")
@@ -43,6 +48,12 @@ def not_an_answer(text: str, tools: Iterable[str], enabled: Iterable[str], asked
         return f"that reply names the tool {tool} instead of calling it: call it, or reply with {answer}"
     return None
 
+
+def copies_error(text: str, errors: Iterable[str]) -> bool:
+    """Whether `text` is a piece of one of `errors` (at least ECHO_MIN characters of it, whitespace aside): a small
+    model stuck in a loop answers with the message that told it so."""
+    said = " ".join(text.split())
+    return len(said) >= ECHO_MIN and any(said in " ".join(error.split()) for error in errors)
 
 # What an answer states that the repository could show: a number that is not a line number, a name in backticks, a
 # dotted or path-like name (module.attr, pkg/mod.py), a snake_case or CamelCase name. Plain words are not checked.

@@ -58,6 +58,16 @@ def test_a_tool_name_the_task_asks_about_is_its_subject():
     assert not_an_answer("`search` is defined in agentcache/tools/search.py.", TOOLS, READ_ONLY) is not None
 
 
+def test_a_copy_of_a_tool_error_is_not_an_answer_but_a_name_it_quotes_may_be():
+    errors = ["search: this exact call was made before and gave the same result, shown above; use that result",
+              "read_file: no such file: notes.txt"]
+    echo = "search: this exact call was made before and gave  the same result"
+    assert not_an_answer(echo, TOOLS, READ_ONLY, errors=errors).startswith("that reply copies a tool's error message")
+    assert not_an_answer(echo, TOOLS, READ_ONLY) is None  # no error was returned: nothing to copy
+    assert not_an_answer("notes.txt", TOOLS, READ_ONLY, errors=errors) is None  # shorter than a message
+    assert not_an_answer("It is defined in textstats/words.py, line 15.", TOOLS, READ_ONLY, errors=errors) is None
+
+
 def test_role_auto_follows_the_mode():
     assert role_of(RunConfig(mode="read-only")) == "ask"
     assert role_of(RunConfig(mode="edit")) == "coder"
@@ -78,6 +88,15 @@ def test_a_plan_gets_the_retry_hint_and_the_answer_after_it_stands(repo):
     assert "that reply is a plan" in retry and "reply with one valid JSON object" in retry
     system = "\n".join(m["content"] for m in run.sent[0]["messages"] if m["role"] == "system")
     assert "Your role: ask." in system and "Your role: coder." not in system
+
+
+def test_an_answer_copying_the_repeat_guard_goes_back_and_the_next_answer_stands(repo):
+    look = chat_reply({"name": "search", "arguments": {"pattern": "def split_sentences"}})
+    echo = chat_reply({"answer": "search: this exact call was made before and gave the same result, shown above"})
+    run = run_read_only(repo, [look, look, echo, chat_reply({"answer": "textstats/words.py"})])
+    assert run.summary["reason"] == "answered" and run.summary["answer"] == "textstats/words.py"
+    assert [r.get("error") for r in run.requests][:2] == [None, None]
+    assert run.requests[2]["error"].startswith("that reply copies a tool's error message")
 
 
 def test_plans_until_the_retries_run_out_end_the_run_as_invalid_output(repo):
