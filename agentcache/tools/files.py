@@ -7,8 +7,8 @@ file is unchanged and the message says what would have been lost.
 """
 from __future__ import annotations
 
+import difflib
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -25,11 +25,12 @@ READ_WINDOW = 300  # a read without one shows at most this many; a longer file r
 MAX_OUTPUT_BYTES = 256 * 1024
 MAX_LINE_CHARS = 2000
 MAX_EDIT_BYTES = 1024 * 1024
-PATH_LINE = re.compile(r"(.+?):(\d{1,9})(?::\d{1,9})?")  # path:line or path:line:column
 MAX_LINE_BYTES = 4 * MAX_LINE_CHARS  # of a line held in memory: a 300 MB one-line file is read 8 KB at a time
 MAX_NAMED = 10  # dropped definitions or line ranges a refusal names
 MIN_GUARDED_LINES = 10  # a file without an outline and with fewer non-blank lines may be rewritten whole
 WHOLE_FILE_LINES = 150  # a longer file is changed by edit_file (search/replace), never rewritten whole
+CLOSE_RATIO = 0.6  # how like old text's first line a line must be to be shown as the closest text
+CLOSE_LINES = 30  # the most lines shown as the closest text
 KEEP_HINT = "use edit_file to change part of the file, or write the whole file with them kept"
 
 
@@ -74,17 +75,6 @@ def decode_line(raw: bytes, length: int, number: int, shown_as: str) -> str:
     return text
 
 
-def line_address(ws: Workspace, args: dict[str, Any]) -> tuple[str, int | None]:
-    """The path to read and its first line (None: none was asked for): a path written `path:line` (as search, the
-    repo map and the lookup show a definition) that names no file, where `path` does, is read from that line unless
-    start_line says otherwise."""
-    path, start = args["path"], args.get("start_line")
-    written = PATH_LINE.fullmatch(path)
-    if written is None or ws.name_of(path) is None or os.path.lexists(ws.root / path):
-        return path, start
-    return written.group(1), args.get("start_line", int(written.group(2)))
-
-
 def file_outline(ws: Workspace, shown_as: str) -> tuple[int, list[Symbol] | None]:
     """The file's line count and outline; (0, None) for a file over MAX_EDIT_BYTES, not text or holding a key (the
     read that follows says which), (lines, None) for an unsupported language or a file that does not parse."""
@@ -114,7 +104,7 @@ def definition_end(symbols: list[Symbol], start: int, end: int | None) -> tuple[
 def read_file(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
     """Numbered lines. A file of more than READ_WINDOW lines read with no range is shown as its outline: whole, it
     costs a small model on a CPU minutes of prefill and buries the line it needed."""
-    shown_as, start = line_address(ws, args)
+    shown_as, start = args["path"], args.get("start_line")
     end = args.get("end_line")
     if end is not None and start is not None and end < start:
         raise ToolError(f"end_line {end} is before start_line {start}")
@@ -304,13 +294,32 @@ def located_edit(shown_as: str, text: str, old: str, new: str) -> Edit:
         raise ToolError(f"old text occurs {count} times in {shown_as}; include more context so it occurs once")
     found = loose_matches(text, old)
     if not found:
-        raise ToolError(f"old text not found in {shown_as}; read the file and copy the text exactly")
+        raise ToolError(f"old text not found in {shown_as}; {closest_text(text, old)}")
     if len(found) > 1:
         lines = capped([str(text.count("\n", 0, start) + 1) for start, *_ in found])
         raise ToolError(f"old text is not in {shown_as} exactly, and ignoring whitespace it matches {len(found)} "
                         f"places (lines {lines}); include more context so it occurs once")
     start, end, indent, old_indent = found[0]
     return Edit(start, end, reindented(new, old_indent, indent), exact=False, shift=len(indent) - len(old_indent))
+
+
+def closest_text(text: str, old: str) -> str:
+    """Where `old` was likely meant to be, for the message that it is not there: the file's lines from the one most
+    like old's first non-blank line (a difflib ratio of at least CLOSE_RATIO), as many as old has and one more, at most
+    CLOSE_LINES, to copy from; else to read the file. Small models write the old text from memory."""
+    wanted = next((line.strip() for line in old.split("\n") if line.strip()), "")
+    lines = text.split("\n")
+    best, best_ratio = None, CLOSE_RATIO
+    for number, line in enumerate(lines):
+        matcher = difflib.SequenceMatcher(None, wanted, line.strip())
+        if matcher.real_quick_ratio() >= best_ratio and matcher.quick_ratio() >= best_ratio and \
+                (ratio := matcher.ratio()) >= best_ratio and (best is None or ratio > best_ratio):
+            best, best_ratio = number, ratio
+    if best is None:
+        return "read the file and copy the text exactly"
+    shown = lines[best:best + min(old.strip("\n").count("\n") + 2, CLOSE_LINES)]
+    return (f"the closest text is at line {best + 1}; copy the old text exactly from it (or read the file):\n```\n"
+            + "\n".join(line[:MAX_LINE_CHARS] for line in shown) + "\n```")
 
 
 def block_shape(lines: list[str]) -> tuple[str, list[str]]:

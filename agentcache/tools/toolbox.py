@@ -113,4 +113,11 @@ class ToolBox:
         if name not in self.enabled:
             raise ToolError(f"tool is disabled (enabled: {', '.join(self.names()) or 'none'})")
         tool = self.tools[name]
-        return tool.function(self.workspace, check_arguments(arguments, tool.spec.parameters))
+        args = check_arguments(arguments, tool.spec.parameters)
+        if isinstance(args.get("path"), str):  # `mod.py:533` names mod.py (read from line 533 unless asked otherwise)
+            path, line = self.workspace.without_line(args["path"])
+            if line is not None:
+                args = {**args, "path": path}
+                if "start_line" in tool.spec.parameters.get("properties", {}):
+                    args.setdefault("start_line", line)
+        return tool.function(self.workspace, args)

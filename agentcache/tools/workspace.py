@@ -5,6 +5,7 @@ name for a link between the check and the read fails instead of leaking what the
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -29,6 +30,7 @@ from layers.repo import (
 CONFIG_NAMES = ("agentcache.yaml",)  # the run's settings (agentcache.config): never written by a tool
 
 GIT_BEYOND_SYMLINK = 128  # git check-ignore's status for a path it will not judge (e.g. beyond a symlink)
+LINE_SUFFIX = re.compile(r"(.+?):(\d{1,9})(?:[:-]\d{1,9})?")  # path:line, path:line:column, path:first-last
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,14 @@ class Workspace:
         if not resolved.is_relative_to(self.root):
             raise ToolError(f"path '{path}' is outside the repository root")
         return resolved
+
+    def without_line(self, path: str) -> tuple[str, int | None]:
+        """A path written with a line after it (`pkg/mod.py:15`, as search, the repo map and the lookup show a
+        definition) that names no file: the path before the colon and the line. Else the path as given and None."""
+        found = LINE_SUFFIX.fullmatch(path)
+        if found is None or self.name_of(path) is None or os.path.lexists(self.root / path):
+            return path, None
+        return found.group(1), int(found.group(2))
 
     def name_of(self, path: str) -> str | None:
         """The path as written, made relative to the root without following symlinks; None if it is outside."""

@@ -75,3 +75,24 @@ def test_a_whitespace_match_still_passes_the_syntax_gate(repo: Path, box: ToolBo
                                     "new": 'def part(self):\nreturn "bye"'})
     assert outcome.output.startswith("edit_file: greet.py would no longer parse (line 8: ")
     assert (repo / "greet.py").read_text() == SOURCE
+
+
+def test_old_text_written_from_memory_gets_the_closest_lines_to_copy(repo: Path, box: ToolBox) -> None:
+    (repo / "greet.py").write_text(SOURCE)
+    outcome = box.run("edit_file", {"path": "greet.py", "old": "def greet(self, who):\n    if who:\n", "new": "x"})
+    assert outcome.is_error and outcome.output == (
+        "edit_file: old text not found in greet.py; the closest text is at line 2; copy the old text exactly from "
+        "it (or read the file):\n```\n    def greet(self, name):\n        if name:\n            return f\"hello "
+        "{name}\"\n```")
+    unlike = box.run("edit_file", {"path": "greet.py", "old": "import numpy as np\n", "new": "x"})
+    assert unlike.output == "edit_file: old text not found in greet.py; read the file and copy the text exactly"
+    assert (repo / "greet.py").read_text() == SOURCE
+
+
+def test_a_path_with_a_line_after_it_edits_that_file(repo: Path, box: ToolBox) -> None:
+    (repo / "greet.py").write_text(SOURCE)
+    outcome = box.run("edit_file", {"path": "greet.py:7", "old": "def part(self):", "new": "def part(self, x=0):"})
+    assert outcome.output == "edited greet.py: replaced 1 occurrence at line 7"
+    assert (repo / "greet.py").read_text() == SOURCE.replace("def part(self):", "def part(self, x=0):")
+    missing = box.run("edit_file", {"path": "gone.py:7", "old": "a", "new": "b"})
+    assert missing.output == "edit_file: file not found: gone.py"
