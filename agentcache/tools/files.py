@@ -252,7 +252,8 @@ def line_ranges(numbers: list[int]) -> list[str]:
 def edit_file(ws: Workspace, args: dict[str, Any]) -> ToolOutcome:
     shown_as, old, new = args["path"], args["old"], args["new"]
     if not old:
-        raise ToolError("argument 'old' is empty; give the exact text to replace")
+        raise ToolError("argument 'old' is empty; give the exact text to replace (to add code, old is the exact lines "
+                        "it goes after, and new is those lines with the code after them)")
     with ws.edit_handle(shown_as) as file:
         if os.fstat(file.fileno()).st_size > MAX_EDIT_BYTES:
             raise ToolError(f"{shown_as} is larger than {MAX_EDIT_BYTES // 1024} KiB; edit_file refuses huge files")

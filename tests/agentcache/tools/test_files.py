@@ -159,7 +159,8 @@ def test_edit_file_ambiguous_text_says_how_many(repo: Path, box: ToolBox) -> Non
 
 
 def test_edit_file_empty_old_and_huge_file_are_refused(repo: Path, box: ToolBox) -> None:
-    assert "'old' is empty" in box.run("edit_file", {"path": "README.md", "old": "", "new": "x"}).output
+    empty = box.run("edit_file", {"path": "README.md", "old": "", "new": "x"}).output
+    assert "'old' is empty" in empty and "to add code, old is the exact lines it goes after" in empty
     (repo / "big.txt").write_text("z" * (MAX_EDIT_BYTES + 1))
     outcome = box.run("edit_file", {"path": "big.txt", "old": "zz", "new": "y"})
     assert outcome.is_error and "huge" in outcome.output
