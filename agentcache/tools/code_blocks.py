@@ -12,7 +12,8 @@ applies such a block to the file it names, by definition, so what the model left
 
 What the block holds besides (a module docstring, other statements) is left out. The result must parse and keep
 every definition the file had, or nothing is written; the change is recorded with what it replaced, as a write's is.
-A block naming no existing file, or a reply with none, is left alone: it stays an answer.
+A block naming no existing file, one whose fence names another language than the file's (```bash, ```console: a
+command, not the file), or a reply with none, is left alone: it stays an answer.
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ from layers.repo import list_files
 from layers.repomap import file_outlines
 
 FENCED = re.compile(r"^```([A-Za-z0-9_+.#-]*)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
-SUFFIX_OF_INFO = {"python": ".py", "py": ".py", "javascript": ".js", "js": ".js", "typescript": ".ts", "ts": ".ts",
-                  "go": ".go", "rust": ".rs", "rs": ".rs", "java": ".java", "c": ".c", "cpp": ".cpp", "c++": ".cpp"}
+SUFFIX_OF_INFO = {"python": ".py", "py": ".py", "python3": ".py", "py3": ".py", "javascript": ".js", "js": ".js",
+                  "typescript": ".ts", "ts": ".ts", "go": ".go", "rust": ".rs", "rs": ".rs", "java": ".java", "c": ".c", "cpp": ".cpp", "c++": ".cpp"}
 PATH = r"[\w.-]+(?:/[\w.-]+)*\.\w+"
 PATH_COMMENT = re.compile(rf"^\s*(?:#|//|--|/\*)\s*(?:file(?:name)?\s*:\s*)?`?({PATH})`?\s*(?:\*/)?\s*$", re.I)
 PATH_BEFORE = re.compile(rf"`({PATH})`|(?<![\w/.-])({PATH})(?![\w/-])")
@@ -51,16 +52,22 @@ def code_blocks(text: str, ws: Workspace) -> list[CodeBlock]:
         info, code = match.group(1).lower(), match.group(2)
         first, _, rest = code.partition("\n")
         named = PATH_COMMENT.match(first)
-        if named and is_file(ws, named.group(1)):
+        if named and is_file(ws, named.group(1)) and written_in(info, named.group(1)):
             found.append(CodeBlock(named.group(1), rest))
-        else:
+        elif not info or info in SUFFIX_OF_INFO:  # a ```bash or ```console block is a command, not a file's code
             before = text[max(start, match.start() - LOOK_BEHIND):match.start()]
             paths = [a or b for a, b in PATH_BEFORE.findall(before)]
-            path = next((p for p in reversed(paths) if is_file(ws, p)), None) or defining_file(ws, code, info)
+            path = next((p for p in reversed(paths) if is_file(ws, p) and written_in(info, p)), None) or \
+                defining_file(ws, code, info)
             if path is not None:
                 found.append(CodeBlock(path, code))
         start = match.end()
     return found
+
+
+def written_in(info: str, path: str) -> bool:
+    """Whether a block whose fence says `info` may hold code of `path`: no language said, or the path's."""
+    return not info or language_of(f"block{SUFFIX_OF_INFO.get(info, '.' + info)}") == language_of(path)
 
 
 def defining_file(ws: Workspace, code: str, info: str) -> str | None:

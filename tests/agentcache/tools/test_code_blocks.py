@@ -34,6 +34,10 @@ def test_blocks_are_found_by_a_path_comment_or_the_path_just_before_them(box: To
     assert code_blocks("Run `count.py` like this:\n```\n$ python count.py\n```\n", box.workspace)[0].path == \
         "count.py"  # found; applying it is refused (it defines nothing)
     assert code_blocks("no code here, only count.py", box.workspace) == []
+    for info in ("bash", "sh", "console", "json"):  # a command or data after the path is not the file's code
+        assert code_blocks(f"Test `count.py` with:\n```{info}\npython -m pytest\n```\n", box.workspace) == []
+        assert code_blocks(f"```{info}\n# count.py\nx\n```\n", box.workspace) == []
+    assert [b.path for b in code_blocks("```py3\n# count.py\nX = 1\n```\n", box.workspace)] == ["count.py"]
     (module.parent / "other.py").write_text("def first(ys):\n    return ys\n\n\ndef second():\n    pass\n")
     by_names = "Here is the fix:\n```python\ndef first(xs):\n    return None\n\n\nclass Counter:\n    pass\n```\n"
     assert [b.path for b in code_blocks(by_names, box.workspace)] == ["count.py"]  # defines 2 of its names
