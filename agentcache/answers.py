@@ -55,6 +55,7 @@ def copies_error(text: str, errors: Iterable[str]) -> bool:
     said = " ".join(text.split())
     return len(said) >= ECHO_MIN and any(said in " ".join(error.split()) for error in errors)
 
+
 # What an answer states that the repository could show: a number that is not a line number, a name in backticks, a
 # dotted or path-like name (module.attr, pkg/mod.py), a snake_case or CamelCase name. Plain words are not checked.
 NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?!\w|\.\d)")

@@ -30,7 +30,8 @@ from layers.repomap import file_outlines
 
 FENCED = re.compile(r"^```([A-Za-z0-9_+.#-]*)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
 SUFFIX_OF_INFO = {"python": ".py", "py": ".py", "python3": ".py", "py3": ".py", "javascript": ".js", "js": ".js",
-                  "typescript": ".ts", "ts": ".ts", "go": ".go", "rust": ".rs", "rs": ".rs", "java": ".java", "c": ".c", "cpp": ".cpp", "c++": ".cpp"}
+                  "typescript": ".ts", "ts": ".ts", "go": ".go", "rust": ".rs", "rs": ".rs", "java": ".java", "c": ".c",
+                  "cpp": ".cpp", "c++": ".cpp"}
 PATH = r"[\w.-]+(?:/[\w.-]+)*\.\w+"
 PATH_COMMENT = re.compile(rf"^\s*(?:#|//|--|/\*)\s*(?:file(?:name)?\s*:\s*)?`?({PATH})`?\s*(?:\*/)?\s*$", re.I)
 PATH_BEFORE = re.compile(rf"`({PATH})`|(?<![\w/.-])({PATH})(?![\w/-])")
