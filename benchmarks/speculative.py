@@ -221,7 +221,9 @@ def llama_cpp_results(data: dict[str, Any], console: Console) -> list[dict[str, 
     prompts = [vocab.tokenize("".join(data["texts"][key] for key in r["segments"]).encode(), add_bos=False,
                               special=True) for r in data["requests"]]
     window = max(len(p) + r["max_tokens"] for p, r in zip(prompts, data["requests"])) + 16  # the longest request fits
-    llms = {method: Llama(model_path=gguf, n_ctx=window, verbose=False, **settings,
+    # with a draft model the binding keeps every position's logits, but sizes their buffer by `logits_all` (n_batch
+    # rows without it): a prompt longer than n_batch then fails, so the lookup methods ask for all logits themselves
+    llms = {method: Llama(model_path=gguf, n_ctx=window, verbose=False, **settings, logits_all="lookup" in method,
                           draft_model=LlamaPromptLookupDecoding(num_pred_tokens=int(method.rsplit("-", 1)[1]))
                           if "lookup" in method else None) for method in LLAMA_METHODS}
     results = []
