@@ -107,18 +107,22 @@ class DecodeBatch:
     def buffered(self) -> bool:
         return self.k is not None
 
-    def step(self) -> tuple[torch.Tensor, torch.Tensor, BufferView | PoolView, torch.Tensor]:
+    def step(self) -> tuple[torch.Tensor, torch.Tensor, BufferView | PoolView | None, torch.Tensor | None]:
         """A step's inputs: each row's last sampled token [rows, 1], its position [rows, 1] (the row's KV length),
-        the KV view the layers write and read, and the mask [rows, 1, 1, width]. `uniform` is then whether every row
-        attends to all `width` positions (the mask masks nothing)."""
+        the KV view the layers write and read, and the mask [rows, 1, 1, width] (neither for a batch in a graph
+        bucket). `uniform` is then whether every row attends to all `width` positions (the mask masks nothing)."""
         device, page_size = self.tables.device, self.store.page_size
         lengths = torch.tensor([s.kv_len for s in self.seqs], dtype=torch.long, device=device)
+        ids = torch.tensor([[s.out[-1]] for s in self.seqs], dtype=torch.long, device=device)
+        if self.bucket is not None:  # its graph builds the view and the mask itself (engine.cuda_graphs)
+            self.lengths = lengths
+            self.write_slots = self.tables[self.rows, lengths // page_size] * page_size + lengths % page_size
+            return ids, lengths[:, None], None, None
         width = max(s.kv_len for s in self.seqs) + 1
         positions = torch.arange(width, device=device)
         read_slots = self.tables[:, positions // page_size] * page_size + positions % page_size
         self.write_slots, self.lengths = read_slots[self.rows, lengths], lengths
         view = BufferView(self, lengths, width) if self.buffered else PoolView(self.store, self.write_slots, read_slots)
-        ids = torch.tensor([[s.out[-1]] for s in self.seqs], dtype=torch.long, device=device)
         self.uniform = min(s.kv_len for s in self.seqs) + 1 == width
         return ids, lengths[:, None], view, self.mask(lengths, positions)
 

@@ -3,7 +3,7 @@ one by one from Python takes longer than the GPU takes to run them. A CUDA graph
 replays them with one launch; it needs every tensor the step touches at a fixed address with a fixed shape.
 
 So a graphed step runs on a bucket: a number of rows (1, 2, 4, ... up to the engine's running limit) and a KV
-capacity (a power of two, at least MIN_CAPACITY), with its own KV buffer [layers, rows, kv_heads, capacity,
+capacity (at least MIN_CAPACITY, in quarter steps between powers of two: bucket_capacity), with its own KV buffer [layers, rows, kv_heads, capacity,
 head_dim], its own input tensors (each row's token and length) and its own output. A decode batch whose rows and
 capacity fit a bucket decodes in that bucket's buffer (engine.batch.DecodeBatch takes it instead of allocating its
 own); rows past the batch's are padding at length 0. The step attends over the whole capacity with a mask built from
@@ -28,12 +28,22 @@ MIN_CAPACITY = 256
 MODES = ("capture", "static")
 
 
-def bucket(n: int, least: int = 1) -> int:
-    """The smallest power of two that is at least `n` and `least`."""
-    size = least
+def bucket_rows(n: int) -> int:
+    """The smallest power of two that is at least `n`."""
+    size = 1
     while size < n:
         size *= 2
     return size
+
+
+def bucket_capacity(n: int) -> int:
+    """The smallest of MIN_CAPACITY and the quarter steps between powers of two above it (256, 320, 384, 448, 512,
+    640, ...) that is at least `n`: the step attends over the whole capacity, so a bucket wastes at most a quarter
+    of it."""
+    if n <= MIN_CAPACITY:
+        return MIN_CAPACITY
+    step = 1 << max(n - 1, 1).bit_length() - 3  # a quarter of the power of two below n
+    return -(-n // step) * step
 
 
 class Bucket:
@@ -84,7 +94,7 @@ class DecodeGraphs:
     def bucket_for(self, rows: int, capacity: int) -> Bucket | None:
         """The bucket a batch of `rows` rows and KV `capacity` decodes in (made where there is none: older buckets
         go first while they would not fit the budget together), or None where even it alone would not fit."""
-        key = (bucket(rows), bucket(capacity, MIN_CAPACITY))
+        key = (bucket_rows(rows), bucket_capacity(capacity))
         if key in self.buckets:
             self.buckets.move_to_end(key)
             return self.buckets[key]

@@ -141,23 +141,24 @@ def test_the_layer_by_layer_kernels_also_run_on_a_buffer_when_the_fused_call_can
 
 
 def test_graph_buckets_round_up_keep_to_their_budget_and_refuse_what_does_not_fit(models):
-    """Rows round up to a power of two, capacity to one of at least 256; a bucket is reused while it fits, the least
-    recently used goes when a new one would pass the budget, and a batch too large for the budget gets none (its
-    steps then run on their own path)."""
+    """Rows round up to a power of two, capacity to at least 256 in quarter steps between powers of two; a bucket is
+    reused while it fits, the least recently used goes when a new one would pass the budget, and a batch too large for
+    the budget gets none (its steps then run on their own path)."""
     from engine.cuda_graphs import DecodeGraphs
 
     runner = Engine(models["qwen2"], page_size=16, capacity_bytes=BUFFERED).scheduler.runner
-    graphs = DecodeGraphs(runner.lean, runner.store, budget_slots=4 * 512, mode="static")
+    graphs, store = DecodeGraphs(runner.lean, runner.store, budget_slots=2048, mode="static"), runner.store
     small = graphs.bucket_for(3, 100)
-    store = runner.store
     assert (small.rows_count, small.capacity) == (4, 256)
     assert tuple(small.k.shape) == (store.num_layers, 4, store.kv_heads, 256, store.head_dim)
     assert graphs.bucket_for(4, 256) is small
-    wide = graphs.bucket_for(1, 300)  # 1 x 512: with 4 x 256 exactly the budget
-    assert (wide.rows_count, wide.capacity) == (1, 512) and len(graphs.buckets) == 2
-    graphs.bucket_for(2, 600)  # 2 x 1024 alone fills the budget: both others go
-    assert list(graphs.buckets) == [(2, 1024)]
-    assert graphs.bucket_for(3, 1000) is None and list(graphs.buckets) == [(2, 1024)]
+    assert list(graphs.buckets) == [(4, 256)]
+    graphs.bucket_for(1, 300)
+    assert list(graphs.buckets) == [(4, 256), (1, 320)]
+    graphs.bucket_for(1, 257)  # the same bucket, now the most recently used
+    graphs.bucket_for(2, 600)  # 2 x 640: with both others past 2,048 slots, the least recently used goes
+    assert list(graphs.buckets) == [(1, 320), (2, 640)]
+    assert graphs.bucket_for(3, 1000) is None and list(graphs.buckets) == [(1, 320), (2, 640)]
 
 
 def test_graphs_mode_is_checked_and_off_the_gpu_auto_records_no_graph(models):
