@@ -3,8 +3,9 @@ one by one from Python takes longer than the GPU takes to run them. A CUDA graph
 replays them with one launch; it needs every tensor the step touches at a fixed address with a fixed shape.
 
 So a graphed step runs on a bucket: a number of rows (1, 2, 4, ... up to the engine's running limit) and a KV
-capacity (at least MIN_CAPACITY, in quarter steps between powers of two: bucket_capacity), with its own KV buffer [layers, rows, kv_heads, capacity,
-head_dim], its own input tensors (each row's token and length) and its own output. A decode batch whose rows and
+capacity (at least MIN_CAPACITY, in quarter steps between powers of two: bucket_capacity), with its own KV buffer
+[layers, rows, kv_heads, capacity, head_dim], its own input tensors (each row's token and length) and its own
+output. A decode batch whose rows and
 capacity fit a bucket decodes in that bucket's buffer (engine.batch.DecodeBatch takes it instead of allocating its
 own); rows past the batch's are padding at length 0. The step attends over the whole capacity with a mask built from
 the lengths inside the graph, so one graph serves every step of every batch in the bucket. The first step of a
