@@ -20,7 +20,7 @@ at batch 1 and 16, with graphs and without; the warm turn (2,000 cached + 200 ne
 plain transformers (its generate, its DynamicCache, no prefix reuse); and the floor: the bytes a step reads (weights
 and KV) over the copy bandwidth measured here.
 
-    make gpu-check                                   # python -m benchmarks.gpu_check --json benchmarks/results/gpu-check.json
+    make gpu-check                          # the run, written to benchmarks/results/gpu-check.json
     python -m benchmarks.gpu_check --quick           # tiny sizes: a smoke run of every part (also on a CPU)
 """
 
@@ -200,9 +200,11 @@ def pool_eviction(lm: Any, quick: bool) -> dict[str, Any]:
 
     texts = prompts(lm.config.vocab_size, [300, 300, 300, 300], seed=2)
     small = Engine(lm, page_size=16, capacity_bytes=page_bytes(lm) * 48, host_bytes=0)  # 48 pages: two prompts
-    got = [small.generate(Request([t], max_tokens=6, logits_mask=no_eos(lm))).token_ids for t in texts + texts[:1]]
-    want = [Engine(lm, page_size=16, host_bytes=0).generate(Request([t], max_tokens=6, logits_mask=no_eos(lm))).token_ids
-            for t in texts + texts[:1]]
+    def reply(engine: Any, text: list[int]) -> list[int]:
+        return engine.generate(Request([text], max_tokens=6, logits_mask=no_eos(lm))).token_ids
+
+    got = [reply(small, t) for t in texts + texts[:1]]
+    want = [reply(Engine(lm, page_size=16, host_bytes=0), t) for t in texts + texts[:1]]
     evictions = small.stats()["evictions"]
     return check("pool_eviction", got == want and evictions > 0, evictions=evictions)
 
