@@ -13,7 +13,7 @@ FLEET_VENV ?= .venv-vllm
 FLEET_MODEL ?= $(DEFAULT_MODEL)
 VLLM_VERSION := 0.32.0
 
-.PHONY: install demo test peers peers-agents router fleet fleet-stop clean-venv $(MODEL_TARGETS)
+.PHONY: install demo test peers peers-agents router fleet fleet-stop gpu-check gpu-wheels clean-venv $(MODEL_TARGETS)
 
 # The project, the default model, and SmolLM2 (the fast tests' model).
 install: $(VENV)/.installed model-$(DEFAULT_MODEL) model-smollm2-135m
@@ -87,6 +87,26 @@ $(FLEET_VENV)/.installed:
 # Stops exactly what `make fleet` started (its PID files under .fleet/).
 fleet-stop:
 	$(VENV)/bin/agentcache fleet down
+
+# The engine on a GPU machine (benchmarks/gpu_check.py): run there from the repository root with the machine's own
+# Python (it has PyTorch); what else the engine needs comes from .gpu-wheels/, filled here by gpu-wheels: the
+# project's pinned transformers and its dependencies for CPython 3.10 to 3.13 on x86_64 Linux, numpy left out
+# (every PyTorch machine has it).
+GPU_PYTHON ?= python3
+GPU_WHEEL_PYTHONS := 3.10 3.11 3.12 3.13
+gpu-check:
+	$(GPU_PYTHON) -m benchmarks.gpu_check --json benchmarks/results/gpu-check.json
+
+gpu-wheels: $(VENV)/.installed
+	rm -rf .gpu-wheels
+	for v in $(GPU_WHEEL_PYTHONS); do \
+		$(PIP) download --quiet --only-binary=:all: --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+			--python-version $$v \
+			--dest .gpu-wheels "transformers==$$($(PY) -c 'import transformers; print(transformers.__version__)')" \
+			"xxhash>=3" || exit 1; \
+	done
+	rm -f .gpu-wheels/numpy-*.whl
+	du -sh .gpu-wheels
 
 clean-venv:
 	rm -rf $(VENV)

@@ -9,6 +9,9 @@ embedding, sampling, the KV copy). Then the projections' own rate two ways: from
 a step reads them) and from cache (one layer's blocks, read again and again): where the two are close, the
 products are bound by their arithmetic on this CPU, not by memory.
 
+The model runs in the activation dtype users get (`--dtype auto`: bfloat16 where the CPU has AVX-512 BF16 or AMX,
+float32 otherwise); `--dtype float32` measures the float32 path.
+
     python -m benchmarks.floor --json benchmarks/results/floor-avx2.json   # named for the CPU it ran on
 """
 
@@ -138,10 +141,11 @@ def product_rates(lm: Any) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--dtype", default="auto", help="activation dtype: auto (what users get), float32, bfloat16")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     console = Console(highlight=False)
-    lm = load_model(args.model, cache_dir=models_dir(), quant="auto")
+    lm = load_model(args.model, dtype=args.dtype, cache_dir=models_dir(), quant="auto")
     if not any(isinstance(m, GGUFLinear) for m in lm.model.modules()):
         raise SystemExit(f"error: {args.model} does not run on GGUF blocks here (quant {lm.quant})")
     stream = token_stream(lm, CONTEXT)

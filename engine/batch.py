@@ -6,12 +6,15 @@ itself (the forward) is the model runner's."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from engine.kv.store import KVStore
 from engine.sequence import Sequence
+
+if TYPE_CHECKING:
+    from engine.cuda_graphs import DecodeGraphs
 
 BUFFER_SHARE = 4  # the decode buffer may take up to a quarter of the pool's size
 
@@ -72,7 +75,9 @@ class DecodeBatch:
     """Built once per membership: the rows' page tables and, where it fits, their KV buffer. The model runner runs its
     steps (ModelRunner.decode)."""
 
-    def __init__(self, seqs: list[Sequence], store: KVStore) -> None:
+    def __init__(self, seqs: list[Sequence], store: KVStore, graphs: DecodeGraphs | None = None) -> None:
+        """`graphs`: where the batch fits one of their buckets, it decodes in that bucket's buffer (`bucket`) and its
+        steps replay the bucket's graph (engine.cuda_graphs); otherwise it has a buffer of its own, or none."""
         self.seqs, self.store = seqs, store
         device = store.device
         width = max(len(s.table) for s in seqs)
@@ -82,9 +87,13 @@ class DecodeBatch:
         capacity = max(len(s.prompt) + s.max_tokens for s in seqs)
         shape = (store.num_layers, len(seqs), store.kv_heads, capacity, store.head_dim)
         self.k = self.v = None
-        if len(seqs) * capacity * BUFFER_SHARE <= store.num_slots:
+        self.bucket = graphs.bucket_for(len(seqs), capacity) if graphs is not None else None
+        if self.bucket is not None:
+            self.k, self.v = self.bucket.k, self.bucket.v
+        elif len(seqs) * capacity * BUFFER_SHARE <= store.num_slots:
             self.k = torch.empty(shape, dtype=store.dtype, device=device)
             self.v = torch.empty(shape, dtype=store.dtype, device=device)
+        if self.k is not None:
             for row, seq in enumerate(seqs):
                 keys, values = store.gather(store.slots(seq.table, 0, seq.kv_len))
                 self.k[:, row, :, : seq.kv_len] = keys
@@ -98,18 +107,22 @@ class DecodeBatch:
     def buffered(self) -> bool:
         return self.k is not None
 
-    def step(self) -> tuple[torch.Tensor, torch.Tensor, BufferView | PoolView, torch.Tensor]:
+    def step(self) -> tuple[torch.Tensor, torch.Tensor, BufferView | PoolView | None, torch.Tensor | None]:
         """A step's inputs: each row's last sampled token [rows, 1], its position [rows, 1] (the row's KV length),
-        the KV view the layers write and read, and the mask [rows, 1, 1, width]. `uniform` is then whether every row
-        attends to all `width` positions (the mask masks nothing)."""
+        the KV view the layers write and read, and the mask [rows, 1, 1, width] (neither for a batch in a graph
+        bucket). `uniform` is then whether every row attends to all `width` positions (the mask masks nothing)."""
         device, page_size = self.tables.device, self.store.page_size
         lengths = torch.tensor([s.kv_len for s in self.seqs], dtype=torch.long, device=device)
+        ids = torch.tensor([[s.out[-1]] for s in self.seqs], dtype=torch.long, device=device)
+        if self.bucket is not None:  # its graph builds the view and the mask itself (engine.cuda_graphs)
+            self.lengths = lengths
+            self.write_slots = self.tables[self.rows, lengths // page_size] * page_size + lengths % page_size
+            return ids, lengths[:, None], None, None
         width = max(s.kv_len for s in self.seqs) + 1
         positions = torch.arange(width, device=device)
         read_slots = self.tables[:, positions // page_size] * page_size + positions % page_size
         self.write_slots, self.lengths = read_slots[self.rows, lengths], lengths
         view = BufferView(self, lengths, width) if self.buffered else PoolView(self.store, self.write_slots, read_slots)
-        ids = torch.tensor([[s.out[-1]] for s in self.seqs], dtype=torch.long, device=device)
         self.uniform = min(s.kv_len for s in self.seqs) + 1 == width
         return ids, lengths[:, None], view, self.mask(lengths, positions)
 

@@ -28,17 +28,19 @@ class Engine:
                  max_running: int = DEFAULT_MAX_RUNNING, disk_dir: Path | None = None,
                  disk_bytes: int = DEFAULT_DISK_BYTES, host_bytes: int | None = None,
                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK, threads: str = "auto",
-                 draft: LoadedModel | None = None) -> None:
+                 draft: LoadedModel | None = None, graphs: str = "auto") -> None:
         """disk_dir None: no disk tier. host_bytes None: a host tier on CUDA only; 0: none. prefill_chunk: the
         most prompt tokens prefilled between two decode steps of running requests. threads: on a CPU, 'auto' runs
         each forward on the cores other processes leave free (engine.threads), 'all' always on all of PyTorch's. draft:
         a smaller model with this one's tokenizer for speculative decoding (engine.speculate.Drafter), on its own
-        engine with a quarter of the pool's capacity; None: drafts come from prompt lookup only."""
+        engine with a quarter of the pool's capacity; None: drafts come from prompt lookup only. graphs: 'auto'
+        replays the decode step as CUDA graphs on a GPU, 'off' never, 'static' runs their fixed-shape step eagerly
+        (engine.cuda_graphs)."""
         self.model = model
         self.page_size = page_size
         kv = KVCacheManager(model, page_size, capacity_bytes, disk_dir, disk_bytes, host_bytes)
         self.page_bytes = kv.page_bytes
-        self.scheduler = Scheduler(kv, ModelRunner(model, kv.store, threads), max_running, prefill_chunk)
+        self.scheduler = Scheduler(kv, ModelRunner(model, kv.store, threads, graphs), max_running, prefill_chunk)
         self.drafter: Drafter | None = None
         if draft is not None:
             check_pair(model, draft)
@@ -81,7 +83,8 @@ class Engine:
         return {**s.request_stats(), **s.kv.stats(), "page_size": self.page_size, "page_bytes": self.page_bytes,
                 "decode_steps": s.steps, "decode_rows": s.rows, "threads": s.runner.threads.count,
                 **{f"decode_steps_{path}": s.runner.path_steps[path] for path in DECODE_PATHS},
-                "verify_steps": s.runner.path_steps["verify"]}
+                "verify_steps": s.runner.path_steps["verify"],
+                "graph_captures": s.runner.graphs.captures if s.runner.graphs is not None else 0}
 
     def _check_length(self, prompt: list[int], request: Request) -> None:
         if not prompt:

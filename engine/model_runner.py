@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from engine.batch import DecodeBatch
+from engine.batch import BUFFER_SHARE, DecodeBatch
+from engine.cuda_graphs import DecodeGraphs
 from engine.decode_step import LeanStep, lean_step
 from engine.errors import EngineError
 from engine.kv.store import KVStore
@@ -17,23 +18,31 @@ from engine.prefill_buffer import PrefillBuffer
 from engine.sequence import Sequence
 from engine.threads import Threads
 
-DECODE_PATHS = ("transformers", "lean", "lean-kernels", "fused")  # docs/engine.md, "Decode paths"
+DECODE_PATHS = ("transformers", "lean", "lean-kernels", "fused", "graph")  # docs/engine.md, "Decode paths"
 FORWARDS = (*DECODE_PATHS, "verify")  # the decode paths' steps and speculative decoding's verifications
 THREAD_POLICIES = ("auto", "all")
+GRAPH_MODES = ("auto", "off", "static")
 
 
 class ModelRunner:
     """Reads and writes the pool's tensors (`store`) at the pages a sequence's table names; owns no pages."""
 
-    def __init__(self, model: LoadedModel, store: KVStore, threads: str = "auto") -> None:
+    def __init__(self, model: LoadedModel, store: KVStore, threads: str = "auto", graphs: str = "auto") -> None:
         """`threads`: 'auto' runs each forward on the CPU cores other processes leave free, 'all' on all of
-        PyTorch's threads (engine.threads; off the CPU, always 'all')."""
+        PyTorch's threads (engine.threads; off the CPU, always 'all'). `graphs`: 'auto' replays the lean decode step
+        as CUDA graphs on a GPU (engine.cuda_graphs), 'off' never, 'static' runs their fixed-shape step eagerly on
+        any device (what the graphs record, testable on a CPU)."""
         if threads not in THREAD_POLICIES:
             raise EngineError(f"unknown threads policy '{threads}' (known: {', '.join(THREAD_POLICIES)})")
+        if graphs not in GRAPH_MODES:
+            raise EngineError(f"unknown graphs mode '{graphs}' (known: {', '.join(GRAPH_MODES)})")
         self.model, self.store = model, store
         self.threads = Threads(fixed=threads == "all" or model.device.type != "cpu")
         self.prefill_buffer = PrefillBuffer(store)
         self.lean: LeanStep | None = lean_step(model.model)  # None: decode through transformers' forward
+        mode = {"auto": "capture" if model.device.type == "cuda" else None, "static": "static", "off": None}[graphs]
+        self.graphs = DecodeGraphs(self.lean, store, store.num_slots // BUFFER_SHARE, mode) \
+            if mode is not None and self.lean is not None else None
         self.path_steps = dict.fromkeys(FORWARDS, 0)  # decode steps each path ran, and verification forwards
 
     @property
@@ -63,13 +72,16 @@ class ModelRunner:
 
     def decode_path(self, batch: DecodeBatch) -> str:
         """Which decode path a step of `batch` runs: 'transformers' (its forward, for an architecture the lean step does
-        not reproduce), or the lean step's own (LeanStep.path)."""
+        not reproduce), 'graph' (the lean step on a graph bucket, engine.cuda_graphs), or the lean step's own
+        (LeanStep.path)."""
         if self.lean is None:
             return "transformers"
+        if batch.bucket is not None:
+            return "graph"
         return self.lean.path(self.model.dtype, self.model.device, batch.buffered)
 
     def decode_batch(self, seqs: list[Sequence]) -> DecodeBatch:
-        return DecodeBatch(seqs, self.store)
+        return DecodeBatch(seqs, self.store, self.graphs)
 
     def can_verify(self, batch: DecodeBatch) -> bool:
         """Whether a verification forward (engine.speculate) can run on `batch`: one sequence, on a decode buffer,
@@ -94,8 +106,11 @@ class ModelRunner:
         logits, one row per sequence. Which path runs: docs/engine.md, "Decode paths"."""
         self.threads.apply()
         ids, positions, view, mask = batch.step()
-        self.path_steps[self.decode_path(batch)] += 1
-        if self.lean is not None:
+        path = self.decode_path(batch)
+        self.path_steps[path] += 1
+        if path == "graph":
+            logits = self.graphs.step(batch.bucket, ids, positions[:, 0])
+        elif self.lean is not None:
             logits = self.lean.forward(ids, positions, view, None if batch.uniform else mask)
         else:
             model = self.model.model

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
 
-from engine import Engine, LoadedModel, Request
+from engine import Engine, EngineError, LoadedModel, Request
 from engine.gguf.blocks import BLOCK_TYPES, GGUFLinear
 from engine.gguf.build import kernels
 from engine.model import with_cache
@@ -70,11 +70,13 @@ def models(models_dir):
             "gguf": gguf_model(kernels(models_dir / "kernels"))}
 
 
-def decode_steps(loaded: LoadedModel, capacity: int) -> tuple[Engine, list[tuple[list[list[int]], torch.Tensor, bool]]]:
+def decode_steps(loaded: LoadedModel, capacity: int,
+                 graphs: str = "off") -> tuple[Engine, list[tuple[list[list[int]], torch.Tensor, bool]]]:
     """Three rows of different lengths decoded together, four tokens each. Every decode step's rows (each row's
     prompt, and the tokens it has been fed so far, this step's last), the logits the runner returned for them, and
-    whether the step ran on a decode buffer (else on the pool's pages)."""
-    engine = Engine(loaded, page_size=16, capacity_bytes=capacity)
+    whether the step ran on a decode buffer (else on the pool's pages). `graphs`: the engine's graphs mode ('static':
+    the fixed-shape step CUDA graphs record, run eagerly)."""
+    engine = Engine(loaded, page_size=16, capacity_bytes=capacity, graphs=graphs)
     runner, steps = engine.scheduler.runner, []
     decode = runner.decode
 
@@ -108,10 +110,12 @@ def pool_only(loaded: LoadedModel) -> int:
     ("qwen2", POOL, "lean"),
     ("gguf", POOL, "lean-kernels"),
     ("gguf", BUFFERED, "fused"),
+    ("qwen2", BUFFERED, "graph"),  # the graphs' fixed-shape step, eagerly: a bucket of 4 rows, 256 positions
+    ("gguf", BUFFERED, "graph"),
 ])
 def test_each_decode_path_equals_the_reference(models, kind, capacity, path):
     loaded = models[kind]
-    engine, steps = decode_steps(loaded, capacity or pool_only(loaded))
+    engine, steps = decode_steps(loaded, capacity or pool_only(loaded), "static" if path == "graph" else "off")
     stats = engine.stats()
     assert stats[f"decode_steps_{path}"] == stats["decode_steps"] == len(steps) >= 3
     assert stats["decode_rows"] > stats["decode_steps"]  # rows really decoded together
@@ -134,3 +138,32 @@ def test_the_layer_by_layer_kernels_also_run_on_a_buffer_when_the_fused_call_can
         check_steps(loaded, steps)
     finally:
         norm.variance_epsilon = epsilon
+
+
+def test_graph_buckets_round_up_keep_to_their_budget_and_refuse_what_does_not_fit(models):
+    """Rows round up to a power of two, capacity to at least 256 in quarter steps between powers of two; a bucket is
+    reused while it fits, the least recently used goes when a new one would pass the budget, and a batch too large for
+    the budget gets none (its steps then run on their own path)."""
+    from engine.cuda_graphs import DecodeGraphs
+
+    runner = Engine(models["qwen2"], page_size=16, capacity_bytes=BUFFERED).scheduler.runner
+    graphs, store = DecodeGraphs(runner.lean, runner.store, budget_slots=2048, mode="static"), runner.store
+    small = graphs.bucket_for(3, 100)
+    assert (small.rows_count, small.capacity) == (4, 256)
+    assert tuple(small.k.shape) == (store.num_layers, 4, store.kv_heads, 256, store.head_dim)
+    assert graphs.bucket_for(4, 256) is small
+    assert list(graphs.buckets) == [(4, 256)]
+    graphs.bucket_for(1, 300)
+    assert list(graphs.buckets) == [(4, 256), (1, 320)]
+    graphs.bucket_for(1, 257)  # the same bucket, now the most recently used
+    graphs.bucket_for(2, 600)  # 2 x 640: with both others past 2,048 slots, the least recently used goes
+    assert list(graphs.buckets) == [(1, 320), (2, 640)]
+    assert graphs.bucket_for(3, 1000) is None and list(graphs.buckets) == [(1, 320), (2, 640)]
+
+
+def test_graphs_mode_is_checked_and_off_the_gpu_auto_records_no_graph(models):
+    with pytest.raises(EngineError, match="unknown graphs mode"):
+        Engine(models["qwen2"], graphs="always")
+    engine, steps = decode_steps(models["qwen2"], BUFFERED, "auto")
+    assert engine.scheduler.runner.graphs is None and engine.stats()["decode_steps_graph"] == 0
+    assert engine.stats()["decode_steps_lean"] == len(steps) >= 3
