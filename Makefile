@@ -90,10 +90,10 @@ fleet-stop:
 
 # The engine on a GPU machine (benchmarks/gpu_check.py): run there from the repository root with the machine's own
 # Python (it has PyTorch); what else the engine needs comes from .gpu-wheels/, filled here by gpu-wheels: the
-# project's pinned transformers and its dependencies for CPython 3.10 to 3.13 on x86_64 Linux, numpy left out
-# (every PyTorch machine has it).
+# project's pinned transformers and its dependencies for CPython 3.11 to 3.13 (what the project and its transformers
+# need) on x86_64 Linux, numpy left out (every PyTorch machine has it); about 40 MB, within what a device run carries.
 GPU_PYTHON ?= python3
-GPU_WHEEL_PYTHONS := 3.10 3.11 3.12 3.13
+GPU_WHEEL_PYTHONS := 3.11 3.12 3.13
 gpu-check:
 	$(GPU_PYTHON) -m benchmarks.gpu_check --json benchmarks/results/gpu-check.json
 
