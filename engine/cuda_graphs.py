@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from engine.batch import BufferView
 from engine.kv.store import KVStore
 
 MIN_CAPACITY = 256
@@ -72,8 +73,6 @@ class Bucket:
     def step(self, lean: Any) -> torch.Tensor:
         """The step on this bucket's tensors, every shape fixed: each row's token at its length, attending over the
         whole capacity with every position past its own masked."""
-        from engine.batch import BufferView
-
         mask = torch.zeros((self.rows_count, self.capacity), dtype=self.k.dtype, device=self.k.device)
         mask = mask.masked_fill(self.positions[None, :] > self.lengths[:, None], self.min)
         return lean.forward(self.ids, self.lengths[:, None], BufferView(self, self.lengths, self.capacity),
