@@ -154,7 +154,7 @@ def prompts(vocab: int, lengths: list[int], seed: int) -> list[list[int]]:
 def no_eos(lm: Any) -> Callable[[list[int]], Any]:
     import torch
 
-    allowed = torch.ones(lm.config.vocab_size, dtype=torch.bool)
+    allowed = torch.ones(lm.config.vocab_size, dtype=torch.bool, device=lm.device)  # on the device: no copy a step
     allowed[sorted(lm.eos_token_ids)] = False
     return lambda ids: allowed
 
@@ -186,8 +186,7 @@ def warm_equals_cold(lm: Any, quick: bool) -> dict[str, Any]:
     engine = Engine(lm, page_size=16)
     (prefix, tail) = prompts(lm.config.vocab_size, [256, 40], seed=1)
     cold = engine.generate(Request([prefix + tail], max_tokens=1, return_logits=True))
-    engine.generate(Request([prefix], max_tokens=1))  # a fresh engine would have only this prefix cached
-    fresh = Engine(lm, page_size=16)
+    fresh = Engine(lm, page_size=16)  # with only the prefix cached
     fresh.generate(Request([prefix], max_tokens=1))
     warm = fresh.generate(Request([prefix + tail], max_tokens=1, return_logits=True))
     err = rel_err(warm.first_logits, cold.first_logits)
