@@ -155,8 +155,11 @@ class DecodeBatch:
                                self.v[:, rows, :, lengths].permute(1, 2, 0, 3))
 
     def mask(self, lengths: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """[rows, 1, 1, width], a row per length: 0 where a row attends, the dtype's minimum past its own position."""
-        dtype = self.store.dtype
-        mask = torch.zeros((len(lengths), len(positions)), dtype=dtype, device=lengths.device)
-        mask[positions[None, :] > lengths[:, None]] = torch.finfo(dtype).min
-        return mask[:, None, None, :]
+        return length_mask(lengths, positions, self.store.dtype)
+
+
+def length_mask(lengths: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[rows, 1, 1, width], a row per length: 0 where a row attends, the dtype's minimum past its own position. No
+    host sync (a CUDA graph records it: engine.cuda_graphs)."""
+    mask = torch.zeros((len(lengths), len(positions)), dtype=dtype, device=lengths.device)
+    return mask.masked_fill(positions[None, :] > lengths[:, None], torch.finfo(dtype).min)[:, None, None, :]

@@ -1,14 +1,15 @@
-"""CUDA graphs for the decode step. On a GPU a 1.5B model's step is a few hundred small kernels, and launching them
-one by one from Python takes longer than the GPU takes to run them. A CUDA graph records the step's kernels once and
-replays them with one launch; it needs every tensor the step touches at a fixed address with a fixed shape.
+"""CUDA graphs for the decode step. On a GPU a 1.5B model's step is a few hundred small kernels, each launched from
+Python; at that size the launches can cost more than the kernels (benchmarks.gpu_check measures it). A CUDA graph
+records the step's kernels once and replays them with one launch; it needs every tensor the step touches at a fixed
+address with a fixed shape.
 
 So a graphed step runs on a bucket: a number of rows (1, 2, 4, ... up to the engine's running limit) and a KV
 capacity (at least MIN_CAPACITY, in quarter steps between powers of two: bucket_capacity), with its own KV buffer
 [layers, rows, kv_heads, capacity, head_dim], its own input tensors (each row's token and length) and its own
-output. A decode batch whose rows and
-capacity fit a bucket decodes in that bucket's buffer (engine.batch.DecodeBatch takes it instead of allocating its
-own); rows past the batch's are padding at length 0. The step attends over the whole capacity with a mask built from
-the lengths inside the graph, so one graph serves every step of every batch in the bucket. The first step of a
+output. A decode batch whose rows and capacity fit a bucket decodes in that bucket's buffer (engine.batch.DecodeBatch
+takes it instead of allocating its own); rows past the batch's are padding at length 0. The step attends over the
+whole capacity with a mask built from the lengths inside the graph, so one graph serves every step of every batch in
+the bucket. The first step of a
 bucket runs the step once on a side stream (CUDA's warm-up) and captures it; every later step copies its inputs in
 and replays. Buckets are kept least recently used first, within the same share of the pool a decode buffer may take
 (engine.batch.BUFFER_SHARE), all graphs on one memory pool.
@@ -23,11 +24,10 @@ from typing import Any
 
 import torch
 
-from engine.batch import BufferView
+from engine.batch import BufferView, length_mask
 from engine.kv.store import KVStore
 
 MIN_CAPACITY = 256
-MODES = ("capture", "static")
 
 
 def bucket_rows(n: int) -> int:
@@ -64,7 +64,6 @@ class Bucket:
         self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
         self.out: torch.Tensor | None = None
         self.graph: Any = None
-        self.min = torch.finfo(store.dtype).min
 
     @property
     def slots(self) -> int:
@@ -73,23 +72,20 @@ class Bucket:
     def step(self, lean: Any) -> torch.Tensor:
         """The step on this bucket's tensors, every shape fixed: each row's token at its length, attending over the
         whole capacity with every position past its own masked."""
-        mask = torch.zeros((self.rows_count, self.capacity), dtype=self.k.dtype, device=self.k.device)
-        mask = mask.masked_fill(self.positions[None, :] > self.lengths[:, None], self.min)
         return lean.forward(self.ids, self.lengths[:, None], BufferView(self, self.lengths, self.capacity),
-                            mask[:, None, None, :])
+                            length_mask(self.lengths, self.positions, self.k.dtype))
 
 
 class DecodeGraphs:
     """The buckets of one model runner and their graphs."""
 
     def __init__(self, lean: Any, store: KVStore, budget_slots: int, mode: str = "capture") -> None:
-        """`budget_slots`: the KV token slots (rows x capacity) all buckets' buffers may hold together."""
-        if mode not in MODES:
-            raise ValueError(f"unknown graph mode {mode!r} (known: {', '.join(MODES)})")
+        """`budget_slots`: the KV token slots (rows x capacity) all buckets' buffers may hold together. `mode`:
+        'capture' or 'static' (ModelRunner checks what users ask for)."""
         self.lean, self.store, self.budget, self.mode = lean, store, budget_slots, mode
         self.buckets: OrderedDict[tuple[int, int], Bucket] = OrderedDict()
         self.pool = torch.cuda.graph_pool_handle() if mode == "capture" else None
-        self.captures = self.replays = 0
+        self.captures = 0
 
     def bucket_for(self, rows: int, capacity: int) -> Bucket | None:
         """The bucket a batch of `rows` rows and KV `capacity` decodes in (made where there is none: older buckets
@@ -119,7 +115,6 @@ class DecodeGraphs:
         if chosen.graph is None:
             self._capture(chosen)
         chosen.graph.replay()
-        self.replays += 1
         return chosen.out[:rows].clone()
 
     def _capture(self, chosen: Bucket) -> None:
