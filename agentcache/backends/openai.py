@@ -3,7 +3,9 @@
 Messages are rendered from the layers exactly as the local backend renders them (`render.block_message`),
 the reply is constrained with `response_format` json_schema (the tool grammar's schema) unless an enabled tool
 has raw parameters (a schema cannot hold their ``` blocks: the reply is then checked by the parse), cached tokens
-are read from `usage.prompt_tokens_details.cached_tokens`. When the server offers `/v1/contexts`, L1+L2 are
+are read from `usage.prompt_tokens_details.cached_tokens`. With `stream`, replies are streamed and the time to
+the first token is the first content chunk's arrival (without it, a non-streaming server's first token is not
+observable: the whole request stands in for it). When the server offers `/v1/contexts`, L1+L2 are
 sent once as a context and each request carries the context id plus the L3 messages only. Every request, and
 every context, carries the request's routing key (docs/fleet.md), so a router keeps them on one replica.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import time
 import urllib.parse
+from types import SimpleNamespace
 from typing import Any
 
 import openai
@@ -32,12 +35,13 @@ class OpenAIBackend(ServerModel):
     tool_format = "json"
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, use_contexts: bool = True,
-                 timeout_s: float = 600.0) -> None:
+                 timeout_s: float = 600.0, stream: bool = False) -> None:
         if not base_url:
             raise AgentcacheError("the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1)")
         self.base_url, self.model = base_url, model
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0, timeout=timeout_s)
         self.use_contexts = use_contexts
+        self.stream = stream
         self._contexts: dict[tuple[str | None, str], tuple[str, str, int]] = {}  # per (routing key, salt): (prefix id,
         # server context
         # id, its tokens); a router sends a key's requests to one replica, and a context lives on one
@@ -83,9 +87,17 @@ class OpenAIBackend(ServerModel):
             # OpenAI field a hosted API reads
             body["prompt_cache_key"] = key
             body["extra_headers"] = routing_headers(key)
+        if self.stream:
+            body["stream"], body["stream_options"] = True, {"include_usage": True}
         started = time.perf_counter()
         response, context_tokens = self._chat(context, body, key, settings.salt or "")
-        reply = self._reply(response, context_tokens, time.perf_counter() - started)
+        first_token_s = None
+        if self.stream:
+            try:
+                response, first_token_s = gathered(response, started)
+            except openai.OpenAIError as exc:
+                raise AgentcacheError(f"the stream from {self.base_url} broke off ({exc})") from None
+        reply = self._reply(response, context_tokens, time.perf_counter() - started, first_token_s)
         reply.routing_key = key
         return reply
 
@@ -141,13 +153,13 @@ class OpenAIBackend(ServerModel):
             if exc.status != 404:
                 raise
 
-    def _reply(self, response: Any, context_tokens: int, elapsed_s: float) -> Reply:
+    def _reply(self, response: Any, context_tokens: int, elapsed_s: float, first_token_s: float | None = None) -> Reply:
         usage = response.usage
         details = getattr(usage, "prompt_tokens_details", None)
         cached = int(getattr(details, "cached_tokens", None) or 0)
         counts = {"prompt_tokens": usage.prompt_tokens, "cached_tokens": cached,
                   "computed_tokens": usage.prompt_tokens - cached, "completion_tokens": usage.completion_tokens}
-        timings, source = request_timings(response, elapsed_s)
+        timings, source = request_timings(response, elapsed_s, first_token_s)
         choice = response.choices[0]
         trace = {"context_tokens": context_tokens, "response_id": response.id, "timings_from": source}
         replica = (getattr(response, "model_extra", None) or {}).get("replica")
@@ -168,10 +180,38 @@ def routing_headers(key: str | None) -> dict[str, str]:
     return {header: key for header in ROUTING_HEADERS}
 
 
-def request_timings(response: Any, elapsed_s: float) -> tuple[dict[str, float], str]:
-    """Timings of one non-streaming round trip, and where they come from. A server that reports its own
-    `timings` (agentcache serve) gives the first token's time, plus this round trip's time outside the server;
-    otherwise the first token is not observable and the whole request stands in for it."""
+def gathered(chunks: Any, started: float) -> tuple[SimpleNamespace, float | None]:
+    """A streamed completion as one response (id, the text, the finish reason, the usage chunk's usage, the last
+    chunk's extra fields), and the seconds from `started` to its first content chunk (None when no chunk had
+    text)."""
+    text, finish, usage, response_id, extra, first = [], None, None, "", {}, None
+    for chunk in chunks:
+        response_id = chunk.id or response_id
+        extra.update(getattr(chunk, "model_extra", None) or {})
+        usage = chunk.usage or usage
+        for choice in chunk.choices or []:
+            if choice.delta is not None and choice.delta.content:
+                if first is None:
+                    first = time.perf_counter() - started
+                text.append(choice.delta.content)
+            finish = choice.finish_reason or finish
+    if usage is None:
+        raise AgentcacheError("the server's stream ended without a usage chunk (stream_options include_usage)")
+    message = SimpleNamespace(content="".join(text))
+    return SimpleNamespace(id=response_id, usage=usage, model_extra=extra,
+                           choices=[SimpleNamespace(message=message, finish_reason=finish)]), first
+
+
+def request_timings(response: Any, elapsed_s: float, first_token_s: float | None = None) -> \
+        tuple[dict[str, float], str]:
+    """Timings of one round trip, and where they come from. A streamed reply's first token is when its first
+    content chunk arrived. A server that reports its own `timings` (agentcache serve) gives the first token's time,
+    plus this round trip's time outside the server; otherwise the first token is not observable and the whole
+    request stands in for it."""
+    if first_token_s is not None:
+        completion = int(getattr(response.usage, "completion_tokens", 0) or 0)
+        tpot = (elapsed_s - first_token_s) / (completion - 1) if completion > 1 else 0.0
+        return {"queue_s": 0.0, "ttft_s": first_token_s, "tpot_s": tpot, "total_s": elapsed_s}, "stream"
     server = (getattr(response, "model_extra", None) or {}).get("timings")
     if isinstance(server, dict) and all(isinstance(server.get(k), (int, float)) for k in ("ttft_s", "total_s")):
         outside = max(0.0, elapsed_s - server["total_s"])

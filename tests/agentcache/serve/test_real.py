@@ -128,3 +128,24 @@ def test_a_salted_openai_backend_keeps_its_own_context_on_serve():
     assert backend.use_contexts and first.trace["context_tokens"] == second.trace["context_tokens"] == tokens > 0
     assert second.usage["cached_tokens"] >= tokens // PAGE * PAGE
     assert (owner, stranger) == (200, 404)
+
+
+def test_a_streamed_reply_is_the_same_reply_with_its_first_token_timed():
+    """`stream=True` against serve: the same greedy text and usage as the non-streamed request, its first token timed
+    from the stream (before the whole reply ended)."""
+    from agentcache.backends import GenSettings
+    from agentcache.backends.openai import OpenAIBackend
+    from tests.agentcache.backends.test_remote import ENABLED, SPECS, context_with_turns
+
+    service = ChatService(load_model(MODEL, cache_dir=models_dir()))
+    with uvicorn_running(create_app(service)) as url:
+        settings = GenSettings(max_tokens=12, salt="stream-test")
+        plain = OpenAIBackend(url + "/v1", MODEL, use_contexts=False).complete(context_with_turns(0), SPECS, ENABLED,
+                                                                              settings)
+        streamed = OpenAIBackend(url + "/v1", MODEL, use_contexts=False, stream=True).complete(
+            context_with_turns(0), SPECS, ENABLED, settings)
+    assert streamed.text == plain.text and streamed.finish_reason == plain.finish_reason
+    assert streamed.usage["prompt_tokens"] == plain.usage["prompt_tokens"]
+    assert streamed.usage["completion_tokens"] == plain.usage["completion_tokens"] > 1
+    assert streamed.trace["timings_from"] == "stream"
+    assert 0 < streamed.timings["ttft_s"] < streamed.timings["total_s"]
