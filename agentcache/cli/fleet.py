@@ -67,6 +67,10 @@ def up(
     replicas: Annotated[int, typer.Option(min=1, help="Replicas, one per CPU core from core 0.")] = 2,
     policy: Annotated[str, typer.Option(help="The router's policy (consistent_hash: stateless; "
                       "sticky_least_loaded: also balanced; docs/fleet.md).")] = "sticky_least_loaded",
+    max_model_len: Annotated[int, typer.Option(min=256, help="The longest request, prompt and reply, in tokens.")]
+    = 16384,
+    kv_blocks: Annotated[Optional[int], typer.Option(min=1, help="KV blocks per replica (vLLM's CPU blocks hold 128 "
+                         "tokens; default: 1 GiB of KV).")] = None,
     state: State = Path(".fleet"),
 ) -> None:
     """Start vLLM replicas of a registry model (its converted folder, in the dtype this CPU runs fastest) behind
@@ -84,7 +88,8 @@ def up(
     dtype = choose_dtype("auto").dtype
     folder = converted_model_dir(name, dtype, models_dir())
     spec = FleetSpec(vllm.resolve(), router.resolve(), folder, name, str(dtype).removeprefix("torch."),
-                     state.resolve(), cores=list(range(replicas)), policy=policy)
+                     state.resolve(), cores=list(range(replicas)), policy=policy, max_model_len=max_model_len,
+                     kv_blocks=kv_blocks)
     started = start_fleet(spec)
     print(terminal.inert(f"fleet up: {name} on {', '.join(started['replicas'])} behind {started['router_url']} "
                          f"({policy}); use --backend openai --base-url {started['router_url']}/v1 --model {name}"))

@@ -26,19 +26,22 @@ class FleetSpec:
     served_name: str  # the model id clients send
     dtype: str  # float32 or bfloat16
     state_dir: Path
-    cores: list[int] = field(default_factory=lambda: [0, 1])  # one replica per core
+    cores: list[int | str] = field(default_factory=lambda: [0, 1])  # per replica its cores (VLLM_CPU_OMP_THREADS_BIND:
+    # 0, or "0-1" for two)
     first_port: int = 8101  # replicas on first_port, first_port + 1, ...
     router_port: int = 8100
     router_metrics_port: int = 29000  # vllm-router's default, where `fleet status --router` looks
     policy: str = "sticky_least_loaded"  # a new key to the least loaded replica, then it stays (docs/fleet.md)
-    max_model_len: int = 4096
+    max_model_len: int = 16384
+    kv_blocks: int | None = None  # KV blocks per replica (vLLM's --num-gpu-blocks-override); None: 1 GiB of KV
     start_timeout_s: float = 900.0
 
 
 def replica_command(spec: FleetSpec, port: int) -> list[str]:
     return [str(spec.vllm), "serve", str(spec.model_dir), "--served-model-name", spec.served_name,
             "--host", "127.0.0.1", "--port", str(port), "--enable-prefix-caching", "--enable-prompt-tokens-details",
-            "--max-model-len", str(spec.max_model_len), "--dtype", spec.dtype, "--enforce-eager"]
+            "--max-model-len", str(spec.max_model_len), "--dtype", spec.dtype, "--enforce-eager",
+            *(["--num-gpu-blocks-override", str(spec.kv_blocks)] if spec.kv_blocks else [])]
 
 
 def router_command(spec: FleetSpec, workers: list[str], policy: str | None = None) -> list[str]:
@@ -46,8 +49,9 @@ def router_command(spec: FleetSpec, workers: list[str], policy: str | None = Non
             "--policy", policy or spec.policy, "--prometheus-port", str(spec.router_metrics_port)]
 
 
-def up(spec: FleetSpec) -> dict[str, object]:
-    """Start the replicas and the router, wait until every one answers /health; the fleet's state (URLs, PIDs)."""
+def up(spec: FleetSpec, router: bool = True) -> dict[str, object]:
+    """Start the replicas and (with `router`) the router, wait until every one answers /health; the fleet's state
+    (URLs, PIDs)."""
     if (spec.state_dir / STATE_FILE).is_file():
         raise AgentcacheError(f"a fleet is already up ({spec.state_dir / STATE_FILE}); stop it with `make fleet-stop`")
     for path in (spec.vllm, spec.router):
@@ -58,7 +62,7 @@ def up(spec: FleetSpec) -> dict[str, object]:
     for index, core in enumerate(spec.cores):
         port = spec.first_port + index
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1",
-               "VLLM_CPU_OMP_THREADS_BIND": str(core)}
+               "VLLM_CPU_OMP_THREADS_BIND": str(core), "OMP_NUM_THREADS": str(core_count(core))}
         replicas[f"http://127.0.0.1:{port}"] = start(replica_command(spec, port), spec.state_dir, f"replica-{port}",
                                                      env)
     state = {"replicas": replicas, "router": None, "router_url": f"http://127.0.0.1:{spec.router_port}",
@@ -67,7 +71,8 @@ def up(spec: FleetSpec) -> dict[str, object]:
     try:
         for url, pid in replicas.items():
             wait_healthy(url, pid, spec.start_timeout_s, spec.state_dir / f"replica-{url.rsplit(':', 1)[1]}.log")
-        state["router"] = start_router(spec, list(replicas))
+        if router:
+            state["router"] = start_router(spec, list(replicas))
     except AgentcacheError:
         down(spec.state_dir)  # nothing half-started stays behind
         raise
@@ -163,6 +168,15 @@ def _start_time(pid: int) -> str | None:
         return None
     fields = stat.rsplit(")", 1)[1].split()
     return None if fields[0] == "Z" else fields[19]
+
+
+def core_count(cores: int | str) -> int:
+    """How many cores a binding names: 3, "0-1", "0,2-3"."""
+    count = 0
+    for part in str(cores).split(","):
+        first, _, last = part.partition("-")
+        count += int(last or first) - int(first) + 1
+    return count
 
 
 def _jsonable(spec: FleetSpec) -> dict[str, object]:
