@@ -33,6 +33,7 @@ import statistics
 import tempfile
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,7 @@ def run_sessions(base_url: str, model: str, routing: str, order: list[SessionSpe
         t.join()
     wall = time.perf_counter() - start
     if errors:
+        traceback.print_exception(errors[0])
         raise RuntimeError(f"{len(errors)} sessions failed: {errors[0]}")
     return [r for r in results if r is not None], wall
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import cache
@@ -85,16 +86,26 @@ def is_supported(path: str) -> bool:
 # ---- Python -----------------------------------------------------------------------------------
 
 
+PARSE_LOCK = threading.Lock()  # CPython 3.11's ast.parse keeps its recursion depth in interpreter-wide state:
+# two threads parsing at once (the sessions of one process) can fail with "AST constructor recursion depth mismatch"
+
+
+def parse_python(text: str) -> ast.Module:
+    """`ast.parse(text)`, one thread at a time."""
+    with PARSE_LOCK:
+        return ast.parse(text)
+
+
 def _python_tree(text: str) -> ast.Module | None:
     try:
-        return ast.parse(text.removeprefix("\ufeff"))
+        return parse_python(text.removeprefix("\ufeff"))
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
 
 
 def _python_error(text: str) -> str | None:
     try:
-        ast.parse(text.removeprefix("\ufeff"))
+        parse_python(text.removeprefix("\ufeff"))
     except SyntaxError as error:
         return f"line {error.lineno or 1}: {error.msg}"
     except (ValueError, RecursionError, MemoryError) as error:

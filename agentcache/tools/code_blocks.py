@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from agentcache.tools.base import Change, ToolError, ToolOutcome
 from agentcache.tools.files import MAX_EDIT_BYTES, check_keeps, check_text, previous_text, replace_content
 from agentcache.tools.workspace import Workspace
-from layers.outline import Symbol, language_of, outline, syntax_error
+from layers.outline import Symbol, language_of, outline, parse_python, syntax_error
 from layers.repo import list_files
 from layers.repomap import file_outlines
 
@@ -206,7 +206,7 @@ def new_imports(path: str, text: str, code: str) -> list[str]:
     if language_of(path) != "python":
         return []
     try:
-        tree = ast.parse(code)
+        tree = parse_python(code)
     except SyntaxError:
         return []
     present = {" ".join(line.split()) for line in text.splitlines()}
@@ -223,7 +223,7 @@ def new_imports(path: str, text: str, code: str) -> list[str]:
 def import_end(text: str) -> int:
     """The line after which new imports go: the last top-level import, else the module docstring, else 0."""
     try:
-        tree = ast.parse(text)
+        tree = parse_python(text)
     except SyntaxError:
         return 0
     last = 0
