@@ -14,6 +14,7 @@ replicas (ports 8110-8113, state in .fleet-bench/), never the fleet `make fleet`
   session         consistent_hash, routing key = the session (consistent hash of the session id)
   prefix          consistent_hash, routing key = the L1+L2 context id
   session_sticky  sticky_least_loaded (a new key goes to the least loaded replica, then stays), session keys
+  prefix_sticky   sticky_least_loaded, prefix keys (a repository's sessions together, repositories balanced)
   cache_aware     vllm-router's cache_aware (its own prefix tree of the request texts), no key
   power_of_two    vllm-router's power_of_two (the less loaded of two random replicas), no key
 
@@ -71,8 +72,8 @@ ITSDANGEROUS = (
 )
 POLICIES = {"round_robin": ("round_robin", "none"), "session": ("consistent_hash", "session"),
             "prefix": ("consistent_hash", "prefix"), "session_sticky": ("sticky_least_loaded", "session"),
-            "cache_aware": ("cache_aware", "none"), "power_of_two": ("power_of_two", "none")}
-KEYED = ("session", "prefix", "session_sticky")
+            "prefix_sticky": ("sticky_least_loaded", "prefix"), "cache_aware": ("cache_aware", "none"),
+            "power_of_two": ("power_of_two", "none")}
 BUSIEST_LIMIT = 0.60  # the headline policy's busiest replica serves at most this share of requests
 
 

@@ -67,6 +67,11 @@ def stop(proc: subprocess.Popen) -> None:
 @pytest.fixture()
 def fleet():
     """Two replicas and the router in front of them: (router URL, router metrics URL, replicas {url: process})."""
+    yield from two_replicas_behind_router()
+
+
+def two_replicas_behind_router():
+    """The `fleet` fixture's processes, for other modules' fixtures."""
     if not ROUTER.is_file():
         pytest.fail(f"vllm-router is not installed at {ROUTER.relative_to(ROOT)}; run: make router")
     replicas = dict(start_replica() for _ in range(2))

@@ -9,7 +9,12 @@ import pytest
 
 from agentcache.fleet.launch import FleetSpec, core_count, replica_command
 from benchmarks import fleet
-from tests.agentcache.test_fleet_router import MODEL, fleet as router_fleet  # noqa: F401 (a fixture)
+from tests.agentcache.test_fleet_router import MODEL, two_replicas_behind_router
+
+
+@pytest.fixture()
+def router_fleet():
+    yield from two_replicas_behind_router()
 
 
 def run(policy: str, seed: int, cached: int, per_replica: tuple[int, int], p95: float = 10.0) -> dict:
@@ -66,7 +71,7 @@ def test_a_replica_gets_its_kv_blocks_and_as_many_threads_as_cores():
 
 
 @pytest.mark.slow
-def test_a_run_through_the_router_counts_what_the_sessions_sent(router_fleet):  # noqa: F811
+def test_a_run_through_the_router_counts_what_the_sessions_sent(router_fleet):
     router, _, replicas = router_fleet
     order = fleet.arrival_order(0)[:4]
     result = fleet.measured(list(replicas), router + "/v1", MODEL, "session", order, 0.0, 2)
