@@ -67,8 +67,8 @@ def up(
     replicas: Annotated[int, typer.Option(min=1, help="Replicas, one per CPU core from core 0.")] = 2,
     policy: Annotated[str, typer.Option(help="The router's policy (consistent_hash: stateless; "
                       "sticky_least_loaded: also balanced; docs/fleet.md).")] = "sticky_least_loaded",
-    max_model_len: Annotated[int, typer.Option(min=256, help="The longest request, prompt and reply, in tokens.")]
-    = 16384,
+    max_model_len: Annotated[Optional[int], typer.Option(min=256, help="The longest request, prompt and reply, in "
+                             "tokens (default: the model's own).")] = None,
     kv_blocks: Annotated[Optional[int], typer.Option(min=1, help="KV blocks per replica (vLLM's CPU blocks hold 128 "
                          "tokens; default: 1 GiB of KV).")] = None,
     state: State = Path(".fleet"),

@@ -32,7 +32,7 @@ class FleetSpec:
     router_port: int = 8100
     router_metrics_port: int = 29000  # vllm-router's default, where `fleet status --router` looks
     policy: str = "sticky_least_loaded"  # a new key to the least loaded replica, then it stays (docs/fleet.md)
-    max_model_len: int = 16384
+    max_model_len: int | None = None  # the longest request in tokens; None: the model's own (vLLM refuses more)
     kv_blocks: int | None = None  # KV blocks per replica (vLLM's --num-gpu-blocks-override); None: 1 GiB of KV
     start_timeout_s: float = 900.0
 
@@ -40,7 +40,8 @@ class FleetSpec:
 def replica_command(spec: FleetSpec, port: int) -> list[str]:
     return [str(spec.vllm), "serve", str(spec.model_dir), "--served-model-name", spec.served_name,
             "--host", "127.0.0.1", "--port", str(port), "--enable-prefix-caching", "--enable-prompt-tokens-details",
-            "--max-model-len", str(spec.max_model_len), "--dtype", spec.dtype, "--enforce-eager",
+            *(["--max-model-len", str(spec.max_model_len)] if spec.max_model_len else []), "--dtype", spec.dtype,
+            "--enforce-eager",
             *(["--num-gpu-blocks-override", str(spec.kv_blocks)] if spec.kv_blocks else [])]
 
 

@@ -65,8 +65,12 @@ def test_a_replica_gets_its_kv_blocks_and_as_many_threads_as_cores():
     spec = FleetSpec(Path("vllm"), Path("router"), Path("m"), "m", "bfloat16", Path("s"), kv_blocks=128)
     command = replica_command(spec, 8101)
     assert command[command.index("--num-gpu-blocks-override") + 1] == "128"
-    assert "--num-gpu-blocks-override" not in replica_command(FleetSpec(Path("v"), Path("r"), Path("m"), "m",
-                                                                        "bfloat16", Path("s")), 8101)
+    plain = replica_command(FleetSpec(Path("v"), Path("r"), Path("m"), "m", "bfloat16", Path("s")), 8101)
+    assert "--num-gpu-blocks-override" not in plain and "--max-model-len" not in plain  # the model's own length
+    assert "--max-model-len" not in command
+    limited = FleetSpec(Path("v"), Path("r"), Path("m"), "m", "bfloat16", Path("s"), max_model_len=12288)
+    limited_command = replica_command(limited, 8101)
+    assert limited_command[limited_command.index("--max-model-len") + 1] == "12288"
     assert [core_count(c) for c in (0, "3", "0-1", "0,2-3")] == [1, 1, 2, 3]
 
 
