@@ -189,8 +189,8 @@ def median_of(runs: list[dict[str, Any]], name: str) -> float | None:
 
 
 def summary(report: dict[str, Any]) -> dict[str, Any]:
-    """Per policy the medians over seeds; the headline (the best keyed-or-not policy whose busiest replica serves at
-    most 60% of requests, by median cached tokens) and the targets' ratios."""
+    """Per policy the medians over seeds and the targets' ratios; the headline: the policy with the most cached tokens
+    among those whose busiest replica serves at most 60% of requests."""
     by_policy: dict[str, dict[str, Any]] = {}
     for policy in POLICIES:
         runs = [r for r in report["runs"] if r["policy"] == policy]
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--state", type=Path, default=ROOT / ".fleet-bench")
     parser.add_argument("--json", type=Path, default=None, help="written after every run; runs in it are kept")
     args = parser.parse_args(argv)
-    console = Console(highlight=False)
+    console = Console(highlight=False, width=160)
     blocks = math.ceil(args.replica_kv_tokens / BLOCK_TOKENS)
     workload = {"model": args.model, "sessions": len(sessions()), "repositories": len({s.repo for s in sessions()}),
                 "max_turns": args.max_turns, "stagger_s": args.stagger, "mode": "read-only",
