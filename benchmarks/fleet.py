@@ -51,6 +51,7 @@ from agentcache.fleet import launch
 from agentcache.fleet.status import replica_stats
 from agentcache.records import requests_of
 from agentcache.session import Session
+from benchmarks.demo_builds import cpu_report
 from benchmarks.report import write_json
 from benchmarks.task_set import EXAMPLE, REPOS
 from benchmarks.tasks import select
@@ -276,10 +277,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     workload = {"model": args.model, "sessions": len(sessions()), "repositories": len({s.repo for s in sessions()}),
                 "max_turns": args.max_turns, "stagger_s": args.stagger, "mode": "read-only",
                 "replicas": 2, "replica_kv_tokens": blocks * BLOCK_TOKENS, "ceiling_kv_tokens": 2 * blocks *
-                BLOCK_TOKENS, "max_model_len": args.max_model_len, "cores_per_replica": 1, "ceiling_cores": 2}
+                BLOCK_TOKENS, "max_model_len": args.max_model_len, "cores_per_replica": 1, "ceiling_cores": 2,
+                "cpu": cpu_report()}
     report = load_report(args.json) or {"workload": workload, "ceiling": {"runs": []}, "runs": []}
-    if report["workload"].get("replica_kv_tokens") != workload["replica_kv_tokens"]:
-        raise SystemExit(f"{args.json} holds runs with another KV size; write to another file")
+    for key, what in (("replica_kv_tokens", "another KV size"), ("cpu", "another machine")):
+        if report["workload"].get(key) != workload[key]:
+            raise SystemExit(f"{args.json} holds runs with {what}; write to another file")
     state = args.state.resolve()
 
     def save() -> None:

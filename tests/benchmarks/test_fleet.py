@@ -3,6 +3,7 @@ front of two `agentcache serve` replicas, the replicas' counters against the ses
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,17 @@ def test_no_headline_when_every_policy_loads_one_replica_past_60_percent():
     report = {"ceiling": {"cached_tokens": None}, "runs": [run("session", 0, 79_000, (61, 39))]}
     result = fleet.summary(report)
     assert result["headline"] is None and result["policies"]["session"]["of_ceiling"] is None
+
+
+@pytest.mark.parametrize("key, value, said", [("cpu", {"model": "another CPU"}, "another machine"),
+                                               ("replica_kv_tokens", 4096, "another KV size")])
+def test_runs_from_another_machine_or_kv_size_are_never_mixed_into_one_file(tmp_path, key, value, said):
+    path = tmp_path / "fleet.json"
+    workload = {"replica_kv_tokens": 16384, "cpu": fleet.cpu_report(), key: value}
+    path.write_text(json.dumps({"workload": workload, "ceiling": {"runs": []}, "runs": []}))
+    with pytest.raises(SystemExit, match=said):  # before any replica starts
+        fleet.main(["--json", str(path), "--state", str(tmp_path / "state")])
+    assert not (tmp_path / "state").exists()
 
 
 def test_a_replica_gets_its_kv_blocks_and_as_many_threads_as_cores():
