@@ -404,7 +404,7 @@ def speed(lm: Any, quick: bool) -> dict[str, Any]:
               f"prefill_{prefill}_over_transformers": round(ours[f"prefill_tok_s_{prefill}"] /
                                                             theirs[f"prefill_tok_s_{prefill}"], 3),
               "warm_turn_over_transformers": round(ours["warm_turn_s"] / theirs["warm_turn_s"], 3)}
-    return {"copy_gb_s": round(gb_s, 1), "agentcache": ours, "transformers": theirs, "floor_ms": floors,
+    return {"copy_gb_s": round(gb_s, 3), "agentcache": ours, "transformers": theirs, "floor_ms": floors,
             "ratios": ratios, "sizes": {"contexts": contexts, "batches": batches, "prefill": prefill,
                                         "warm_turn": [cached, added, out], "decoded_tokens": new}}
 
