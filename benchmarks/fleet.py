@@ -184,6 +184,12 @@ def busiest_share(run: dict[str, Any]) -> float:
     return max(counts) / sum(counts) if sum(counts) else 0.0
 
 
+def cached_share(run: dict[str, Any]) -> float:
+    """Cached over prompt tokens: what a run kept, whatever its number of requests (the model's replies, and with
+    them the turns a session takes, differ a little between runs)."""
+    return run["cached_tokens"] / run["prompt_tokens"] if run["prompt_tokens"] else 0.0
+
+
 def median_of(runs: list[dict[str, Any]], name: str) -> float | None:
     values = [r[name] for r in runs if r.get(name) is not None]
     return statistics.median(values) if values else None
@@ -198,11 +204,15 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         if runs:
             by_policy[policy] = {"seeds": len(runs), **{name: median_of(runs, name) for name in (
                 "cached_tokens", "prompt_tokens", "prefill_tokens", "ttft_p50_s", "ttft_p95_s", "wall_s")},
-                "busiest_share": statistics.median(busiest_share(r) for r in runs)}
+                "busiest_share": statistics.median(busiest_share(r) for r in runs),
+                "cached_share": statistics.median(cached_share(r) for r in runs)}
     ceiling = report["ceiling"].get("cached_tokens")
+    ceiling_share = median_of([{"share": cached_share(r)} for r in report["ceiling"].get("runs", [])],
+                              "share")
     base = by_policy.get("round_robin")
     for name, row in by_policy.items():
         row["of_ceiling"] = row["cached_tokens"] / ceiling if ceiling else None
+        row["share_of_ceiling_share"] = row["cached_share"] / ceiling_share if ceiling_share else None
         row["x_round_robin_cached"] = row["cached_tokens"] / base["cached_tokens"] if base and base[
             "cached_tokens"] else None
         row["x_round_robin_ttft_p95"] = row["ttft_p95_s"] / base["ttft_p95_s"] if base and base["ttft_p95_s"] else None
@@ -232,8 +242,8 @@ def load_report(path: Path | None) -> dict[str, Any] | None:
 
 
 def table(report: dict[str, Any], console: Console) -> None:
-    rows = Table("policy", "seeds", "cached", "prompt", "prefill", "of ceiling", "x rr cached", "busiest",
-                 "ttft p50 s", "ttft p95 s", "x rr p95", "wall s",
+    rows = Table("policy", "seeds", "cached", "prompt", "prefill", "cached share", "of ceiling", "x rr cached",
+                 "busiest", "ttft p50 s", "ttft p95 s", "x rr p95", "wall s",
                  title=f"fleet: {report['workload']['sessions']} sessions, {report['workload']['repositories']} "
                        f"repositories, 2 replicas of {report['workload']['model']}")
 
@@ -242,14 +252,16 @@ def table(report: dict[str, Any], console: Console) -> None:
 
     for name, row in report["summary"]["policies"].items():
         rows.add_row(name, str(row["seeds"]), f(row["cached_tokens"], ",.0f"), f(row["prompt_tokens"], ",.0f"),
-                     f(row["prefill_tokens"], ",.0f"), f(row["of_ceiling"]), f(row["x_round_robin_cached"]),
+                     f(row["prefill_tokens"], ",.0f"), f(row["cached_share"]), f(row["of_ceiling"]),
+                     f(row["x_round_robin_cached"]),
                      f(row["busiest_share"], ".0%"), f(row["ttft_p50_s"], ".1f"), f(row["ttft_p95_s"], ".1f"),
                      f(row["x_round_robin_ttft_p95"]), f(row["wall_s"], ".0f"))
     ceiling = report["ceiling"]
     if ceiling.get("cached_tokens") is not None:
         rows.add_row("ceiling (1 replica, 2x KV)", str(len(ceiling["runs"])), f(ceiling["cached_tokens"], ",.0f"),
                      f(median_of(ceiling["runs"], "prompt_tokens"), ",.0f"),
-                     f(median_of(ceiling["runs"], "prefill_tokens"), ",.0f"), "1.00", "", "100%",
+                     f(median_of(ceiling["runs"], "prefill_tokens"), ",.0f"),
+                     f(statistics.median(cached_share(r) for r in ceiling["runs"])), "1.00", "", "100%",
                      f(median_of(ceiling["runs"], "ttft_p50_s"), ".1f"),
                      f(median_of(ceiling["runs"], "ttft_p95_s"), ".1f"), "", f(median_of(ceiling["runs"], "wall_s"),
                                                                                ".0f"))

@@ -56,6 +56,17 @@ def test_the_headline_is_the_most_reuse_among_policies_whose_busiest_replica_ser
     assert result["policies"]["session"]["busiest_share"] == pytest.approx(0.875)
 
 
+def test_the_cached_share_is_cached_over_prompt_tokens_whatever_the_number_of_requests():
+    report = {"ceiling": {"cached_tokens": 90_000, "runs": [{"cached_tokens": 90_000, "prompt_tokens": 100_000}]},
+              "runs": [run("round_robin", 0, 60_000, (50, 50)),
+                       {**run("session", 0, 66_000, (50, 50)), "prompt_tokens": 110_000}]}
+    rows = fleet.summary(report)["policies"]
+    assert rows["round_robin"]["cached_share"] == pytest.approx(0.6)
+    assert rows["session"]["cached_share"] == pytest.approx(0.6)  # more cached tokens, from more prompt tokens
+    assert rows["session"]["share_of_ceiling_share"] == pytest.approx(0.6 / 0.9)
+    assert rows["session"]["of_ceiling"] == pytest.approx(66_000 / 90_000)
+
+
 def test_no_headline_when_every_policy_loads_one_replica_past_60_percent():
     report = {"ceiling": {"cached_tokens": None}, "runs": [run("session", 0, 79_000, (61, 39))]}
     result = fleet.summary(report)
