@@ -19,7 +19,7 @@ replicas (ports 8110-8113, state in .fleet-bench/), never the fleet `make fleet`
   power_of_two    vllm-router's power_of_two (the less loaded of two random replicas), no key
 
     make install router .venv-vllm/.installed
-    python -m benchmarks.fleet --seeds 3 --json benchmarks/results/fleet.json
+    python -m benchmarks.fleet --seeds 3 --replica-kv-tokens 12928 --json benchmarks/results/fleet.json
 """
 
 from __future__ import annotations
